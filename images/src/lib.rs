@@ -1,0 +1,1 @@
+//! OCI images: references, registry client, content store, unpack, layer disks.

@@ -1,0 +1,1 @@
+//! x86_64: memory layout, boot parameters, e820, mptable, CPUID, registers.

@@ -1,0 +1,4 @@
+//! Devices: the bus they sit on, legacy devices, and virtio.
+
+pub mod bus;
+pub mod virtio;

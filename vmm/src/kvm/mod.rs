@@ -1,0 +1,1 @@
+//! KVM: the VM, its memory and its vCPUs.

@@ -1,0 +1,11 @@
+//! hull's virtual machine monitor.
+//!
+//! One `hull-vmm` process runs one microVM. The crate is split the way
+//! Firecracker and rust-vmm's reference VMM are:
+//! - [`kvm`]: VM, vCPU and memory ioctls (most of the `unsafe` lives here);
+//! - [`arch`]: the x86_64 memory layout and boot protocol;
+//! - [`devices`]: a bus of MMIO/PIO devices, legacy devices and virtio.
+
+pub mod arch;
+pub mod devices;
+pub mod kvm;
