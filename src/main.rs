@@ -1,6 +1,8 @@
 //! `hull`: run OCI container images in KVM microVMs, or in namespaces.
 
+mod cgroups;
 mod commands;
+mod paths;
 
 use clap::{Parser, Subcommand};
 

@@ -149,11 +149,23 @@ mod tests {
         let mut bus = Bus::new();
         let d = || Arc::new(Mutex::new(Recorder::default())) as SharedDevice;
         bus.insert(d(), 0x1000, 0x100).unwrap();
-        assert!(matches!(bus.insert(d(), 0x10ff, 1), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(d(), 0xf00, 0x101), Err(BusError::Overlap { .. })));
+        assert!(matches!(
+            bus.insert(d(), 0x10ff, 1),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(d(), 0xf00, 0x101),
+            Err(BusError::Overlap { .. })
+        ));
         bus.insert(d(), 0x1100, 0x100).unwrap();
         bus.insert(d(), 0xf00, 0x100).unwrap();
-        assert!(matches!(bus.insert(d(), 5, 0), Err(BusError::InvalidRange { .. })));
-        assert!(matches!(bus.insert(d(), u64::MAX, 2), Err(BusError::InvalidRange { .. })));
+        assert!(matches!(
+            bus.insert(d(), 5, 0),
+            Err(BusError::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert(d(), u64::MAX, 2),
+            Err(BusError::InvalidRange { .. })
+        ));
     }
 }
