@@ -95,7 +95,7 @@ impl Cgroup {
         for (h, files) in plan {
             let parent = h.mountpoint.join(strip_root(&h.own_cgroup)).join("hull");
             if h.unified {
-                enable_v2_controllers(&h, &parent, &files)?;
+                enable_v2_controllers(h, &parent, &files)?;
             }
             let dir = parent.join(name);
             fs::create_dir_all(&dir).map_err(|source| CgroupError::Create {

@@ -1,5 +1,9 @@
 //! `hull`: run OCI container images in KVM microVMs, or in namespaces.
 
+// The namespace backend (issue 6) is the user; until it lands only tests use it.
+mod bench;
+mod bundle;
+#[allow(dead_code)]
 mod cgroups;
 mod commands;
 mod paths;
@@ -18,6 +22,8 @@ struct Cli {
 enum Command {
     /// Check this host: KVM, guest kernel, host tools.
     Doctor(commands::doctor::DoctorArgs),
+    /// Measure the same image and command under several isolation backends.
+    Bench(commands::bench::BenchArgs),
 }
 
 /// Exit status for hull's own errors, as docker uses.
@@ -28,6 +34,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Doctor(args) => commands::doctor::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),
