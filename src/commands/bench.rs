@@ -19,7 +19,7 @@ pub struct BenchArgs {
     /// Idle instances for the memory figures, and parallel runs for throughput.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-    /// Write the report as JSON to FILE (schema: docs/bench-schema.md).
+    /// Write the report as JSON to FILE (schema: docs/bench-schema.json).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// Write an SVG plot of the phase breakdown to FILE.
