@@ -1,13 +1,13 @@
 //! `hull`: run OCI container images in KVM microVMs, or in namespaces.
 
-// The namespace backend (issue 6) is the user; until it lands only tests use it.
 mod bench;
 mod bundle;
+// The namespace backend (issue 6) is the user; until it lands only tests use it.
 #[allow(dead_code)]
 mod cgroups;
 mod commands;
 mod paths;
-// The container lifecycle commands (issue 6) are the users; until then only tests.
+// `hull run` (the writer of container state) is still to come.
 #[allow(dead_code)]
 mod state;
 
@@ -17,6 +17,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "hull", version, about, propagate_version = true)]
 struct Cli {
+    /// Per-container runtime state (sockets, logs, state.json).
+    #[arg(long, global = true, env = "HULL_STATE_DIR", default_value = state::DEFAULT_STATE_DIR, value_name = "DIR")]
+    state_dir: std::path::PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,6 +30,14 @@ enum Command {
     Doctor(commands::doctor::DoctorArgs),
     /// Measure the same image and command under several isolation backends.
     Bench(commands::bench::BenchArgs),
+    /// List containers.
+    Ps(commands::ps::PsArgs),
+    /// Show a container's state as JSON.
+    Inspect(commands::inspect::InspectArgs),
+    /// Remove containers.
+    Rm(commands::rm::RmArgs),
+    /// Show a container's output.
+    Logs(commands::logs::LogsArgs),
 }
 
 /// Exit status for hull's own errors, as docker uses.
@@ -38,6 +49,10 @@ fn main() {
     let result = match cli.command {
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Ps(args) => commands::ps::run(&cli.state_dir, args),
+        Command::Inspect(args) => commands::inspect::run(&cli.state_dir, args),
+        Command::Rm(args) => commands::rm::run(&cli.state_dir, args),
+        Command::Logs(args) => commands::logs::run(&cli.state_dir, args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 
 /// Default state dir (runtime state: gone after a reboot, as the containers are).
 pub const DEFAULT_STATE_DIR: &str = "/run/hull";
+/// What the container wrote to stdout, as its monitor recorded it (raw bytes).
+pub const STDOUT_LOG: &str = "stdout.log";
+/// What the container wrote to stderr, as its monitor recorded it (raw bytes).
+pub const STDERR_LOG: &str = "stderr.log";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -127,6 +131,35 @@ impl ContainerState {
             self.exit_reason = reason;
             self.finished = Some(now());
         }
+    }
+
+    /// Kills the sandbox (VMM or the agent at the root of the namespaces) and
+    /// the monitor with SIGKILL, waits up to 10 s for both to be gone, and
+    /// records the container as killed.
+    pub fn kill_and_wait(&mut self) -> Result<(), StateError> {
+        let procs: Vec<ProcessId> = [self.sandbox, self.monitor].into_iter().flatten().collect();
+        for p in &procs {
+            if p.is_alive() {
+                // SAFETY: kill(2) with a pid and signal number; no memory involved.
+                unsafe { libc::kill(p.pid, libc::SIGKILL) };
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while procs.iter().any(ProcessId::is_alive) {
+            if std::time::Instant::now() > deadline {
+                return Err(StateError::Io {
+                    what: "killing the sandbox of",
+                    path: PathBuf::from(&self.id),
+                    source: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "still alive 10 s after SIGKILL",
+                    ),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.mark_exited(137, Some("killed".into()));
+        Ok(())
     }
 
     /// A container recorded as running whose sandbox process is gone died

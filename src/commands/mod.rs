@@ -2,3 +2,7 @@
 
 pub mod bench;
 pub mod doctor;
+pub mod inspect;
+pub mod logs;
+pub mod ps;
+pub mod rm;
