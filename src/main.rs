@@ -38,6 +38,10 @@ enum Command {
     Rm(commands::rm::RmArgs),
     /// Show a container's output.
     Logs(commands::logs::LogsArgs),
+    /// Stop containers: SIGTERM, then a kill after a timeout.
+    Stop(commands::stop::StopArgs),
+    /// Send a signal to containers (default: SIGKILL).
+    Kill(commands::stop::KillArgs),
 }
 
 /// Exit status for hull's own errors, as docker uses.
@@ -53,6 +57,8 @@ fn main() {
         Command::Inspect(args) => commands::inspect::run(&cli.state_dir, args),
         Command::Rm(args) => commands::rm::run(&cli.state_dir, args),
         Command::Logs(args) => commands::logs::run(&cli.state_dir, args),
+        Command::Stop(args) => commands::stop::run_stop(&cli.state_dir, args),
+        Command::Kill(args) => commands::stop::run_kill(&cli.state_dir, args),
     };
     match result {
         Ok(code) => std::process::exit(code),

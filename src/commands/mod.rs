@@ -6,3 +6,4 @@ pub mod inspect;
 pub mod logs;
 pub mod ps;
 pub mod rm;
+pub mod stop;
