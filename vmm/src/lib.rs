@@ -7,5 +7,16 @@
 //! - [`devices`]: a bus of MMIO/PIO devices, legacy devices and virtio.
 
 pub mod arch;
+pub mod config;
 pub mod devices;
 pub mod kvm;
+pub mod vmm;
+
+/// Why a VM ended, as the vCPUs and devices report it to the VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest reset itself (reboot): the normal end of a hull guest.
+    Reset,
+    /// Something went wrong; the message says what.
+    Error(String),
+}

@@ -1,6 +1,95 @@
 //! `hull-vmm`: runs one microVM.
 
-fn main() -> anyhow::Result<()> {
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use hull_vmm::config::{SerialOutput, VmConfig};
+
+/// Boot a Linux guest (an uncompressed ELF vmlinux) in a KVM microVM.
+///
+/// Exit status: 0 when the guest reboots (how a hull guest ends), 1 for a bad
+/// configuration or host problem, 2 when the guest fails (triple fault, KVM
+/// error), 3 when the guest kernel panics.
+#[derive(Debug, Parser)]
+#[command(name = "hull-vmm", version)]
+struct Args {
+    /// JSON file with the same fields as the flags (kernel, initrd, cmdline,
+    /// vcpus, mem_mib, serial, boot_timer); flags given too override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Uncompressed ELF vmlinux.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk (cpio).
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Appended to hull's default kernel command line.
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Number of vCPUs (1-32).
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u32>,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB")]
+    mem: Option<u64>,
+    /// Where the serial console goes: stdout, none, or a file.
+    #[arg(long, value_name = "stdout|none|FILE")]
+    serial: Option<String>,
+    /// Print each boot-timer mark the guest writes to stderr.
+    #[arg(long)]
+    boot_timer: bool,
+}
+
+fn config(args: Args) -> Result<VmConfig, hull_vmm::config::ConfigError> {
+    let mut cfg = match &args.config {
+        Some(path) => VmConfig::from_file(path)?,
+        None => VmConfig::new(args.kernel.clone().unwrap_or_default()),
+    };
+    if let Some(k) = args.kernel {
+        cfg.kernel = k;
+    }
+    if args.initrd.is_some() {
+        cfg.initrd = args.initrd;
+    }
+    if let Some(c) = args.cmdline {
+        cfg.cmdline = c;
+    }
+    if let Some(n) = args.vcpus {
+        cfg.vcpus = n;
+    }
+    if let Some(m) = args.mem {
+        cfg.mem_mib = m;
+    }
+    if let Some(s) = args.serial {
+        cfg.serial = SerialOutput::try_from(s)?;
+    }
+    cfg.boot_timer |= args.boot_timer;
+    Ok(cfg)
+}
+
+fn main() {
+    let start = Instant::now();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    anyhow::bail!("hull-vmm: not implemented yet")
+    let cfg = match config(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hull-vmm: {e}");
+            std::process::exit(1);
+        }
+    };
+    match hull_vmm::vmm::run(&cfg, start) {
+        Ok(outcome) => {
+            log::info!(
+                "guest rebooted after {:?}; boot-timer marks: {:?}",
+                start.elapsed(),
+                outcome.boot_marks
+            );
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("hull-vmm: {e}");
+            std::process::exit(e.exit_code());
+        }
+    }
 }

@@ -1,4 +1,5 @@
 //! Devices: the bus they sit on, legacy devices, and virtio.
 
 pub mod bus;
+pub mod legacy;
 pub mod virtio;

@@ -1,0 +1,120 @@
+//! Opening KVM and creating the VM: checks, TSS, in-kernel irqchip and PIT,
+//! guest memory slots, vCPUs.
+
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
+    kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::{KvmKind, detect_kvm_kind};
+use crate::arch::x86_64::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm ({kind}): {source}")]
+    Open {
+        kind: KvmKind,
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM API version {0}, hull-vmm needs 12")]
+    ApiVersion(i32),
+    #[error("KVM lacks a capability hull-vmm needs: {0}")]
+    MissingCap(&'static str),
+    #[error("{what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// A KVM VM with its irqchip and PIT.
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+}
+
+impl Vm {
+    pub fn new() -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(|source| VmError::Open {
+            kind: detect_kvm_kind(),
+            source,
+        })?;
+        let v = kvm.get_api_version();
+        if v != 12 {
+            return Err(VmError::ApiVersion(v));
+        }
+        for (cap, name) in [
+            (Cap::Irqchip, "IRQCHIP"),
+            (Cap::UserMemory, "USER_MEMORY"),
+            (Cap::SetTssAddr, "SET_TSS_ADDR"),
+            (Cap::Pit2, "PIT2"),
+            (Cap::Irqfd, "IRQFD"),
+            (Cap::Ioeventfd, "IOEVENTFD"),
+            (Cap::ImmediateExit, "IMMEDIATE_EXIT"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCap(name));
+            }
+        }
+        let fd = kvm.create_vm().map_err(kvm_err("creating the VM"))?;
+        fd.set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("setting the TSS address"))?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+            .map_err(kvm_err("setting the identity map address"))?;
+        fd.create_irq_chip()
+            .map_err(kvm_err("creating the in-kernel irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(kvm_err("creating the PIT"))?;
+        Ok(Vm { kvm, fd })
+    }
+
+    /// The VM file descriptor (for irqfds and ioeventfds).
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// Gives every region of `mem` to the guest, one slot each.
+    pub fn set_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|_| VmError::MissingCap("host address of guest memory"))?;
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mmap owned by `mem`, which the caller
+            // keeps alive for as long as the VM runs (it outlives every vCPU:
+            // the process exits when the VM does); its host address and length
+            // describe exactly that mapping.
+            unsafe { self.fd.set_user_memory_region(r) }
+                .map_err(kvm_err("registering guest memory"))?;
+        }
+        Ok(())
+    }
+
+    /// KVM's supported CPUID set (to be normalised per vCPU).
+    pub fn supported_cpuid(&self) -> Result<CpuId, VmError> {
+        self.kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("reading the supported CPUID"))
+    }
+
+    pub fn create_vcpu(&self, id: u8) -> Result<VcpuFd, VmError> {
+        self.fd
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_err("creating a vCPU"))
+    }
+}
