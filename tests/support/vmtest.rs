@@ -1,0 +1,153 @@
+//! Harness for VM tests: test targets with `harness = false` that hand their
+//! trials to [`run_vm_tests`].
+//!
+//! - Where /dev/kvm is hardware KVM, or inside the emulated KVM host
+//!   (`HULL_IN_KVM_HOST=1`), the trials run here.
+//! - With `HULL_SKIP_VM_TESTS=1` every trial is reported as ignored, with why.
+//! - Otherwise the whole test binary re-runs itself inside the emulated KVM
+//!   host (`tests/kvm-host/run`): one host boot serves every trial.
+#![allow(dead_code)] // each test target uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub use libtest_mimic::{Arguments, Failed, Trial};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn hardware_kvm() -> bool {
+    let m = |n: &str| Path::new("/sys/module").join(n).exists();
+    Path::new("/dev/kvm").exists() && !m("kvm_pvm") && (m("kvm_intel") || m("kvm_amd"))
+}
+
+/// Runs `trials` where they can run (see the module docs); never returns.
+pub fn run_vm_tests(trials: Vec<Trial>) -> ! {
+    let args = Arguments::from_args();
+    let inside = std::env::var_os("HULL_IN_KVM_HOST").is_some();
+    if inside || hardware_kvm() {
+        libtest_mimic::run(&args, trials).exit();
+    }
+    if std::env::var("HULL_SKIP_VM_TESTS").as_deref() == Ok("1") {
+        eprintln!("VM tests ignored: HULL_SKIP_VM_TESTS=1 and /dev/kvm here is not hardware KVM");
+        let trials = trials
+            .into_iter()
+            .map(|t| t.with_ignored_flag(true))
+            .collect();
+        let mut args = args;
+        args.ignored = false;
+        args.include_ignored = false;
+        libtest_mimic::run(&args, trials).exit();
+    }
+    // --list and similar need no VM.
+    if args.list {
+        libtest_mimic::run(&args, trials).exit();
+    }
+    build_binaries();
+    let exe = std::env::current_exe().expect("test binary path");
+    eprintln!(
+        "/dev/kvm here cannot boot a stock Linux guest: running {} inside the emulated KVM host (tests/kvm-host/run; HULL_SKIP_VM_TESTS=1 skips)",
+        exe.file_name().unwrap().to_string_lossy()
+    );
+    let status = Command::new(repo().join("tests/kvm-host/run"))
+        .arg("--")
+        .arg(&exe)
+        .args(std::env::args_os().skip(1))
+        .status()
+        .unwrap_or_else(|e| {
+            eprintln!("cannot start tests/kvm-host/run: {e}");
+            std::process::exit(101)
+        });
+    std::process::exit(status.code().unwrap_or(101));
+}
+
+/// The target dir's profile directory holding the binaries (target/debug).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/PROFILE/deps/...")
+        .to_path_buf()
+}
+
+/// Makes sure the workspace binaries the VM tests run (hull-vmm, hull) are
+/// built, with the same profile as this test binary.
+pub fn build_binaries() {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(repo())
+        .args(["build", "--quiet", "-p", "hull-vmm", "-p", "hull"]);
+    if bin_dir().file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("running cargo build");
+    assert!(status.success(), "cargo build of hull-vmm and hull failed");
+}
+
+/// Path of the `hull-vmm` binary.
+pub fn hull_vmm() -> PathBuf {
+    let p = bin_dir().join("hull-vmm");
+    assert!(
+        p.exists(),
+        "{} is missing: cargo build -p hull-vmm",
+        p.display()
+    );
+    p
+}
+
+/// The guest kernel: `$HULL_KERNEL`, or the build script's cache.
+pub fn kernel() -> PathBuf {
+    if let Some(k) = std::env::var_os("HULL_KERNEL") {
+        return PathBuf::from(k);
+    }
+    let home = std::env::var_os("HOME").expect("HOME");
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&home).join(".cache"));
+    let k = cache.join("hull/kernel/vmlinux");
+    assert!(
+        k.exists(),
+        "the guest kernel is not built: run guest-kernel/build.sh (or set HULL_KERNEL)"
+    );
+    k
+}
+
+/// An initramfs (newc cpio) with busybox-static and `init` as /init.
+pub fn busybox_initramfs(dir: &Path, init: &str) -> PathBuf {
+    let root = dir.join("initramfs");
+    for d in ["bin", "proc", "sys", "dev", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("/bin/busybox (Debian's busybox-static) is needed");
+    let script = format!("#!/bin/busybox sh\n/bin/busybox --install -s /bin\n{init}\n");
+    std::fs::write(root.join("init"), script).unwrap();
+    let out = dir.join("initramfs.cpio");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && chmod +x init && find . | cpio -o -H newc --quiet > '{}'",
+            root.display(),
+            out.display()
+        ))
+        .status()
+        .expect("cpio (Debian's cpio package) is needed");
+    assert!(status.success(), "building the initramfs failed");
+    out
+}
+
+/// Output of a finished command as text: (status code, stdout, stderr).
+pub fn text(out: &Output) -> (Option<i32>, String, String) {
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Turns a boolean check into a trial result with a message.
+pub fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
+    if ok { Ok(()) } else { Err(msg().into()) }
+}
