@@ -39,6 +39,62 @@ pub enum ConfigError {
     },
     #[error("--serial {0:?}: expected stdout, none or a file path")]
     Serial(String),
+    #[error("--disk {0:?}: expected PATH[,ro][,id=NAME]")]
+    Disk(String),
+    #[error("{0} disks: at most {MAX_DISKS}")]
+    TooManyDisks(usize),
+    #[error("--vsock-cid {0}: guest CIDs start at 3")]
+    VsockCid(u64),
+}
+
+/// Most disks one VM may have (IRQs are the limit).
+pub const MAX_DISKS: usize = 16;
+
+/// One virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    /// The serial the guest sees (up to 20 bytes).
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = ConfigError;
+    /// `PATH[,ro][,id=NAME]`.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let mut parts = s.split(',');
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| ConfigError::Disk(s.into()))?;
+        let mut disk = DiskConfig {
+            path: PathBuf::from(path),
+            read_only: false,
+            id: None,
+        };
+        for opt in parts {
+            match opt.split_once('=') {
+                None if opt == "ro" => disk.read_only = true,
+                Some(("id", v)) if !v.is_empty() => disk.id = Some(v.to_string()),
+                _ => return Err(ConfigError::Disk(s.into())),
+            }
+        }
+        Ok(disk)
+    }
+}
+
+/// The vsock device and its host side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    pub cid: u64,
+    /// Host connections arrive at this Unix socket; guest connections to
+    /// host port P go to `UDS_P`.
+    pub uds: PathBuf,
 }
 
 /// Where the guest's serial console goes.
@@ -100,6 +156,13 @@ pub struct VmConfig {
     /// Print each boot-timer mark to stderr.
     #[serde(default)]
     pub boot_timer: bool,
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// Attach a virtio-rng device.
+    #[serde(default)]
+    pub rng: bool,
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
 }
 
 impl VmConfig {
@@ -113,6 +176,9 @@ impl VmConfig {
             mem_mib: default_mem(),
             serial: SerialOutput::default(),
             boot_timer: false,
+            disks: Vec::new(),
+            rng: false,
+            vsock: None,
         }
     }
 
@@ -138,6 +204,14 @@ impl VmConfig {
         }
         if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
             return Err(ConfigError::Mem(self.mem_mib));
+        }
+        if self.disks.len() > MAX_DISKS {
+            return Err(ConfigError::TooManyDisks(self.disks.len()));
+        }
+        if let Some(v) = &self.vsock {
+            if v.cid < 3 || v.cid > u64::from(u32::MAX) {
+                return Err(ConfigError::VsockCid(v.cid));
+            }
         }
         Ok(())
     }
@@ -183,6 +257,19 @@ mod tests {
         c.cmdline = "init=/bin/sh".into();
         assert!(c.full_cmdline().starts_with(DEFAULT_CMDLINE));
         assert!(c.full_cmdline().ends_with(" init=/bin/sh"));
+    }
+
+    #[test]
+    fn disk_specs() {
+        let d: DiskConfig = "/a.img,ro,id=layer0".parse().unwrap();
+        assert_eq!(d.path, PathBuf::from("/a.img"));
+        assert!(d.read_only);
+        assert_eq!(d.id.as_deref(), Some("layer0"));
+        let d: DiskConfig = "/b.img".parse().unwrap();
+        assert!(!d.read_only && d.id.is_none());
+        for bad in ["", ",ro", "/a,rw", "/a,id=", "/a,foo=1"] {
+            assert!(bad.parse::<DiskConfig>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod arch;
 pub mod config;
+pub mod device_manager;
 pub mod devices;
 pub mod kvm;
 pub mod vmm;

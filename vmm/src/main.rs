@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use hull_vmm::config::{SerialOutput, VmConfig};
+use hull_vmm::config::{DiskConfig, SerialOutput, VmConfig, VsockConfig};
 
 /// Boot a Linux guest (an uncompressed ELF vmlinux) in a KVM microVM.
 ///
@@ -39,6 +39,19 @@ struct Args {
     /// Print each boot-timer mark the guest writes to stderr.
     #[arg(long)]
     boot_timer: bool,
+    /// A virtio-blk disk backed by a raw file; repeatable (up to 16).
+    #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME]")]
+    disks: Vec<DiskConfig>,
+    /// Attach a virtio-rng device (the guest's /dev/hwrng).
+    #[arg(long)]
+    rng: bool,
+    /// The guest's vsock CID (3 or more); needs --vsock-uds.
+    #[arg(long, value_name = "N", requires = "vsock_uds")]
+    vsock_cid: Option<u64>,
+    /// Host side of the vsock device: connect here and write "CONNECT <port>\n"
+    /// to reach a guest listener; guest connections to host port P go to PATH_P.
+    #[arg(long, value_name = "PATH", requires = "vsock_cid")]
+    vsock_uds: Option<PathBuf>,
 }
 
 fn config(args: Args) -> Result<VmConfig, hull_vmm::config::ConfigError> {
@@ -65,6 +78,11 @@ fn config(args: Args) -> Result<VmConfig, hull_vmm::config::ConfigError> {
         cfg.serial = SerialOutput::try_from(s)?;
     }
     cfg.boot_timer |= args.boot_timer;
+    cfg.disks.extend(args.disks);
+    cfg.rng |= args.rng;
+    if let (Some(cid), Some(uds)) = (args.vsock_cid, args.vsock_uds) {
+        cfg.vsock = Some(VsockConfig { cid, uds });
+    }
     Ok(cfg)
 }
 

@@ -16,11 +16,17 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::VmExit;
 use crate::arch::x86_64::{self as arch, boot, cpuid, mptable, regs};
 use crate::config::{SerialOutput, VmConfig};
+use crate::device_manager::DeviceManager;
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{
     BOOT_TIMER_PORT, BootMark, BootTimer, COM1_BASE, COM1_IRQ, I8042, I8042_COMMAND, I8042_DATA,
     PanicNote, Serial,
 };
+use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::event_loop::EventLoop;
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
 use crate::kvm::vm::{Vm, VmError};
 use crate::kvm::{KvmKind, detect_kvm_kind, vcpu};
 
@@ -120,6 +126,8 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<VmOutcome, VmmError> {
     })?;
     let vm = Vm::new()?;
     vm.set_memory(&mem)?;
+    let mut mmio = Bus::new();
+    let virtio_cmdline = attach_virtio(cfg, &vm, &mem, &mut mmio)?;
 
     let mut image = std::io::Cursor::new(kernel_bytes);
     let loaded = Elf::load(
@@ -149,9 +157,15 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<VmOutcome, VmmError> {
 
     let mut cmdline =
         Cmdline::new(arch::CMDLINE_MAX).map_err(|e| VmmError::Cmdline(e.to_string()))?;
-    cmdline
-        .insert_str(cfg.full_cmdline())
-        .map_err(|e| VmmError::Cmdline(format!("{e} (at most {} bytes)", arch::CMDLINE_MAX)))?;
+    for part in virtio_cmdline
+        .iter()
+        .map(String::as_str)
+        .chain([cfg.full_cmdline().as_str()])
+    {
+        cmdline
+            .insert_str(part)
+            .map_err(|e| VmmError::Cmdline(format!("{e} (at most {} bytes)", arch::CMDLINE_MAX)))?;
+    }
     load_cmdline(&mem, GuestAddress(arch::CMDLINE_ADDR), &cmdline)
         .map_err(|e| VmmError::Cmdline(e.to_string()))?;
     let cmdline_len = cmdline
@@ -204,7 +218,6 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<VmOutcome, VmmError> {
         1,
     )
     .map_err(dev_err)?;
-    let mmio = Bus::new();
 
     // vCPUs.
     let base_cpuid = vm.supported_cpuid()?;
@@ -241,6 +254,40 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<VmOutcome, VmmError> {
         (VmExit::Reset, None) => Ok(VmOutcome { boot_marks }),
         (VmExit::Error(msg), None) => Err(VmmError::Guest(msg)),
     }
+}
+
+/// Creates the virtio devices the configuration asks for and wires them
+/// in; returns their kernel command line entries.
+fn attach_virtio(
+    cfg: &VmConfig,
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+) -> Result<Vec<String>, VmmError> {
+    if cfg.disks.is_empty() && !cfg.rng && cfg.vsock.is_none() {
+        return Ok(Vec::new());
+    }
+    let event_loop = EventLoop::start()
+        .map_err(|e| VmmError::Devices(format!("starting the virtio event loop: {e}")))?;
+    let mut dm = DeviceManager::new(mem.clone(), event_loop.clone());
+    let mut add = |dev: Arc<Mutex<dyn VirtioDevice>>| {
+        dm.add(vm.fd(), mmio, dev)
+            .map_err(|e| VmmError::Devices(e.to_string()))
+    };
+    for d in &cfg.disks {
+        let disk = Block::open(&d.path, d.read_only, d.id.as_deref())
+            .map_err(|e| VmmError::Devices(e.to_string()))?;
+        add(Arc::new(Mutex::new(disk)))?;
+    }
+    if cfg.rng {
+        add(Arc::new(Mutex::new(Rng::new())))?;
+    }
+    if let Some(v) = &cfg.vsock {
+        let dev = Vsock::new(v.cid, &v.uds, event_loop.clone())
+            .map_err(|e| VmmError::Devices(e.to_string()))?;
+        add(Arc::new(Mutex::new(dev)))?;
+    }
+    Ok(dm.cmdline_entries().to_vec())
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

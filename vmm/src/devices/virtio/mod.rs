@@ -1,1 +1,135 @@
-//! virtio devices over the MMIO transport.
+//! virtio devices over the MMIO transport (virtio 1.1, MMIO version 2).
+//!
+//! A device implements [`VirtioDevice`]; the [`mmio::MmioTransport`] gives it
+//! registers on the MMIO bus; the device manager wires notifications
+//! (ioeventfd per queue) and the interrupt (irqfd); once the driver sets
+//! DRIVER_OK the device is activated with its queues and registers its work
+//! with the one [`event_loop::EventLoop`] thread. Everything the guest puts
+//! in a queue is untrusted: devices answer malformed requests with an error
+//! status or drop them, and never touch memory outside the guest's.
+
+pub mod block;
+pub mod event_loop;
+pub mod mmio;
+pub mod rng;
+pub mod vsock;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use event_loop::EventLoop;
+
+/// Device types (virtio 1.1, 5).
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_RNG: u32 = 4;
+pub const TYPE_VSOCK: u32 = 19;
+
+/// VIRTIO_F_VERSION_1: every hull device is a modern (1.x) device.
+pub const F_VERSION_1: u64 = 1 << 32;
+
+/// Interrupt status bit: a used buffer was added.
+pub const INT_USED_RING: u32 = 1;
+/// Interrupt status bit: the configuration changed.
+pub const INT_CONFIG: u32 = 2;
+
+/// The device's interrupt: status bits the transport exposes and an eventfd
+/// bound to the device's GSI with an irqfd.
+#[derive(Clone)]
+pub struct Interrupt {
+    status: Arc<AtomicU32>,
+    evt: Arc<EventFd>,
+}
+
+impl Interrupt {
+    pub fn new(evt: EventFd) -> Self {
+        Interrupt {
+            status: Arc::new(AtomicU32::new(0)),
+            evt: Arc::new(evt),
+        }
+    }
+
+    /// Tells the guest that used buffers are waiting.
+    pub fn signal_used(&self) {
+        self.status.fetch_or(INT_USED_RING, Ordering::SeqCst);
+        if let Err(e) = self.evt.write(1) {
+            log::warn!("virtio interrupt: {e}");
+        }
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("the driver gave {got} queues, the device needs {want}")]
+    QueueCount { got: usize, want: usize },
+    #[error("queue {0} is not valid (addresses outside guest memory or bad size)")]
+    BadQueue(usize),
+    #[error("registering with the event loop: {0}")]
+    EventLoop(std::io::Error),
+    #[error("{0}")]
+    Device(String),
+}
+
+/// What the transport hands a device when the driver is ready.
+pub struct Activation {
+    pub mem: GuestMemoryMmap,
+    pub queues: Vec<Queue>,
+    pub queue_evts: Vec<EventFd>,
+    pub interrupt: Interrupt,
+    pub event_loop: EventLoop,
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device type.
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features the device offers (including [`F_VERSION_1`]).
+    fn features(&self) -> u64;
+    /// Reads from the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes to the configuration space (most devices ignore it).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Starts serving the queues.
+    fn activate(&mut self, a: Activation, acked_features: u64) -> Result<(), ActivateError>;
+    /// Stops serving after a driver reset; the device may be activated again.
+    fn reset(&mut self) {}
+}
+
+/// Copies the bytes of `config` at `offset` into `data` (zeros past its end).
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start < config.len() {
+        let n = data.len().min(config.len() - start);
+        data[..n].copy_from_slice(&config[start..start + n]);
+    }
+}
+
+/// A rate limiter for log lines about guest misbehaviour: the first few of
+/// each kind are logged, then one in a thousand.
+#[derive(Default)]
+pub struct LogLimit(u64);
+
+impl LogLimit {
+    pub fn allow(&mut self) -> bool {
+        self.0 += 1;
+        self.0 <= 10 || self.0.is_multiple_of(1000)
+    }
+}
+pub mod queue_worker;

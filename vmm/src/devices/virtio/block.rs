@@ -1,0 +1,439 @@
+//! virtio-blk backed by a raw host file: read, write, flush, get-id;
+//! read-only disks refuse writes with an I/O error status; host I/O errors
+//! become VIRTIO_BLK_S_IOERR and the VM goes on.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use virtio_queue::Queue;
+use vm_memory::{ByteValued, GuestMemoryMmap};
+
+use super::queue_worker::{self, Chain, RequestHandler};
+use super::{
+    ActivateError, Activation, F_VERSION_1, LogLimit, TYPE_BLOCK, VirtioDevice, read_config_bytes,
+};
+
+pub const SECTOR_SIZE: u64 = 512;
+/// Longest disk id (the serial the guest sees).
+pub const ID_BYTES: usize = 20;
+const QUEUE_SIZE: u16 = 256;
+
+const F_SEG_MAX: u64 = 1 << 2;
+const F_RO: u64 = 1 << 5;
+const F_FLUSH: u64 = 1 << 9;
+
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+
+pub const S_OK: u8 = 0;
+pub const S_IOERR: u8 = 1;
+pub const S_UNSUPP: u8 = 2;
+
+/// Bytes moved between the file and guest memory per step.
+const CHUNK: usize = 128 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("disk {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("disk id {0:?} is longer than {ID_BYTES} bytes")]
+    IdTooLong(String),
+}
+
+/// The request header the driver puts first in every chain.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct RequestHeader {
+    kind: u32,
+    ioprio: u32,
+    sector: u64,
+}
+
+// SAFETY: a plain C struct of integers without padding; every byte pattern
+// is a valid value.
+unsafe impl ByteValued for RequestHeader {}
+
+pub struct Block {
+    file: File,
+    read_only: bool,
+    sectors: u64,
+    id: Vec<u8>,
+    config: [u8; 24],
+    token: Option<(super::event_loop::EventLoop, u64)>,
+}
+
+impl Block {
+    pub fn open(path: &Path, read_only: bool, id: Option<&str>) -> Result<Block, BlockError> {
+        let open_err = |source| BlockError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(open_err)?;
+        let len = file.metadata().map_err(open_err)?.len();
+        let id = id.unwrap_or_default().as_bytes().to_vec();
+        if id.len() > ID_BYTES {
+            return Err(BlockError::IdTooLong(String::from_utf8_lossy(&id).into()));
+        }
+        let sectors = len / SECTOR_SIZE;
+        let mut config = [0u8; 24];
+        config[..8].copy_from_slice(&sectors.to_le_bytes());
+        config[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max
+        Ok(Block {
+            file,
+            read_only,
+            sectors,
+            id,
+            config,
+            token: None,
+        })
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+    fn features(&self) -> u64 {
+        F_VERSION_1 | F_SEG_MAX | F_FLUSH | if self.read_only { F_RO } else { 0 }
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+    fn activate(&mut self, mut a: Activation, _features: u64) -> Result<(), ActivateError> {
+        if a.queues.len() != 1 || a.queue_evts.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                got: a.queues.len(),
+                want: 1,
+            });
+        }
+        let queue: Queue = a.queues.remove(0);
+        let evt = a.queue_evts.remove(0);
+        let disk = Disk {
+            file: self
+                .file
+                .try_clone()
+                .map_err(|e| ActivateError::Device(format!("cloning the disk file: {e}")))?,
+            read_only: self.read_only,
+            sectors: self.sectors,
+            id: self.id.clone(),
+            buf: vec![0u8; CHUNK],
+            errors: LogLimit::default(),
+        };
+        let token = queue_worker::spawn(&a.event_loop, a.mem, queue, evt, a.interrupt, disk)?;
+        self.token = Some((a.event_loop, token));
+        Ok(())
+    }
+    fn reset(&mut self) {
+        if let Some((el, token)) = self.token.take() {
+            el.remove(token);
+        }
+    }
+}
+
+/// The request-serving half, owned by the event loop.
+struct Disk {
+    file: File,
+    read_only: bool,
+    sectors: u64,
+    id: Vec<u8>,
+    buf: Vec<u8>,
+    errors: LogLimit,
+}
+
+impl Disk {
+    /// Byte offset of `sector` if `len` bytes from there stay on the disk.
+    fn range(&self, sector: u64, len: usize) -> Option<u64> {
+        let start = sector.checked_mul(SECTOR_SIZE)?;
+        let end = start.checked_add(len as u64)?;
+        (end <= self.sectors * SECTOR_SIZE).then_some(start)
+    }
+
+    fn read_into(&mut self, w: &mut impl Write, sector: u64, len: usize) -> Result<usize, u8> {
+        let mut off = self.range(sector, len).ok_or(S_IOERR)?;
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(CHUNK);
+            self.file
+                .read_exact_at(&mut self.buf[..n], off)
+                .map_err(|e| self.io_error("read", e))?;
+            w.write_all(&self.buf[..n]).map_err(|_| S_IOERR)?;
+            off += n as u64;
+            left -= n;
+        }
+        Ok(len)
+    }
+
+    fn write_from(&mut self, r: &mut impl Read, sector: u64, len: usize) -> Result<(), u8> {
+        if self.read_only {
+            return Err(S_IOERR);
+        }
+        let mut off = self.range(sector, len).ok_or(S_IOERR)?;
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(CHUNK);
+            r.read_exact(&mut self.buf[..n]).map_err(|_| S_IOERR)?;
+            self.file
+                .write_all_at(&self.buf[..n], off)
+                .map_err(|e| self.io_error("write", e))?;
+            off += n as u64;
+            left -= n;
+        }
+        Ok(())
+    }
+
+    fn io_error(&mut self, what: &str, e: std::io::Error) -> u8 {
+        if self.errors.allow() {
+            log::warn!("virtio-blk: host {what} failed: {e}");
+        }
+        S_IOERR
+    }
+}
+
+impl RequestHandler for Disk {
+    fn handle(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> u32 {
+        let parts = chain
+            .clone()
+            .reader(mem)
+            .and_then(|r| chain.writer(mem).map(|w| (r, w)));
+        let (mut reader, mut writer) = match parts {
+            Ok(p) => p,
+            Err(e) => {
+                if self.errors.allow() {
+                    log::warn!("virtio-blk: malformed descriptor chain: {e}");
+                }
+                return 0;
+            }
+        };
+        let writable = writer.available_bytes();
+        if writable == 0 {
+            if self.errors.allow() {
+                log::warn!("virtio-blk: request without a status byte dropped");
+            }
+            return 0;
+        }
+        let Ok(mut status_w) = writer.split_at(writable - 1) else {
+            return 0;
+        };
+        let mut data_written = 0usize;
+        let status = match reader.read_obj::<RequestHeader>() {
+            Err(_) => S_IOERR,
+            Ok(h) => match h.kind {
+                T_IN => {
+                    let len = writer.available_bytes();
+                    match self.read_into(&mut writer, h.sector, len) {
+                        Ok(n) => {
+                            data_written = n;
+                            S_OK
+                        }
+                        Err(s) => s,
+                    }
+                }
+                T_OUT => {
+                    let len = reader.available_bytes();
+                    self.write_from(&mut reader, h.sector, len)
+                        .err()
+                        .unwrap_or(S_OK)
+                }
+                T_FLUSH => match self.file.sync_data() {
+                    Ok(()) => S_OK,
+                    Err(e) => self.io_error("flush", e),
+                },
+                T_GET_ID => {
+                    let n = writer.available_bytes().min(ID_BYTES);
+                    let mut id = [0u8; ID_BYTES];
+                    id[..self.id.len()].copy_from_slice(&self.id);
+                    match writer.write_all(&id[..n]) {
+                        Ok(()) => {
+                            data_written = n;
+                            S_OK
+                        }
+                        Err(_) => S_IOERR,
+                    }
+                }
+                _ => S_UNSUPP,
+            },
+        };
+        match status_w.write_all(&[status]) {
+            Ok(()) => (data_written + 1) as u32,
+            Err(_) => data_written as u32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::QueueT;
+    use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const WRITE: u16 = 2;
+    const NEXT: u16 = 1;
+
+    struct Setup {
+        mem: GuestMemoryMmap,
+        disk: Disk,
+        _file: tempfile_path::TempPath,
+    }
+
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    fn setup(read_only: bool, content: &[u8]) -> Setup {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("hull-blk-{}-{n}", std::process::id()));
+        std::fs::write(&path, content).unwrap();
+        let mut b = Block::open(&path, read_only, Some("layer0")).unwrap();
+        let disk = Disk {
+            file: b.file.try_clone().unwrap(),
+            read_only,
+            sectors: b.sectors,
+            id: std::mem::take(&mut b.id),
+            buf: vec![0; CHUNK],
+            errors: LogLimit::default(),
+        };
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        Setup {
+            mem,
+            disk,
+            _file: tempfile_path::TempPath(path),
+        }
+    }
+
+    /// Runs one request: header at 0x1000, data at 0x2000 (len, device-
+    /// writable for reads), status at 0x3000. Returns (used len, status).
+    fn request(
+        s: &mut Setup,
+        kind: u32,
+        sector: u64,
+        data_len: u32,
+        data_writable: bool,
+    ) -> (u32, u8) {
+        let hdr = RequestHeader {
+            kind,
+            ioprio: 0,
+            sector,
+        };
+        s.mem.write_obj(hdr, GuestAddress(0x1000)).unwrap();
+        s.mem.write_obj(0xffu8, GuestAddress(0x3000)).unwrap();
+        let vq = MockSplitQueue::new(&s.mem, 16);
+        let mut descs = vec![RawDescriptor::from(SplitDescriptor::new(
+            0x1000, 16, NEXT, 1,
+        ))];
+        if data_len > 0 {
+            let f = NEXT | if data_writable { WRITE } else { 0 };
+            descs.push(RawDescriptor::from(SplitDescriptor::new(
+                0x2000, data_len, f, 2,
+            )));
+        }
+        descs.push(RawDescriptor::from(SplitDescriptor::new(
+            0x3000, 1, WRITE, 0,
+        )));
+        vq.build_desc_chain(&descs).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let chain = q.pop_descriptor_chain(&s.mem).unwrap();
+        let used = s.disk.handle(&s.mem, chain);
+        (used, s.mem.read_obj(GuestAddress(0x3000)).unwrap())
+    }
+
+    #[test]
+    fn reads_the_file() {
+        let content: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
+        let mut s = setup(true, &content);
+        let (used, status) = request(&mut s, T_IN, 1, 1024, true);
+        assert_eq!((used, status), (1025, S_OK));
+        let mut got = vec![0u8; 1024];
+        s.mem.read_slice(&mut got, GuestAddress(0x2000)).unwrap();
+        assert_eq!(got, content[512..1536]);
+    }
+
+    #[test]
+    fn writes_reach_the_file_unless_read_only() {
+        let mut s = setup(false, &[0u8; 4096]);
+        s.mem
+            .write_slice(&[7u8; 512], GuestAddress(0x2000))
+            .unwrap();
+        assert_eq!(request(&mut s, T_OUT, 2, 512, false), (1, S_OK));
+        let mut back = [0u8; 512];
+        s.disk.file.read_exact_at(&mut back, 1024).unwrap();
+        assert_eq!(back, [7u8; 512]);
+
+        let mut ro = setup(true, &[0u8; 4096]);
+        assert_eq!(request(&mut ro, T_OUT, 0, 512, false).1, S_IOERR);
+    }
+
+    #[test]
+    fn out_of_range_and_unknown_requests_fail_cleanly() {
+        let mut s = setup(true, &[0u8; 4096]);
+        assert_eq!(
+            request(&mut s, T_IN, 8, 512, true).1,
+            S_IOERR,
+            "past the end"
+        );
+        assert_eq!(
+            request(&mut s, T_IN, u64::MAX / 2, 512, true).1,
+            S_IOERR,
+            "overflow"
+        );
+        assert_eq!(request(&mut s, 99, 0, 0, true).1, S_UNSUPP);
+    }
+
+    #[test]
+    fn get_id_and_flush() {
+        let mut s = setup(false, &[0u8; 4096]);
+        let (used, status) = request(&mut s, T_GET_ID, 0, 20, true);
+        assert_eq!((used, status), (21, S_OK));
+        let mut id = [0u8; 20];
+        s.mem.read_slice(&mut id, GuestAddress(0x2000)).unwrap();
+        assert_eq!(&id[..6], b"layer0");
+        assert_eq!(request(&mut s, T_FLUSH, 0, 0, true).1, S_OK);
+    }
+
+    #[test]
+    fn chain_outside_memory_is_dropped() {
+        let mut s = setup(true, &[0u8; 4096]);
+        let vq = MockSplitQueue::new(&s.mem, 16);
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(0x1000, 16, NEXT, 1)),
+            RawDescriptor::from(SplitDescriptor::new(0xfff_0000, 512, NEXT | WRITE, 2)),
+            RawDescriptor::from(SplitDescriptor::new(0x3000, 1, WRITE, 0)),
+        ];
+        vq.build_desc_chain(&descs).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let chain = q.pop_descriptor_chain(&s.mem).unwrap();
+        assert_eq!(s.disk.handle(&s.mem, chain), 0);
+    }
+
+    #[test]
+    fn long_ids_are_refused() {
+        let path = std::env::temp_dir().join(format!("hull-blk-id-{}", std::process::id()));
+        std::fs::write(&path, [0u8; 512]).unwrap();
+        assert!(matches!(
+            Block::open(&path, true, Some("an-id-that-is-far-too-long")),
+            Err(BlockError::IdTooLong(_))
+        ));
+        let _ = std::fs::remove_file(path);
+    }
+}

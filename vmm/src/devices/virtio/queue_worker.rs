@@ -1,0 +1,97 @@
+//! The common shape of a queue-serving device: wait for the queue's
+//! eventfd, pop every available chain, let the device answer it, return it
+//! used, and interrupt the guest when it wants to know.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::event_loop::{EventHandler, EventLoop};
+use super::{ActivateError, Interrupt, LogLimit};
+
+/// A descriptor chain as the device sees it.
+pub type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
+
+/// Answers one request; returns the number of bytes written to the guest.
+pub trait RequestHandler: Send + 'static {
+    fn handle(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> u32;
+}
+
+struct Worker<H> {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    evt: EventFd,
+    interrupt: Interrupt,
+    handler: H,
+    errors: LogLimit,
+}
+
+impl<H: RequestHandler> Worker<H> {
+    fn process(&mut self) {
+        let mem = &self.mem;
+        let mut used_any = false;
+        loop {
+            while let Some(chain) = self.queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let len = self.handler.handle(mem, chain);
+                if let Err(e) = self.queue.add_used(mem, head, len) {
+                    if self.errors.allow() {
+                        log::warn!("virtio: returning a used buffer: {e}");
+                    }
+                }
+                used_any = true;
+            }
+            match self.queue.enable_notification(mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    if self.errors.allow() {
+                        log::warn!("virtio: queue unusable: {e}");
+                    }
+                    break;
+                }
+            }
+        }
+        if used_any && self.queue.needs_notification(mem).unwrap_or(true) {
+            self.interrupt.signal_used();
+        }
+    }
+}
+
+impl<H: RequestHandler> EventHandler for Worker<H> {
+    fn handle(&mut self, _fd: RawFd, _events: EventSet) {
+        let _ = self.evt.read();
+        self.process();
+    }
+}
+
+/// Serves `queue` with `handler` on the event loop; returns the loop token.
+pub fn spawn<H: RequestHandler>(
+    event_loop: &EventLoop,
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    evt: EventFd,
+    interrupt: Interrupt,
+    handler: H,
+) -> Result<u64, ActivateError> {
+    let fd = evt.as_raw_fd();
+    let worker = Worker {
+        mem,
+        queue,
+        evt,
+        interrupt,
+        handler,
+        errors: LogLimit::default(),
+    };
+    let worker = Arc::new(Mutex::new(worker));
+    let token = event_loop
+        .add(fd, EventSet::IN, worker.clone())
+        .map_err(ActivateError::EventLoop)?;
+    // Buffers the driver queued before activation.
+    worker.lock().unwrap_or_else(|p| p.into_inner()).process();
+    Ok(token)
+}

@@ -1,0 +1,818 @@
+//! virtio-vsock with a Unix-socket host side, as Firecracker users know it:
+//! - a host process connects to the UDS path and writes `CONNECT <port>\n`;
+//!   once a guest listener on that port accepts, it reads `OK <hostport>\n`
+//!   and the stream is connected;
+//! - a guest connection to host port P is connected to a Unix listener at
+//!   `<UDS path>_P`.
+//!
+//! Streams use credit-based flow control both ways: the device reads from a
+//! host socket only as much as the guest has room for, and keeps at most
+//! [`CONN_BUF`] bytes per connection that the host socket has not taken yet
+//! (the guest is told so through buf_alloc/fwd_cnt). Everything in a packet
+//! is untrusted: lengths are bounded, unknown operations and addresses are
+//! answered with a reset.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::num::Wrapping;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{ByteValued, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::event_loop::{EventHandler, EventLoop};
+use super::{
+    ActivateError, Activation, F_VERSION_1, Interrupt, LogLimit, TYPE_VSOCK, VirtioDevice,
+    read_config_bytes,
+};
+
+/// The host's CID.
+pub const HOST_CID: u64 = 2;
+/// Bytes of guest data per connection the device holds for a slow host reader.
+pub const CONN_BUF: u32 = 256 * 1024;
+/// Largest payload accepted in one packet from the guest.
+const MAX_PKT_PAYLOAD: u32 = 64 * 1024;
+/// Most connections at once.
+const MAX_CONNS: usize = 4096;
+/// Most control packets waiting for guest rx buffers.
+const MAX_CONTROL: usize = 8192;
+const QUEUE_SIZE: u16 = 256;
+const HDR_LEN: usize = std::mem::size_of::<Header>();
+
+const TYPE_STREAM: u16 = 1;
+const OP_REQUEST: u16 = 1;
+const OP_RESPONSE: u16 = 2;
+const OP_RST: u16 = 3;
+const OP_SHUTDOWN: u16 = 4;
+const OP_RW: u16 = 5;
+const OP_CREDIT_UPDATE: u16 = 6;
+const OP_CREDIT_REQUEST: u16 = 7;
+const SHUTDOWN_RCV: u32 = 1;
+const SHUTDOWN_SEND: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error("vsock socket {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The virtio-vsock packet header (virtio 1.1, 5.10.6), little endian.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+#[repr(C, packed)]
+pub struct Header {
+    pub src_cid: u64,
+    pub dst_cid: u64,
+    pub src_port: u32,
+    pub dst_port: u32,
+    pub len: u32,
+    pub kind: u16,
+    pub op: u16,
+    pub flags: u32,
+    pub buf_alloc: u32,
+    pub fwd_cnt: u32,
+}
+
+// SAFETY: a packed C struct of integers: no padding, every byte pattern valid.
+unsafe impl ByteValued for Header {}
+
+/// The device as the transport sees it.
+pub struct Vsock {
+    cid: u64,
+    uds: PathBuf,
+    listener: Option<UnixListener>,
+    event_loop: EventLoop,
+    config: [u8; 8],
+    backend: Option<(Arc<Mutex<Backend>>, Vec<u64>)>,
+}
+
+impl Vsock {
+    /// Listens on `uds` (replacing a stale socket file) for host connections.
+    pub fn new(cid: u64, uds: &Path, event_loop: EventLoop) -> Result<Vsock, VsockError> {
+        let listen_err = |source| VsockError::Listen {
+            path: uds.to_path_buf(),
+            source,
+        };
+        match std::fs::remove_file(uds) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(listen_err(e)),
+        }
+        let listener = UnixListener::bind(uds).map_err(listen_err)?;
+        listener.set_nonblocking(true).map_err(listen_err)?;
+        Ok(Vsock {
+            cid,
+            uds: uds.to_path_buf(),
+            listener: Some(listener),
+            event_loop,
+            config: cid.to_le_bytes(),
+            backend: None,
+        })
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; 3]
+    }
+    fn features(&self) -> u64 {
+        F_VERSION_1
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+    fn activate(&mut self, mut a: Activation, _features: u64) -> Result<(), ActivateError> {
+        if a.queues.len() != 3 || a.queue_evts.len() != 3 {
+            return Err(ActivateError::QueueCount {
+                got: a.queues.len(),
+                want: 3,
+            });
+        }
+        let listener = match &self.listener {
+            Some(l) => l
+                .try_clone()
+                .map_err(|e| ActivateError::Device(format!("vsock listener: {e}")))?,
+            None => return Err(ActivateError::Device("vsock listener gone".into())),
+        };
+        let evq = a.queues.pop();
+        let txq = a.queues.pop();
+        let rxq = a.queues.pop();
+        let (Some(rxq), Some(txq), Some(_evq)) = (rxq, txq, evq) else {
+            return Err(ActivateError::QueueCount { got: 0, want: 3 });
+        };
+        let mut evts = a.queue_evts.into_iter();
+        let (rx_evt, tx_evt, ev_evt) = match (evts.next(), evts.next(), evts.next()) {
+            (Some(r), Some(t), Some(e)) => (r, t, e),
+            _ => return Err(ActivateError::QueueCount { got: 0, want: 3 }),
+        };
+        let fds = [
+            rx_evt.as_raw_fd(),
+            tx_evt.as_raw_fd(),
+            ev_evt.as_raw_fd(),
+            listener.as_raw_fd(),
+        ];
+        let backend = Arc::new_cyclic(|me| {
+            Mutex::new(Backend {
+                me: me.clone(),
+                cid: self.cid,
+                uds: self.uds.clone(),
+                mem: a.mem,
+                rxq,
+                txq,
+                rx_evt,
+                tx_evt,
+                ev_evt,
+                listener,
+                interrupt: a.interrupt,
+                event_loop: a.event_loop.clone(),
+                conns: HashMap::new(),
+                by_fd: HashMap::new(),
+                handshakes: HashMap::new(),
+                control: VecDeque::new(),
+                next_port: 1 << 30,
+                errors: LogLimit::default(),
+                used: false,
+            })
+        });
+        let mut tokens = Vec::new();
+        for fd in fds {
+            let t = a
+                .event_loop
+                .add(fd, EventSet::IN, backend.clone())
+                .map_err(ActivateError::EventLoop)?;
+            tokens.push(t);
+        }
+        self.backend = Some((backend, tokens));
+        Ok(())
+    }
+    fn reset(&mut self) {
+        if let Some((backend, tokens)) = self.backend.take() {
+            for t in tokens {
+                self.event_loop.remove(t);
+            }
+            lock(&backend).close_all();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type Key = (u32, u32); // (host port, guest port)
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum State {
+    /// Host-initiated: REQUEST sent, waiting for the guest's RESPONSE.
+    Connecting,
+    Established,
+}
+
+struct Conn {
+    stream: UnixStream,
+    token: u64,
+    state: State,
+    /// The guest's receive buffer and how much of it it has consumed.
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: Wrapping<u32>,
+    /// Bytes sent to the guest.
+    tx_cnt: Wrapping<u32>,
+    /// Bytes of guest data written to the host socket.
+    fwd_cnt: Wrapping<u32>,
+    last_fwd_cnt_sent: Wrapping<u32>,
+    /// Guest data the host socket has not taken yet (at most CONN_BUF).
+    to_host: VecDeque<u8>,
+    /// The host socket has data we have not read (EPOLLIN seen).
+    readable: bool,
+    host_eof: bool,
+    guest_done_sending: bool,
+    interest: EventSet,
+}
+
+impl Conn {
+    fn new(stream: UnixStream, token: u64, state: State) -> Conn {
+        Conn {
+            stream,
+            token,
+            state,
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: Wrapping(0),
+            tx_cnt: Wrapping(0),
+            fwd_cnt: Wrapping(0),
+            last_fwd_cnt_sent: Wrapping(0),
+            to_host: VecDeque::new(),
+            readable: false,
+            host_eof: false,
+            guest_done_sending: false,
+            interest: EventSet::IN,
+        }
+    }
+
+    /// How many more bytes the guest can take.
+    fn peer_credit(&self) -> u32 {
+        let in_flight = (self.tx_cnt - self.peer_fwd_cnt).0;
+        self.peer_buf_alloc.saturating_sub(in_flight)
+    }
+
+    /// Writes what the host socket takes of `to_host`; Err on a broken socket.
+    fn flush_to_host(&mut self) -> std::io::Result<()> {
+        while !self.to_host.is_empty() {
+            let (a, _) = self.to_host.as_slices();
+            match self.stream.write(a) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.to_host.drain(..n);
+                    self.fwd_cnt += Wrapping(n as u32);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.to_host.is_empty() && self.guest_done_sending {
+            let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        }
+        Ok(())
+    }
+
+    fn wanted_interest(&self) -> EventSet {
+        let mut e = EventSet::empty();
+        if self.state == State::Established && !self.readable && !self.host_eof {
+            e |= EventSet::IN;
+        }
+        if !self.to_host.is_empty() {
+            e |= EventSet::OUT;
+        }
+        e
+    }
+}
+
+/// Host-initiated connection before its `CONNECT <port>\n` line is complete.
+struct Handshake {
+    stream: UnixStream,
+    token: u64,
+    line: Vec<u8>,
+}
+
+struct Backend {
+    me: std::sync::Weak<Mutex<Backend>>,
+    cid: u64,
+    uds: PathBuf,
+    mem: GuestMemoryMmap,
+    rxq: Queue,
+    txq: Queue,
+    rx_evt: EventFd,
+    tx_evt: EventFd,
+    ev_evt: EventFd,
+    listener: UnixListener,
+    interrupt: Interrupt,
+    event_loop: EventLoop,
+    conns: HashMap<Key, Conn>,
+    by_fd: HashMap<RawFd, Key>,
+    handshakes: HashMap<RawFd, Handshake>,
+    control: VecDeque<Header>,
+    next_port: u32,
+    errors: LogLimit,
+    used: bool,
+}
+
+impl EventHandler for Backend {
+    fn handle(&mut self, fd: RawFd, events: EventSet) {
+        if fd == self.rx_evt.as_raw_fd() {
+            let _ = self.rx_evt.read();
+        } else if fd == self.tx_evt.as_raw_fd() {
+            let _ = self.tx_evt.read();
+            self.process_tx();
+        } else if fd == self.ev_evt.as_raw_fd() {
+            let _ = self.ev_evt.read();
+        } else if fd == self.listener.as_raw_fd() {
+            self.accept();
+        } else if self.handshakes.contains_key(&fd) {
+            self.continue_handshake(fd);
+        } else if let Some(&key) = self.by_fd.get(&fd) {
+            self.conn_event(key, events);
+        }
+        self.process_rx();
+        if std::mem::take(&mut self.used) {
+            self.interrupt.signal_used();
+        }
+    }
+}
+
+impl Backend {
+    fn header(&self, key: Key, op: u16, flags: u32, len: u32) -> Header {
+        let fwd = self.conns.get(&key).map_or(0, |c| c.fwd_cnt.0);
+        Header {
+            src_cid: HOST_CID,
+            dst_cid: self.cid,
+            src_port: key.0,
+            dst_port: key.1,
+            len,
+            kind: TYPE_STREAM,
+            op,
+            flags,
+            buf_alloc: CONN_BUF,
+            fwd_cnt: fwd,
+        }
+    }
+
+    fn queue_control(&mut self, key: Key, op: u16, flags: u32) {
+        if self.control.len() >= MAX_CONTROL {
+            if self.errors.allow() {
+                log::warn!("vsock: guest is not taking packets; dropping a control packet");
+            }
+            return;
+        }
+        let h = self.header(key, op, flags, 0);
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.last_fwd_cnt_sent = c.fwd_cnt;
+        }
+        self.control.push_back(h);
+    }
+
+    fn reset_conn(&mut self, key: Key) {
+        self.remove_conn(key);
+        self.queue_control(key, OP_RST, 0);
+    }
+
+    fn remove_conn(&mut self, key: Key) {
+        if let Some(c) = self.conns.remove(&key) {
+            self.event_loop.remove(c.token);
+            self.by_fd.remove(&c.stream.as_raw_fd());
+        }
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<Key> = self.conns.keys().copied().collect();
+        for k in keys {
+            self.remove_conn(k);
+        }
+        for (_, h) in self.handshakes.drain() {
+            self.event_loop.remove(h.token);
+        }
+    }
+
+    fn update_interest(&mut self, key: Key) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            let want = c.wanted_interest();
+            if want != c.interest {
+                c.interest = want;
+                let _ = self.event_loop.modify(c.token, want);
+            }
+        }
+    }
+
+    fn register(&mut self, stream: &UnixStream, events: EventSet) -> Option<u64> {
+        let handler = self.self_handle()?;
+        self.event_loop
+            .add(stream.as_raw_fd(), events, handler)
+            .ok()
+    }
+
+    /// The Arc this backend is registered under.
+    fn self_handle(&self) -> Option<Arc<Mutex<dyn EventHandler>>> {
+        let me: Arc<Mutex<Backend>> = self.me.upgrade()?;
+        Some(me)
+    }
+
+    // --- host side -------------------------------------------------------
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    if let Some(token) = self.register(&stream, EventSet::IN) {
+                        let fd = stream.as_raw_fd();
+                        self.handshakes.insert(
+                            fd,
+                            Handshake {
+                                stream,
+                                token,
+                                line: Vec::new(),
+                            },
+                        );
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn continue_handshake(&mut self, fd: RawFd) {
+        let Some(h) = self.handshakes.get_mut(&fd) else {
+            return;
+        };
+        let mut byte = [0u8; 1];
+        let port = loop {
+            match h.stream.read(&mut byte) {
+                Ok(0) => break Err(()),
+                Ok(_) if byte[0] == b'\n' => {
+                    let line = String::from_utf8_lossy(&h.line).into_owned();
+                    break line
+                        .strip_prefix("CONNECT ")
+                        .and_then(|p| p.trim().parse::<u32>().ok())
+                        .ok_or(());
+                }
+                Ok(_) if h.line.len() >= 64 => break Err(()),
+                Ok(_) => h.line.push(byte[0]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break Err(()),
+            }
+        };
+        let Some(h) = self.handshakes.remove(&fd) else {
+            return;
+        };
+        let Ok(guest_port) = port else {
+            self.event_loop.remove(h.token);
+            return; // dropping the stream closes it: a bad request
+        };
+        if self.conns.len() >= MAX_CONNS {
+            self.event_loop.remove(h.token);
+            return;
+        }
+        let host_port = self.alloc_port(guest_port);
+        let key = (host_port, guest_port);
+        // Wait for the guest's answer before reading from the host socket.
+        let _ = self.event_loop.modify(h.token, EventSet::empty());
+        let mut conn = Conn::new(h.stream, h.token, State::Connecting);
+        conn.interest = EventSet::empty();
+        self.by_fd.insert(fd, key);
+        self.conns.insert(key, conn);
+        self.queue_control(key, OP_REQUEST, 0);
+    }
+
+    fn alloc_port(&mut self, guest_port: u32) -> u32 {
+        loop {
+            let p = self.next_port;
+            self.next_port = if p == u32::MAX { 1 << 30 } else { p + 1 };
+            if !self.conns.contains_key(&(p, guest_port)) {
+                return p;
+            }
+        }
+    }
+
+    fn conn_event(&mut self, key: Key, events: EventSet) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if events.contains(EventSet::OUT) && c.flush_to_host().is_err() {
+            self.reset_conn(key);
+            return;
+        }
+        if events
+            .intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR)
+        {
+            c.readable = true;
+        }
+        let credit_due = (c.fwd_cnt - c.last_fwd_cnt_sent).0 >= CONN_BUF / 4;
+        if credit_due {
+            self.queue_control(key, OP_CREDIT_UPDATE, 0);
+        }
+        self.update_interest(key);
+    }
+
+    // --- guest -> host -----------------------------------------------------
+
+    fn process_tx(&mut self) {
+        let mem = self.mem.clone();
+        loop {
+            while let Some(chain) = self.txq.pop_descriptor_chain(&mem) {
+                let head = chain.head_index();
+                match chain.reader(&mem) {
+                    Ok(mut r) => match r.read_obj::<Header>() {
+                        Ok(h) => {
+                            let len = h.len;
+                            if len > MAX_PKT_PAYLOAD || len as usize > r.available_bytes() {
+                                self.bad_packet(&h, "payload length out of bounds");
+                            } else {
+                                let mut payload = vec![0u8; len as usize];
+                                if r.read_exact(&mut payload).is_ok() {
+                                    self.guest_packet(h, payload);
+                                }
+                            }
+                        }
+                        Err(_) => {
+                            if self.errors.allow() {
+                                log::warn!("vsock: tx packet without a header dropped");
+                            }
+                        }
+                    },
+                    Err(e) => {
+                        if self.errors.allow() {
+                            log::warn!("vsock: malformed tx chain: {e}");
+                        }
+                    }
+                }
+                let _ = self.txq.add_used(&mem, head, 0);
+                self.used = true;
+            }
+            match self.txq.enable_notification(&mem) {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
+    }
+
+    fn bad_packet(&mut self, h: &Header, why: &str) {
+        if self.errors.allow() {
+            log::warn!("vsock: bad packet from the guest ({why}): {h:?}");
+        }
+        let key = (h.dst_port, h.src_port);
+        if self.conns.contains_key(&key) {
+            self.reset_conn(key);
+        }
+    }
+
+    fn guest_packet(&mut self, h: Header, payload: Vec<u8>) {
+        let (src_cid, dst_cid, kind, op) = (h.src_cid, h.dst_cid, h.kind, h.op);
+        if src_cid != self.cid || dst_cid != HOST_CID || kind != TYPE_STREAM {
+            if op != OP_RST {
+                let key = (h.dst_port, h.src_port);
+                self.remove_conn(key);
+                let mut rst = self.header(key, OP_RST, 0, 0);
+                rst.dst_cid = src_cid;
+                self.control.push_back(rst);
+            }
+            return;
+        }
+        let key = (h.dst_port, h.src_port);
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.peer_buf_alloc = h.buf_alloc;
+            c.peer_fwd_cnt = Wrapping(h.fwd_cnt);
+        }
+        match op {
+            OP_REQUEST => self.guest_connect(key, &h),
+            OP_RESPONSE => {
+                let Some(c) = self.conns.get_mut(&key) else {
+                    self.queue_control(key, OP_RST, 0);
+                    return;
+                };
+                if c.state != State::Connecting {
+                    self.reset_conn(key);
+                    return;
+                }
+                c.state = State::Established;
+                let ok = format!("OK {}\n", key.0);
+                c.to_host.extend(ok.as_bytes());
+                if c.flush_to_host().is_err() {
+                    self.reset_conn(key);
+                    return;
+                }
+                self.update_interest(key);
+            }
+            OP_RW => {
+                let Some(c) = self.conns.get_mut(&key) else {
+                    self.queue_control(key, OP_RST, 0);
+                    return;
+                };
+                if c.state != State::Established || c.guest_done_sending {
+                    self.reset_conn(key);
+                    return;
+                }
+                if c.to_host.len() + payload.len() > CONN_BUF as usize {
+                    // The guest sent past the credit it was given.
+                    self.bad_packet(&h, "credit exceeded");
+                    return;
+                }
+                c.to_host.extend(payload);
+                if c.flush_to_host().is_err() {
+                    self.reset_conn(key);
+                    return;
+                }
+                if (c.fwd_cnt - c.last_fwd_cnt_sent).0 >= CONN_BUF / 4 {
+                    self.queue_control(key, OP_CREDIT_UPDATE, 0);
+                }
+                self.update_interest(key);
+            }
+            OP_CREDIT_UPDATE => self.update_interest(key),
+            OP_CREDIT_REQUEST => {
+                if self.conns.contains_key(&key) {
+                    self.queue_control(key, OP_CREDIT_UPDATE, 0);
+                }
+            }
+            OP_SHUTDOWN => {
+                let flags = h.flags;
+                let Some(c) = self.conns.get_mut(&key) else {
+                    return;
+                };
+                if flags & SHUTDOWN_SEND != 0 {
+                    c.guest_done_sending = true;
+                    let _ = c.flush_to_host();
+                }
+                if flags & (SHUTDOWN_SEND | SHUTDOWN_RCV) == SHUTDOWN_SEND | SHUTDOWN_RCV
+                    && c.to_host.is_empty()
+                {
+                    self.reset_conn(key);
+                }
+            }
+            OP_RST => self.remove_conn(key),
+            _ => self.bad_packet(&h, "unknown operation"),
+        }
+    }
+
+    fn guest_connect(&mut self, key: Key, h: &Header) {
+        if self.conns.contains_key(&key) || self.conns.len() >= MAX_CONNS {
+            self.reset_conn(key);
+            return;
+        }
+        let path = PathBuf::from(format!("{}_{}", self.uds.display(), key.0));
+        let stream = match UnixStream::connect(&path) {
+            Ok(s) if s.set_nonblocking(true).is_ok() => s,
+            _ => {
+                self.queue_control(key, OP_RST, 0);
+                return;
+            }
+        };
+        let Some(token) = self.register(&stream, EventSet::IN) else {
+            self.queue_control(key, OP_RST, 0);
+            return;
+        };
+        let mut c = Conn::new(stream, token, State::Established);
+        c.peer_buf_alloc = h.buf_alloc;
+        c.peer_fwd_cnt = Wrapping(h.fwd_cnt);
+        self.by_fd.insert(c.stream.as_raw_fd(), key);
+        self.conns.insert(key, c);
+        self.queue_control(key, OP_RESPONSE, 0);
+    }
+
+    // --- host -> guest -------------------------------------------------------
+
+    /// A connection with host data to deliver and guest credit for it.
+    fn next_sender(&self) -> Option<Key> {
+        self.conns
+            .iter()
+            .find(|(_, c)| {
+                c.state == State::Established && c.readable && !c.host_eof && c.peer_credit() > 0
+            })
+            .map(|(k, _)| *k)
+    }
+
+    fn process_rx(&mut self) {
+        let mem = self.mem.clone();
+        loop {
+            let has_control = !self.control.is_empty();
+            let sender = if has_control {
+                None
+            } else {
+                self.next_sender()
+            };
+            if !has_control && sender.is_none() {
+                break;
+            }
+            let Some(chain) = self.rxq.pop_descriptor_chain(&mem) else {
+                // Wait for the guest to add rx buffers.
+                let _ = self.rxq.enable_notification(&mem);
+                break;
+            };
+            let head = chain.head_index();
+            let mut w = match chain.writer(&mem) {
+                Ok(w) if w.available_bytes() >= HDR_LEN => w,
+                _ => {
+                    let _ = self.rxq.add_used(&mem, head, 0);
+                    self.used = true;
+                    continue;
+                }
+            };
+            let written = if let Some(h) = self.control.pop_front() {
+                w.write_obj(h).map(|_| HDR_LEN as u32).unwrap_or(0)
+            } else if let Some(key) = sender {
+                self.send_data(key, &mut w)
+            } else {
+                0
+            };
+            let _ = self.rxq.add_used(&mem, head, written);
+            self.used = true;
+        }
+    }
+
+    /// Moves host data of `key` into one rx buffer; returns bytes written.
+    fn send_data(&mut self, key: Key, w: &mut virtio_queue::Writer<'_>) -> u32 {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return 0;
+        };
+        let room = (w.available_bytes() - HDR_LEN).min(c.peer_credit() as usize);
+        let mut buf = vec![0u8; room.min(MAX_PKT_PAYLOAD as usize)];
+        let n = loop {
+            match c.stream.read(&mut buf) {
+                Ok(n) => break Some(n),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break None,
+                Err(_) => break Some(0),
+            }
+        };
+        match n {
+            None => {
+                c.readable = false;
+                self.update_interest(key);
+                // Nothing to send after all: a credit update costs nothing.
+                let h = self.header(key, OP_CREDIT_UPDATE, 0, 0);
+                w.write_obj(h).map(|_| HDR_LEN as u32).unwrap_or(0)
+            }
+            Some(0) => {
+                // The host closed its end: neither side sends any more.
+                c.host_eof = true;
+                self.update_interest(key);
+                let h = self.header(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND, 0);
+                w.write_obj(h).map(|_| HDR_LEN as u32).unwrap_or(0)
+            }
+            Some(n) => {
+                c.tx_cnt += Wrapping(n as u32);
+                c.last_fwd_cnt_sent = c.fwd_cnt;
+                let h = self.header(key, OP_RW, 0, n as u32);
+                if w.write_obj(h).is_err() || w.write_all(&buf[..n]).is_err() {
+                    return 0;
+                }
+                (HDR_LEN + n) as u32
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_is_44_bytes_little_endian() {
+        assert_eq!(HDR_LEN, 44);
+        let h = Header {
+            src_cid: 3,
+            len: 5,
+            op: OP_RW,
+            ..Default::default()
+        };
+        let b = h.as_slice();
+        assert_eq!(b[0], 3);
+        assert_eq!(b[24], 5);
+        assert_eq!(b[30], OP_RW as u8);
+    }
+
+    #[test]
+    fn credit_accounting_wraps() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut c = Conn::new(a, 0, State::Established);
+        c.peer_buf_alloc = 1000;
+        c.tx_cnt = Wrapping(u32::MAX - 10);
+        c.peer_fwd_cnt = Wrapping(u32::MAX - 100);
+        assert_eq!(c.peer_credit(), 910);
+        c.tx_cnt += Wrapping(50); // wraps past zero
+        assert_eq!(c.peer_credit(), 860);
+        c.peer_fwd_cnt = c.tx_cnt;
+        assert_eq!(c.peer_credit(), 1000);
+    }
+}
