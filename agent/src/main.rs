@@ -1,6 +1,166 @@
-//! `hull-agent`: PID 1 of a hull guest (or of a namespace sandbox).
+//! `hull-agent`: PID 1 of a hull guest, or of a namespace sandbox.
+//!
+//! - In a microVM (run as the initramfs's /init): mounts the root filesystem
+//!   from the virtio-blk disks (one read-only disk per layer, stacked with
+//!   overlayfs under a tmpfs upper), switches into it, and serves process
+//!   sessions on vsock port 1024. When the main process ends it reports the
+//!   status and resets the VM.
+//! - `hull-agent ns --listen SOCKET --scratch DIR --lower DIR...`: does the
+//!   same on the host as PID 1 of new pid, mount, uts, ipc and net
+//!   namespaces, with host directories as layers and a Unix socket instead
+//!   of vsock.
+
+mod rootfs;
+mod session;
+mod sys;
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hull_agent::protocol::{AGENT_PORT, MARK_AGENT_READY, MARK_AGENT_START, Marks};
+use session::Ctx;
 
 fn main() {
-    eprintln!("hull-agent: not implemented yet");
-    std::process::exit(125);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if std::process::id() == 1 && args.is_empty() {
+        vm_init();
+    }
+    match args.first().map(String::as_str) {
+        Some("ns") => ns_main(&args[1..]),
+        Some("--version") => println!("hull-agent {}", env!("CARGO_PKG_VERSION")),
+        _ => {
+            eprintln!(
+                "hull-agent: run by hull as a guest's PID 1, or as `hull-agent ns --listen SOCKET --scratch DIR --lower DIR...`"
+            );
+            std::process::exit(125);
+        }
+    }
+}
+
+fn vm_init() -> ! {
+    let start = sys::boot_ms();
+    sys::boot_mark(MARK_AGENT_START);
+    let setup = rootfs::vm_setup();
+    if let Err(e) = &setup {
+        eprintln!("hull-agent: {e}");
+    }
+    let rootfs_ms = sys::boot_ms();
+    let listener = match sys::vsock_listen(AGENT_PORT) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hull-agent: cannot listen on vsock port {AGENT_PORT}: {e}");
+            sys::reboot();
+        }
+    };
+    let ctx = Arc::new(Ctx {
+        marks: Marks {
+            agent_start_ms: start,
+            rootfs_ms,
+            ready_ms: sys::boot_ms(),
+        },
+        root: PathBuf::from("/"),
+        setup_error: setup.err(),
+    });
+    sys::boot_mark(MARK_AGENT_READY);
+    serve_forever(&listener, ctx, sys::reboot)
+}
+
+/// Accepts sessions; when the main one ends, `end` finishes the sandbox.
+fn serve_forever(listener: &OwnedFd, ctx: Arc<Ctx>, end: fn() -> !) -> ! {
+    loop {
+        let conn = match sys::accept(listener.as_raw_fd()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("hull-agent: accept: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        std::thread::spawn(move || {
+            if session::serve(std::fs::File::from(conn), &ctx).is_some() {
+                end();
+            }
+        });
+    }
+}
+
+fn ns_main(args: &[String]) {
+    let mut listen = None;
+    let mut scratch = None;
+    let mut lowers = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it.next().cloned();
+        match (a.as_str(), v) {
+            ("--listen", Some(v)) => listen = Some(PathBuf::from(v)),
+            ("--scratch", Some(v)) => scratch = Some(PathBuf::from(v)),
+            ("--lower", Some(v)) => lowers.push(PathBuf::from(v)),
+            _ => {
+                eprintln!("hull-agent ns: bad argument {a}");
+                std::process::exit(125);
+            }
+        }
+    }
+    let (Some(listen), Some(scratch)) = (listen, scratch) else {
+        eprintln!("hull-agent ns: --listen and --scratch are required");
+        std::process::exit(125);
+    };
+    if lowers.is_empty() {
+        eprintln!("hull-agent ns: at least one --lower is required");
+        std::process::exit(125);
+    }
+    let flags = libc::CLONE_NEWNS
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWPID;
+    if let Err(e) = sys::unshare(flags) {
+        eprintln!("hull-agent ns: unshare: {e}");
+        std::process::exit(125);
+    }
+    match sys::fork() {
+        Err(e) => {
+            eprintln!("hull-agent ns: fork: {e}");
+            std::process::exit(125);
+        }
+        Ok(0) => {}
+        Ok(child) => {
+            // The parent waits for PID 1 of the new namespace and mirrors it.
+            let mut status = 0;
+            // SAFETY: valid pointer to `status`.
+            while unsafe { libc::waitpid(child, &mut status, 0) } < 0 {}
+            let exit = sys::exit_from_status(status);
+            std::process::exit(exit.status());
+        }
+    }
+    // PID 1 of the new pid namespace.
+    let start = sys::boot_ms();
+    let listener = match UnixListener::bind(&listen) {
+        Ok(l) => OwnedFd::from(l),
+        Err(e) => {
+            eprintln!("hull-agent ns: listening on {}: {e}", listen.display());
+            std::process::exit(125);
+        }
+    };
+    let setup = rootfs::ns_setup(&scratch, &lowers);
+    if let Err(e) = &setup {
+        eprintln!("hull-agent ns: {e}");
+    }
+    let ctx = Arc::new(Ctx {
+        marks: Marks {
+            agent_start_ms: start,
+            rootfs_ms: sys::boot_ms(),
+            ready_ms: sys::boot_ms(),
+        },
+        root: PathBuf::from("/"),
+        setup_error: setup.err(),
+    });
+    serve_forever(&listener, ctx, ns_end)
+}
+
+fn ns_end() -> ! {
+    std::process::exit(0)
 }

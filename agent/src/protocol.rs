@@ -1,0 +1,367 @@
+//! hull's host<->agent protocol, version 1.
+//!
+//! A connection carries one process session. Frames are
+//! `u32 length (big endian) | u8 kind | payload`, where length counts the
+//! kind byte and the payload and is at most [`MAX_FRAME`]. Control messages
+//! are JSON; stdio data is raw bytes. The agent speaks first ([`Kind::Hello`]),
+//! the host answers with [`Kind::Start`]; then stdio flows both ways until the
+//! agent sends [`Kind::Exit`] (or [`Kind::Error`] when the process could not
+//! start). Anything malformed or oversized is an error, never a panic, and
+//! nothing larger than one frame is ever allocated.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+pub const VERSION: u32 = 1;
+/// Largest frame (kind byte + payload).
+pub const MAX_FRAME: usize = 1 << 20;
+/// Largest stdio payload the sender puts in one frame.
+pub const MAX_DATA: usize = 64 * 1024;
+/// The vsock port the agent listens on in a VM.
+pub const AGENT_PORT: u32 = 1024;
+
+/// Boot-timer port marks the agent writes (see hull-vmm's boot timer).
+pub const MARK_AGENT_START: u8 = 1;
+pub const MARK_AGENT_READY: u8 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Hello = 1,
+    Start = 2,
+    Stdin = 3,
+    StdinClose = 4,
+    Stdout = 5,
+    Stderr = 6,
+    Resize = 7,
+    Signal = 8,
+    Exit = 9,
+    Error = 10,
+    Started = 11,
+    Shutdown = 12,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        use Kind::*;
+        Some(match v {
+            1 => Hello,
+            2 => Start,
+            3 => Stdin,
+            4 => StdinClose,
+            5 => Stdout,
+            6 => Stderr,
+            7 => Resize,
+            8 => Signal,
+            9 => Exit,
+            10 => Error,
+            11 => Started,
+            12 => Shutdown,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("frame of {0} bytes is larger than the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("empty frame")]
+    Empty,
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("malformed {kind:?} message: {source}")]
+    Json {
+        kind: Kind,
+        source: serde_json::Error,
+    },
+    #[error("expected {expected:?}, got {got:?}")]
+    Unexpected { expected: Kind, got: Kind },
+    #[error("the peer speaks protocol version {0}, this side {VERSION}")]
+    Version(u32),
+}
+
+/// One frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: Kind,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn new(kind: Kind, payload: Vec<u8>) -> Frame {
+        Frame { kind, payload }
+    }
+
+    /// A frame carrying `msg` as JSON.
+    pub fn json<T: Serialize>(kind: Kind, msg: &T) -> Frame {
+        Frame::new(
+            kind,
+            serde_json::to_vec(msg).expect("protocol messages serialize"),
+        )
+    }
+
+    /// Decodes the JSON payload.
+    pub fn parse<T: for<'de> Deserialize<'de>>(&self) -> Result<T, ProtocolError> {
+        serde_json::from_slice(&self.payload).map_err(|source| ProtocolError::Json {
+            kind: self.kind,
+            source,
+        })
+    }
+
+    /// Decodes the payload of a frame that must be of `kind`.
+    pub fn expect<T: for<'de> Deserialize<'de>>(&self, kind: Kind) -> Result<T, ProtocolError> {
+        if self.kind != kind {
+            return Err(ProtocolError::Unexpected {
+                expected: kind,
+                got: self.kind,
+            });
+        }
+        self.parse()
+    }
+}
+
+/// Writes one frame (in a single write, so frames from several threads
+/// sharing a locked writer never interleave).
+pub fn write_frame(w: &mut impl Write, f: &Frame) -> Result<(), ProtocolError> {
+    let len = f.payload.len() + 1;
+    if len > MAX_FRAME {
+        return Err(ProtocolError::TooLarge(len));
+    }
+    let mut buf = Vec::with_capacity(4 + len);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    buf.push(f.kind as u8);
+    buf.extend_from_slice(&f.payload);
+    w.write_all(&buf)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream between frames.
+pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, ProtocolError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 {
+        return Err(ProtocolError::Empty);
+    }
+    if len > MAX_FRAME {
+        return Err(ProtocolError::TooLarge(len));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf)?;
+    let kind = Kind::from_u8(buf[0]).ok_or(ProtocolError::UnknownKind(buf[0]))?;
+    buf.remove(0);
+    Ok(Some(Frame { kind, payload: buf }))
+}
+
+/// Timing marks, in milliseconds since the guest kernel started (CLOCK_BOOTTIME).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Marks {
+    /// The agent began running as PID 1.
+    pub agent_start_ms: f64,
+    /// Root filesystem mounted.
+    pub rootfs_ms: f64,
+    /// Listening: ready for the host.
+    pub ready_ms: f64,
+}
+
+/// The agent's first message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    pub marks: Marks,
+}
+
+/// Who the process runs as: a name or number, and optionally a group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub user: String,
+    pub group: Option<String>,
+}
+
+/// A resource limit (setrlimit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// Name as in `ulimit`/OCI without the RLIMIT_ prefix: NOFILE, NPROC, ...
+    pub name: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// What to run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Start {
+    /// The main process (its end ends the container) or an `exec`.
+    pub main: bool,
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: User,
+    /// Set once, by the main process's Start.
+    pub hostname: Option<String>,
+    pub tty: bool,
+    pub rows: u16,
+    pub cols: u16,
+    /// Whether the host will send stdin (else the process gets /dev/null).
+    pub stdin: bool,
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// The process started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Started {
+    pub pid: i32,
+    /// Milliseconds since the guest kernel started.
+    pub at_ms: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signal {
+    pub signal: i32,
+}
+
+/// How the process ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exit {
+    /// The exit status, when it exited.
+    pub code: Option<i32>,
+    /// The signal, when it was killed by one.
+    pub signal: Option<i32>,
+    /// Why, when the agent knows more (e.g. "out of memory").
+    pub reason: Option<String>,
+    /// Milliseconds since the guest kernel started.
+    pub at_ms: f64,
+}
+
+impl Exit {
+    /// The status a docker-style CLI exits with: the code, or 128 + signal.
+    pub fn status(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => 125,
+        }
+    }
+}
+
+/// The process could not start (or the session failed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    pub message: String,
+    /// 126 not executable, 127 not found, 125 anything else.
+    pub exit_code: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut buf = Vec::new();
+        let start = Start {
+            main: true,
+            argv: vec!["sh".into()],
+            ..Default::default()
+        };
+        write_frame(&mut buf, &Frame::json(Kind::Start, &start)).unwrap();
+        write_frame(&mut buf, &Frame::new(Kind::Stdout, b"out".to_vec())).unwrap();
+        let mut r = &buf[..];
+        let f = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!(f.expect::<Start>(Kind::Start).unwrap(), start);
+        let f = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!((f.kind, f.payload.as_slice()), (Kind::Stdout, &b"out"[..]));
+        assert!(read_frame(&mut r).unwrap().is_none());
+    }
+
+    #[test]
+    fn oversized_empty_unknown_and_truncated_frames_are_errors() {
+        let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        assert!(matches!(
+            read_frame(&mut &huge[..]),
+            Err(ProtocolError::TooLarge(_))
+        ));
+        assert!(matches!(
+            read_frame(&mut &[0u8, 0, 0, 0][..]),
+            Err(ProtocolError::Empty)
+        ));
+        assert!(matches!(
+            read_frame(&mut &[0u8, 0, 0, 1, 200][..]),
+            Err(ProtocolError::UnknownKind(200))
+        ));
+        assert!(matches!(
+            read_frame(&mut &[0u8, 0, 0, 9, 5][..]),
+            Err(ProtocolError::Io(_))
+        ));
+        assert!(matches!(
+            read_frame(&mut &[0u8, 0][..]),
+            Err(ProtocolError::Io(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_json_and_wrong_kind() {
+        let f = Frame::new(Kind::Start, b"{not json".to_vec());
+        assert!(matches!(
+            f.parse::<Start>(),
+            Err(ProtocolError::Json { .. })
+        ));
+        let f = Frame::json(Kind::Resize, &Resize { rows: 1, cols: 2 });
+        assert!(matches!(
+            f.expect::<Start>(Kind::Start),
+            Err(ProtocolError::Unexpected { .. })
+        ));
+    }
+
+    #[test]
+    fn decoder_survives_arbitrary_bytes() {
+        // A cheap property test: every prefix of every pseudo-random buffer
+        // decodes to frames or an error, without panicking.
+        let mut x: u32 = 0x1234_5678;
+        for _ in 0..2000 {
+            let len = (x % 64) as usize;
+            let mut buf = Vec::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                buf.push(x as u8);
+            }
+            let mut r = &buf[..];
+            while let Ok(Some(_)) = read_frame(&mut r) {}
+        }
+    }
+
+    #[test]
+    fn exit_status_like_docker() {
+        let e = |code, signal| Exit {
+            code,
+            signal,
+            reason: None,
+            at_ms: 0.0,
+        };
+        assert_eq!(e(Some(3), None).status(), 3);
+        assert_eq!(e(None, Some(15)).status(), 143);
+    }
+}

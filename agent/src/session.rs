@@ -1,0 +1,420 @@
+//! One process session per connection: Hello, Start, stdio relay, Exit.
+//! PID 1 reaps every child; exit statuses reach sessions through the reaper.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use hull_agent::protocol::{
+    self, ErrorMsg, Exit, Frame, Hello, Kind, Marks, Resize, Signal, Start, Started, read_frame,
+    write_frame,
+};
+use hull_agent::users;
+
+use crate::sys;
+
+/// Serialises `Command::spawn` (which may reap its own failed child) with
+/// the reaper's `waitpid(-1)`.
+static SPAWN_LOCK: Mutex<()> = Mutex::new(());
+
+#[derive(Default)]
+struct Reaper {
+    waiting: HashMap<i32, Sender<i32>>,
+    early: HashMap<i32, i32>,
+}
+
+fn reaper() -> &'static Mutex<Reaper> {
+    static R: OnceLock<Mutex<Reaper>> = OnceLock::new();
+    R.get_or_init(|| {
+        std::thread::spawn(reap_forever);
+        Mutex::new(Reaper::default())
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reaps every child (we are PID 1: orphans become ours) and hands the
+/// statuses of session processes to their sessions.
+fn reap_forever() {
+    loop {
+        if !sys::wait_for_zombie() {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        let _g = lock(&SPAWN_LOCK);
+        while let Some((pid, status)) = sys::reap_one() {
+            let mut r = lock(reaper());
+            match r.waiting.remove(&pid) {
+                Some(tx) => {
+                    let _ = tx.send(status);
+                }
+                None => {
+                    if r.early.len() < 4096 {
+                        r.early.insert(pid, status);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn watch(pid: i32) -> Receiver<i32> {
+    let (tx, rx) = channel();
+    let mut r = lock(reaper());
+    match r.early.remove(&pid) {
+        Some(status) => {
+            let _ = tx.send(status);
+        }
+        None => {
+            r.waiting.insert(pid, tx);
+        }
+    }
+    rx
+}
+
+/// What the agent knows for every session.
+pub struct Ctx {
+    pub marks: Marks,
+    /// The container's root as seen by the agent (for /etc/passwd).
+    pub root: PathBuf,
+    /// Why the container could not be set up, told to every session.
+    pub setup_error: Option<String>,
+}
+
+type Writer = Arc<Mutex<File>>;
+
+fn send(w: &Writer, f: &Frame) -> bool {
+    write_frame(&mut *lock(w), f).is_ok()
+}
+
+fn send_error(w: &Writer, message: String, exit_code: i32) {
+    send(
+        w,
+        &Frame::json(Kind::Error, &ErrorMsg { message, exit_code }),
+    );
+}
+
+/// Serves one connection; returns the exit status if this was the main process.
+pub fn serve(conn: File, ctx: &Ctx) -> Option<i32> {
+    let mut reader = conn.try_clone().ok()?;
+    let writer: Writer = Arc::new(Mutex::new(conn));
+    let hello = Hello {
+        version: protocol::VERSION,
+        marks: ctx.marks.clone(),
+    };
+    if !send(&writer, &Frame::json(Kind::Hello, &hello)) {
+        return None;
+    }
+    let start: Start = match read_frame(&mut reader).map(|f| f.map(|f| f.expect(Kind::Start))) {
+        Ok(Some(Ok(s))) => s,
+        Ok(Some(Err(e))) | Err(e) => {
+            send_error(&writer, format!("agent: {e}"), 125);
+            return None;
+        }
+        Ok(None) => return None,
+    };
+    let main = start.main;
+    if let Some(e) = &ctx.setup_error {
+        send_error(&writer, format!("setting up the container: {e}"), 125);
+        return main.then_some(125);
+    }
+    let status = run(start, ctx, &mut reader, &writer);
+    main.then_some(status)
+}
+
+fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
+    if start.argv.is_empty() {
+        send_error(writer, "no command given".into(), 125);
+        return 125;
+    }
+    if let Some(h) = start.hostname.as_deref().filter(|_| start.main) {
+        if let Err(e) = sys::set_hostname(h) {
+            send_error(writer, format!("setting the hostname: {e}"), 125);
+            return 125;
+        }
+    }
+    let id = match users::resolve(&ctx.root, &start.user.user, start.user.group.as_deref()) {
+        Ok(id) => id,
+        Err(e) => {
+            send_error(writer, e.to_string(), 125);
+            return 125;
+        }
+    };
+    let mut env: Vec<(String, String)> = start
+        .env
+        .iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    let has = |env: &[(String, String)], k: &str| env.iter().any(|(key, _)| key == k);
+    if !has(&env, "PATH") {
+        env.push((
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ));
+    }
+    if !has(&env, "HOME") {
+        env.push(("HOME".into(), id.home.clone()));
+    }
+    if !has(&env, "HOSTNAME") {
+        env.push(("HOSTNAME".into(), sys::hostname()));
+    }
+    if start.tty && !has(&env, "TERM") {
+        env.push(("TERM".into(), "xterm".into()));
+    }
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let program = match find_program(&start.argv[0], &path_var, &start.cwd) {
+        Ok(p) => p,
+        Err((msg, code)) => {
+            send_error(writer, msg, code);
+            return code;
+        }
+    };
+    let cwd = if start.cwd.is_empty() {
+        "/".to_string()
+    } else {
+        start.cwd.clone()
+    };
+    if !Path::new(&cwd).is_dir() {
+        // As docker does for a WORKDIR that does not exist yet.
+        let _ = std::fs::create_dir_all(&cwd);
+    }
+
+    let mut cmd = Command::new(&program);
+    cmd.arg0(&start.argv[0])
+        .args(&start.argv[1..])
+        .env_clear()
+        .envs(env)
+        .current_dir(&cwd);
+    let mut pty_master: Option<File> = None;
+    if start.tty {
+        let (master, slave) = match sys::openpty(start.rows, start.cols) {
+            Ok(p) => p,
+            Err(e) => {
+                send_error(writer, format!("allocating a terminal: {e}"), 125);
+                return 125;
+            }
+        };
+        let s = |f: &OwnedFd| f.try_clone().map(Stdio::from);
+        match (s(&slave), s(&slave), s(&slave)) {
+            (Ok(a), Ok(b), Ok(c)) => {
+                cmd.stdin(a).stdout(b).stderr(c);
+            }
+            _ => {
+                send_error(writer, "duplicating the terminal".into(), 125);
+                return 125;
+            }
+        }
+        pty_master = Some(File::from(master));
+        drop(slave);
+    } else {
+        cmd.stdin(if start.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    }
+    let (uid, gid, groups, tty) = (id.uid, id.gid, id.groups.clone(), start.tty);
+    let rlimits = start.rlimits.clone();
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (setsid, ioctl, setrlimit, setgroups,
+    // setgid, setuid) on values prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || sys::child_setup(tty, &groups, gid, uid, &rlimits));
+    }
+    let spawned = {
+        let _g = lock(&SPAWN_LOCK);
+        cmd.spawn()
+    };
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                126
+            } else {
+                127
+            };
+            send_error(writer, format!("exec {}: {e}", start.argv[0]), code);
+            return code;
+        }
+    };
+    drop(cmd);
+    let pid = child.id() as i32;
+    let exited = watch(pid);
+    send(
+        writer,
+        &Frame::json(
+            Kind::Started,
+            &Started {
+                pid,
+                at_ms: sys::boot_ms(),
+            },
+        ),
+    );
+
+    // Output relays.
+    let mut outputs = Vec::new();
+    let relay =
+        |src: File, kind: Kind, w: Writer| std::thread::spawn(move || relay_output(src, kind, &w));
+    let mut stdin_sink: Option<File> = if let Some(master) = &pty_master {
+        if let Ok(m) = master.try_clone() {
+            outputs.push(relay(m, Kind::Stdout, writer.clone()));
+        }
+        master.try_clone().ok()
+    } else {
+        let take = |fd: Option<OwnedFd>| fd.map(File::from);
+        if let Some(out) = take(child.stdout.take().map(OwnedFd::from)) {
+            outputs.push(relay(out, Kind::Stdout, writer.clone()));
+        }
+        if let Some(err) = take(child.stderr.take().map(OwnedFd::from)) {
+            outputs.push(relay(err, Kind::Stderr, writer.clone()));
+        }
+        take(child.stdin.take().map(OwnedFd::from))
+    };
+
+    // Input from the host: stdin, resize, signals. Runs until the
+    // connection ends; the session ends when the process does.
+    let mut input_reader = match reader.try_clone() {
+        Ok(r) => r,
+        Err(_) => return 125,
+    };
+    let master_fd = pty_master.as_ref().map(|m| m.as_raw_fd());
+    std::thread::spawn(move || {
+        while let Ok(Some(f)) = read_frame(&mut input_reader) {
+            match f.kind {
+                Kind::Stdin => {
+                    if let Some(s) = stdin_sink.as_mut() {
+                        if s.write_all(&f.payload).is_err() {
+                            stdin_sink = None;
+                        }
+                    }
+                }
+                Kind::StdinClose => {
+                    if tty {
+                        if let Some(s) = stdin_sink.as_mut() {
+                            let _ = s.write_all(&[4]); // ^D at the start of a line
+                        }
+                    } else {
+                        stdin_sink = None;
+                    }
+                }
+                Kind::Resize => {
+                    if let (Ok(r), Some(fd)) = (f.parse::<Resize>(), master_fd) {
+                        sys::set_winsize(fd, r.rows, r.cols);
+                    }
+                }
+                Kind::Signal => {
+                    if let Ok(s) = f.parse::<Signal>() {
+                        sys::kill(pid, s.signal);
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+
+    let status = exited.recv().unwrap_or(0);
+    // Output the process wrote before it exited; a background process that
+    // keeps the pipe open must not hold the exit back for long.
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    for t in outputs {
+        while !t.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        }
+    }
+    drop(pty_master);
+    let exit = sys::exit_from_status(status);
+    let code = exit.status();
+    send(
+        writer,
+        &Frame::json(
+            Kind::Exit,
+            &Exit {
+                at_ms: sys::boot_ms(),
+                ..exit
+            },
+        ),
+    );
+    code
+}
+
+fn relay_output(mut src: File, kind: Kind, w: &Writer) {
+    let mut buf = vec![0u8; protocol::MAX_DATA];
+    loop {
+        match src.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if !send(w, &Frame::new(kind, buf[..n].to_vec())) {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // EIO: the terminal's last writer closed it.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Finds `name` as execve would with `PATH`, with docker's messages and
+/// statuses: 127 not found, 126 not executable.
+fn find_program(name: &str, path: &str, cwd: &str) -> Result<PathBuf, (String, i32)> {
+    let not_found = || {
+        (
+            format!("exec: \"{name}\": executable file not found in $PATH"),
+            127,
+        )
+    };
+    let candidates: Vec<PathBuf> = if name.contains('/') {
+        let p = Path::new(name);
+        vec![if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            Path::new(cwd).join(p)
+        }]
+    } else {
+        path.split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| Path::new(d).join(name))
+            .collect()
+    };
+    let mut not_executable = None;
+    for c in candidates {
+        match std::fs::metadata(&c) {
+            Ok(m) if m.is_file() => {
+                use std::os::unix::fs::PermissionsExt;
+                if m.permissions().mode() & 0o111 != 0 {
+                    return Ok(c);
+                }
+                not_executable.get_or_insert(c);
+            }
+            Ok(m) if m.is_dir() && name.contains('/') => {
+                return Err((format!("exec: \"{name}\": is a directory"), 126));
+            }
+            _ => {}
+        }
+    }
+    match not_executable {
+        Some(p) => Err((format!("exec: \"{}\": permission denied", p.display()), 126)),
+        None => Err(not_found()),
+    }
+}

@@ -1,0 +1,306 @@
+//! The system calls the agent makes, each wrapped once with its safety
+//! argument, so the rest of the agent is safe code.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use hull_agent::protocol::{Exit, Rlimit};
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn cstr(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// Milliseconds since the kernel started (CLOCK_BOOTTIME).
+pub fn boot_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1e6
+}
+
+/// Writes `mark` to hull-vmm's boot-timer port (no-op outside a VM).
+pub fn boot_mark(mark: u8) {
+    const PORT: u16 = 0x440;
+    // SAFETY: ioperm only changes this process's I/O permission bitmap.
+    if unsafe { libc::ioperm(PORT as libc::c_ulong, 1, 1) } != 0 {
+        return;
+    }
+    // SAFETY: port 0x440 is hull-vmm's boot timer, which has no side effect
+    // beyond recording the time; we hold the I/O permission for it.
+    unsafe {
+        std::arch::asm!("out dx, al", in("dx") PORT, in("al") mark, options(nomem, nostack));
+    }
+}
+
+pub fn mount(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let (s, t, f, d) = (cstr(src)?, cstr(target)?, cstr(fstype)?, cstr(data)?);
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    check(unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) })
+}
+
+pub fn chroot_here() -> io::Result<()> {
+    let dot = cstr(".")?;
+    // SAFETY: valid NUL-terminated path.
+    check(unsafe { libc::chroot(dot.as_ptr()) })?;
+    std::env::set_current_dir("/")
+}
+
+pub fn pivot_root(new_root: &str, put_old: &str) -> io::Result<()> {
+    let (n, o) = (cstr(new_root)?, cstr(put_old)?);
+    // SAFETY: valid NUL-terminated paths; pivot_root has no libc wrapper.
+    check(unsafe { libc::syscall(libc::SYS_pivot_root, n.as_ptr(), o.as_ptr()) } as libc::c_int)
+}
+
+pub fn umount_detach(target: &str) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: valid NUL-terminated path.
+    check(unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) })
+}
+
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare takes flags only.
+    check(unsafe { libc::unshare(flags) })
+}
+
+pub fn fork() -> io::Result<i32> {
+    // SAFETY: the agent forks before starting any thread in ns mode.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    }
+}
+
+pub fn set_hostname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `name`'s bytes.
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill takes plain integers.
+    unsafe { libc::kill(pid, sig) };
+}
+
+pub fn reboot() -> ! {
+    // SAFETY: sync and reboot take no pointers; reboot(RB_AUTOBOOT) resets
+    // the VM, which hull-vmm turns into a clean exit.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    std::process::exit(0)
+}
+
+/// Blocks until some child is a zombie, without reaping it. False when
+/// there are no children at all.
+pub fn wait_for_zombie() -> bool {
+    // SAFETY: siginfo_t is plain data; waitid writes into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointer to `info`; WNOWAIT leaves the child reapable.
+        let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if r == 0 {
+            return true;
+        }
+        if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return false;
+        }
+    }
+}
+
+/// Reaps one zombie child if there is one: (pid, raw status).
+pub fn reap_one() -> Option<(i32, i32)> {
+    let mut status = 0;
+    // SAFETY: valid pointer to `status`.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    (pid > 0).then_some((pid, status))
+}
+
+/// Decodes a wait status.
+pub fn exit_from_status(status: i32) -> Exit {
+    let (code, signal) = if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else if libc::WIFSIGNALED(status) {
+        (None, Some(libc::WTERMSIG(status)))
+    } else {
+        (None, None)
+    };
+    let reason = (signal == Some(libc::SIGKILL) && oom_killed_recently())
+        .then(|| "out of memory: killed by the kernel's OOM killer".to_string());
+    Exit {
+        code,
+        signal,
+        reason,
+        at_ms: 0.0,
+    }
+}
+
+/// Whether the kernel has OOM-killed anything (vmstat's oom_kill counter).
+fn oom_killed_recently() -> bool {
+    std::fs::read_to_string("/proc/vmstat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .is_some_and(|n| n > 0)
+}
+
+/// A new pseudo-terminal (master, slave) of the given size.
+pub fn openpty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
+    let (mut master, mut slave) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: rows.max(1),
+        ws_col: cols.max(1),
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fds into the valid integers; name and termios
+    // are null (not wanted), the winsize pointer is valid.
+    check(unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    })?;
+    // SAFETY: openpty returned two new fds that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) })
+}
+
+pub fn set_winsize(fd: i32, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the valid pointer.
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+}
+
+fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+    Some(match name.trim_start_matches("RLIMIT_") {
+        "NOFILE" => libc::RLIMIT_NOFILE,
+        "NPROC" => libc::RLIMIT_NPROC,
+        "CORE" => libc::RLIMIT_CORE,
+        "STACK" => libc::RLIMIT_STACK,
+        "MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "AS" => libc::RLIMIT_AS,
+        "CPU" => libc::RLIMIT_CPU,
+        "FSIZE" => libc::RLIMIT_FSIZE,
+        _ => return None,
+    })
+}
+
+/// In the forked child, before exec: new session (and controlling terminal),
+/// rlimits, then groups, gid and uid (in that order: dropping uid last).
+pub fn child_setup(
+    tty: bool,
+    groups: &[u32],
+    gid: u32,
+    uid: u32,
+    rlimits: &[Rlimit],
+) -> io::Result<()> {
+    // SAFETY: plain system calls on integers or on pointers to data that
+    // lives across each call; all async-signal-safe.
+    unsafe {
+        check(libc::setsid())?;
+        if tty {
+            check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+        }
+        for r in rlimits {
+            if let Some(res) = rlimit_resource(&r.name) {
+                let lim = libc::rlimit {
+                    rlim_cur: r.soft,
+                    rlim_max: r.hard,
+                };
+                check(libc::setrlimit(res, &lim))?;
+            }
+        }
+        check(libc::setgroups(groups.len(), groups.as_ptr()))?;
+        check(libc::setgid(gid))?;
+        check(libc::setuid(uid))?;
+    }
+    Ok(())
+}
+
+/// A listening AF_VSOCK stream socket on `port` (any CID).
+pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
+    // SAFETY: socket() takes integers; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    // SAFETY: the address pointer and length describe `addr`.
+    check(unsafe {
+        libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_vm).cast(),
+            std::mem::size_of_val(&addr) as u32,
+        )
+    })?;
+    // SAFETY: listen takes integers.
+    check(unsafe { libc::listen(fd, 64) })?;
+    Ok(sock)
+}
+
+/// Accepts one connection on a listening socket.
+pub fn accept(fd: i32) -> io::Result<OwnedFd> {
+    loop {
+        // SAFETY: null address pointers: we do not want the peer address.
+        let c = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if c >= 0 {
+            // SAFETY: a new fd that nothing else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(c) });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
