@@ -2,13 +2,12 @@
 
 mod bench;
 mod bundle;
-// The namespace backend (issue 6) is the user; until it lands only tests use it.
-#[allow(dead_code)]
 mod cgroups;
+mod client;
 mod commands;
+mod initramfs;
 mod paths;
-// `hull run` (the writer of container state) is still to come.
-#[allow(dead_code)]
+mod sandbox;
 mod state;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +19,9 @@ struct Cli {
     /// Per-container runtime state (sockets, logs, state.json).
     #[arg(long, global = true, env = "HULL_STATE_DIR", default_value = state::DEFAULT_STATE_DIR, value_name = "DIR")]
     state_dir: std::path::PathBuf,
+    /// Images: blobs, records, unpacked layers and layer disks.
+    #[arg(long, global = true, env = "HULL_DATA_DIR", default_value = hull_images::store::DEFAULT_DATA_DIR, value_name = "DIR")]
+    data_dir: std::path::PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,6 +32,21 @@ enum Command {
     Doctor(commands::doctor::DoctorArgs),
     /// Measure the same image and command under several isolation backends.
     Bench(commands::bench::BenchArgs),
+    /// Run a command in a new container.
+    Run(commands::run::RunArgs),
+    /// Pull an image from a registry.
+    Pull(commands::images::PullArgs),
+    /// Import an OCI image layout directory or a `docker save` tarball.
+    Import(commands::images::ImportArgs),
+    /// List images.
+    Images(commands::images::ImagesArgs),
+    /// Remove images (layers other images use stay).
+    Rmi(commands::images::RmiArgs),
+    /// Manage images.
+    #[command(subcommand)]
+    Image(commands::images::ImageCommand),
+    /// Run a command in a running container.
+    Exec(commands::exec::ExecArgs),
     /// List containers.
     Ps(commands::ps::PsArgs),
     /// Show a container's state as JSON.
@@ -49,10 +66,21 @@ pub const EXIT_HULL_ERROR: i32 = 125;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    // Usage errors are hull's own errors: 125, as docker exits for them.
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { EXIT_HULL_ERROR } else { 0 })
+    });
     let result = match cli.command {
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Run(args) => commands::run::run(&cli.state_dir, &cli.data_dir, args),
+        Command::Pull(args) => commands::images::pull(&cli.data_dir, args),
+        Command::Import(args) => commands::images::import(&cli.data_dir, args),
+        Command::Images(args) => commands::images::images(&cli.data_dir, args),
+        Command::Rmi(args) => commands::images::rmi(&cli.data_dir, args),
+        Command::Image(cmd) => commands::images::run_image(&cli.data_dir, cmd),
+        Command::Exec(args) => commands::exec::run(&cli.state_dir, args),
         Command::Ps(args) => commands::ps::run(&cli.state_dir, args),
         Command::Inspect(args) => commands::inspect::run(&cli.state_dir, args),
         Command::Rm(args) => commands::rm::run(&cli.state_dir, args),

@@ -134,7 +134,7 @@ impl ContainerState {
     }
 
     /// Kills the sandbox (VMM or the agent at the root of the namespaces) and
-    /// the monitor with SIGKILL, waits up to 10 s for both to be gone, and
+    /// the monitor with SIGKILL, waits up to 30 s for both to be gone, and
     /// records the container as killed.
     pub fn kill_and_wait(&mut self) -> Result<(), StateError> {
         let procs: Vec<ProcessId> = [self.sandbox, self.monitor].into_iter().flatten().collect();
@@ -144,7 +144,7 @@ impl ContainerState {
                 unsafe { libc::kill(p.pid, libc::SIGKILL) };
             }
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while procs.iter().any(ProcessId::is_alive) {
             if std::time::Instant::now() > deadline {
                 return Err(StateError::Io {
@@ -152,7 +152,7 @@ impl ContainerState {
                     path: PathBuf::from(&self.id),
                     source: io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "still alive 10 s after SIGKILL",
+                        "still alive 30 s after SIGKILL",
                     ),
                 });
             }

@@ -10,9 +10,24 @@
 //!   namespaces, with host directories as layers and a Unix socket instead
 //!   of vsock.
 
+/// Step-by-step trace on stderr (the guest console) when the agent's
+/// environment has `HULL_AGENT_DEBUG` (hull passes it on when it has it).
+macro_rules! debug {
+    ($($arg:tt)*) => {
+        if $crate::debug_enabled() {
+            eprintln!("hull-agent[debug {:.1}ms]: {}", $crate::sys::boot_ms(), format_args!($($arg)*));
+        }
+    };
+}
+
 mod rootfs;
 mod session;
 mod sys;
+
+fn debug_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("HULL_AGENT_DEBUG").is_some())
+}
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -24,7 +39,9 @@ use session::Ctx;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if std::process::id() == 1 && args.is_empty() {
+    // As the guest's init, the kernel may pass leftover command line words
+    // as arguments: PID 1 is always the VM's agent.
+    if std::process::id() == 1 {
         vm_init();
     }
     match args.first().map(String::as_str) {
@@ -64,6 +81,8 @@ fn vm_init() -> ! {
         setup_error: setup.err(),
     });
     sys::boot_mark(MARK_AGENT_READY);
+    // The console line hull waits for before it connects (see hull's sandbox).
+    eprintln!("{}", hull_agent::protocol::READY_LINE);
     serve_forever(&listener, ctx, sys::reboot)
 }
 
@@ -112,6 +131,11 @@ fn ns_main(args: &[String]) {
         eprintln!("hull-agent ns: at least one --lower is required");
         std::process::exit(125);
     }
+    if std::env::var_os("HULL_AGENT_SYNC").is_some() {
+        // hull puts us in the container's cgroup first, then says go.
+        let mut go = [0u8; 1];
+        let _ = std::io::Read::read(&mut std::io::stdin(), &mut go);
+    }
     let flags = libc::CLONE_NEWNS
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
@@ -132,11 +156,14 @@ fn ns_main(args: &[String]) {
             let mut status = 0;
             // SAFETY: valid pointer to `status`.
             while unsafe { libc::waitpid(child, &mut status, 0) } < 0 {}
-            let exit = sys::exit_from_status(status);
+            let exit = sys::exit_from_status(child, status, None);
             std::process::exit(exit.status());
         }
     }
-    // PID 1 of the new pid namespace.
+    // PID 1 of the new pid namespace. Its end ends every process in the
+    // namespace, so it goes when the sandbox's holder does (a killed hull
+    // leaves nothing running).
+    sys::die_with_parent();
     let start = sys::boot_ms();
     let listener = match UnixListener::bind(&listen) {
         Ok(l) => OwnedFd::from(l),

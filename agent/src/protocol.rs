@@ -21,6 +21,9 @@ pub const MAX_DATA: usize = 64 * 1024;
 /// The vsock port the agent listens on in a VM.
 pub const AGENT_PORT: u32 = 1024;
 
+/// What the agent prints on the guest console once it listens.
+pub const READY_LINE: &str = "hull-agent: ready";
+
 /// Boot-timer port marks the agent writes (see hull-vmm's boot timer).
 pub const MARK_AGENT_START: u8 = 1;
 pub const MARK_AGENT_READY: u8 = 2;

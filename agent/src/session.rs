@@ -52,6 +52,7 @@ fn reap_forever() {
         }
         let _g = lock(&SPAWN_LOCK);
         while let Some((pid, status)) = sys::reap_one() {
+            debug!("reaped pid {pid}");
             let mut r = lock(reaper());
             match r.waiting.remove(&pid) {
                 Some(tx) => {
@@ -122,13 +123,46 @@ pub fn serve(conn: File, ctx: &Ctx) -> Option<i32> {
         }
         Ok(None) => return None,
     };
+    debug!("start {:?} (main: {})", start.argv, start.main);
     let main = start.main;
-    if let Some(e) = &ctx.setup_error {
-        send_error(&writer, format!("setting up the container: {e}"), 125);
-        return main.then_some(125);
+    let status = match &ctx.setup_error {
+        Some(e) => {
+            send_error(&writer, format!("setting up the container: {e}"), 125);
+            125
+        }
+        None => run(start, ctx, &mut reader, &writer),
+    };
+    if main {
+        // The sandbox ends after this (a VM reset loses whatever the guest
+        // kernel has not handed to the device yet): wait until the host,
+        // having read the final frame, closes the connection.
+        wait_for_close(&reader, Duration::from_secs(10));
     }
-    let status = run(start, ctx, &mut reader, &writer);
     main.then_some(status)
+}
+
+/// Reads (and drops) until the peer closes the connection, or `limit`.
+fn wait_for_close(conn: &File, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    let Ok(mut r) = conn.try_clone() else { return };
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            debug!("the host did not close the connection in {limit:?}");
+            return;
+        }
+        let mut p = libc::pollfd {
+            fd: r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut p, 1, left.as_millis().min(1000) as i32) };
+        if n > 0 && !matches!(r.read(&mut buf), Ok(n) if n > 0) {
+            return; // EOF or error: the host is done
+        }
+    }
 }
 
 fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
@@ -142,6 +176,7 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
             return 125;
         }
     }
+    debug!("resolving user {:?}", start.user);
     let id = match users::resolve(&ctx.root, &start.user.user, start.user.group.as_deref()) {
         Ok(id) => id,
         Err(e) => {
@@ -178,6 +213,7 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
+    debug!("finding {}", start.argv[0]);
     let program = match find_program(&start.argv[0], &path_var, &start.cwd) {
         Ok(p) => p,
         Err((msg, code)) => {
@@ -195,6 +231,7 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
         let _ = std::fs::create_dir_all(&cwd);
     }
 
+    debug!("spawning {} in {cwd}", program.display());
     let mut cmd = Command::new(&program);
     cmd.arg0(&start.argv[0])
         .args(&start.argv[1..])
@@ -239,6 +276,7 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
     unsafe {
         cmd.pre_exec(move || sys::child_setup(tty, &groups, gid, uid, &rlimits));
     }
+    let oom_kills_before = sys::oom_kills();
     let spawned = {
         let _g = lock(&SPAWN_LOCK);
         cmd.spawn()
@@ -257,7 +295,9 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
     };
     drop(cmd);
     let pid = child.id() as i32;
+    debug!("spawned pid {pid}");
     let exited = watch(pid);
+    debug!("watching pid {pid}");
     send(
         writer,
         &Frame::json(
@@ -269,6 +309,7 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
         ),
     );
 
+    debug!("sent Started");
     // Output relays.
     let mut outputs = Vec::new();
     let relay =
@@ -322,6 +363,7 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
                 }
                 Kind::Signal => {
                     if let Ok(s) = f.parse::<Signal>() {
+                        debug!("signal {} to pid {pid}", s.signal);
                         sys::kill(pid, s.signal);
                     }
                 }
@@ -330,6 +372,7 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
         }
     });
 
+    debug!("waiting for pid {pid}");
     let status = exited.recv().unwrap_or(0);
     // Output the process wrote before it exited; a background process that
     // keeps the pipe open must not hold the exit back for long.
@@ -343,7 +386,8 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
         }
     }
     drop(pty_master);
-    let exit = sys::exit_from_status(status);
+    debug!("pid {pid} ended with status {status:#x}");
+    let exit = sys::exit_from_status(pid, status, oom_kills_before);
     let code = exit.status();
     send(
         writer,

@@ -143,8 +143,9 @@ pub fn reap_one() -> Option<(i32, i32)> {
     (pid > 0).then_some((pid, status))
 }
 
-/// Decodes a wait status.
-pub fn exit_from_status(status: i32) -> Exit {
+/// Decodes a wait status. `oom_kills_before` (from [`oom_kills`] when the
+/// process started) tells a SIGKILL from the OOM killer from any other.
+pub fn exit_from_status(pid: i32, status: i32, oom_kills_before: Option<u64>) -> Exit {
     let (code, signal) = if libc::WIFEXITED(status) {
         (Some(libc::WEXITSTATUS(status)), None)
     } else if libc::WIFSIGNALED(status) {
@@ -152,7 +153,12 @@ pub fn exit_from_status(status: i32) -> Exit {
     } else {
         (None, None)
     };
-    let reason = (signal == Some(libc::SIGKILL) && oom_killed_recently())
+    let oom = match (oom_kills_before, oom_kills()) {
+        (Some(before), Some(now)) => now > before,
+        // No event counters (the guest kernel has none): the kernel log.
+        _ => signal == Some(libc::SIGKILL) && kernel_log_has_oom_kill(pid),
+    };
+    let reason = (signal == Some(libc::SIGKILL) && oom)
         .then(|| "out of memory: killed by the kernel's OOM killer".to_string());
     Exit {
         code,
@@ -162,16 +168,45 @@ pub fn exit_from_status(status: i32) -> Exit {
     }
 }
 
-/// Whether the kernel has OOM-killed anything (vmstat's oom_kill counter).
-fn oom_killed_recently() -> bool {
-    std::fs::read_to_string("/proc/vmstat")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("oom_kill "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        })
-        .is_some_and(|n| n > 0)
+/// Whether the kernel log says the OOM killer killed `pid`. Reads the
+/// records /dev/kmsg holds now (bounded), without waiting for more.
+fn kernel_log_has_oom_kill(pid: i32) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    else {
+        return false;
+    };
+    let needle = format!("Killed process {pid} ");
+    let mut buf = vec![0u8; 8192];
+    for _ in 0..100_000 {
+        match std::io::Read::read(&mut f, &mut buf) {
+            Ok(0) => return false,
+            Ok(n) => {
+                if String::from_utf8_lossy(&buf[..n]).contains(&needle) {
+                    return true;
+                }
+            }
+            // EPIPE: records were overwritten while we read; go on.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false, // EAGAIN: the end
+        }
+    }
+    false
+}
+
+/// How many processes the kernel's OOM killer has killed so far (in a VM:
+/// in the guest; in namespaces: on the host, so a kill elsewhere while the
+/// process ran is counted too).
+pub fn oom_kills() -> Option<u64> {
+    std::fs::read_to_string("/proc/vmstat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    })
 }
 
 /// A new pseudo-terminal (master, slave) of the given size.
@@ -232,6 +267,7 @@ pub fn child_setup(
     uid: u32,
     rlimits: &[Rlimit],
 ) -> io::Result<()> {
+    reset_signals();
     // SAFETY: plain system calls on integers or on pointers to data that
     // lives across each call; all async-signal-safe.
     unsafe {
@@ -303,4 +339,30 @@ pub fn accept(fd: i32) -> io::Result<OwnedFd> {
             return Err(e);
         }
     }
+}
+
+/// Gives a process the signal state a container's process expects: nothing
+/// blocked, nothing ignored (whatever started the agent may have blocked or
+/// ignored signals, and both survive fork and exec). Async-signal-safe.
+pub fn reset_signals() {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it, and
+    // sigprocmask and sigaction(SIG_DFL) are async-signal-safe.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+}
+
+/// Dies with SIGKILL when the parent does. (In a new pid namespace the
+/// parent is outside it and getppid says 0, so there is no re-check; the
+/// parent waits for us, so it does not go first by itself.)
+pub fn die_with_parent() {
+    // SAFETY: prctl takes integers.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
 }

@@ -1,1 +1,14 @@
-//! OCI images: references, registry client, content store, unpack, layer disks.
+//! OCI images: references, content store, import, unpack, layer disks.
+
+pub mod config;
+pub mod digest;
+pub mod import;
+pub mod layers;
+pub mod reference;
+pub mod registry;
+pub mod store;
+pub mod unpack;
+
+pub use digest::Digest;
+pub use reference::Reference;
+pub use store::{ImageRecord, LayerRecord, Store};

@@ -44,6 +44,7 @@ fn remove_one(dir: &StateDir, key: &str, force: bool) -> anyhow::Result<()> {
         c.kill_and_wait()?;
         dir.save(&c)?;
     }
+    crate::sandbox::cleanup_leftovers(&dir.dir(&c.id));
     dir.remove(&c)?;
     Ok(())
 }

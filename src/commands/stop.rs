@@ -57,6 +57,7 @@ pub fn run_stop(state_dir: &Path, args: StopArgs) -> anyhow::Result<i32> {
             args.time
         );
         c.kill_and_wait()?;
+        crate::sandbox::cleanup_leftovers(&dir.dir(&c.id));
         dir.save(&c)?;
         Ok(())
     })
@@ -72,6 +73,7 @@ pub fn run_kill(state_dir: &Path, args: KillArgs) -> anyhow::Result<i32> {
         }
         if sig == libc::SIGKILL {
             c.kill_and_wait()?;
+            crate::sandbox::cleanup_leftovers(&dir.dir(&c.id));
             dir.save(&c)?;
         } else {
             signal(&c, sig)?;

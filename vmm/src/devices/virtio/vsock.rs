@@ -264,6 +264,15 @@ impl Conn {
         self.peer_buf_alloc.saturating_sub(in_flight)
     }
 
+    /// Queues a line of our own (not guest data) for the host socket. It
+    /// goes through `to_host` so it stays ahead of guest data, but it must
+    /// not count in `fwd_cnt`: the guest would see more bytes forwarded than
+    /// it sent and, by its arithmetic, no credit left at all.
+    fn send_host_line(&mut self, line: &str) {
+        self.to_host.extend(line.as_bytes());
+        self.fwd_cnt -= Wrapping(line.len() as u32);
+    }
+
     /// Writes what the host socket takes of `to_host`; Err on a broken socket.
     fn flush_to_host(&mut self) -> std::io::Result<()> {
         while !self.to_host.is_empty() {
@@ -486,6 +495,7 @@ impl Backend {
             return;
         }
         let host_port = self.alloc_port(guest_port);
+        log::debug!("vsock: host connection {host_port} asks for guest port {guest_port}");
         let key = (host_port, guest_port);
         // Wait for the guest's answer before reading from the host socket.
         let _ = self.event_loop.modify(h.token, EventSet::empty());
@@ -580,6 +590,7 @@ impl Backend {
 
     fn guest_packet(&mut self, h: Header, payload: Vec<u8>) {
         let (src_cid, dst_cid, kind, op) = (h.src_cid, h.dst_cid, h.kind, h.op);
+        log::trace!("vsock: from guest {h:?}");
         if src_cid != self.cid || dst_cid != HOST_CID || kind != TYPE_STREAM {
             if op != OP_RST {
                 let key = (h.dst_port, h.src_port);
@@ -607,8 +618,7 @@ impl Backend {
                     return;
                 }
                 c.state = State::Established;
-                let ok = format!("OK {}\n", key.0);
-                c.to_host.extend(ok.as_bytes());
+                c.send_host_line(&format!("OK {}\n", key.0));
                 if c.flush_to_host().is_err() {
                     self.reset_conn(key);
                     return;
@@ -729,6 +739,7 @@ impl Backend {
                 }
             };
             let written = if let Some(h) = self.control.pop_front() {
+                log::trace!("vsock: to guest {h:?}");
                 w.write_obj(h).map(|_| HDR_LEN as u32).unwrap_or(0)
             } else if let Some(key) = sender {
                 self.send_data(key, &mut w)
@@ -800,6 +811,26 @@ mod tests {
         assert_eq!(b[0], 3);
         assert_eq!(b[24], 5);
         assert_eq!(b[30], OP_RW as u8);
+    }
+
+    #[test]
+    fn ok_line_is_not_counted_as_forwarded_guest_data() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut c = Conn::new(a, 0, State::Established);
+        c.send_host_line("OK 1073741824\n");
+        c.flush_to_host().unwrap();
+        assert_eq!(
+            c.fwd_cnt,
+            Wrapping(0),
+            "the OK line is ours, not the guest's"
+        );
+        c.to_host.extend(b"hello");
+        c.flush_to_host().unwrap();
+        assert_eq!(c.fwd_cnt, Wrapping(5));
+        let mut got = [0u8; 19];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"OK 1073741824\nhello");
     }
 
     #[test]

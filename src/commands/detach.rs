@@ -1,0 +1,126 @@
+//! `run -d`: the container's monitor (the hull process that holds the
+//! sandbox and relays its session into the log files) goes to the
+//! background; the caller waits until the process has started, then prints
+//! the container id, or the error and docker's exit status when it did not.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+
+use anyhow::Context;
+
+/// Which side of the fork this is.
+pub enum Role {
+    /// The command-line process: exit with this status.
+    Caller(i32),
+    /// The background monitor: go on with the container.
+    Monitor(Notifier),
+}
+
+/// The monitor's line to the waiting caller (used once).
+pub struct Notifier(Rc<RefCell<Option<File>>>);
+
+impl Notifier {
+    /// A callback for when the process has started.
+    pub fn on_started(&self) -> Box<dyn FnOnce()> {
+        let slot = self.0.clone();
+        Box::new(move || {
+            if let Some(mut f) = slot.borrow_mut().take() {
+                let _ = f.write_all(b"started\n");
+            }
+        })
+    }
+
+    /// Tells the caller the container ended before its process started
+    /// (a no-op once it started).
+    pub fn failed(&self, status: i32, message: &str) {
+        if let Some(mut f) = self.0.borrow_mut().take() {
+            let _ = write!(f, "failed {status}\n{message}");
+        }
+    }
+}
+
+fn pipe() -> std::io::Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: two new fds that nothing else owns.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+}
+
+/// Forks the monitor. Must run before hull starts any thread.
+pub fn fork_monitor(id: &str) -> anyhow::Result<Role> {
+    let (mut r, w) = pipe().context("creating a pipe for the monitor")?;
+    let devnull = OwnedFd::from(File::options().read(true).write(true).open("/dev/null")?);
+    // SAFETY: hull is single-threaded here (see the callers), so the child
+    // may go on running Rust code.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("forking the monitor"),
+        0 => {
+            drop(r);
+            // Its own session: no terminal signals reach it, and the
+            // caller's end leaves it running. Output goes to the logs only.
+            // SAFETY: setsid and dup2 take integers.
+            unsafe {
+                libc::setsid();
+                for fd in 0..3 {
+                    libc::dup2(devnull.as_raw_fd(), fd);
+                }
+            }
+            Ok(Role::Monitor(Notifier(Rc::new(RefCell::new(Some(w))))))
+        }
+        _child => {
+            drop(w);
+            let mut msg = String::new();
+            let _ = r.read_to_string(&mut msg);
+            Ok(Role::Caller(report(id, &msg)))
+        }
+    }
+}
+
+/// What the caller prints and exits with, from the monitor's word.
+fn report(id: &str, msg: &str) -> i32 {
+    if msg.starts_with("started") {
+        println!("{id}");
+        return 0;
+    }
+    if let Some(rest) = msg.strip_prefix("failed ") {
+        let (code, why) = rest.split_once('\n').unwrap_or((rest, ""));
+        eprintln!("hull: {}", why.trim());
+        return code.trim().parse().unwrap_or(crate::EXIT_HULL_ERROR);
+    }
+    eprintln!(
+        "hull: the container's monitor ended before the container started (see `hull inspect {}`)",
+        &id[..id.len().min(12)]
+    );
+    crate::EXIT_HULL_ERROR
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports() {
+        assert_eq!(report("abc", "started\n"), 0);
+        assert_eq!(report("abc", "failed 127\nexec: not found"), 127);
+        assert_eq!(report("abc", "failed x\n?"), crate::EXIT_HULL_ERROR);
+        assert_eq!(report("abc", ""), crate::EXIT_HULL_ERROR);
+    }
+
+    #[test]
+    fn notifier_speaks_once() {
+        let (mut r, w) = pipe().unwrap();
+        let n = Notifier(Rc::new(RefCell::new(Some(w))));
+        (n.on_started())();
+        n.failed(3, "too late");
+        drop(n);
+        let mut s = String::new();
+        r.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "started\n");
+    }
+}

@@ -1,0 +1,409 @@
+//! `hull run`: a command in a container, in its own microVM (default) or in
+//! namespaces on the host, with docker's flags and exit statuses.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use hull_agent::protocol::{Start, User};
+use hull_images::config::RunConfig;
+
+use crate::client::{self, RawMode, Times};
+use crate::commands::detach;
+use crate::sandbox::{Isolation, Sandbox, Spec};
+use crate::state::{ProcessId, STDERR_LOG, STDOUT_LOG, StateDir, Status};
+
+/// What a process in a container gets: shared by `run` and `exec`.
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    /// Keep stdin open and relay it to the container.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the process a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Set an environment variable (KEY=VALUE, or KEY to take it from here).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE lines).
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// USER[:GROUP], names or numbers.
+    #[arg(short, long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+}
+
+impl ProcessArgs {
+    /// The agent's Start message for `argv`.
+    /// The agent's Start message for `argv`; the image's config gives the
+    /// defaults (env first, so -e overrides it; workdir; user).
+    pub fn start(
+        &self,
+        argv: Vec<String>,
+        main: bool,
+        hostname: Option<String>,
+        image: Option<&RunConfig>,
+    ) -> anyhow::Result<Start> {
+        let image_user = image.map(|c| c.user.as_str()).filter(|u| !u.is_empty());
+        let (user, group) = match self.user.as_deref().or(image_user) {
+            Some(u) => match u.split_once(':') {
+                Some((u, g)) => (u.to_string(), Some(g.to_string())),
+                None => (u.to_string(), None),
+            },
+            None => ("0".to_string(), None),
+        };
+        let (rows, cols) = client::terminal_size().unwrap_or((24, 80));
+        let mut env: Vec<String> = image.map(|c| c.env.clone()).unwrap_or_default();
+        env.extend(env_entries(self)?);
+        let image_cwd = image
+            .map(|c| c.working_dir.clone())
+            .filter(|w| !w.is_empty());
+        Ok(Start {
+            main,
+            argv,
+            env,
+            cwd: self
+                .workdir
+                .clone()
+                .or(image_cwd)
+                .unwrap_or_else(|| "/".into()),
+            user: User { user, group },
+            hostname,
+            tty: self.tty,
+            rows,
+            cols,
+            stdin: self.interactive,
+            rlimits: Vec::new(),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Run in the background and print the container id.
+    #[arg(short, long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub process: ProcessArgs,
+    /// Container host name.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Container name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// vCPUs (vm) or CPU quota (ns).
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Memory in MiB: guest RAM (vm) or cgroup limit (ns).
+    #[arg(long, default_value = "256", value_parser = parse_memory)]
+    pub memory: u64,
+    /// Guest kernel (default: the one guest-kernel/build.sh built).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Isolation boundary.
+    #[arg(long, value_enum, default_value = "vm")]
+    pub isolation: Isolation,
+    /// Run a root filesystem directory instead of an image.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// IMAGE [CMD [ARG...]], or CMD [ARG...] with --rootfs.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "IMAGE|CMD"
+    )]
+    pub args: Vec<String>,
+}
+
+/// `256`, `256m`, `1g`: MiB by default, as docker's suffixes otherwise.
+fn parse_memory(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let (num, mult) = match lower.chars().last() {
+        Some('g') => (&lower[..lower.len() - 1], 1024.0),
+        Some('m') => (&lower[..lower.len() - 1], 1.0),
+        Some('k') => (&lower[..lower.len() - 1], 1.0 / 1024.0),
+        _ => (lower.as_str(), 1.0),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid memory size {s:?}: use MiB, or a number with k, m or g"))?;
+    let mib = (n * mult).round();
+    if !(32.0..=1_048_576.0).contains(&mib) {
+        return Err(format!("memory {s:?} out of range: 32 MiB to 1 TiB"));
+    }
+    Ok(mib as u64)
+}
+
+fn env_entries(args: &ProcessArgs) -> anyhow::Result<Vec<String>> {
+    let mut env = Vec::new();
+    for file in &args.env_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("--env-file {}", file.display()))?;
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            env.push(line.to_string());
+        }
+    }
+    env.extend(args.env.iter().cloned());
+    Ok(env
+        .into_iter()
+        .filter_map(|e| {
+            if e.contains('=') {
+                Some(e)
+            } else {
+                std::env::var(&e).ok().map(|v| format!("{e}={v}"))
+            }
+        })
+        .collect())
+}
+
+/// What the container runs: its layers and command, from an image or a
+/// root filesystem directory.
+struct Source {
+    /// What `ps` shows as the image.
+    image: String,
+    /// Layer directories, bottom first.
+    layers: Vec<PathBuf>,
+    /// The same layers as disks (vm), when the store made them.
+    disks: Vec<PathBuf>,
+    argv: Vec<String>,
+    config: Option<RunConfig>,
+}
+
+fn source(data_dir: &Path, args: &RunArgs) -> anyhow::Result<Source> {
+    if let Some(dir) = &args.rootfs {
+        if args.args.is_empty() {
+            bail!("no command given: hull run --rootfs DIR CMD [ARG...]");
+        }
+        let rootfs = dir
+            .canonicalize()
+            .with_context(|| format!("--rootfs {}", dir.display()))?;
+        if !rootfs.is_dir() {
+            bail!("--rootfs {}: not a directory", rootfs.display());
+        }
+        return Ok(Source {
+            image: rootfs.display().to_string(),
+            layers: vec![rootfs],
+            disks: Vec::new(),
+            argv: args.args.clone(),
+            config: None,
+        });
+    }
+    let Some(name) = args.args.first() else {
+        bail!("no image given: hull run [OPTIONS] IMAGE [CMD [ARG...]] (or --rootfs DIR CMD)");
+    };
+    let store = super::images::open_store(data_dir)?;
+    let rec = match store.find(name) {
+        Ok(r) => r,
+        // As docker does: not here, so pull it.
+        Err(hull_images::store::StoreError::NoSuchImage(_)) => {
+            let r = hull_images::Reference::parse(name)?;
+            eprintln!("Unable to find image '{}' locally", r.familiar());
+            super::images::pull_into(&store, &r, std::io::stderr().is_terminal())
+                .with_context(|| format!("no such image {name} here, and pulling it failed"))?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let config = super::images::image_config(&store, &rec)?;
+    let argv = config.command(&args.args[1..]);
+    if argv.is_empty() {
+        bail!("no command given, and the image {name} has no Cmd or Entrypoint");
+    }
+    let vm = args.isolation == Isolation::Vm;
+    let mut layers = Vec::new();
+    let mut disks = Vec::new();
+    for l in &rec.layers {
+        let p = hull_images::layers::prepare(&store, l, vm)?;
+        layers.push(p.root);
+        disks.extend(p.disk);
+    }
+    Ok(Source {
+        image: hull_images::Reference::parse(&rec.reference)
+            .map_or_else(|_| rec.reference.clone(), |r| r.familiar()),
+        layers,
+        disks,
+        argv,
+        config: Some(config.config),
+    })
+}
+
+pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i32> {
+    client::block_signals();
+    let t0 = Instant::now();
+    let src = source(data_dir, &args)?;
+    let tty = args.process.tty;
+    let dir = StateDir::open(state_dir)?;
+    let mut state = dir.create(
+        args.name.as_deref(),
+        &src.image,
+        &src.argv,
+        args.isolation.name(),
+    )?;
+    let cdir = dir.dir(&state.id);
+    let hostname = args
+        .hostname
+        .clone()
+        .unwrap_or_else(|| state.short_id().to_string());
+    let start =
+        match args
+            .process
+            .start(src.argv.clone(), true, Some(hostname), src.config.as_ref())
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = dir.remove(&state);
+                return Err(e);
+            }
+        };
+    // -d: the rest runs in a background monitor; we report how it starts.
+    let detached = if args.detach {
+        match detach::fork_monitor(&state.id)? {
+            detach::Role::Caller(code) => return Ok(code),
+            detach::Role::Monitor(n) => Some(n),
+        }
+    } else {
+        None
+    };
+    let short_id = state.short_id().to_string();
+    let spec = Spec {
+        isolation: args.isolation,
+        dir: &cdir,
+        layers: src.layers.clone(),
+        disks: src.disks.clone(),
+        vcpus: args.cpus,
+        memory_mib: args.memory,
+        kernel: args.kernel.clone(),
+        name: &short_id,
+    };
+    let t_prepare = Instant::now();
+    let result = (|| -> anyhow::Result<(client::Outcome, Times, Instant, Instant)> {
+        let mut sandbox = Sandbox::launch(&spec)?;
+        let t_create = Instant::now();
+        state.status = Status::Running;
+        state.sandbox = ProcessId::of(sandbox.pid() as i32);
+        state.monitor = ProcessId::of(std::process::id() as i32);
+        dir.save(&state)?;
+        let stream = sandbox.connect(Duration::from_secs(300))?;
+        let logs = (&cdir.join(STDOUT_LOG), &cdir.join(STDERR_LOG));
+        let mut sinks = match &detached {
+            None => client::Sinks::terminal().with_logs(logs.0, logs.1),
+            Some(n) => {
+                let mut s = client::Sinks::default().with_logs(logs.0, logs.1);
+                s.on_started = Some(n.on_started());
+                s
+            }
+        };
+        let mut raw =
+            (tty && detached.is_none() && std::io::stdin().is_terminal()).then(RawMode::enable);
+        let mut times = Times::default();
+        let stdin = args.process.interactive && detached.is_none();
+        let outcome = client::run_session(stream, &start, stdin, &mut sinks, &mut times);
+        if let Some(r) = raw.as_mut() {
+            r.restore();
+        }
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                let why = sandbox
+                    .wait(Duration::from_secs(5))
+                    .and_then(|_| sandbox.error_message());
+                bail!("{}", why.unwrap_or_else(|| e.to_string()));
+            }
+        };
+        if let client::Outcome::Exited(e) = &outcome {
+            if let Some(reason) = &e.reason {
+                sinks.write_stderr(format!("hull: {reason}\n").as_bytes());
+            }
+        }
+        sandbox.wait(Duration::from_secs(30));
+        sandbox.cleanup();
+        Ok((outcome, times, t_create, Instant::now()))
+    })();
+    let (status, reason) = match &result {
+        Ok((o, ..)) => (o.status(), o.failure().map(str::to_string)),
+        Err(e) => (crate::EXIT_HULL_ERROR, Some(format!("{e:#}"))),
+    };
+    if let Some(n) = &detached {
+        // Only says something when the process never started.
+        n.failed(status, reason.as_deref().unwrap_or("the container ended"));
+    }
+    state.mark_exited(status, reason);
+    if args.rm {
+        dir.remove(&state)?;
+    } else {
+        dir.save(&state)?;
+    }
+    let (_, times, t_create, t_end) = result?;
+    if let Ok(path) = std::env::var(crate::bench::hull_cli::TIMINGS_ENV) {
+        write_timings(
+            &path,
+            t0,
+            t_prepare,
+            t_create,
+            &times,
+            t_end,
+            args.isolation,
+        );
+    }
+    Ok(status)
+}
+
+/// Per-phase milliseconds for `hull bench` (see bench::Phase).
+fn write_timings(
+    path: &str,
+    t0: Instant,
+    prepare: Instant,
+    create: Instant,
+    t: &Times,
+    end: Instant,
+    iso: Isolation,
+) {
+    let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1000.0;
+    let hello = t.hello.unwrap_or(create);
+    let started = t.started.unwrap_or(hello);
+    let exit = t.exit.unwrap_or(end);
+    let first = t.first_output.unwrap_or(exit).min(exit);
+    let mut phases = std::collections::BTreeMap::new();
+    phases.insert("prepare", ms(t0, prepare));
+    phases.insert("create", ms(prepare, create));
+    if iso == Isolation::Vm {
+        phases.insert("boot", ms(create, hello));
+        phases.insert("start", ms(hello, started));
+    } else {
+        phases.insert("start", ms(create, started));
+    }
+    phases.insert("first_output", ms(started, first));
+    phases.insert("exit", ms(first, exit));
+    phases.insert("teardown", ms(exit, end));
+    let json = serde_json::json!({ "phases_ms": phases });
+    let _ = std::fs::write(path, json.to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("256").unwrap(), 256);
+        assert_eq!(parse_memory("1g").unwrap(), 1024);
+        assert_eq!(parse_memory("512M").unwrap(), 512);
+        assert!(parse_memory("12").is_err());
+        assert!(
+            parse_memory("lots")
+                .unwrap_err()
+                .contains("invalid memory size")
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! The `hull run` scenario suite (tests/support/scenarios.rs) with
+//! `--isolation vm`: each container in its own microVM, through real KVM
+//! (directly on hardware KVM, inside tests/kvm-host elsewhere; see
+//! tests/support/vmtest.rs).
+
+#[path = "support/scenarios.rs"]
+mod scenarios;
+#[path = "support/vmtest.rs"]
+mod vmtest;
+
+fn main() {
+    let listing = std::env::args().any(|a| a == "--list");
+    let skipping = std::env::var("HULL_SKIP_VM_TESTS").as_deref() == Ok("1");
+    if std::env::var_os("HULL_IN_KVM_HOST").is_none() && !listing && !skipping {
+        // Built here, where cargo is; the emulated host only runs them.
+        scenarios::build_runtime();
+    }
+    vmtest::run_vm_tests(scenarios::trials(scenarios::Backend("vm")));
+}

@@ -1,0 +1,714 @@
+//! One scenario suite for `hull run`, run against each isolation backend
+//! (tests/run_ns.rs on the host, tests/run_vm.rs through real KVM): the same
+//! commands, the same observable behaviour a user relies on.
+#![allow(dead_code)] // each test target uses its own subset
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Failed, Trial};
+
+#[path = "busybox.rs"]
+mod busybox;
+
+/// How long any one `hull run` may take before the test calls it a hang
+/// (a microVM boot under the emulated KVM host takes seconds).
+const HANG: Duration = Duration::from_secs(180);
+
+/// The `hull` binary beside the test binary (target/PROFILE/hull).
+pub fn hull_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/PROFILE/deps/...")
+        .join("hull");
+    assert!(p.exists(), "{} is missing: cargo build", p.display());
+    p
+}
+
+/// Builds what `hull run` needs besides `hull` itself: `hull-vmm` and the
+/// static agent (agent/build-static.sh).
+pub fn build_runtime() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(repo)
+        .args(["build", "--quiet", "-p", "hull-vmm", "-p", "hull"])
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "cargo build of hull and hull-vmm failed");
+    let status = Command::new(repo.join("agent/build-static.sh"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("running agent/build-static.sh");
+    assert!(status.success(), "agent/build-static.sh failed");
+}
+
+/// The busybox rootfs every scenario runs, built once per test binary.
+fn rootfs() -> &'static Path {
+    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let d = tempfile::tempdir().expect("tempdir");
+        busybox::rootfs(d.path());
+        d
+    })
+    .path()
+}
+
+/// One backend's view of the suite.
+#[derive(Clone, Copy)]
+pub struct Backend(pub &'static str);
+
+/// A state dir of its own for each scenario.
+struct Ctx {
+    backend: Backend,
+    state: tempfile::TempDir,
+}
+
+impl Ctx {
+    fn new(backend: Backend) -> Ctx {
+        Ctx {
+            backend,
+            state: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// `hull --state-dir S run --isolation B --rootfs R <flags> <cmd>`.
+    fn run(&self, flags: &[&str], cmd: &[&str]) -> Command {
+        let mut c = Command::new(hull_bin());
+        c.arg("--state-dir")
+            .arg(self.state.path())
+            .args(["run", "--isolation", self.backend.0, "--rootfs"])
+            .arg(rootfs())
+            .args(flags)
+            .args(cmd);
+        c
+    }
+
+    fn hull(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(hull_bin());
+        c.arg("--state-dir").arg(self.state.path()).args(args);
+        c
+    }
+
+    /// Containers left in the state dir.
+    fn containers(&self) -> Vec<String> {
+        std::fs::read_dir(self.state.path().join("containers"))
+            .map(|d| {
+                d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs to the end with `input` on stdin; a hang is a failure, not a stuck test.
+fn output(mut cmd: Command, input: &[u8]) -> Result<(Out, Vec<u8>), Failed> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting hull: {e}"))?;
+    let mut stdin = child.stdin.take();
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || {
+        if let Some(s) = stdin.as_mut() {
+            let _ = s.write_all(&input);
+        }
+    });
+    let out = wait_output(child, HANG)?;
+    let _ = feeder.join();
+    let stdout = out.stdout.clone();
+    Ok((
+        Out {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        },
+        stdout,
+    ))
+}
+
+fn run_text(cmd: Command) -> Result<Out, Failed> {
+    output(cmd, b"").map(|(o, _)| o)
+}
+
+/// Collects a child's output, killing it (and failing) after `limit`.
+fn wait_output(child: Child, limit: Duration) -> Result<Output, Failed> {
+    let pid = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // SAFETY: kill(2) of the hull process this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let started = Instant::now();
+    let out = child.wait_with_output();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = out.map_err(|e| format!("waiting for hull: {e}"))?;
+    if started.elapsed() >= limit {
+        return Err(format!("hull hung: killed after {}s", limit.as_secs()).into());
+    }
+    Ok(out)
+}
+
+fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
+    if ok { Ok(()) } else { Err(msg().into()) }
+}
+
+// --- scenarios -----------------------------------------------------------
+
+fn output_and_exit_code(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let o = run_text(c.run(&["--rm"], &["sh", "-c", "echo out; echo err >&2; exit 3"]))?;
+    check(o.code == Some(3), || format!("want exit 3; {o}"))?;
+    check(o.stdout == "out\n", || {
+        format!("stdout must be exactly out; {o}")
+    })?;
+    check(
+        o.stderr.contains("err") && !o.stdout.contains("err"),
+        || format!("stderr must carry err; {o}"),
+    )?;
+    check(c.containers().is_empty(), || {
+        format!("--rm left state behind: {:?}", c.containers())
+    })
+}
+
+fn stdin_round_trip(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    // 10 MiB that compresses badly and has every byte value.
+    let mut data = Vec::with_capacity(10 << 20);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while data.len() < 10 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    let (o, got) = output(c.run(&["--rm", "-i"], &["cat"]), &data)?;
+    check(o.code == Some(0), || {
+        format!("cat failed: exit {:?}, stderr {}", o.code, o.stderr)
+    })?;
+    check(got.len() == data.len(), || {
+        format!("sent {} bytes, got {} back", data.len(), got.len())
+    })?;
+    check(got == data, || "the bytes that came back differ".into())
+}
+
+fn env_cwd_user_hostname(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let o = run_text(c.run(
+        &[
+            "--rm",
+            "-e",
+            "GREETING=hello world",
+            "-w",
+            "/home/user",
+            "-u",
+            "user",
+            "--hostname",
+            "box1",
+        ],
+        &[
+            "sh",
+            "-c",
+            "echo \"g=$GREETING\"; pwd; id; hostname; echo \"home=$HOME\"",
+        ],
+    ))?;
+    check(o.code == Some(0), || format!("{o}"))?;
+    let want = [
+        "g=hello world",
+        "/home/user",
+        "uid=1000(user) gid=1000(user) groups=1000(user),2000(extra)",
+        "box1",
+        "home=/home/user",
+    ];
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    check(lines == want, || format!("want {want:?}; {o}"))?;
+    // A numeric user with a group, and the default hostname (the short id).
+    let o = run_text(c.run(
+        &["--rm", "-u", "1000:0"],
+        &["sh", "-c", "id -u; id -g; hostname"],
+    ))?;
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    check(
+        lines.len() == 3 && lines[0] == "1000" && lines[1] == "0",
+        || format!("want uid 1000 gid 0; {o}"),
+    )?;
+    check(
+        lines[2].len() == 12 && lines[2].chars().all(|c| c.is_ascii_hexdigit()),
+        || format!("default hostname should be the 12-digit short id; {o}"),
+    )
+}
+
+fn unknown_user_is_one_line(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let o = run_text(c.run(&["--rm", "-u", "nobody-here"], &["true"]))?;
+    check(o.code == Some(125), || format!("want 125; {o}"))?;
+    check(
+        o.stderr.trim().lines().count() == 1 && o.stderr.contains("nobody-here"),
+        || format!("want one line naming the user; {o}"),
+    )
+}
+
+fn missing_command_127(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let o = run_text(c.run(&["--rm"], &["no-such-command", "x"]))?;
+    check(o.code == Some(127), || format!("want 127; {o}"))?;
+    check(
+        o.stderr.contains("no-such-command") && o.stderr.contains("not found"),
+        || format!("want a message naming the command; {o}"),
+    )?;
+    let o = run_text(c.run(&["--rm"], &["/etc/passwd"]))?;
+    check(o.code == Some(126), || {
+        format!("not executable: want 126; {o}")
+    })
+}
+
+fn sigterm_exits_143(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let mut child = c
+        .run(&["--rm"], &["sh", "-c", "echo ready; exec sleep 1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 64];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        match stdout.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let out = wait_output(child, HANG)?;
+                return Err(format!(
+                    "the container ended before it was ready: {:?} {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    // SAFETY: kill(2) of the hull process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let out = wait_output(child, HANG)?;
+    check(out.status.code() == Some(143), || {
+        format!(
+            "want 143 after SIGTERM, got {:?} after {:?}: {}",
+            out.status,
+            t.elapsed(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    check(c.containers().is_empty(), || {
+        format!("--rm left state behind: {:?}", c.containers())
+    })
+}
+
+fn proc_shows_only_the_container(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    // Every user-space process (kernel threads have no command line): pid and
+    // command line. Only the agent (pid 1) and this shell's own may show.
+    let script = "for p in /proc/[0-9]*; do a=$(tr '\\0' ' ' < $p/cmdline 2>/dev/null); \
+                  [ -n \"$a\" ] && echo \"${p#/proc/} $a\"; done; echo self=$$";
+    let o = run_text(c.run(&["--rm"], &["sh", "-c", script]))?;
+    check(o.code == Some(0), || format!("{o}"))?;
+    let me = o
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("self="))
+        .ok_or_else(|| format!("no self= line; {o}"))?
+        .to_string();
+    for line in o.stdout.lines().filter(|l| !l.starts_with("self=")) {
+        let (pid, args) = line.split_once(' ').unwrap_or((line, ""));
+        // pid 1 is the agent (in the VM the kernel runs it as /init).
+        let ok = pid == "1" || pid == me || args.starts_with("tr ") || args.starts_with("sh -c");
+        check(ok, || {
+            format!("a process that is not the container's: {line:?}; {o}")
+        })?;
+    }
+    check(o.stdout.lines().any(|l| l.starts_with("1 ")), || {
+        format!("the agent should be pid 1; {o}")
+    })
+}
+
+fn out_of_memory_is_reported(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    // The string doubles until the container's memory runs out.
+    let o = run_text(c.run(
+        &["--rm", "--memory", "96"],
+        &["sh", "-c", "x=0123456789abcdef; while :; do x=$x$x; done"],
+    ))?;
+    check(o.code == Some(137), || {
+        format!("want 137 (SIGKILL by the OOM killer); {o}")
+    })?;
+    check(o.stderr.contains("out of memory"), || {
+        format!("the reason must be on stderr; {o}")
+    })
+}
+
+fn bad_memory_size(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let o = run_text(c.run(&["--memory", "lots"], &["true"]))?;
+    check(o.code == Some(125), || format!("want 125; {o}"))?;
+    check(o.stderr.contains("invalid memory size"), || format!("{o}"))?;
+    check(c.containers().is_empty(), || {
+        "a bad flag created a container".into()
+    })
+}
+
+fn kept_until_rm(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let o = run_text(c.run(&["--name", "keep"], &["sh", "-c", "echo kept; exit 7"]))?;
+    check(o.code == Some(7), || format!("{o}"))?;
+    let ps = run_text(c.hull(&["ps", "-a", "--json"]))?;
+    check(
+        ps.stdout.contains("\"keep\"") && ps.stdout.contains("exited"),
+        || format!("ps -a must list the exited container; {ps}"),
+    )?;
+    let logs = run_text(c.hull(&["logs", "keep"]))?;
+    check(logs.stdout == "kept\n", || {
+        format!("logs must replay stdout; {logs}")
+    })?;
+    let rm = run_text(c.hull(&["rm", "keep"]))?;
+    check(rm.code == Some(0), || format!("{rm}"))?;
+    check(c.containers().is_empty(), || {
+        format!("rm left state behind: {:?}", c.containers())
+    })
+}
+
+/// Every process whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(format!("{pid}: {cmd}"));
+            }
+        }
+    }
+    found
+}
+
+fn mounts() -> std::collections::BTreeSet<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        // Fields after the mount id and parent id: what is mounted where.
+        .map(|l| l.split(' ').skip(2).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// `run -d` prints the id; `exec` sees what the main process wrote and gets
+/// its own stdin and exit status; `stop` ends it with SIGTERM (143).
+fn detach_exec_stop(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let o = run_text(c.run(
+        &["-d", "--name", "svc"],
+        &[
+            "sh",
+            "-c",
+            "echo written > /tmp/shared; echo main-out; exec sleep 1000",
+        ],
+    ))?;
+    check(o.code == Some(0), || format!("run -d failed; {o}"))?;
+    let id = o.stdout.trim().to_string();
+    check(
+        id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        || format!("run -d must print the 64-digit id; {o}"),
+    )?;
+    let ps = run_text(c.hull(&["ps", "--json"]))?;
+    check(
+        ps.stdout.contains(&id) && ps.stdout.contains("running"),
+        || format!("ps must list it running; {ps}"),
+    )?;
+    let e = run_text(c.hull(&["exec", &id[..8], "cat", "/tmp/shared"]))?;
+    check(e.code == Some(0) && e.stdout == "written\n", || {
+        format!("exec must see the main process's file; {e}")
+    })?;
+    let (e, got) = output(
+        c.hull(&["exec", "-i", "svc", "sh", "-c", "cat; exit 4"]),
+        b"through exec\n",
+    )?;
+    check(e.code == Some(4) && got == b"through exec\n", || {
+        format!("exec -i must relay stdin and the status; {e}")
+    })?;
+    let e = run_text(c.hull(&["exec", "svc", "no-such-tool"]))?;
+    check(e.code == Some(127), || {
+        format!("exec of a missing command: 127; {e}")
+    })?;
+    let logs = run_text(c.hull(&["logs", "svc"]))?;
+    check(logs.stdout == "main-out\n", || {
+        format!("logs of a detached container; {logs}")
+    })?;
+    let st = run_text(c.hull(&["stop", "-t", "30", "svc"]))?;
+    check(st.code == Some(0), || format!("{st}"))?;
+    let ins = run_text(c.hull(&["inspect", "svc"]))?;
+    check(ins.stdout.contains("\"exit_code\": 143"), || {
+        format!("stop must end it with SIGTERM (143); {ins}")
+    })?;
+    let e = run_text(c.hull(&["exec", "svc", "true"]))?;
+    check(
+        e.code == Some(125) && e.stderr.contains("not running"),
+        || format!("exec in a stopped container; {e}"),
+    )
+}
+
+/// `stop -t 1` of a process that ignores SIGTERM kills it after a second.
+fn stop_times_out_into_kill(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let o = run_text(c.run(
+        &["-d", "--name", "stubborn"],
+        &["sh", "-c", "trap '' TERM; while :; do sleep 1; done"],
+    ))?;
+    check(o.code == Some(0), || format!("{o}"))?;
+    let t = Instant::now();
+    let st = run_text(c.hull(&["stop", "-t", "1", "stubborn"]))?;
+    let took = t.elapsed();
+    check(st.code == Some(0), || format!("{st}"))?;
+    check(took >= Duration::from_secs(1), || {
+        format!("stop returned after {took:?}, before its timeout")
+    })?;
+    let ins = run_text(c.hull(&["inspect", "stubborn"]))?;
+    check(
+        ins.stdout.contains("\"exit_code\": 137") && ins.stdout.contains("\"exited\""),
+        || format!("a stop that times out kills (137); {ins}"),
+    )
+}
+
+/// `rm -f` of a running container leaves nothing: no process, mount,
+/// cgroup or state.
+fn rm_force_leaves_nothing(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let mounts_before = mounts();
+    let o = run_text(c.run(&["-d"], &["sleep", "1000"]))?;
+    check(o.code == Some(0), || format!("{o}"))?;
+    let id = o.stdout.trim().to_string();
+    let cdir = c.state.path().join("containers").join(&id);
+    check(!processes_mentioning(&id).is_empty(), || {
+        "no process of the running container found by its id".into()
+    })?;
+    let cgroups: Vec<PathBuf> = std::fs::read_to_string(cdir.join("cgroup.json"))
+        .ok()
+        .and_then(|j| {
+            let v: serde_json::Value = serde_json::from_str(&j).ok()?;
+            Some(
+                v["dirs"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|d| d.as_str().map(PathBuf::from))
+                    .collect(),
+            )
+        })
+        .unwrap_or_default();
+    check(b.0 != "ns" || !cgroups.is_empty(), || {
+        "the ns container recorded no cgroup".into()
+    })?;
+    let rm = run_text(c.hull(&["rm", "-f", &id[..12]]))?;
+    check(rm.code == Some(0), || format!("{rm}"))?;
+    let left = processes_mentioning(&id);
+    check(left.is_empty(), || format!("processes left: {left:?}"))?;
+    check(!cdir.exists() && c.containers().is_empty(), || {
+        format!("state left: {:?}", c.containers())
+    })?;
+    let left: Vec<_> = cgroups.iter().filter(|d| d.exists()).collect();
+    check(left.is_empty(), || format!("cgroups left: {left:?}"))?;
+    let mounts_after = mounts();
+    let new: Vec<_> = mounts_after.difference(&mounts_before).collect();
+    check(new.is_empty(), || format!("mounts left: {new:?}"))
+}
+
+/// A pseudo-terminal: the test holds the master, hull gets the slave as its
+/// controlling terminal.
+struct Pty {
+    master: std::fs::File,
+}
+
+fn openpty(rows: u16, cols: u16) -> Result<(Pty, OwnedFd), Failed> {
+    let (mut m, mut s) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fds into the integers; the winsize is valid.
+    let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    if r != 0 {
+        return Err(format!("openpty: {}", std::io::Error::last_os_error()).into());
+    }
+    // SAFETY: openpty returned two new fds that we now own.
+    let (master, slave) = unsafe { (std::fs::File::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
+    Ok((Pty { master }, slave))
+}
+
+impl Pty {
+    /// Reads until `want` appears in what came since the last call.
+    fn expect(&mut self, seen: &mut String, want: &str) -> Result<(), Failed> {
+        let deadline = Instant::now() + HANG;
+        let fd = self.master.as_raw_fd();
+        let mut buf = [0u8; 4096];
+        while !seen.contains(want) {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut p, 1, 200) };
+            if Instant::now() > deadline {
+                return Err(format!("{want:?} never appeared on the terminal: {seen:?}").into());
+            }
+            if r <= 0 {
+                continue;
+            }
+            match self.master.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    return Err(format!("terminal closed before {want:?}: {seen:?}").into());
+                }
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        let at = seen.find(want).unwrap_or(0) + want.len();
+        seen.drain(..at);
+        Ok(())
+    }
+
+    fn resize(&self, rows: u16, cols: u16) {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one valid winsize.
+        unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+}
+
+fn terminal(b: Backend) -> Result<(), Failed> {
+    use std::os::unix::process::CommandExt;
+    let c = Ctx::new(b);
+    let (mut pty, slave) = openpty(30, 100)?;
+    let mut cmd = c.run(&["--rm", "-i", "-t", "-e", "PS1=hull-prompt# "], &["sh"]);
+    let s = |f: &OwnedFd| f.try_clone().map(Stdio::from);
+    cmd.stdin(s(&slave)?).stdout(s(&slave)?).stderr(s(&slave)?);
+    // SAFETY: setsid and TIOCSCTTY in the child before exec: async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    drop(slave);
+    let result = (|| -> Result<(), Failed> {
+        let mut seen = String::new();
+        pty.expect(&mut seen, "hull-prompt# ")?;
+        pty.master.write_all(b"echo typed-$((6*7))\r")?;
+        // Echoed as typed, then run.
+        pty.expect(&mut seen, "echo typed-$((6*7))")?;
+        pty.expect(&mut seen, "typed-42")?;
+        pty.master.write_all(b"stty size\r")?;
+        pty.expect(&mut seen, "30 100")?;
+        pty.resize(40, 120);
+        std::thread::sleep(Duration::from_millis(500));
+        pty.master.write_all(b"stty size\r")?;
+        pty.expect(&mut seen, "40 120")?;
+        pty.master.write_all(b"exit 5\r")?;
+        Ok(())
+    })();
+    let deadline = Instant::now() + HANG;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        // Keep draining the terminal so hull never blocks writing to it.
+        let mut buf = [0u8; 4096];
+        let mut p = libc::pollfd {
+            fd: pty.master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut p, 1, 50) } > 0 {
+            let _ = pty.master.read(&mut buf);
+        }
+    };
+    result?;
+    check(status.and_then(|s| s.code()) == Some(5), || {
+        format!("`exit 5` in the terminal should end hull with 5, got {status:?}")
+    })
+}
+
+/// The suite, one trial per scenario, named `<backend>::<scenario>`.
+pub fn trials(b: Backend) -> Vec<Trial> {
+    type Scenario = fn(Backend) -> Result<(), Failed>;
+    let all: [(&str, Scenario); 14] = [
+        ("output_and_exit_code", output_and_exit_code),
+        ("stdin_10mib_round_trip", stdin_round_trip),
+        ("env_cwd_user_hostname_groups", env_cwd_user_hostname),
+        ("unknown_user_is_one_line", unknown_user_is_one_line),
+        (
+            "missing_command_127_not_executable_126",
+            missing_command_127,
+        ),
+        ("sigterm_exits_143", sigterm_exits_143),
+        (
+            "proc_shows_only_the_container",
+            proc_shows_only_the_container,
+        ),
+        ("out_of_memory_is_reported", out_of_memory_is_reported),
+        ("bad_memory_size_is_125", bad_memory_size),
+        ("kept_until_rm_with_ps_and_logs", kept_until_rm),
+        ("terminal_echo_and_resize", terminal),
+        ("detach_exec_logs_stop", detach_exec_stop),
+        ("stop_times_out_into_kill", stop_times_out_into_kill),
+        ("rm_force_leaves_nothing", rm_force_leaves_nothing),
+    ];
+    all.into_iter()
+        .map(|(name, f)| Trial::test(format!("{}::{name}", b.0), move || f(b)))
+        .collect()
+}
