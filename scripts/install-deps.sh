@@ -7,7 +7,7 @@ packages=(
   # guest kernel build (guest-kernel/build.sh)
   linux-source-6.1 flex bison bc libelf-dev libssl-dev make gcc
   # layer disks and rootfs images
-  erofs-utils e2fsprogs cpio zstd file
+  erofs-utils e2fsprogs cpio zstd file kmod
   # the emulated KVM host (tests/kvm-host/run) and the QEMU baseline
   qemu-system-x86 busybox-static
   # real peers for the image tests and the namespace baselines

@@ -73,7 +73,7 @@ fn main() {
     });
     let result = match cli.command {
         Command::Doctor(args) => commands::doctor::run(args),
-        Command::Bench(args) => commands::bench::run(args),
+        Command::Bench(args) => commands::bench::run(&cli.data_dir, args),
         Command::Run(args) => commands::run::run(&cli.state_dir, &cli.data_dir, args),
         Command::Pull(args) => commands::images::pull(&cli.data_dir, args),
         Command::Import(args) => commands::images::import(&cli.data_dir, args),

@@ -1,7 +1,7 @@
 //! `hull bench`: the same image and command under several isolation backends,
 //! side by side (see `crate::bench`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -43,22 +43,65 @@ pub struct BenchArgs {
     pub args: Vec<String>,
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
-    if args.runs == 0 || args.concurrency == 0 {
-        bail!("--runs and --concurrency must be at least 1");
-    }
-    let Some(rootfs) = args.rootfs.clone() else {
-        bail!("hull bench needs --rootfs DIR for now (images are resolved by `hull run` itself)");
+/// What every backend runs: the same tree, command and identity.
+struct Target {
+    /// The report's name for it: the image, or the rootfs directory.
+    label: String,
+    /// Arguments of `hull run` naming it (`--rootfs DIR` or `--entrypoint "" IMAGE`).
+    hull: Vec<String>,
+    /// The full command, after the image's entrypoint and cmd.
+    command: Vec<String>,
+    workload: Workload,
+    /// A read-only overlay of the image's layers for runc and crun, mounted
+    /// here and unmounted when the target is dropped.
+    overlay: Option<PathBuf>,
+}
+
+/// Mounts `layers` (bottom first) as one read-only overlay at `at`.
+fn mount_layers_readonly(layers: &[PathBuf], at: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|l| l.display().to_string())
+        .collect();
+    let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let data = CString::new(format!("lowerdir={}", lower.join(":"))).map_err(invalid)?;
+    let target = CString::new(at.as_os_str().as_encoded_bytes()).map_err(invalid)?;
+    let overlay = c"overlay";
+    // SAFETY: valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe {
+        libc::mount(
+            overlay.as_ptr(),
+            target.as_ptr(),
+            overlay.as_ptr(),
+            libc::MS_RDONLY,
+            data.as_ptr().cast(),
+        )
     };
-    let rootfs = rootfs
-        .canonicalize()
-        .with_context(|| format!("rootfs {}", rootfs.display()))?;
-    if args.args.is_empty() {
-        bail!("no command given: hull bench --rootfs DIR CMD [ARG...]");
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
-    let command = args.args.clone();
-    let workload = Workload {
-        rootfs: rootfs.clone(),
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(m) = &self.overlay {
+            if let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) {
+                // SAFETY: a valid C string naming our own mount point.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+            let _ = std::fs::remove_dir(m);
+        }
+    }
+}
+
+/// Resolves `--rootfs DIR CMD...` or `IMAGE [CMD...]` into a [`Target`].
+fn target(data_dir: &Path, args: &BenchArgs, work_dir: &Path) -> anyhow::Result<Target> {
+    let workload = |rootfs: PathBuf| Workload {
+        rootfs,
         env: Vec::new(),
         cwd: "/".into(),
         uid: 0,
@@ -66,25 +109,86 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         memory_mib: args.memory,
         cpus: args.cpus,
     };
+    if let Some(rootfs) = &args.rootfs {
+        let rootfs = rootfs
+            .canonicalize()
+            .with_context(|| format!("rootfs {}", rootfs.display()))?;
+        if args.args.is_empty() {
+            bail!("no command given: hull bench --rootfs DIR CMD [ARG...]");
+        }
+        return Ok(Target {
+            label: rootfs.display().to_string(),
+            hull: vec!["--rootfs".into(), rootfs.display().to_string()],
+            command: args.args.clone(),
+            workload: workload(rootfs),
+            overlay: None,
+        });
+    }
+    let Some(image) = args.args.first() else {
+        bail!("no image given: hull bench [OPTIONS] IMAGE [CMD [ARG...]] (or --rootfs DIR CMD)");
+    };
+    // Layers unpacked (and as disks when vm is measured) before any timing.
+    let vm = args.backends.iter().any(|b| b == "vm");
+    let src = super::run::image_source(data_dir, image, &args.args[1..], None, vm)?;
+    let config = src.config.clone().unwrap_or_default();
+    let (rootfs, overlay) = match src.layers.as_slice() {
+        [one] => (one.clone(), None),
+        layers => {
+            let dir = work_dir.join("rootfs");
+            std::fs::create_dir_all(&dir)?;
+            mount_layers_readonly(layers, &dir)
+                .with_context(|| format!("stacking the layers of {image} for runc and crun"))?;
+            (dir.clone(), Some(dir))
+        }
+    };
+    let (user, group) = match config.user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (config.user.as_str(), None),
+    };
+    let id = hull_agent::users::resolve(&rootfs, user, group)
+        .with_context(|| format!("the user of {image}"))?;
+    let mut w = workload(rootfs);
+    w.env = config.env.clone();
+    if !config.working_dir.is_empty() {
+        w.cwd = config.working_dir.clone();
+    }
+    w.uid = id.uid;
+    w.gid = id.gid;
+    Ok(Target {
+        label: src.image.clone(),
+        // The command below already holds the image's entrypoint.
+        hull: vec!["--entrypoint".to_string(), String::new(), image.clone()],
+        command: src.argv,
+        workload: w,
+        overlay,
+    })
+}
+
+pub fn run(data_dir: &Path, args: BenchArgs) -> anyhow::Result<i32> {
+    if args.runs == 0 || args.concurrency == 0 {
+        bail!("--runs and --concurrency must be at least 1");
+    }
     let work_dir = std::env::temp_dir().join(format!("hull-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("creating {}", work_dir.display()))?;
 
-    let mut target = vec!["--rootfs".to_string(), rootfs.display().to_string()];
+    let t = target(data_dir, &args, &work_dir)?;
+    let mut hull_args = vec!["--data-dir".to_string(), data_dir.display().to_string()];
     if let Some(m) = args.memory {
-        target.extend(["--memory".into(), m.to_string()]);
+        hull_args.extend(["--memory".into(), m.to_string()]);
     }
     if let Some(c) = args.cpus {
-        target.extend(["--cpus".into(), c.to_string()]);
+        hull_args.extend(["--cpus".into(), c.to_string()]);
     }
+    hull_args.extend(t.hull.iter().cloned());
     let mut backends: Vec<Box<dyn Backend>> = Vec::new();
     for name in &args.backends {
         let dir = work_dir.join(name);
         backends.push(match name.as_str() {
-            "vm" => Box::new(HullCli::new("vm", target.clone(), dir, vm_unavailable())),
-            "ns" => Box::new(HullCli::new("ns", target.clone(), dir, None)),
-            "runc" => Box::new(OciRuntime::new("runc", workload.clone(), dir)),
-            "crun" => Box::new(OciRuntime::new("crun", workload.clone(), dir)),
+            "vm" => Box::new(HullCli::new("vm", hull_args.clone(), dir, vm_unavailable())),
+            "ns" => Box::new(HullCli::new("ns", hull_args.clone(), dir, None)),
+            "runc" => Box::new(OciRuntime::new("runc", t.workload.clone(), dir)),
+            "crun" => Box::new(OciRuntime::new("crun", t.workload.clone(), dir)),
             other => bail!("unknown backend {other:?} (known: vm, ns, runc, crun)"),
         });
     }
@@ -96,8 +200,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         runs: args.runs,
         concurrency: args.concurrency,
     };
-    let report = bench::run_all(&backends, &rootfs.display().to_string(), &command, plan);
+    let report = bench::run_all(&backends, &t.label, &t.command, plan);
     drop(backends);
+    drop(t);
     let _ = std::fs::remove_dir_all(&work_dir);
 
     print!("{}", report.table());

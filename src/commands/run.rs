@@ -114,6 +114,10 @@ pub struct RunArgs {
     /// Run a root filesystem directory instead of an image.
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
+    /// Replace the image's ENTRYPOINT ("" clears it; the image's CMD is then
+    /// not used either, as with docker).
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
     /// IMAGE [CMD [ARG...]], or CMD [ARG...] with --rootfs.
     #[arg(
         trailing_var_arg = true,
@@ -170,15 +174,15 @@ fn env_entries(args: &ProcessArgs) -> anyhow::Result<Vec<String>> {
 
 /// What the container runs: its layers and command, from an image or a
 /// root filesystem directory.
-struct Source {
+pub struct Source {
     /// What `ps` shows as the image.
-    image: String,
+    pub image: String,
     /// Layer directories, bottom first.
-    layers: Vec<PathBuf>,
+    pub layers: Vec<PathBuf>,
     /// The same layers as disks (vm), when the store made them.
-    disks: Vec<PathBuf>,
-    argv: Vec<String>,
-    config: Option<RunConfig>,
+    pub disks: Vec<PathBuf>,
+    pub argv: Vec<String>,
+    pub config: Option<RunConfig>,
 }
 
 fn source(data_dir: &Path, args: &RunArgs) -> anyhow::Result<Source> {
@@ -203,6 +207,25 @@ fn source(data_dir: &Path, args: &RunArgs) -> anyhow::Result<Source> {
     let Some(name) = args.args.first() else {
         bail!("no image given: hull run [OPTIONS] IMAGE [CMD [ARG...]] (or --rootfs DIR CMD)");
     };
+    image_source(
+        data_dir,
+        name,
+        &args.args[1..],
+        args.entrypoint.as_deref(),
+        args.isolation == Isolation::Vm,
+    )
+}
+
+/// The image `name` (pulled if it is not here, as docker does) with its
+/// layers ready: unpacked, and as disks too when `disks` is set. `args`
+/// replace the image's Cmd.
+pub fn image_source(
+    data_dir: &Path,
+    name: &str,
+    args: &[String],
+    entrypoint: Option<&str>,
+    disks: bool,
+) -> anyhow::Result<Source> {
     let store = super::images::open_store(data_dir)?;
     let rec = match store.find(name) {
         Ok(r) => r,
@@ -216,23 +239,28 @@ fn source(data_dir: &Path, args: &RunArgs) -> anyhow::Result<Source> {
         Err(e) => return Err(e.into()),
     };
     let config = super::images::image_config(&store, &rec)?;
-    let argv = config.command(&args.args[1..]);
+    let argv = match entrypoint {
+        None => config.command(args),
+        Some(e) => std::iter::once(e.to_string())
+            .filter(|e| !e.is_empty())
+            .chain(args.iter().cloned())
+            .collect(),
+    };
     if argv.is_empty() {
         bail!("no command given, and the image {name} has no Cmd or Entrypoint");
     }
-    let vm = args.isolation == Isolation::Vm;
     let mut layers = Vec::new();
-    let mut disks = Vec::new();
+    let mut layer_disks = Vec::new();
     for l in &rec.layers {
-        let p = hull_images::layers::prepare(&store, l, vm)?;
+        let p = hull_images::layers::prepare(&store, l, disks)?;
         layers.push(p.root);
-        disks.extend(p.disk);
+        layer_disks.extend(p.disk);
     }
     Ok(Source {
         image: hull_images::Reference::parse(&rec.reference)
             .map_or_else(|_| rec.reference.clone(), |r| r.familiar()),
         layers,
-        disks,
+        disks: layer_disks,
         argv,
         config: Some(config.config),
     })

@@ -28,7 +28,7 @@ pub fn run_vm_tests(trials: Vec<Trial>) -> ! {
     let args = Arguments::from_args();
     let inside = std::env::var_os("HULL_IN_KVM_HOST").is_some();
     if inside || hardware_kvm() {
-        libtest_mimic::run(&args, trials).exit();
+        libtest_mimic::run(&args, without_done(trials)).exit();
     }
     if std::env::var("HULL_SKIP_VM_TESTS").as_deref() == Ok("1") {
         eprintln!("VM tests ignored: HULL_SKIP_VM_TESTS=1 and /dev/kvm here is not hardware KVM");
@@ -51,16 +51,135 @@ pub fn run_vm_tests(trials: Vec<Trial>) -> ! {
         "/dev/kvm here cannot boot a stock Linux guest: running {} inside the emulated KVM host (tests/kvm-host/run; HULL_SKIP_VM_TESTS=1 skips)",
         exe.file_name().unwrap().to_string_lossy()
     );
-    let status = Command::new(repo().join("tests/kvm-host/run"))
-        .arg("--")
-        .arg(&exe)
-        .args(std::env::args_os().skip(1))
-        .status()
-        .unwrap_or_else(|e| {
-            eprintln!("cannot start tests/kvm-host/run: {e}");
-            std::process::exit(101)
+    std::process::exit(run_in_kvm_host(&exe));
+}
+
+/// Trials named in this variable (comma-separated) are left out: the outer
+/// side sets it when it restarts a wedged emulated host, for the trials that
+/// already reported.
+const SKIP_VAR: &str = "HULL_VMTEST_DONE";
+
+/// Drops the trials an earlier, wedged host already ran.
+fn without_done(trials: Vec<Trial>) -> Vec<Trial> {
+    let done = std::env::var(SKIP_VAR).unwrap_or_default();
+    let done: Vec<&str> = done.split(',').filter(|n| !n.is_empty()).collect();
+    trials
+        .into_iter()
+        .filter(|t| !done.contains(&t.name()))
+        .collect()
+}
+
+/// How long the emulated host may go without any trial finishing before it
+/// counts as wedged (seconds; `HULL_VMTEST_STALL_SECS`, default 480).
+fn stall_limit() -> std::time::Duration {
+    let secs = std::env::var("HULL_VMTEST_STALL_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(480);
+    std::time::Duration::from_secs(secs)
+}
+
+/// Attempts at one suite: the emulated host (TCG running nested SVM) very
+/// rarely wedges (soft lockups of its own vCPUs); it is then restarted for
+/// the trials that have not reported yet.
+const ATTEMPTS: usize = 3;
+
+/// A finished trial in libtest's output: `test NAME ... ok|FAILED|ignored`.
+fn finished_trial(line: &str) -> Option<(String, bool)> {
+    let rest = line.strip_prefix("test ")?;
+    let (name, result) = rest.split_once(" ... ")?;
+    let failed = match result.trim() {
+        "ok" | "ignored" => false,
+        r if r.starts_with("FAILED") => true,
+        r if r.starts_with("ignored") => false,
+        _ => return None,
+    };
+    Some((name.trim().to_string(), failed))
+}
+
+/// Runs this test binary inside the emulated host, restarting the host when
+/// it wedges; returns the exit status for the whole suite.
+fn run_in_kvm_host(exe: &Path) -> i32 {
+    use std::io::BufRead;
+    use std::sync::mpsc;
+    // Setting the host up (packages, its kernel) can take minutes and is not
+    // a wedge: done first, without the watchdog.
+    let prepared = Command::new(repo().join("tests/kvm-host/run"))
+        .arg("--prepare")
+        .status();
+    if !prepared.is_ok_and(|s| s.success()) {
+        eprintln!("vmtest: setting up the emulated KVM host failed (tests/kvm-host/run --prepare)");
+        return 125;
+    }
+    let stall = stall_limit();
+    let mut done: Vec<String> = Vec::new();
+    let mut failed = false;
+    for attempt in 1..=ATTEMPTS {
+        let mut child = Command::new(repo().join("tests/kvm-host/run"))
+            .arg("--")
+            .arg(exe)
+            .args(std::env::args_os().skip(1))
+            .env(SKIP_VAR, done.join(","))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                eprintln!("cannot start tests/kvm-host/run: {e}");
+                std::process::exit(101)
+            });
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                println!("{line}");
+                if let Some(t) = finished_trial(&line) {
+                    let _ = tx.send(t);
+                }
+            }
         });
-    std::process::exit(status.code().unwrap_or(101));
+        let mut wedged = false;
+        loop {
+            match rx.recv_timeout(stall) {
+                Ok((name, f)) => {
+                    failed |= f;
+                    done.push(name);
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    wedged = true;
+                    eprintln!(
+                        "vmtest: no trial finished for {} s: the emulated KVM host is wedged; stopping it",
+                        stall.as_secs()
+                    );
+                    // SIGTERM: the runner stops its QEMU and cleans up.
+                    // SAFETY: kill(2) on our own child's pid.
+                    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                    break;
+                }
+            }
+        }
+        let status = child.wait().expect("waiting for tests/kvm-host/run");
+        let _ = reader.join();
+        while let Ok((name, f)) = rx.try_recv() {
+            failed |= f;
+            done.push(name);
+        }
+        if !wedged {
+            let code = status.code().unwrap_or(101);
+            return if code == 0 && failed { 101 } else { code };
+        }
+        if attempt < ATTEMPTS {
+            eprintln!(
+                "vmtest: restarting the emulated host for the trials that did not report (attempt {} of {ATTEMPTS}; {} already reported)",
+                attempt + 1,
+                done.len()
+            );
+        }
+    }
+    eprintln!(
+        "vmtest: the emulated KVM host wedged {ATTEMPTS} times; giving up (HULL_VMTEST_STALL_SECS sets the limit)"
+    );
+    125
 }
 
 /// The target dir's profile directory holding the binaries (target/debug).
