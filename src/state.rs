@@ -162,15 +162,18 @@ impl ContainerState {
         Ok(())
     }
 
-    /// A container recorded as running whose sandbox process is gone died
-    /// without anyone recording it (VMM crash, kill -9, host hull killed).
+    /// A container recorded as running whose sandbox and monitor processes
+    /// are gone died without anyone recording it (kill -9 of hull and the
+    /// VMM, a crash of both).
     /// Returns true when the state changed.
     pub fn reconcile(&mut self) -> bool {
         if self.status != Status::Running {
             return false;
         }
-        let alive = self.sandbox.map(|p| p.is_alive()).unwrap_or(false);
-        if alive {
+        let alive = |p: Option<ProcessId>| p.is_some_and(|p| p.is_alive());
+        // While its monitor lives, the monitor records how it ended: the
+        // sandbox may have just exited with the status on its way.
+        if alive(self.sandbox) || alive(self.monitor) {
             return false;
         }
         let what = if self.isolation == "vm" {

@@ -273,6 +273,12 @@ impl Conn {
         self.fwd_cnt -= Wrapping(line.len() as u32);
     }
 
+    /// Both sides have finished sending and everything reached the host: the
+    /// connection is over (a reset tells the guest so).
+    fn finished(&self) -> bool {
+        self.host_eof && self.guest_done_sending && self.to_host.is_empty()
+    }
+
     /// Writes what the host socket takes of `to_host`; Err on a broken socket.
     fn flush_to_host(&mut self) -> std::io::Result<()> {
         while !self.to_host.is_empty() {
@@ -520,7 +526,7 @@ impl Backend {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        if events.contains(EventSet::OUT) && c.flush_to_host().is_err() {
+        if events.contains(EventSet::OUT) && (c.flush_to_host().is_err() || c.finished()) {
             self.reset_conn(key);
             return;
         }
@@ -664,9 +670,8 @@ impl Backend {
                     c.guest_done_sending = true;
                     let _ = c.flush_to_host();
                 }
-                if flags & (SHUTDOWN_SEND | SHUTDOWN_RCV) == SHUTDOWN_SEND | SHUTDOWN_RCV
-                    && c.to_host.is_empty()
-                {
+                let both = flags & (SHUTDOWN_SEND | SHUTDOWN_RCV) == SHUTDOWN_SEND | SHUTDOWN_RCV;
+                if (both && c.to_host.is_empty()) || c.finished() {
                     self.reset_conn(key);
                 }
             }
@@ -775,10 +780,17 @@ impl Backend {
                 w.write_obj(h).map(|_| HDR_LEN as u32).unwrap_or(0)
             }
             Some(0) => {
-                // The host closed its end: neither side sends any more.
+                // The host will send no more. The guest still may (a
+                // half-close, as with TCP), unless it is done too.
                 c.host_eof = true;
-                self.update_interest(key);
-                let h = self.header(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND, 0);
+                let h = if c.finished() {
+                    let h = self.header(key, OP_RST, 0, 0);
+                    self.remove_conn(key);
+                    h
+                } else {
+                    self.update_interest(key);
+                    self.header(key, OP_SHUTDOWN, SHUTDOWN_SEND, 0)
+                };
                 w.write_obj(h).map(|_| HDR_LEN as u32).unwrap_or(0)
             }
             Some(n) => {
