@@ -72,6 +72,39 @@ impl HullCli {
     }
 }
 
+/// How long one measured `hull run` may take before it counts as hung.
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// Waits for `child` at most `limit`; then stops it (SIGTERM, SIGKILL five
+/// seconds later) and returns None.
+fn wait_limited(
+    child: &mut Child,
+    limit: Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(Some(s));
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    // SAFETY: kill(2) on the pid of a child we have not reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let grace = Instant::now() + Duration::from_secs(5);
+    while child.try_wait()?.is_none() {
+        if Instant::now() >= grace {
+            let _ = child.kill();
+            child.wait()?;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(None)
+}
+
 fn stderr_of(child: &mut Child) -> String {
     let mut s = String::new();
     if let Some(mut e) = child.stderr.take() {
@@ -101,7 +134,15 @@ impl Backend for HullCli {
         let timings_path = self.work_dir.join(format!("{id}.timings.json"));
         let t0 = Instant::now();
         let mut child = self.spawn(args, Some(&timings_path))?;
-        let status = child.wait().map_err(|e| self.err(e.to_string()))?;
+        let status = wait_limited(&mut child, RUN_LIMIT)
+            .map_err(|e| self.err(e.to_string()))?
+            .ok_or_else(|| {
+                self.err(format!(
+                    "hull run did not finish within {} s (stopped it): {}",
+                    RUN_LIMIT.as_secs(),
+                    stderr_of(&mut child)
+                ))
+            })?;
         let total = t0.elapsed();
         if !status.success() {
             return Err(self.err(format!(
