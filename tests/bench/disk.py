@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Disk benchmark: a guest's sequential read of a 256 MiB virtio-blk disk,
+hull-vmm against QEMU's microvm (virtio-blk-device), same kernel, same
+initramfs, same disk file.
+
+The guest's /init reads /dev/vda end to end with `dd bs=1M` and prints the
+time it took by /proc/uptime; MB/s is the disk size over that time. Runs
+alternate between the two VMMs; medians and the ratio are printed.
+
+    tests/kvm-host/run -- python3 -u tests/bench/disk.py [-n RUNS]
+
+Inside the emulated KVM host the figures are far below hardware; only the
+ratio of one run means something.
+"""
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import boot  # noqa: E402  (same directory: command line and paths)
+
+DISK_MIB = 256
+MEM_MIB = 256
+INIT = """#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t devtmpfs dev /dev
+read a rest < /proc/uptime
+/bin/busybox dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null
+read b rest < /proc/uptime
+/bin/busybox echo "DISK-READ $a $b"
+/bin/busybox reboot -f
+"""
+
+
+def initramfs(tmp):
+    root = os.path.join(tmp, "root")
+    for d in ("bin", "proc", "sys", "dev"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    shutil.copy("/bin/busybox", os.path.join(root, "bin/busybox"))
+    with open(os.path.join(root, "init"), "w") as f:
+        f.write(INIT)
+    os.chmod(os.path.join(root, "init"), 0o755)
+    out = os.path.join(tmp, "initramfs.cpio")
+    subprocess.run("cd %s && find . | cpio -o -H newc --quiet > %s" % (root, out),
+                   shell=True, check=True)
+    return out
+
+
+def one_run(cmd):
+    out = subprocess.run(cmd, capture_output=True, timeout=900)
+    m = re.search(rb"DISK-READ ([0-9.]+) ([0-9.]+)", out.stdout)
+    if out.returncode != 0 or not m:
+        raise RuntimeError("%s failed (exit %s): %r" % (cmd[0], out.returncode, out.stdout[-400:]))
+    secs = float(m.group(2)) - float(m.group(1))
+    return DISK_MIB * 1.048576 / max(secs, 0.01)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-n", type=int, default=3, help="runs per VMM (default 3)")
+    ap.add_argument("--kernel", default=os.environ.get("HULL_KERNEL") or
+                    os.path.expanduser("~/.cache/hull/kernel/vmlinux"))
+    ap.add_argument("--hull-vmm", default=os.path.join(boot.REPO, "target/release/hull-vmm"))
+    args = ap.parse_args()
+    if not os.path.exists(args.hull_vmm):
+        sys.exit("%s missing: cargo build --release -p hull-vmm" % args.hull_vmm)
+    tmp = tempfile.mkdtemp()
+    try:
+        initrd = initramfs(tmp)
+        disk = os.path.join(tmp, "disk.img")
+        with open(disk, "wb") as f:
+            for _ in range(DISK_MIB):
+                f.write(os.urandom(1 << 20))
+        vmms = {
+            "hull-vmm": [args.hull_vmm, "--kernel", args.kernel, "--initrd", initrd,
+                         "--mem", str(MEM_MIB), "--vcpus", "1", "--disk", disk + ",ro"],
+            "qemu-microvm": ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,rtc=off",
+                             "-enable-kvm", "-cpu", "host", "-m", str(MEM_MIB), "-smp", "1",
+                             "-nodefaults", "-no-user-config", "-display", "none",
+                             "-serial", "stdio", "-no-reboot", "-kernel", args.kernel,
+                             "-initrd", initrd, "-append", boot.CMDLINE + " reboot=t",
+                             "-drive", "file=%s,format=raw,if=none,id=d0,readonly=on" % disk,
+                             "-device", "virtio-blk-device,drive=d0"],
+        }
+        results = {}
+        for _ in range(args.n):
+            for name, cmd in vmms.items():  # interleaved, so drift hits both
+                results.setdefault(name, []).append(one_run(cmd))
+    finally:
+        shutil.rmtree(tmp)
+    med = {n: statistics.median(r) for n, r in results.items()}
+    print("disk benchmark: guest sequential read of %d MiB, dd bs=1M, %d runs each, medians"
+          % (DISK_MIB, args.n))
+    for n, m in med.items():
+        print("%-14s %10.1f MB/s" % (n, m))
+    print("ratio hull/qemu %9.2f" % (med["hull-vmm"] / med["qemu-microvm"]))
+
+
+if __name__ == "__main__":
+    main()
