@@ -267,6 +267,15 @@ impl Sandbox {
         }
     }
 
+    /// The sandbox process, as messages name it.
+    pub fn name(&self) -> &'static str {
+        if self.isolation == Isolation::Vm {
+            "hull-vmm"
+        } else {
+            "hull-agent"
+        }
+    }
+
     /// Why the sandbox ended, if it ended badly (from its log).
     pub fn error_message(&self) -> Option<String> {
         let log = std::fs::read_to_string(&self.log).ok()?;

@@ -343,9 +343,12 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
-                let why = sandbox
-                    .wait(Duration::from_secs(5))
-                    .and_then(|_| sandbox.error_message());
+                use std::os::unix::process::ExitStatusExt;
+                let status = sandbox.wait(Duration::from_secs(5));
+                let killed = status.and_then(|s| s.signal()).map(|sig| {
+                    format!("{} died unexpectedly (killed by signal {sig})", sandbox.name())
+                });
+                let why = status.and_then(|_| sandbox.error_message()).or(killed);
                 bail!("{}", why.unwrap_or_else(|| e.to_string()));
             }
         };

@@ -554,6 +554,38 @@ fn rm_force_leaves_nothing(b: Backend) -> Result<(), Failed> {
     check(new.is_empty(), || format!("mounts left: {new:?}"))
 }
 
+/// A sandbox process (hull-vmm, or the ns agent) killed from outside: the
+/// container shows as exited with the reason, and `rm` still cleans up.
+fn killed_sandbox_shows_the_reason(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let o = run_text(c.run(&["-d", "--name", "victim"], &["sleep", "1000"]))?;
+    check(o.code == Some(0), || format!("{o}"))?;
+    let ins = run_text(c.hull(&["inspect", "victim"]))?;
+    let v: serde_json::Value = serde_json::from_str(&ins.stdout)
+        .map_err(|e| format!("inspect is not JSON ({e}): {ins}"))?;
+    let v = if v.is_array() { v[0].clone() } else { v };
+    let pid = v["sandbox"]["pid"]
+        .as_i64()
+        .ok_or_else(|| format!("no sandbox pid in inspect: {ins}"))?;
+    // SAFETY: kill(2) on the sandbox process this test started through hull.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let ins = loop {
+        let ins = run_text(c.hull(&["inspect", "victim"]))?;
+        if ins.stdout.contains("\"exited\"") || std::time::Instant::now() > deadline {
+            break ins;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    check(ins.stdout.contains("died unexpectedly"), || {
+        format!("a killed sandbox must show as exited with the reason; {ins}")
+    })?;
+    let rm = run_text(c.hull(&["rm", "victim"]))?;
+    check(rm.code == Some(0) && c.containers().is_empty(), || {
+        format!("rm after the sandbox died; {rm}")
+    })
+}
+
 /// A pseudo-terminal: the test holds the master, hull gets the slave as its
 /// controlling terminal.
 struct Pty {
@@ -686,7 +718,7 @@ fn terminal(b: Backend) -> Result<(), Failed> {
 /// The suite, one trial per scenario, named `<backend>::<scenario>`.
 pub fn trials(b: Backend) -> Vec<Trial> {
     type Scenario = fn(Backend) -> Result<(), Failed>;
-    let all: [(&str, Scenario); 14] = [
+    let all: [(&str, Scenario); 15] = [
         ("output_and_exit_code", output_and_exit_code),
         ("stdin_10mib_round_trip", stdin_round_trip),
         ("env_cwd_user_hostname_groups", env_cwd_user_hostname),
@@ -707,6 +739,10 @@ pub fn trials(b: Backend) -> Vec<Trial> {
         ("detach_exec_logs_stop", detach_exec_stop),
         ("stop_times_out_into_kill", stop_times_out_into_kill),
         ("rm_force_leaves_nothing", rm_force_leaves_nothing),
+        (
+            "killed_sandbox_shows_the_reason",
+            killed_sandbox_shows_the_reason,
+        ),
     ];
     all.into_iter()
         .map(|(name, f)| Trial::test(format!("{}::{name}", b.0), move || f(b)))
