@@ -346,7 +346,10 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
                 use std::os::unix::process::ExitStatusExt;
                 let status = sandbox.wait(Duration::from_secs(5));
                 let killed = status.and_then(|s| s.signal()).map(|sig| {
-                    format!("{} died unexpectedly (killed by signal {sig})", sandbox.name())
+                    format!(
+                        "{} died unexpectedly (killed by signal {sig})",
+                        sandbox.name()
+                    )
                 });
                 let why = status.and_then(|_| sandbox.error_message()).or(killed);
                 bail!("{}", why.unwrap_or_else(|| e.to_string()));
