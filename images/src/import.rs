@@ -290,7 +290,8 @@ pub fn pick_platform(list: &[Descriptor]) -> Option<&Descriptor> {
         .or_else(|| list.iter().find(|d| d.platform.is_none()))
 }
 
-fn platforms(list: &[Descriptor]) -> String {
+/// The platforms an index lists, as "os/arch, ..." ("none" if it lists none).
+pub(crate) fn platforms(list: &[Descriptor]) -> String {
     let v: Vec<String> = list
         .iter()
         .filter_map(|d| {

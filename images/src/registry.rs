@@ -18,7 +18,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::config::{self, ImageConfig, Index, Manifest};
 use crate::digest::Digest;
-use crate::import::pick_platform;
+use crate::import::{pick_platform, platforms};
 use crate::reference::{DEFAULT_REGISTRY, Reference};
 use crate::store::{ImageRecord, LayerRecord, MAX_JSON_BLOB, Store, StoreError, now};
 
@@ -402,16 +402,10 @@ pub fn pull(store: &Store, r: &Reference, progress: bool) -> Result<ImageRecord,
         let index: Index =
             serde_json::from_slice(&data).map_err(|e| c.invalid("index", e.to_string()))?;
         let Some(entry) = pick_platform(&index.manifests) else {
-            let found: Vec<String> = index
-                .manifests
-                .iter()
-                .filter_map(|d| {
-                    d.platform
-                        .as_ref()
-                        .map(|p| format!("{}/{}", p.os, p.architecture))
-                })
-                .collect();
-            return Err(PullError::Platform(r.to_string(), found.join(", ")));
+            return Err(PullError::Platform(
+                r.to_string(),
+                platforms(&index.manifests),
+            ));
         };
         let (d, _, dg) = c.manifest(&entry.digest.to_string(), Some(&entry.digest))?;
         (d, dg)

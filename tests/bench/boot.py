@@ -31,14 +31,18 @@ CMDLINE = "console=ttyS0 reboot=k panic=-1 pci=off nomodules 8250.nr_uarts=1 " \
           "no_timer_check cryptomgr.notests quiet"
 
 
-def initramfs(tmp):
+def initramfs(tmp, init=None):
+    """A busybox initramfs whose /init is `init` (default: print the marker,
+    idle a second, reboot)."""
+    if init is None:
+        init = ("#!/bin/busybox sh\n/bin/busybox echo %s\n/bin/busybox sleep 1\n"
+                "/bin/busybox reboot -f\n" % MARKER.decode())
     root = os.path.join(tmp, "root")
     for d in ("bin", "proc", "sys", "dev"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
     shutil.copy("/bin/busybox", os.path.join(root, "bin/busybox"))
     with open(os.path.join(root, "init"), "w") as f:
-        f.write("#!/bin/busybox sh\n/bin/busybox echo %s\n/bin/busybox sleep 1\n"
-                "/bin/busybox reboot -f\n" % MARKER.decode())
+        f.write(init)
     os.chmod(os.path.join(root, "init"), 0o755)
     out = os.path.join(tmp, "initramfs.cpio")
     subprocess.run("cd %s && find . | cpio -o -H newc --quiet > %s" % (root, out),

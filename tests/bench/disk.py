@@ -37,20 +37,6 @@ read b rest < /proc/uptime
 """
 
 
-def initramfs(tmp):
-    root = os.path.join(tmp, "root")
-    for d in ("bin", "proc", "sys", "dev"):
-        os.makedirs(os.path.join(root, d), exist_ok=True)
-    shutil.copy("/bin/busybox", os.path.join(root, "bin/busybox"))
-    with open(os.path.join(root, "init"), "w") as f:
-        f.write(INIT)
-    os.chmod(os.path.join(root, "init"), 0o755)
-    out = os.path.join(tmp, "initramfs.cpio")
-    subprocess.run("cd %s && find . | cpio -o -H newc --quiet > %s" % (root, out),
-                   shell=True, check=True)
-    return out
-
-
 def one_run(cmd):
     out = subprocess.run(cmd, capture_output=True, timeout=900)
     m = re.search(rb"DISK-READ 1 ([0-9.]+) ([0-9.]+)", out.stdout)
@@ -72,7 +58,7 @@ def main():
         sys.exit("%s missing: cargo build --release -p hull-vmm" % args.hull_vmm)
     tmp = tempfile.mkdtemp()
     try:
-        initrd = initramfs(tmp)
+        initrd = boot.initramfs(tmp, INIT)
         disk = os.path.join(tmp, "disk.img")
         with open(disk, "wb") as f:
             for _ in range(DISK_MIB):

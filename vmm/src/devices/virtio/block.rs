@@ -318,6 +318,7 @@ impl RequestHandler for Disk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::{TestRng, fuzz_iters};
     use std::os::unix::fs::FileExt;
     use virtio_queue::QueueT;
     use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
@@ -478,29 +479,6 @@ mod tests {
         let _ = std::fs::remove_file(path);
     }
 
-    /// Iterations of the randomized request test: `HULL_FUZZ_ITERS` (the
-    /// README's "Fuzzing" section), a bounded default otherwise.
-    fn fuzz_iters() -> u64 {
-        std::env::var("HULL_FUZZ_ITERS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(20_000)
-    }
-
-    /// xorshift64: the same sequence on every run, so a failure reproduces.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-            xs[(self.next() % xs.len() as u64) as usize]
-        }
-    }
-
     /// Random descriptor chains (addresses in and out of guest memory, any
     /// length, loops through `next`, any flags) carrying random requests:
     /// the device never panics, never grows the file and never reports more
@@ -509,7 +487,7 @@ mod tests {
     fn random_chains_and_requests_are_survived() {
         for read_only in [false, true] {
             let mut s = setup(read_only, &[0x5au8; 8192]);
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(read_only));
+            let mut rng = TestRng(0x9e37_79b9_7f4a_7c15 ^ u64::from(read_only));
             for _ in 0..fuzz_iters() {
                 s.mem.write_slice(&[0u8; 0x1000], GuestAddress(0)).unwrap();
                 let r = rng.next();

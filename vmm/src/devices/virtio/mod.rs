@@ -133,3 +133,31 @@ impl LogLimit {
     }
 }
 pub mod queue_worker;
+
+/// xorshift64 for the randomized device tests: the same sequence on every
+/// run, so a failure reproduces.
+#[cfg(test)]
+pub(crate) struct TestRng(pub u64);
+
+#[cfg(test)]
+impl TestRng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[(self.next() % xs.len() as u64) as usize]
+    }
+}
+
+/// Iterations of each randomized device test: `HULL_FUZZ_ITERS` (README,
+/// "Fuzzing"), a bounded default otherwise.
+#[cfg(test)]
+pub(crate) fn fuzz_iters() -> u64 {
+    std::env::var("HULL_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000)
+}

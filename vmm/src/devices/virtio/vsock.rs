@@ -809,6 +809,7 @@ impl Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::{TestRng, fuzz_iters};
     use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
     use vm_memory::{Bytes, GuestAddress};
 
@@ -859,20 +860,6 @@ mod tests {
         assert_eq!(c.peer_credit(), 860);
         c.peer_fwd_cnt = c.tx_cnt;
         assert_eq!(c.peer_credit(), 1000);
-    }
-
-    /// xorshift64: the same sequence on every run, so a failure reproduces.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-            xs[(self.next() % xs.len() as u64) as usize]
-        }
     }
 
     /// A split queue in guest memory that the test drives by hand, laid out
@@ -960,10 +947,7 @@ mod tests {
     /// buffer it was given. `HULL_FUZZ_ITERS` sets the number of packets.
     #[test]
     fn random_packets_and_host_lines_are_survived() {
-        let iters: u64 = std::env::var("HULL_FUZZ_ITERS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(20_000);
+        let iters = fuzz_iters();
         let dir = std::env::temp_dir().join(format!("hull-vsock-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let uds = dir.join("v.sock");
@@ -1010,7 +994,7 @@ mod tests {
         // Host clients writing random lines, some of them valid.
         let uds2 = uds.clone();
         let clients = std::thread::spawn(move || {
-            let mut rng = Rng(0xfeed_beef);
+            let mut rng = TestRng(0xfeed_beef);
             for _ in 0..200 {
                 let Ok(mut c) = UnixStream::connect(&uds2) else {
                     continue;
@@ -1025,7 +1009,7 @@ mod tests {
             }
         });
 
-        let mut rng = Rng(0x0123_4567_89ab_cdef);
+        let mut rng = TestRng(0x0123_4567_89ab_cdef);
         let batch = u64::from(QUEUE_SIZE / 4);
         let mut sent = 0u64;
         while sent < iters {
@@ -1092,7 +1076,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    fn rng_u32(rng: &mut Rng) -> u32 {
+    fn rng_u32(rng: &mut TestRng) -> u32 {
         rng.next() as u32
     }
 }
