@@ -9,6 +9,7 @@
    `hull image unpack --no-disks` (unpack only, what `--isolation ns` needs).
 
 Medians over N runs and the ratio to the baseline; nothing fails on noise.
+Everything is written under --work-dir (default /dev/shm), for both sides.
 Needs root (layer owners), and docker-registry, skopeo, umoci, erofs-utils
 (scripts/install-deps.sh installs them).
 
@@ -105,6 +106,9 @@ def main():
     ap.add_argument("-n", "--runs", type=int, default=5)
     ap.add_argument("--hull", default=os.path.join(REPO, "target/release/hull"))
     ap.add_argument("--json", help="write the figures as JSON here")
+    ap.add_argument("--work-dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+                    help="where stores, layouts and trees go (default /dev/shm: memory, "
+                         "so the shared disk's writeback does not drown the figures)")
     args = ap.parse_args()
     for tool in ["docker-registry", "skopeo", "umoci", "mkfs.erofs", args.hull]:
         if not shutil.which(tool) and not os.path.exists(tool):
@@ -112,7 +116,7 @@ def main():
     if os.geteuid() != 0:
         raise SystemExit("run as root (layer owners)")
 
-    work = tempfile.mkdtemp(prefix="hull-bench-images-")
+    work = tempfile.mkdtemp(prefix="hull-bench-images-", dir=args.work_dir)
     reg = None
     try:
         print("building the image with umoci", file=sys.stderr)
