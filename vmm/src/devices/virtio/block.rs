@@ -25,6 +25,10 @@ const F_FLUSH: u64 = 1 << 9;
 /// VIRTIO_RING_F_EVENT_IDX: the guest and the device tell each other when
 /// they want a notification, so a busy queue costs fewer exits and interrupts.
 const F_EVENT_IDX: u64 = 1 << 29;
+/// VIRTIO_RING_F_INDIRECT_DESC: a request's buffers in a table of their own,
+/// so a large request takes one ring slot instead of up to seg_max + 2, and
+/// many requests fit in the ring at once (virtio-queue walks the tables).
+const F_INDIRECT_DESC: u64 = 1 << 28;
 
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
@@ -107,7 +111,12 @@ impl VirtioDevice for Block {
         &[QUEUE_SIZE]
     }
     fn features(&self) -> u64 {
-        F_VERSION_1 | F_SEG_MAX | F_FLUSH | F_EVENT_IDX | if self.read_only { F_RO } else { 0 }
+        F_VERSION_1
+            | F_SEG_MAX
+            | F_FLUSH
+            | F_EVENT_IDX
+            | F_INDIRECT_DESC
+            | if self.read_only { F_RO } else { 0 }
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
@@ -507,7 +516,7 @@ mod tests {
                         let addr = rng.pick(&[0x1000, 0x2000, 0x3000, 0xf_fff0, 0x10_0000, r]);
                         let r = rng.next();
                         let len = rng.pick(&[0, 1, 15, 16, 512, 4096, 1 << 20, r as u32]);
-                        let flags = (rng.next() % 4) as u16;
+                        let flags = (rng.next() % 8) as u16; // NEXT, WRITE, INDIRECT
                         let r = rng.next();
                         let next = rng.pick(&[i as u16 + 1, 0, (r % 16) as u16]);
                         RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
