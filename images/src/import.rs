@@ -206,20 +206,34 @@ fn import_docker_save(
         for t in e.repo_tags.iter().flatten() {
             names.push(Reference::parse(t)?);
         }
-        if names.is_empty() {
-            return Err(ImportError::NoName(dir.to_path_buf()));
-        }
-        for r in names {
-            let rec = ImageRecord {
-                reference: r.to_string(),
-                manifest: manifest_digest.clone(),
-                config: config_digest.clone(),
-                layers: layers.clone(),
-                added: now(),
-            };
-            store.add_image(rec.clone())?;
-            out.push(rec);
-        }
+        let image = (manifest_digest, config_digest, layers);
+        out.extend(record_names(store, dir, names, &image)?);
+    }
+    Ok(out)
+}
+
+/// Records the image (manifest, config, layers) under each of `names`; an
+/// image with no name at all is refused.
+fn record_names(
+    store: &Store,
+    dir: &Path,
+    names: Vec<Reference>,
+    (manifest, config, layers): &(Digest, Digest, Vec<LayerRecord>),
+) -> Result<Vec<ImageRecord>, ImportError> {
+    if names.is_empty() {
+        return Err(ImportError::NoName(dir.to_path_buf()));
+    }
+    let mut out = Vec::new();
+    for r in names {
+        let rec = ImageRecord {
+            reference: r.to_string(),
+            manifest: manifest.clone(),
+            config: config.clone(),
+            layers: layers.clone(),
+            added: now(),
+        };
+        store.add_image(rec.clone())?;
+        out.push(rec);
     }
     Ok(out)
 }
@@ -381,20 +395,8 @@ fn import_layout(
             }
         }
         names.dedup();
-        if names.is_empty() {
-            return Err(ImportError::NoName(dir.to_path_buf()));
-        }
-        for r in names {
-            let rec = ImageRecord {
-                reference: r.to_string(),
-                manifest: manifest_digest.clone(),
-                config: m.config.digest.clone(),
-                layers: layers.clone(),
-                added: now(),
-            };
-            store.add_image(rec.clone())?;
-            out.push(rec);
-        }
+        let image = (manifest_digest, m.config.digest.clone(), layers);
+        out.extend(record_names(store, dir, names, &image)?);
     }
     if out.is_empty() {
         return Err(ImportError::Platform(

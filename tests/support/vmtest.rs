@@ -89,7 +89,7 @@ fn finished_trial(line: &str) -> Option<(String, bool)> {
     let rest = line.strip_prefix("test ")?;
     let (name, result) = rest.split_once(" ... ")?;
     let failed = match result.trim() {
-        "ok" | "ignored" => false,
+        "ok" => false,
         r if r.starts_with("FAILED") => true,
         r if r.starts_with("ignored") => false,
         _ => return None,

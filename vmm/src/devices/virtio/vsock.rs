@@ -1017,7 +1017,7 @@ mod tests {
             for k in 0..n {
                 let slot = k as u16; // descriptors 2*slot and 2*slot + 1
                 let at = 0x20_0000 + u64::from(slot) * 0x1_2000;
-                let r = rng_u32(&mut rng);
+                let r = rng.next() as u32;
                 let len = rng.pick(&[0u32, 10, 4096, 65536, 65537, r]);
                 let h = Header {
                     src_cid: rng.pick(&[3, 3, 3, 2, u64::MAX]),
@@ -1029,7 +1029,7 @@ mod tests {
                     op: (rng.next() % 9) as u16,
                     flags: (rng.next() % 4) as u32,
                     buf_alloc: rng.pick(&[0, 4096, 262_144, u32::MAX]),
-                    fwd_cnt: rng_u32(&mut rng),
+                    fwd_cnt: rng.next() as u32,
                 };
                 mem.write_obj(h, GuestAddress(at)).unwrap();
                 let payload_len = rng.pick(&[0u32, len.min(0x1_0000), 5]);
@@ -1074,9 +1074,5 @@ mod tests {
         clients.join().unwrap();
         drop(dev);
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn rng_u32(rng: &mut TestRng) -> u32 {
-        rng.next() as u32
     }
 }
