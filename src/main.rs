@@ -9,6 +9,7 @@ mod initramfs;
 mod paths;
 mod sandbox;
 mod state;
+mod userns;
 
 use clap::{Parser, Subcommand};
 

@@ -11,7 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cgroups::{Cgroup, CgroupLimits};
-use crate::{initramfs, paths};
+use crate::{initramfs, paths, userns};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Isolation {
@@ -53,6 +53,8 @@ pub enum SandboxError {
     Timeout(u64),
     #[error("interrupted by signal {0}")]
     Interrupted(i32),
+    #[error(transparent)]
+    Userns(#[from] userns::UsernsError),
     #[error(
         "{0}: {1} bytes is too long for a Unix socket path: use a shorter --state-dir (HULL_STATE_DIR)"
     )]
@@ -110,6 +112,8 @@ pub struct Spec<'a> {
     pub kernel: Option<PathBuf>,
     /// Name for the ns backend's cgroup.
     pub name: &'a str,
+    /// User namespace (ns).
+    pub userns: userns::Mode,
 }
 
 /// The container's cgroup (ns), as JSON in its state dir.
@@ -131,14 +135,15 @@ fn remove_cgroup(cg: &Cgroup) {
 }
 
 /// Removes what a sandbox in state dir `dir` may have left on the host when
-/// its monitor could not clean up (killed): its cgroup.
+/// its monitor could not clean up (killed): its cgroup, and its claim on a
+/// user namespace id range.
 pub fn cleanup_leftovers(dir: &Path) {
-    let Ok(json) = std::fs::read(dir.join(CGROUP_FILE)) else {
-        return;
-    };
-    if let Ok(cg) = serde_json::from_slice::<Cgroup>(&json) {
-        remove_cgroup(&cg);
+    if let Ok(json) = std::fs::read(dir.join(CGROUP_FILE)) {
+        if let Ok(cg) = serde_json::from_slice::<Cgroup>(&json) {
+            remove_cgroup(&cg);
+        }
     }
+    userns::release(dir);
 }
 
 /// Where the agent of a sandbox in `dir` listens (for the host).
@@ -183,6 +188,8 @@ pub struct Sandbox {
     /// The guest console (vm): where the agent says it is ready.
     console: PathBuf,
     cgroup: Option<Cgroup>,
+    /// The state dir, when the sandbox holds a user namespace id range.
+    userns_owner: Option<PathBuf>,
 }
 
 /// The guest CID hull gives every VM (each VM has its own vsock device).
@@ -308,10 +315,47 @@ impl Sandbox {
         let _ = self.child.wait();
     }
 
-    /// Removes what the sandbox left on the host (its cgroup).
+    /// The ids the sandbox runs under (ns; see userns::map_of). Waits for
+    /// the agent's first message on `stream` (left unread): the socket
+    /// accepts before the agent has entered its user namespace.
+    pub fn id_map(&self, stream: &UnixStream) -> Option<String> {
+        if self.isolation != Isolation::Ns {
+            return None;
+        }
+        use std::os::fd::AsRawFd;
+        let mut byte = 0u8;
+        // SAFETY: recv writes at most one byte into `byte`.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK,
+            )
+        };
+        if n <= 0 {
+            return None;
+        }
+        userns::map_of(self.child.id())
+    }
+
+    /// The warning the ns agent gave when it could not make a user
+    /// namespace (`--userns auto`).
+    pub fn userns_warning(&self) -> Option<String> {
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        log.lines()
+            .find(|l| l.starts_with("hull-agent ns: warning: no user namespace"))
+            .map(|l| l.trim_start_matches("hull-agent ns: ").to_string())
+    }
+
+    /// Removes what the sandbox left on the host (its cgroup, its claim on
+    /// an id range).
     pub fn cleanup(&mut self) {
         if let Some(cg) = self.cgroup.take() {
             remove_cgroup(&cg);
+        }
+        if let Some(owner) = self.userns_owner.take() {
+            userns::release(&owner);
         }
     }
 }
@@ -389,6 +433,7 @@ fn launch_vm(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         log,
         console,
         cgroup: None,
+        userns_owner: None,
     })
 }
 
@@ -442,16 +487,47 @@ fn launch_ns(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     for l in &spec.layers {
         cmd.arg("--lower").arg(l);
     }
+    let userns_owner = match (spec.userns, userns::host_refuses()) {
+        (userns::Mode::Host, _) => None,
+        (userns::Mode::Private, Some(why)) => {
+            let _ = cgroup.remove();
+            return Err(userns::UsernsError::Disabled(why).into());
+        }
+        (userns::Mode::Auto, Some(why)) => {
+            eprintln!("hull: warning: no user namespace ({why}): the container runs with host ids");
+            None
+        }
+        (mode, None) => {
+            let range = userns::claim(spec.dir).inspect_err(|_| {
+                let _ = cgroup.remove();
+            })?;
+            cmd.args(["--userns", &range.arg()]);
+            if mode == userns::Mode::Auto {
+                cmd.arg("--userns-optional");
+            }
+            Some(spec.dir.to_path_buf())
+        }
+    };
     // The agent waits for a byte on stdin before it forks into the new
     // namespaces, so it is in its cgroup before any container process exists.
     cmd.env("HULL_AGENT_SYNC", "1");
     die_with_parent(&mut cmd);
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(logf)
         .spawn()
-        .map_err(io(format!("starting {}", agent.display())))?;
+        .map_err(io(format!("starting {}", agent.display())));
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = cgroup.remove();
+            if let Some(owner) = &userns_owner {
+                userns::release(owner);
+            }
+            return Err(e);
+        }
+    };
     let go = cgroup.add_process(child.id());
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(b"g");
@@ -460,6 +536,9 @@ fn launch_ns(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         let _ = child.kill();
         let _ = child.wait();
         let _ = cgroup.remove();
+        if let Some(owner) = &userns_owner {
+            userns::release(owner);
+        }
         return Err(e.into());
     }
     Ok(Sandbox {
@@ -469,5 +548,6 @@ fn launch_ns(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         console: PathBuf::new(),
         log,
         cgroup: Some(cgroup),
+        userns_owner,
     })
 }

@@ -87,6 +87,10 @@ pub struct ContainerState {
     pub sandbox: Option<ProcessId>,
     /// The hull process that relays the container's stdio and records its end.
     pub monitor: Option<ProcessId>,
+    /// The ids the container runs under (ns): `INSIDE:HOST:COUNT`, e.g.
+    /// `0:1073741824:65536` in a user namespace, `0:0:4294967295` without.
+    #[serde(default)]
+    pub id_map: Option<String>,
     pub exit_code: Option<i32>,
     /// Why the container ended, when it is not simply its process exiting.
     pub exit_reason: Option<String>,
@@ -112,6 +116,7 @@ impl ContainerState {
             status: Status::Created,
             sandbox: None,
             monitor: None,
+            id_map: None,
             exit_code: None,
             exit_reason: None,
             finished: None,

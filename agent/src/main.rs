@@ -8,7 +8,9 @@
 //! - `hull-agent ns --listen SOCKET --scratch DIR --lower DIR...`: does the
 //!   same on the host as PID 1 of new pid, mount, uts, ipc and net
 //!   namespaces, with host directories as layers and a Unix socket instead
-//!   of vsock.
+//!   of vsock. With `--userns BASE:SIZE` those namespaces belong to a new
+//!   user namespace whose root is host id BASE, and the layers are
+//!   id-mapped mounts into it.
 
 /// Step-by-step trace on stderr (the guest console) when the agent's
 /// environment has `HULL_AGENT_DEBUG` (hull passes it on when it has it).
@@ -106,53 +108,114 @@ fn serve_forever(listener: &OwnedFd, ctx: Arc<Ctx>, end: fn() -> !) -> ! {
     }
 }
 
+/// `--userns BASE:SIZE`: container ids 0..SIZE are host ids BASE.. .
+struct UsernsRequest {
+    base: u32,
+    size: u32,
+    /// `--userns-optional`: without a user namespace (host ids) when the
+    /// host cannot make one, instead of failing.
+    optional: bool,
+}
+
+fn parse_userns(v: &str) -> Option<(u32, u32)> {
+    let (b, s) = v.split_once(':')?;
+    let (base, size) = (b.parse::<u32>().ok()?, s.parse::<u32>().ok()?);
+    (base > 0 && size > 0 && base.checked_add(size).is_some()).then_some((base, size))
+}
+
+fn ns_fail(what: impl std::fmt::Display) -> ! {
+    eprintln!("hull-agent ns: {what}");
+    std::process::exit(125);
+}
+
 fn ns_main(args: &[String]) {
     let mut listen = None;
     let mut scratch = None;
     let mut lowers = Vec::new();
+    let mut userns = None;
+    let mut optional = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        if a == "--userns-optional" {
+            optional = true;
+            continue;
+        }
         let v = it.next().cloned();
         match (a.as_str(), v) {
             ("--listen", Some(v)) => listen = Some(PathBuf::from(v)),
             ("--scratch", Some(v)) => scratch = Some(PathBuf::from(v)),
             ("--lower", Some(v)) => lowers.push(PathBuf::from(v)),
-            _ => {
-                eprintln!("hull-agent ns: bad argument {a}");
-                std::process::exit(125);
-            }
+            ("--userns", Some(v)) => match parse_userns(&v) {
+                Some(r) => userns = Some(r),
+                None => ns_fail(format!("bad --userns {v}: want BASE:SIZE")),
+            },
+            _ => ns_fail(format!("bad argument {a}")),
         }
     }
     let (Some(listen), Some(scratch)) = (listen, scratch) else {
-        eprintln!("hull-agent ns: --listen and --scratch are required");
-        std::process::exit(125);
+        ns_fail("--listen and --scratch are required");
     };
     if lowers.is_empty() {
-        eprintln!("hull-agent ns: at least one --lower is required");
-        std::process::exit(125);
+        ns_fail("at least one --lower is required");
     }
+    let userns = userns.map(|(base, size)| UsernsRequest {
+        base,
+        size,
+        optional,
+    });
     if std::env::var_os("HULL_AGENT_SYNC").is_some() {
         // hull puts us in the container's cgroup first, then says go.
         let mut go = [0u8; 1];
         let _ = std::io::Read::read(&mut std::io::stdin(), &mut go);
     }
-    let flags = libc::CLONE_NEWNS
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWPID;
+    let start = sys::boot_ms();
+    // Bound here, as host root: the socket is hull's to reach.
+    let listener = match UnixListener::bind(&listen) {
+        Ok(l) => OwnedFd::from(l),
+        Err(e) => ns_fail(format!("listening on {}: {e}", listen.display())),
+    };
+    let mapped = userns.and_then(|req| {
+        let made = sys::new_user_namespace(req.base, req.size)
+            .map_err(|e| format!("creating a user namespace: {e}"))
+            .and_then(|ns| Ok((rootfs::idmapped_layers(&lowers, &ns)?, ns)));
+        match made {
+            Ok((mounts, ns)) => Some((mounts, ns, req.base)),
+            Err(e) if req.optional => {
+                eprintln!(
+                    "hull-agent ns: warning: no user namespace ({e}): the container runs with host ids"
+                );
+                None
+            }
+            Err(e) => ns_fail(e),
+        }
+    });
+    let (layers, userns_fd) = match mapped {
+        Some((mounts, ns, root_id)) => (rootfs::Layers::Mapped { mounts, root_id }, Some(ns)),
+        None => (rootfs::Layers::Host(&lowers), None),
+    };
+    if let Err(e) = rootfs::ns_prepare(&scratch, layers) {
+        ns_fail(e);
+    }
+    let mut flags =
+        libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET | libc::CLONE_NEWPID;
+    if let Some(ns) = &userns_fd {
+        if let Err(e) = sys::become_root_in(ns) {
+            ns_fail(format!("entering the user namespace: {e}"));
+        }
+        // A mount namespace of the user namespace's own, so that its root
+        // may mount /proc, /dev and the rest.
+        flags |= libc::CLONE_NEWNS;
+    }
+    drop(userns_fd);
     if let Err(e) = sys::unshare(flags) {
-        eprintln!("hull-agent ns: unshare: {e}");
-        std::process::exit(125);
+        ns_fail(format!("unshare: {e}"));
     }
     match sys::fork() {
-        Err(e) => {
-            eprintln!("hull-agent ns: fork: {e}");
-            std::process::exit(125);
-        }
+        Err(e) => ns_fail(format!("fork: {e}")),
         Ok(0) => {}
         Ok(child) => {
             // The parent waits for PID 1 of the new namespace and mirrors it.
+            drop(listener);
             let mut status = 0;
             // SAFETY: valid pointer to `status`.
             while unsafe { libc::waitpid(child, &mut status, 0) } < 0 {}
@@ -164,15 +227,7 @@ fn ns_main(args: &[String]) {
     // namespace, so it goes when the sandbox's holder does (a killed hull
     // leaves nothing running).
     sys::die_with_parent();
-    let start = sys::boot_ms();
-    let listener = match UnixListener::bind(&listen) {
-        Ok(l) => OwnedFd::from(l),
-        Err(e) => {
-            eprintln!("hull-agent ns: listening on {}: {e}", listen.display());
-            std::process::exit(125);
-        }
-    };
-    let setup = rootfs::ns_setup(&scratch, &lowers);
+    let setup = rootfs::ns_enter();
     if let Err(e) = &setup {
         eprintln!("hull-agent ns: {e}");
     }

@@ -3,6 +3,7 @@
 //! mounts, and the switch into it.
 
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use crate::sys::{self, mount};
@@ -147,21 +148,83 @@ pub fn vm_setup() -> Result<(), String> {
     sys::chroot_here().map_err(|e| format!("entering the root: {e}"))
 }
 
-/// On the host, in fresh namespaces: stack host directories, pivot into them.
-pub fn ns_setup(scratch: &Path, lowers: &[PathBuf]) -> Result<(), String> {
+/// Read-only, id-mapped detached copies of `lowers` for the user namespace
+/// `userns` (host root stays outside it: a layer file owned by host root is
+/// owned by the container's root inside).
+pub fn idmapped_layers(lowers: &[PathBuf], userns: &OwnedFd) -> Result<Vec<OwnedFd>, String> {
+    lowers
+        .iter()
+        .map(|l| {
+            let path = l.display().to_string();
+            let mnt = sys::clone_mount(&path).map_err(|e| format!("cloning {path}: {e}"))?;
+            sys::idmap_mount(&mnt, userns).map_err(|e| {
+                format!("id-mapping {path} (its filesystem must support idmapped mounts): {e}")
+            })?;
+            Ok(mnt)
+        })
+        .collect()
+}
+
+/// The layers of an ns sandbox: host directories, or id-mapped mounts of
+/// them with the host id that root maps to.
+pub enum Layers<'a> {
+    Host(&'a [PathBuf]),
+    Mapped { mounts: Vec<OwnedFd>, root_id: u32 },
+}
+
+/// The container's root, in the scratch tmpfs.
+const ROOT: &str = "root";
+
+/// On the host, in a mount namespace of the agent's own (still outside any
+/// user namespace): a tmpfs at `scratch` holding the writable upper, the
+/// layers stacked under it, and the working directory moved into the result.
+/// What follows works on relative paths, so a process in a user namespace
+/// need not reach host directories it has no rights on.
+pub fn ns_prepare(scratch: &Path, layers: Layers<'_>) -> Result<(), String> {
+    sys::unshare(libc::CLONE_NEWNS).map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
     mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")
         .map_err(|e| format!("making mounts private: {e}"))?;
     let s = scratch.display().to_string();
     mnt("tmpfs", &s, "tmpfs", 0, "mode=0755")?;
-    let root = format!("{s}/root");
-    let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
-    overlay(&lowers, &format!("{s}/rw"), &root)?;
-    container_mounts(&root, false)?;
-    let old = format!("{root}/.hull-old-root");
-    mkdir(&old)?;
-    sys::pivot_root(&root, &old).map_err(|e| format!("pivot_root: {e}"))?;
-    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
-    sys::umount_detach("/.hull-old-root").map_err(|e| format!("detaching the old root: {e}"))?;
-    let _ = fs::remove_dir("/.hull-old-root");
-    Ok(())
+    let (lowers, owner) = match layers {
+        Layers::Host(dirs) => (dirs.iter().map(|p| p.display().to_string()).collect(), None),
+        Layers::Mapped { mounts, root_id } => {
+            let mut lowers = Vec::new();
+            for (i, m) in mounts.iter().enumerate() {
+                let dir = format!("{s}/layers/{i}");
+                mkdir(&dir)?;
+                sys::attach_mount(m, &dir).map_err(|e| format!("attaching layer {i}: {e}"))?;
+                lowers.push(dir);
+            }
+            (lowers, Some(root_id))
+        }
+    };
+    let rw = format!("{s}/rw");
+    if let Some(id) = owner {
+        // The container's root owns the upper (and so the root directory).
+        let upper = format!("{rw}/upper");
+        mkdir(&upper)?;
+        std::os::unix::fs::chown(&upper, Some(id), Some(id))
+            .map_err(|e| format!("chown {upper}: {e}"))?;
+    }
+    let root = format!("{s}/{ROOT}");
+    overlay(&lowers, &rw, &root)?;
+    std::env::set_current_dir(&root).map_err(|e| format!("entering {root}: {e}"))
+}
+
+/// As PID 1 of the new namespaces, in the root ns_prepare made: the
+/// container's mounts, then the root pivoted onto the working directory.
+pub fn ns_enter() -> Result<(), String> {
+    // A mount copied from the agent's first mount namespace into one of a
+    // user namespace is locked, and pivot_root refuses a locked new root:
+    // bind the root onto itself here, and step into the bind (up to the
+    // scratch tmpfs and down again: the host path above is not ours).
+    mount(".", ".", "", libc::MS_BIND, "").map_err(|e| format!("binding the root: {e}"))?;
+    std::env::set_current_dir(format!("../{ROOT}"))
+        .map_err(|e| format!("entering the root: {e}"))?;
+    container_mounts(".", false)?;
+    sys::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    // The old root now sits on top of the new one at "/": detach it.
+    sys::umount_detach(".").map_err(|e| format!("detaching the old root: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))
 }

@@ -366,3 +366,148 @@ pub fn die_with_parent() {
     // SAFETY: prctl takes integers.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
 }
+
+/// A detached copy of the mount at `path` (open_tree(OPEN_TREE_CLONE)): a
+/// bind mount that is in no mount namespace until it is attached.
+pub fn clone_mount(path: &str) -> io::Result<OwnedFd> {
+    let p = cstr(path)?;
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC as libc::c_uint;
+    // SAFETY: a valid NUL-terminated path; open_tree returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, p.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Makes the detached mount `mnt` read-only and id-mapped through the user
+/// namespace `userns`: a file owned by host id N shows as the id that N maps
+/// to in that namespace's parent, seen from inside as N.
+pub fn idmap_mount(mnt: &OwnedFd, userns: &OwnedFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_IDMAP | libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    let empty = cstr("")?;
+    // SAFETY: the path is an empty NUL-terminated string (AT_EMPTY_PATH: the
+    // fd itself), and the attribute pointer and size describe `attr`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mnt.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of_val(&attr),
+        )
+    };
+    check(r as libc::c_int)
+}
+
+/// Attaches the detached mount `mnt` at `target`.
+pub fn attach_mount(mnt: &OwnedFd, target: &str) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (empty, t) = (cstr("")?, cstr(target)?);
+    // SAFETY: valid NUL-terminated paths; move_mount has no libc wrapper.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    check(r as libc::c_int)
+}
+
+/// Joins the user namespace `userns` as its root: uid and gid 0 there, no
+/// supplementary groups, then re-arms the parent-death signal (a change of
+/// credentials clears it).
+pub fn become_root_in(userns: &OwnedFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns takes a namespace fd we own; the others take integers or
+    // a null list (no groups).
+    unsafe {
+        let parent = libc::getppid();
+        check(libc::setns(userns.as_raw_fd(), libc::CLONE_NEWUSER))?;
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setresgid(0, 0, 0))?;
+        check(libc::setresuid(0, 0, 0))?;
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent {
+            // The parent went while we changed credentials.
+            libc::_exit(137);
+        }
+    }
+    Ok(())
+}
+
+/// A pipe (read end, write end), both close-on-exec.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the valid array.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: two new fds that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A new user namespace whose root is host id `base` (ids 0..size map to
+/// base..base+size), as an fd. A short-lived child makes it with
+/// unshare(CLONE_NEWUSER); the agent, privileged outside, writes the maps.
+pub fn new_user_namespace(base: u32, size: u32) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let (ready_r, ready_w) = pipe()?;
+    let (done_r, done_w) = pipe()?;
+    let child = fork()?;
+    if child == 0 {
+        // The child: only async-signal-safe calls until _exit.
+        // SAFETY: unshare, write, read and _exit on integers and on the
+        // local buffers.
+        unsafe {
+            // Our copies of the parent's ends: without closing them the
+            // read below would never see the parent close its own.
+            libc::close(ready_r.as_raw_fd());
+            libc::close(done_w.as_raw_fd());
+            let errno: i32 = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+                0
+            } else {
+                *libc::__errno_location()
+            };
+            let bytes = errno.to_ne_bytes();
+            libc::write(ready_w.as_raw_fd(), bytes.as_ptr().cast(), 4);
+            let mut b = 0u8;
+            libc::read(done_r.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    drop(ready_w);
+    drop(done_r);
+    let result = (|| {
+        let mut bytes = [0u8; 4];
+        std::io::Read::read_exact(&mut std::fs::File::from(ready_r), &mut bytes)?;
+        let errno = i32::from_ne_bytes(bytes);
+        if errno != 0 {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        let map = format!("0 {base} {size}\n");
+        std::fs::write(format!("/proc/{child}/uid_map"), &map)?;
+        std::fs::write(format!("/proc/{child}/gid_map"), &map)?;
+        let fd = std::fs::File::open(format!("/proc/{child}/ns/user"))?;
+        Ok(OwnedFd::from(fd))
+    })();
+    drop(done_w);
+    let mut status = 0;
+    // SAFETY: valid pointer to `status`; `child` is our child.
+    while unsafe { libc::waitpid(child, &mut status, 0) } < 0 {
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    result
+}

@@ -111,6 +111,11 @@ pub struct RunArgs {
     /// Isolation boundary.
     #[arg(long, value_enum, default_value = "vm")]
     pub isolation: Isolation,
+    /// User namespace (ns): `auto` gives the container host ids of its own
+    /// where the host allows it, `private` insists on it, `host` shares the
+    /// host's ids (root inside is root outside).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub userns: crate::userns::Mode,
     /// Run a root filesystem directory instead of an image.
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
@@ -313,6 +318,7 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
         memory_mib: args.memory,
         kernel: args.kernel.clone(),
         name: &short_id,
+        userns: args.userns,
     };
     let t_prepare = Instant::now();
     let result = (|| -> anyhow::Result<(client::Outcome, Times, Instant, Instant)> {
@@ -323,6 +329,15 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
         state.monitor = ProcessId::of(std::process::id() as i32);
         dir.save(&state)?;
         let stream = sandbox.connect(Duration::from_secs(300))?;
+        if let Some(map) = sandbox.id_map(&stream) {
+            if crate::userns::is_host_map(&map) && args.userns != crate::userns::Mode::Host {
+                if let Some(w) = sandbox.userns_warning() {
+                    eprintln!("hull: {w}");
+                }
+            }
+            state.id_map = Some(map);
+            dir.save(&state)?;
+        }
         let logs = (&cdir.join(STDOUT_LOG), &cdir.join(STDERR_LOG));
         let mut sinks = match &detached {
             None => client::Sinks::terminal().with_logs(logs.0, logs.1),

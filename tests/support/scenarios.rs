@@ -715,6 +715,195 @@ fn terminal(b: Backend) -> Result<(), Failed> {
     })
 }
 
+// --- user namespaces (ns only) -------------------------------------------
+
+/// `cat /proc/self/uid_map` in the container, as (inside, host, count).
+fn uid_map(out: &str) -> Option<(u64, u64, u64)> {
+    let f: Vec<u64> = out
+        .split_whitespace()
+        .map(|w| w.parse().ok())
+        .collect::<Option<_>>()?;
+    (f.len() == 3).then(|| (f[0], f[1], f[2]))
+}
+
+/// The pids in a container's cgroup (its cgroup.json, as rm_force checks).
+fn cgroup_pids(cdir: &Path) -> Vec<u32> {
+    let Some(json) = std::fs::read_to_string(cdir.join("cgroup.json")).ok() else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+    let dirs = v["dirs"].as_array().cloned().unwrap_or_default();
+    dirs.iter()
+        .filter_map(|d| std::fs::read_to_string(Path::new(d.as_str()?).join("cgroup.procs")).ok())
+        .flat_map(|procs| {
+            procs
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// The real uid of a host process.
+fn host_uid(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Each container's root is a host id of its own (two at once differ),
+/// unprivileged on the host: its processes run under it there, it cannot
+/// make device nodes, and yet the image's files are root's inside and root
+/// can write them. After rm its claim on the range is gone.
+fn userns_root_is_an_unprivileged_host_id(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let mut bases = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let o = run_text(c.run(&["-d"], &["sleep", "1000"]))?;
+        check(o.code == Some(0), || format!("{o}"))?;
+        let id = o.stdout.trim().to_string();
+        let e = run_text(c.hull(&["exec", &id, "cat", "/proc/self/uid_map"]))?;
+        let map = uid_map(&e.stdout);
+        check(
+            matches!(map, Some((0, base, 65536)) if base >= 65536),
+            || format!("container root must map to a range of 65536 host ids of its own; {e}"),
+        )?;
+        let base = map.map(|m| m.1).unwrap_or_default();
+        let ins = run_text(c.hull(&["inspect", &id]))?;
+        check(ins.stdout.contains(&format!("\"0:{base}:65536\"")), || {
+            format!("inspect must show the id map 0:{base}:65536; {ins}")
+        })?;
+        let cdir = c.state.path().join("containers").join(&id);
+        let pids = cgroup_pids(&cdir);
+        let uids: Vec<_> = pids.iter().map(|&p| host_uid(p)).collect();
+        check(
+            !pids.is_empty() && uids.iter().all(|u| *u == Some(base)),
+            || {
+                format!(
+                    "on the host every process of the container must run as uid {base}: pids {pids:?}, uids {uids:?}"
+                )
+            },
+        )?;
+        bases.push(base);
+        ids.push(id);
+    }
+    check(bases[0] != bases[1], || {
+        format!("two containers share the host ids {}", bases[0])
+    })?;
+    let e = run_text(c.hull(&["exec", &ids[0], "mknod", "/tmp/null", "c", "1", "3"]))?;
+    check(
+        e.code != Some(0) && e.stderr.contains("not permitted"),
+        || format!("root in a user namespace must not make device nodes; {e}"),
+    )?;
+    let e = run_text(c.hull(&[
+        "exec",
+        &ids[0],
+        "sh",
+        "-c",
+        "stat -c %u:%g /bin/busybox && echo x > /etc/hull-new && stat -c %u:%g /etc/hull-new",
+    ]))?;
+    check(e.code == Some(0) && e.stdout == "0:0\n0:0\n", || {
+        format!("the image's files must be root's inside, and root must write them; {e}")
+    })?;
+    for id in &ids {
+        let cdir = c.state.path().join("containers").join(id);
+        let record = std::fs::read_to_string(cdir.join("userns.json")).unwrap_or_default();
+        let slot: Option<u64> = serde_json::from_str::<serde_json::Value>(&record)
+            .ok()
+            .and_then(|v| v["slot"].as_u64());
+        check(slot.is_some(), || {
+            format!("the container recorded no id range: {record:?}")
+        })?;
+        let rm = run_text(c.hull(&["rm", "-f", id]))?;
+        check(rm.code == Some(0), || format!("{rm}"))?;
+        let pool = std::env::var_os("HULL_USERNS_DIR")
+            .map_or_else(|| PathBuf::from("/run/hull-userns"), PathBuf::from);
+        let claim = pool.join(slot.unwrap_or_default().to_string());
+        // Another container may hold the range by now, but not this one.
+        let holder = std::fs::read_to_string(&claim).unwrap_or_default();
+        check(!holder.contains(id.as_str()), || {
+            format!("{} still claims its id range {}", id, claim.display())
+        })?;
+    }
+    Ok(())
+}
+
+/// `--userns host` shares the host's ids (root is root); `--userns private`
+/// insists on a range of its own; ranges run out with a clear error and
+/// come back with rm.
+fn userns_modes(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let o = run_text(c.run(
+        &["--rm", "--userns", "host"],
+        &["cat", "/proc/self/uid_map"],
+    ))?;
+    check(uid_map(&o.stdout) == Some((0, 0, 4294967295)), || {
+        format!("--userns host must keep the host's ids; {o}")
+    })?;
+    let o = run_text(c.run(
+        &["--rm", "--userns", "private"],
+        &["cat", "/proc/self/uid_map"],
+    ))?;
+    check(
+        matches!(uid_map(&o.stdout), Some((0, base, 65536)) if base > 0),
+        || format!("--userns private must map root elsewhere; {o}"),
+    )?;
+    let o = run_text(c.run(&["--rm", "--userns", "bogus"], &["true"]))?;
+    check(o.code == Some(125) && o.stderr.contains("--userns"), || {
+        format!("a bad --userns is a usage error (125); {o}")
+    })?;
+    // A pool of one range: a second container is refused while the first
+    // holds it, and gets it once the first is removed.
+    let pool = tempfile::tempdir().expect("tempdir");
+    let one = |cmd: &mut Command| {
+        cmd.env("HULL_USERNS_DIR", pool.path())
+            .env("HULL_USERNS_RANGE", "2000000000:65536");
+    };
+    let mut first = c.run(&["-d"], &["sleep", "1000"]);
+    one(&mut first);
+    let o = run_text(first)?;
+    check(o.code == Some(0), || format!("{o}"))?;
+    let id = o.stdout.trim().to_string();
+    let mut second = c.run(&["--rm"], &["true"]);
+    one(&mut second);
+    let o = run_text(second)?;
+    check(o.code == Some(125) && o.stderr.contains("in use"), || {
+        format!("with every id range in use, run must fail with 125 and say so; {o}")
+    })?;
+    let mut rm = c.hull(&["rm", "-f", &id]);
+    one(&mut rm);
+    let o = run_text(rm)?;
+    check(o.code == Some(0), || format!("{o}"))?;
+    let mut third = c.run(&["--rm"], &["cat", "/proc/self/uid_map"]);
+    one(&mut third);
+    let o = run_text(third)?;
+    check(uid_map(&o.stdout) == Some((0, 2000000000, 65536)), || {
+        format!("rm must free the range for the next container; {o}")
+    })
+}
+
+/// The scenarios only the ns backend has.
+pub fn ns_trials() -> Vec<Trial> {
+    type Scenario = fn(Backend) -> Result<(), Failed>;
+    let all: [(&str, Scenario); 2] = [
+        (
+            "userns_root_is_an_unprivileged_host_id",
+            userns_root_is_an_unprivileged_host_id,
+        ),
+        ("userns_host_and_private", userns_modes),
+    ];
+    let b = Backend("ns");
+    all.into_iter()
+        .map(|(name, f)| Trial::test(format!("ns::{name}"), move || f(b)))
+        .collect()
+}
+
 /// The suite, one trial per scenario, named `<backend>::<scenario>`.
 pub fn trials(b: Backend) -> Vec<Trial> {
     type Scenario = fn(Backend) -> Result<(), Failed>;
