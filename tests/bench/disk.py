@@ -66,6 +66,10 @@ def main():
         vmms = {
             "hull-vmm": [args.hull_vmm, "--kernel", args.kernel, "--initrd", initrd,
                          "--mem", str(MEM_MIB), "--vcpus", "1", "--disk", disk + ",ro"],
+            # Guest RAM in 4 KiB pages (hull-vmm --no-huge-pages), for scale.
+            "hull-vmm-4k": [args.hull_vmm, "--kernel", args.kernel, "--initrd", initrd,
+                            "--mem", str(MEM_MIB), "--vcpus", "1", "--disk", disk + ",ro",
+                            "--no-huge-pages"],
             # acpi=off: QEMU then announces the virtio-mmio disk on the kernel
             # command line, as hull-vmm does (the guest kernel has no ACPI).
             "qemu-microvm": ["qemu-system-x86_64", "-M",
@@ -89,6 +93,7 @@ def main():
     for n, m in med.items():
         print("%-14s %10.1f MB/s" % (n, m))
     print("ratio hull/qemu %9.2f" % (med["hull-vmm"] / med["qemu-microvm"]))
+    print("ratio hull-4k/qemu %6.2f" % (med["hull-vmm-4k"] / med["qemu-microvm"]))
 
 
 if __name__ == "__main__":

@@ -135,6 +135,9 @@ fn default_vcpus() -> u32 {
 fn default_mem() -> u64 {
     128
 }
+fn default_huge_pages() -> bool {
+    true
+}
 
 /// A VM's whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,6 +166,9 @@ pub struct VmConfig {
     pub rng: bool,
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// Back guest RAM with transparent huge pages (see kvm::memory).
+    #[serde(default = "default_huge_pages")]
+    pub huge_pages: bool,
 }
 
 impl VmConfig {
@@ -179,6 +185,7 @@ impl VmConfig {
             disks: Vec::new(),
             rng: false,
             vsock: None,
+            huge_pages: default_huge_pages(),
         }
     }
 

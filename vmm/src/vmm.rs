@@ -120,9 +120,11 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<VmOutcome, VmmError> {
         .iter()
         .map(|&(s, l)| (GuestAddress(s), l as usize))
         .collect();
-    let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| VmmError::Memory {
-        mib: cfg.mem_mib,
-        reason: e.to_string(),
+    let mem = crate::kvm::memory::guest_memory(&ranges, cfg.huge_pages).map_err(|reason| {
+        VmmError::Memory {
+            mib: cfg.mem_mib,
+            reason,
+        }
     })?;
     let vm = Vm::new()?;
     vm.set_memory(&mem)?;

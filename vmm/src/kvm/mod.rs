@@ -1,6 +1,7 @@
 //! KVM: the VM, its memory and its vCPUs.
 
 mod detect;
+pub mod memory;
 pub mod vcpu;
 pub mod vm;
 
