@@ -123,6 +123,11 @@ def main():
             "hull-vmm": ([args.hull_vmm, "--kernel", args.kernel, "--initrd", initrd,
                           "--mem", "256", "--vsock-cid", str(CID), "--vsock-uds", uds],
                          connect_hull, uds),
+            # Guest RAM in 4 KiB pages (hull-vmm --no-huge-pages), for scale.
+            "hull-vmm-4k": ([args.hull_vmm, "--kernel", args.kernel, "--initrd", initrd,
+                             "--mem", "256", "--vsock-cid", str(CID), "--vsock-uds", uds,
+                             "--no-huge-pages"],
+                            connect_hull, uds),
             "qemu-microvm": (["qemu-system-x86_64", "-M",
                               "microvm,x-option-roms=off,rtc=off,acpi=off",
                               "-enable-kvm", "-cpu", "host", "-m", "256", "-smp", "1",
@@ -142,7 +147,7 @@ def main():
     med = {}
     for n, rs in results.items():
         med[n] = (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
-        print("%-14s host->guest %8.1f   guest->host %8.1f" % (n, med[n][0], med[n][1]))
+        print("%-15s host->guest %8.1f   guest->host %8.1f" % (n, med[n][0], med[n][1]))
     h, q = med["hull-vmm"], med["qemu-microvm"]
     print("ratio hull/qemu  host->guest %6.2f   guest->host %6.2f" % (h[0] / q[0], h[1] / q[1]))
 

@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 
 use std::os::fd::AsRawFd;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, ByteValued, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap, Permissions};
 
+use super::iov::{GuestIovecs, segments};
 use super::queue_worker::{self, Chain, RequestHandler};
 use super::{
-    ActivateError, Activation, F_VERSION_1, LogLimit, TYPE_BLOCK, VirtioDevice, read_config_bytes,
+    ActivateError, Activation, F_EVENT_IDX, F_VERSION_1, LogLimit, TYPE_BLOCK, VirtioDevice,
+    read_config_bytes,
 };
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -23,9 +25,6 @@ const QUEUE_SIZE: u16 = 256;
 const F_SEG_MAX: u64 = 1 << 2;
 const F_RO: u64 = 1 << 5;
 const F_FLUSH: u64 = 1 << 9;
-/// VIRTIO_RING_F_EVENT_IDX: the guest and the device tell each other when
-/// they want a notification, so a busy queue costs fewer exits and interrupts.
-const F_EVENT_IDX: u64 = 1 << 29;
 /// VIRTIO_RING_F_INDIRECT_DESC: a request's buffers in a table of their own,
 /// so a large request takes one ring slot instead of up to seg_max + 2, and
 /// many requests fit in the ring at once (virtio-queue walks the tables).
@@ -212,40 +211,26 @@ impl Disk {
         mut off: u64,
         write: bool,
     ) -> std::io::Result<()> {
-        let mut guards = Vec::with_capacity(segs.len());
-        let mut iovs: Vec<libc::iovec> = Vec::with_capacity(segs.len());
         // Writing the file reads guest memory, and reading it writes there.
         let access = if write {
             Permissions::Read
         } else {
             Permissions::Write
         };
-        for &(addr, n) in segs {
-            let slices = mem
-                .get_slices(addr, n, access)
-                .map_err(std::io::Error::other)?;
-            for slice in slices {
-                let g = slice.map_err(std::io::Error::other)?.ptr_guard_mut();
-                iovs.push(libc::iovec {
-                    iov_base: g.as_ptr().cast(),
-                    iov_len: g.len(),
-                });
-                guards.push(g);
-            }
-        }
+        let mut iovs = GuestIovecs::new(mem, segs, access)?;
         let fd = self.file.as_raw_fd();
         let mut i = 0;
         while i < iovs.len() {
-            let count = (iovs.len() - i).min(1024) as libc::c_int; // IOV_MAX
+            let (ptr, count) = iovs.from(i);
             let at = libc::off_t::try_from(off)
                 .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-            // SAFETY: every iovec points into guest memory that `guards` keep
+            // SAFETY: every iovec points into guest memory that `iovs` keeps
             // mapped, with the length vm-memory checked for it; the file is ours.
             let r = unsafe {
                 if write {
-                    libc::pwritev(fd, iovs[i..].as_ptr(), count, at)
+                    libc::pwritev(fd, ptr, count, at)
                 } else {
-                    libc::preadv(fd, iovs[i..].as_ptr(), count, at)
+                    libc::preadv(fd, ptr, count, at)
                 }
             };
             if r < 0 {
@@ -258,21 +243,9 @@ impl Disk {
             if r == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
-            let mut r = r as usize;
             off += r as u64;
-            while r > 0 && i < iovs.len() {
-                if r >= iovs[i].iov_len {
-                    r -= iovs[i].iov_len;
-                    i += 1;
-                } else {
-                    // SAFETY: moves within the same buffer, `r` < its length.
-                    iovs[i].iov_base = unsafe { iovs[i].iov_base.cast::<u8>().add(r).cast() };
-                    iovs[i].iov_len -= r;
-                    r = 0;
-                }
-            }
+            iovs.advance(&mut i, r as usize);
         }
-        drop(guards);
         Ok(())
     }
 
@@ -286,34 +259,6 @@ impl Disk {
 
 /// Bytes of the request header at the start of the readable buffers.
 const HEADER_BYTES: usize = std::mem::size_of::<RequestHeader>();
-
-/// The guest buffers of `chain` that the device writes (`writable`) or reads,
-/// as (address, length) after skipping `skip` bytes and up to `take` bytes.
-/// The chain was already checked to lie in guest memory (its Reader and
-/// Writer exist); a looping chain repeats descriptors as they do.
-fn segments(
-    chain: &Chain<'_>,
-    writable: bool,
-    mut skip: usize,
-    mut take: usize,
-) -> Vec<(GuestAddress, usize)> {
-    let mut out = Vec::new();
-    for d in chain.clone().filter(|d| d.is_write_only() == writable) {
-        if take == 0 {
-            break;
-        }
-        let len = d.len() as usize;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = (len - skip).min(take);
-        out.push((d.addr().unchecked_add(skip as u64), n));
-        take -= n;
-        skip = 0;
-    }
-    out
-}
 
 impl RequestHandler for Disk {
     fn handle(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> u32 {

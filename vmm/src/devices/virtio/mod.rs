@@ -10,6 +10,7 @@
 
 pub mod block;
 pub mod event_loop;
+pub mod iov;
 pub mod mmio;
 pub mod rng;
 pub mod vsock;
@@ -31,6 +32,10 @@ pub const TYPE_VSOCK: u32 = 19;
 
 /// VIRTIO_F_VERSION_1: every hull device is a modern (1.x) device.
 pub const F_VERSION_1: u64 = 1 << 32;
+
+/// VIRTIO_RING_F_EVENT_IDX: the guest and the device tell each other when
+/// they want a notification, so a busy queue costs fewer exits and interrupts.
+pub const F_EVENT_IDX: u64 = 1 << 29;
 
 /// Interrupt status bit: a used buffer was added.
 pub const INT_USED_RING: u32 = 1;

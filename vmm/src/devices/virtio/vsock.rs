@@ -20,15 +20,17 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{ByteValued, GuestMemoryMmap};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{ByteValued, GuestMemoryMmap, Permissions};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::event_loop::{EventHandler, EventLoop};
+use super::iov::{GuestIovecs, segments};
+use super::queue_worker::Chain;
 use super::{
-    ActivateError, Activation, F_VERSION_1, Interrupt, LogLimit, TYPE_VSOCK, VirtioDevice,
-    read_config_bytes,
+    ActivateError, Activation, F_EVENT_IDX, F_VERSION_1, Interrupt, LogLimit, TYPE_VSOCK,
+    VirtioDevice, read_config_bytes,
 };
 
 /// The host's CID.
@@ -42,6 +44,8 @@ const MAX_CONNS: usize = 4096;
 /// Most control packets waiting for guest rx buffers.
 const MAX_CONTROL: usize = 8192;
 const QUEUE_SIZE: u16 = 256;
+/// Most rx buffers one read from a host socket fills.
+const RX_BATCH: usize = 64;
 const HDR_LEN: usize = std::mem::size_of::<Header>();
 
 const TYPE_STREAM: u16 = 1;
@@ -126,12 +130,12 @@ impl VirtioDevice for Vsock {
         &[QUEUE_SIZE; 3]
     }
     fn features(&self) -> u64 {
-        F_VERSION_1
+        F_VERSION_1 | F_EVENT_IDX
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
-    fn activate(&mut self, mut a: Activation, _features: u64) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut a: Activation, features: u64) -> Result<(), ActivateError> {
         if a.queues.len() != 3 || a.queue_evts.len() != 3 {
             return Err(ActivateError::QueueCount {
                 got: a.queues.len(),
@@ -147,9 +151,11 @@ impl VirtioDevice for Vsock {
         let evq = a.queues.pop();
         let txq = a.queues.pop();
         let rxq = a.queues.pop();
-        let (Some(rxq), Some(txq), Some(_evq)) = (rxq, txq, evq) else {
+        let (Some(mut rxq), Some(mut txq), Some(_evq)) = (rxq, txq, evq) else {
             return Err(ActivateError::QueueCount { got: 0, want: 3 });
         };
+        rxq.set_event_idx(features & F_EVENT_IDX != 0);
+        txq.set_event_idx(features & F_EVENT_IDX != 0);
         let mut evts = a.queue_evts.into_iter();
         let (rx_evt, tx_evt, ev_evt) = match (evts.next(), evts.next(), evts.next()) {
             (Some(r), Some(t), Some(e)) => (r, t, e),
@@ -181,7 +187,8 @@ impl VirtioDevice for Vsock {
                 control: VecDeque::new(),
                 next_port: 1 << 30,
                 errors: LogLimit::default(),
-                used: false,
+                rx_used: false,
+                tx_used: false,
             })
         });
         let mut tokens = Vec::new();
@@ -338,7 +345,9 @@ struct Backend {
     control: VecDeque<Header>,
     next_port: u32,
     errors: LogLimit,
-    used: bool,
+    /// Buffers were returned to the guest on rx / tx since the last interrupt.
+    rx_used: bool,
+    tx_used: bool,
 }
 
 impl EventHandler for Backend {
@@ -358,7 +367,13 @@ impl EventHandler for Backend {
             self.conn_event(key, events);
         }
         self.process_rx();
-        if std::mem::take(&mut self.used) {
+        let mem = &self.mem;
+        // With EVENT_IDX the guest says up to which buffer it wants to hear.
+        let rx =
+            std::mem::take(&mut self.rx_used) && self.rxq.needs_notification(mem).unwrap_or(true);
+        let tx =
+            std::mem::take(&mut self.tx_used) && self.txq.needs_notification(mem).unwrap_or(true);
+        if rx || tx {
             self.interrupt.signal_used();
         }
     }
@@ -575,7 +590,7 @@ impl Backend {
                     }
                 }
                 let _ = self.txq.add_used(&mem, head, 0);
-                self.used = true;
+                self.tx_used = true;
             }
             match self.txq.enable_notification(&mem) {
                 Ok(true) => continue,
@@ -720,66 +735,106 @@ impl Backend {
     fn process_rx(&mut self) {
         let mem = self.mem.clone();
         loop {
-            let has_control = !self.control.is_empty();
-            let sender = if has_control {
-                None
-            } else {
-                self.next_sender()
-            };
-            if !has_control && sender.is_none() {
-                break;
+            if !self.control.is_empty() {
+                let Some(chain) = self.rxq.pop_descriptor_chain(&mem) else {
+                    // Wait for the guest to add rx buffers.
+                    let _ = self.rxq.enable_notification(&mem);
+                    break;
+                };
+                let head = chain.head_index();
+                let written = match chain.writer(&mem) {
+                    Ok(mut w) if w.available_bytes() >= HDR_LEN => {
+                        let h = self.control.pop_front().expect("checked non-empty");
+                        log::trace!("vsock: to guest {h:?}");
+                        w.write_obj(h).map(|_| HDR_LEN as u32).unwrap_or(0)
+                    }
+                    _ => 0,
+                };
+                let _ = self.rxq.add_used(&mem, head, written);
+                self.rx_used = true;
+                continue;
             }
-            let Some(chain) = self.rxq.pop_descriptor_chain(&mem) else {
-                // Wait for the guest to add rx buffers.
+            let Some(key) = self.next_sender() else {
+                break;
+            };
+            if !self.send_data(key, &mem) {
                 let _ = self.rxq.enable_notification(&mem);
                 break;
-            };
-            let head = chain.head_index();
-            let mut w = match chain.writer(&mem) {
-                Ok(w) if w.available_bytes() >= HDR_LEN => w,
-                _ => {
-                    let _ = self.rxq.add_used(&mem, head, 0);
-                    self.used = true;
-                    continue;
-                }
-            };
-            let written = if let Some(h) = self.control.pop_front() {
-                log::trace!("vsock: to guest {h:?}");
-                w.write_obj(h).map(|_| HDR_LEN as u32).unwrap_or(0)
-            } else if let Some(key) = sender {
-                self.send_data(key, &mut w)
-            } else {
-                0
-            };
-            let _ = self.rxq.add_used(&mem, head, written);
-            self.used = true;
+            }
         }
     }
 
-    /// Moves host data of `key` into one rx buffer; returns bytes written.
-    fn send_data(&mut self, key: Key, w: &mut virtio_queue::Writer<'_>) -> u32 {
-        let Some(c) = self.conns.get_mut(&key) else {
-            return 0;
+    /// Moves host data of `key` into a batch of rx buffers with one readv
+    /// straight into guest memory: up to [`RX_BATCH`] buffers, as much as
+    /// the guest's credit allows, each with its header. Returns false when
+    /// the guest has no rx buffer.
+    fn send_data(&mut self, key: Key, mem: &GuestMemoryMmap) -> bool {
+        let Some(credit) = self.conns.get(&key).map(|c| c.peer_credit() as usize) else {
+            return true;
         };
-        let room = (w.available_bytes() - HDR_LEN).min(c.peer_credit() as usize);
-        let mut buf = vec![0u8; room.min(MAX_PKT_PAYLOAD as usize)];
-        let n = loop {
-            match c.stream.read(&mut buf) {
-                Ok(n) => break Some(n),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break None,
-                Err(_) => break Some(0),
+        // (chain, payload room), in queue order.
+        let mut batch: Vec<(Chain<'_>, usize)> = Vec::new();
+        let mut room = 0;
+        while batch.len() < RX_BATCH && room < credit {
+            let Some(chain) = self.rxq.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let avail = chain.clone().writer(mem).map_or(0, |w| w.available_bytes());
+            if avail <= HDR_LEN {
+                if !batch.is_empty() {
+                    // Not ours to drop yet: the next round answers it.
+                    self.rxq.go_to_previous_position();
+                    break;
+                }
+                // No room for a header and data: returned empty.
+                let _ = self.rxq.add_used(mem, chain.head_index(), 0);
+                self.rx_used = true;
+                continue;
             }
+            let n = (avail - HDR_LEN)
+                .min(MAX_PKT_PAYLOAD as usize)
+                .min(credit - room);
+            room += n;
+            batch.push((chain, n));
+        }
+        if batch.is_empty() {
+            return false;
+        }
+        let segs: Vec<_> = batch
+            .iter()
+            .flat_map(|(chain, n)| segments(chain, true, HDR_LEN, *n))
+            .collect();
+        let Some(c) = self.conns.get_mut(&key) else {
+            return true;
         };
-        match n {
-            None => {
+        let read = GuestIovecs::new(mem, &segs, Permissions::Write).and_then(|iovs| {
+            loop {
+                let (ptr, count) = iovs.from(0);
+                // SAFETY: the iovecs point into guest memory that `iovs` keeps
+                // mapped, at lengths vm-memory checked; the socket is ours.
+                let r = unsafe { libc::readv(c.stream.as_raw_fd(), ptr, count) };
+                if r >= 0 {
+                    break Ok(r as usize);
+                }
+                let e = std::io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    break Err(e);
+                }
+            }
+        });
+        let mut chains = batch.into_iter();
+        let mut left = match read {
+            Ok(n) if n > 0 => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                // Nothing to send after all: the buffers go back unused.
+                for _ in 0..chains.len() {
+                    self.rxq.go_to_previous_position();
+                }
                 c.readable = false;
                 self.update_interest(key);
-                // Nothing to send after all: a credit update costs nothing.
-                let h = self.header(key, OP_CREDIT_UPDATE, 0, 0);
-                w.write_obj(h).map(|_| HDR_LEN as u32).unwrap_or(0)
+                return true;
             }
-            Some(0) => {
+            _ => {
                 // The host will send no more. The guest still may (a
                 // half-close, as with TCP), unless it is done too.
                 c.host_eof = true;
@@ -791,18 +846,31 @@ impl Backend {
                     self.update_interest(key);
                     self.header(key, OP_SHUTDOWN, SHUTDOWN_SEND, 0)
                 };
-                w.write_obj(h).map(|_| HDR_LEN as u32).unwrap_or(0)
-            }
-            Some(n) => {
-                c.tx_cnt += Wrapping(n as u32);
-                c.last_fwd_cnt_sent = c.fwd_cnt;
-                let h = self.header(key, OP_RW, 0, n as u32);
-                if w.write_obj(h).is_err() || w.write_all(&buf[..n]).is_err() {
-                    return 0;
+                self.control.push_front(h);
+                for _ in 0..chains.len() {
+                    self.rxq.go_to_previous_position();
                 }
-                (HDR_LEN + n) as u32
+                return true;
             }
+        };
+        c.tx_cnt += Wrapping(left as u32);
+        c.last_fwd_cnt_sent = c.fwd_cnt;
+        for (chain, n) in chains.by_ref() {
+            if left == 0 {
+                // This buffer and the rest got nothing: they go back.
+                self.rxq.go_to_previous_position();
+                continue;
+            }
+            let take = n.min(left);
+            left -= take;
+            let head = chain.head_index();
+            let h = self.header(key, OP_RW, 0, take as u32);
+            let wrote = chain.writer(mem).is_ok_and(|mut w| w.write_obj(h).is_ok());
+            let written = if wrote { (HDR_LEN + take) as u32 } else { 0 };
+            let _ = self.rxq.add_used(mem, head, written);
+            self.rx_used = true;
         }
+        true
     }
 }
 

@@ -1,0 +1,104 @@
+//! Guest buffers as host iovecs: devices hand the guest's own memory to
+//! readv/preadv/pwritev, so data moves with one system call and no copy of
+//! the device's own.
+
+use std::io;
+
+use vm_memory::volatile_memory::PtrGuardMut;
+use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+
+use super::queue_worker::Chain;
+
+/// The guest buffers of `chain` that the device writes (`writable`) or reads,
+/// as (address, length) after skipping `skip` bytes and up to `take` bytes.
+/// The chain must already have been checked to lie in guest memory (its
+/// Reader or Writer exists); a looping chain repeats descriptors as they do.
+pub fn segments(
+    chain: &Chain<'_>,
+    writable: bool,
+    mut skip: usize,
+    mut take: usize,
+) -> Vec<(GuestAddress, usize)> {
+    let mut out = Vec::new();
+    for d in chain.clone().filter(|d| d.is_write_only() == writable) {
+        if take == 0 {
+            break;
+        }
+        let len = d.len() as usize;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = (len - skip).min(take);
+        out.push((d.addr().unchecked_add(skip as u64), n));
+        take -= n;
+        skip = 0;
+    }
+    out
+}
+
+/// iovecs over guest memory, valid while this lives (the guards keep the
+/// memory mapped and checked).
+pub struct GuestIovecs {
+    iovs: Vec<libc::iovec>,
+    _guards: Vec<PtrGuardMut>,
+}
+
+impl GuestIovecs {
+    /// The host side of `segs`; `access` is what the host does to guest
+    /// memory (Write to fill it, Read to send it). Fails when a segment is
+    /// outside guest memory.
+    pub fn new(
+        mem: &GuestMemoryMmap,
+        segs: &[(GuestAddress, usize)],
+        access: Permissions,
+    ) -> io::Result<GuestIovecs> {
+        let mut guards = Vec::with_capacity(segs.len());
+        let mut iovs = Vec::with_capacity(segs.len());
+        for &(addr, n) in segs {
+            for slice in mem.get_slices(addr, n, access).map_err(io::Error::other)? {
+                let g = slice.map_err(io::Error::other)?.ptr_guard_mut();
+                iovs.push(libc::iovec {
+                    iov_base: g.as_ptr().cast(),
+                    iov_len: g.len(),
+                });
+                guards.push(g);
+            }
+        }
+        Ok(GuestIovecs {
+            iovs,
+            _guards: guards,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.iovs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.iovs.is_empty()
+    }
+
+    /// The iovecs from index `from` on, at most IOV_MAX of them.
+    pub fn from(&self, from: usize) -> (*const libc::iovec, libc::c_int) {
+        let rest = &self.iovs[from.min(self.iovs.len())..];
+        (rest.as_ptr(), rest.len().min(1024) as libc::c_int)
+    }
+
+    /// Skips `r` transferred bytes starting at index `*i` (a short transfer
+    /// continues where it stopped).
+    pub fn advance(&mut self, i: &mut usize, mut r: usize) {
+        while r > 0 && *i < self.iovs.len() {
+            let iov = &mut self.iovs[*i];
+            if r >= iov.iov_len {
+                r -= iov.iov_len;
+                *i += 1;
+            } else {
+                // SAFETY: moves within the same buffer, `r` < its length.
+                iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(r).cast() };
+                iov.iov_len -= r;
+                r = 0;
+            }
+        }
+    }
+}
