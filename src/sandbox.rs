@@ -47,7 +47,7 @@ pub enum SandboxError {
     Initramfs(#[from] initramfs::InitramfsError),
     #[error(transparent)]
     Cgroup(#[from] crate::cgroups::CgroupError),
-    #[error("the {what} exited before the agent answered{detail}")]
+    #[error("{what} exited before the agent answered{detail}")]
     DiedEarly { what: &'static str, detail: String },
     #[error("the agent did not answer within {0} s")]
     Timeout(u64),
@@ -221,11 +221,7 @@ impl Sandbox {
         loop {
             if let Some(status) = self.child.try_wait().map_err(io("checking the sandbox"))? {
                 return Err(SandboxError::DiedEarly {
-                    what: if self.isolation == Isolation::Vm {
-                        "VMM"
-                    } else {
-                        "agent"
-                    },
+                    what: self.name(),
                     detail: self.failure_detail(status),
                 });
             }

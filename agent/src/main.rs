@@ -176,7 +176,14 @@ fn ns_main(args: &[String]) {
     };
     let mapped = userns.and_then(|req| {
         let made = sys::new_user_namespace(req.base, req.size)
-            .map_err(|e| format!("creating a user namespace: {e}"))
+            .map_err(|e| {
+                let why = if e.raw_os_error() == Some(libc::EPERM) {
+                    " (refused here: from inside a chroot, or by a security policy)"
+                } else {
+                    ""
+                };
+                format!("creating a user namespace: {e}{why}")
+            })
             .and_then(|ns| Ok((rootfs::idmapped_layers(&lowers, &ns)?, ns)));
         match made {
             Ok((mounts, ns)) => Some((mounts, ns, req.base)),
