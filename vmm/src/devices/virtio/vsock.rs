@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{ByteValued, GuestMemoryMmap, Permissions};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryMmap, Permissions};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -564,17 +564,20 @@ impl Backend {
         loop {
             while let Some(chain) = self.txq.pop_descriptor_chain(&mem) {
                 let head = chain.head_index();
+                let whole = chain.clone();
                 match chain.reader(&mem) {
                     Ok(mut r) => match r.read_obj::<Header>() {
                         Ok(h) => {
-                            let len = h.len;
-                            if len > MAX_PKT_PAYLOAD || len as usize > r.available_bytes() {
+                            let len = h.len as usize;
+                            if h.len > MAX_PKT_PAYLOAD || len > r.available_bytes() {
                                 self.bad_packet(&h, "payload length out of bounds");
                             } else {
-                                let mut payload = vec![0u8; len as usize];
-                                if r.read_exact(&mut payload).is_ok() {
-                                    self.guest_packet(h, payload);
-                                }
+                                let payload = Payload {
+                                    mem: &mem,
+                                    segs: segments(&whole, false, HDR_LEN, len),
+                                    len,
+                                };
+                                self.guest_packet(h, &payload);
                             }
                         }
                         Err(_) => {
@@ -609,7 +612,7 @@ impl Backend {
         }
     }
 
-    fn guest_packet(&mut self, h: Header, payload: Vec<u8>) {
+    fn guest_packet(&mut self, h: Header, payload: &Payload<'_>) {
         let (src_cid, dst_cid, kind, op) = (h.src_cid, h.dst_cid, h.kind, h.op);
         log::trace!("vsock: from guest {h:?}");
         if src_cid != self.cid || dst_cid != HOST_CID || kind != TYPE_STREAM {
@@ -655,13 +658,23 @@ impl Backend {
                     self.reset_conn(key);
                     return;
                 }
-                if c.to_host.len() + payload.len() > CONN_BUF as usize {
+                if c.to_host.len() + payload.len > CONN_BUF as usize {
                     // The guest sent past the credit it was given.
                     self.bad_packet(&h, "credit exceeded");
                     return;
                 }
-                c.to_host.extend(payload);
-                if c.flush_to_host().is_err() {
+                // Straight from guest memory when nothing waits ahead of
+                // it; what the socket does not take now waits in to_host.
+                let sent = if c.to_host.is_empty() {
+                    payload.write_some(c.stream.as_raw_fd())
+                } else {
+                    Ok(0)
+                };
+                let kept = sent.and_then(|n| {
+                    c.fwd_cnt += Wrapping(n as u32);
+                    payload.copy_from(n, &mut c.to_host)
+                });
+                if kept.is_err() || c.flush_to_host().is_err() {
                     self.reset_conn(key);
                     return;
                 }
@@ -871,6 +884,56 @@ impl Backend {
             self.rx_used = true;
         }
         true
+    }
+}
+
+/// A tx packet's payload, still in guest memory.
+struct Payload<'a> {
+    mem: &'a GuestMemoryMmap,
+    segs: Vec<(GuestAddress, usize)>,
+    len: usize,
+}
+
+impl Payload<'_> {
+    /// Writes what the (non-blocking) socket `fd` takes now with one writev
+    /// from guest memory; 0 when it takes nothing.
+    fn write_some(&self, fd: RawFd) -> std::io::Result<usize> {
+        if self.len == 0 {
+            return Ok(0);
+        }
+        let iovs = GuestIovecs::new(self.mem, &self.segs, Permissions::Read)?;
+        loop {
+            let (ptr, count) = iovs.from(0);
+            // SAFETY: the iovecs point into guest memory that `iovs` keeps
+            // mapped, at lengths vm-memory checked; the socket is ours.
+            let r = unsafe { libc::writev(fd, ptr, count) };
+            if r >= 0 {
+                return Ok(r as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                ErrorKind::Interrupted => {}
+                ErrorKind::WouldBlock => return Ok(0),
+                _ => return Err(e),
+            }
+        }
+    }
+
+    /// Appends the payload from byte `from` on to `out`.
+    fn copy_from(&self, mut from: usize, out: &mut VecDeque<u8>) -> std::io::Result<()> {
+        for &(addr, n) in &self.segs {
+            if from >= n {
+                from -= n;
+                continue;
+            }
+            let mut buf = vec![0u8; n - from];
+            self.mem
+                .read_slice(&mut buf, addr.unchecked_add(from as u64))
+                .map_err(std::io::Error::other)?;
+            out.extend(buf);
+            from = 0;
+        }
+        Ok(())
     }
 }
 
