@@ -73,6 +73,19 @@ pub struct Block {
 }
 
 impl Block {
+    /// The request handler alone, on a clone of the file (the fuzz targets
+    /// drive it without a transport).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn handler(&self) -> std::io::Result<Box<dyn RequestHandler>> {
+        Ok(Box::new(Disk {
+            file: self.file.try_clone()?,
+            read_only: self.read_only,
+            sectors: self.sectors,
+            id: self.id.clone(),
+            errors: LogLimit::default(),
+        }))
+    }
+
     pub fn open(path: &Path, read_only: bool, id: Option<&str>) -> Result<Block, BlockError> {
         let open_err = |source| BlockError::Open {
             path: path.to_path_buf(),

@@ -10,6 +10,8 @@
 
 pub mod block;
 pub mod event_loop;
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 pub mod iov;
 pub mod mmio;
 pub mod rng;
@@ -18,7 +20,7 @@ pub mod vsock;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -138,6 +140,49 @@ impl LogLimit {
     }
 }
 pub mod queue_worker;
+
+/// Decides, after each round of popping a queue's chains, whether another
+/// round is due. Notifications are re-enabled each time, and another round
+/// runs while the guest has made more buffers available. A guest can claim
+/// more buffers than can be popped (an available index more than the queue
+/// size ahead). Taken at its word, that would keep the device, and the one
+/// event-loop thread with it, spinning forever. So after two rounds in a
+/// row that popped nothing, the device waits for the next notification.
+#[derive(Default)]
+pub struct Rounds {
+    empty: u8,
+}
+
+impl Rounds {
+    /// `popped`: whether the round that just ended popped any chain.
+    pub fn again(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        popped: bool,
+        errors: &mut LogLimit,
+    ) -> bool {
+        self.empty = if popped { 0 } else { self.empty + 1 };
+        match queue.enable_notification(mem) {
+            Ok(true) if self.empty < 2 => true,
+            Ok(true) => {
+                if errors.allow() {
+                    log::warn!(
+                        "virtio: the guest's available index is past what its queue holds; waiting for its next notification"
+                    );
+                }
+                false
+            }
+            Ok(false) => false,
+            Err(e) => {
+                if errors.allow() {
+                    log::warn!("virtio: queue unusable: {e}");
+                }
+                false
+            }
+        }
+    }
+}
 
 /// xorshift64 for the randomized device tests: the same sequence on every
 /// run, so a failure reproduces.

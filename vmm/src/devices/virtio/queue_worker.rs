@@ -11,7 +11,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::event_loop::{EventHandler, EventLoop};
-use super::{ActivateError, Interrupt, LogLimit};
+use super::{ActivateError, Interrupt, LogLimit, Rounds};
 
 /// A descriptor chain as the device sees it.
 pub type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
@@ -34,7 +34,9 @@ impl<H: RequestHandler> Worker<H> {
     fn process(&mut self) {
         let mem = &self.mem;
         let mut used_any = false;
+        let mut rounds = Rounds::default();
         loop {
+            let mut popped = false;
             while let Some(chain) = self.queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
                 let len = self.handler.handle(mem, chain);
@@ -43,17 +45,11 @@ impl<H: RequestHandler> Worker<H> {
                         log::warn!("virtio: returning a used buffer: {e}");
                     }
                 }
-                used_any = true;
+                popped = true;
             }
-            match self.queue.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    if self.errors.allow() {
-                        log::warn!("virtio: queue unusable: {e}");
-                    }
-                    break;
-                }
+            used_any |= popped;
+            if !rounds.again(&mut self.queue, mem, popped, &mut self.errors) {
+                break;
             }
         }
         if used_any && self.queue.needs_notification(mem).unwrap_or(true) {

@@ -29,7 +29,7 @@ use super::event_loop::{EventHandler, EventLoop};
 use super::iov::{GuestIovecs, segments};
 use super::queue_worker::Chain;
 use super::{
-    ActivateError, Activation, F_EVENT_IDX, F_VERSION_1, Interrupt, LogLimit, TYPE_VSOCK,
+    ActivateError, Activation, F_EVENT_IDX, F_VERSION_1, Interrupt, LogLimit, Rounds, TYPE_VSOCK,
     VirtioDevice, read_config_bytes,
 };
 
@@ -119,6 +119,17 @@ impl Vsock {
             config: cid.to_le_bytes(),
             backend: None,
         })
+    }
+}
+
+impl Vsock {
+    /// Runs the active device's handler for `fd` now, on this thread (the
+    /// fuzz targets drive it without waiting for the event loop).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn handle_now(&self, fd: RawFd) {
+        if let Some((backend, _)) = &self.backend {
+            lock(backend).handle(fd, EventSet::IN);
+        }
     }
 }
 
@@ -561,8 +572,11 @@ impl Backend {
 
     fn process_tx(&mut self) {
         let mem = self.mem.clone();
+        let mut rounds = Rounds::default();
         loop {
+            let mut popped = false;
             while let Some(chain) = self.txq.pop_descriptor_chain(&mem) {
+                popped = true;
                 let head = chain.head_index();
                 let whole = chain.clone();
                 match chain.reader(&mem) {
@@ -595,9 +609,8 @@ impl Backend {
                 let _ = self.txq.add_used(&mem, head, 0);
                 self.tx_used = true;
             }
-            match self.txq.enable_notification(&mem) {
-                Ok(true) => continue,
-                _ => break,
+            if !rounds.again(&mut self.txq, &mem, popped, &mut self.errors) {
+                break;
             }
         }
     }
