@@ -495,9 +495,25 @@ fn stop_times_out_into_kill(b: Backend) -> Result<(), Failed> {
     let c = Ctx::new(b);
     let o = run_text(c.run(
         &["-d", "--name", "stubborn"],
-        &["sh", "-c", "trap '' TERM; while :; do sleep 1; done"],
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo ready; while :; do sleep 1; done",
+        ],
     ))?;
     check(o.code == Some(0), || format!("{o}"))?;
+    // `run -d` returns once sh has started, maybe before it set the trap.
+    let deadline = Instant::now() + HANG;
+    loop {
+        let logs = run_text(c.hull(&["logs", "stubborn"]))?;
+        if logs.stdout.contains("ready") {
+            break;
+        }
+        check(Instant::now() < deadline, || {
+            format!("the container never said it ignores SIGTERM; {logs}")
+        })?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let t = Instant::now();
     let st = run_text(c.hull(&["stop", "-t", "1", "stubborn"]))?;
     let took = t.elapsed();
