@@ -33,6 +33,14 @@ impl Notifier {
         })
     }
 
+    /// Passes a warning on to the caller, which prints it (a no-op once the
+    /// process started and the caller is gone).
+    pub fn warn(&self, message: &str) {
+        if let Some(f) = self.0.borrow_mut().as_mut() {
+            let _ = writeln!(f, "warning {}", message.replace('\n', " "));
+        }
+    }
+
     /// Tells the caller the container ended before its process started
     /// (a no-op once it started).
     pub fn failed(&self, status: i32, message: &str) {
@@ -83,7 +91,12 @@ pub fn fork_monitor(id: &str) -> anyhow::Result<Role> {
 }
 
 /// What the caller prints and exits with, from the monitor's word.
-fn report(id: &str, msg: &str) -> i32 {
+fn report(id: &str, mut msg: &str) -> i32 {
+    while let Some(rest) = msg.strip_prefix("warning ") {
+        let (line, after) = rest.split_once('\n').unwrap_or((rest, ""));
+        eprintln!("hull: {line}");
+        msg = after;
+    }
     if msg.starts_with("started") {
         println!("{id}");
         return 0;
@@ -110,17 +123,21 @@ mod tests {
         assert_eq!(report("abc", "failed 127\nexec: not found"), 127);
         assert_eq!(report("abc", "failed x\n?"), crate::EXIT_HULL_ERROR);
         assert_eq!(report("abc", ""), crate::EXIT_HULL_ERROR);
+        assert_eq!(report("abc", "warning w\nstarted\n"), 0);
+        assert_eq!(report("abc", "warning w\nfailed 2\nno"), 2);
     }
 
     #[test]
     fn notifier_speaks_once() {
         let (mut r, w) = pipe().unwrap();
         let n = Notifier(Rc::new(RefCell::new(Some(w))));
+        n.warn("careful\nnow");
         (n.on_started())();
         n.failed(3, "too late");
+        n.warn("gone");
         drop(n);
         let mut s = String::new();
         r.read_to_string(&mut s).unwrap();
-        assert_eq!(s, "started\n");
+        assert_eq!(s, "warning careful now\nstarted\n");
     }
 }

@@ -332,7 +332,10 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
         if let Some(map) = sandbox.id_map(&stream) {
             if crate::userns::is_host_map(&map) && args.userns != crate::userns::Mode::Host {
                 if let Some(w) = sandbox.userns_warning() {
-                    eprintln!("hull: {w}");
+                    match &detached {
+                        Some(n) => n.warn(&w),
+                        None => eprintln!("hull: {w}"),
+                    }
                 }
             }
             state.id_map = Some(map);
