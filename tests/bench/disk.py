@@ -5,7 +5,8 @@ initramfs, same disk file.
 
 The guest's /init reads /dev/vda end to end with `dd bs=1M` and prints the
 time it took by /proc/uptime; MB/s is the disk size over that time. Runs
-alternate between the two VMMs; medians and the ratio are printed.
+alternate between the VMMs; medians and the ratio are printed. A third arm,
+hull-vmm --no-huge-pages, shows what guest RAM in 4 KiB pages costs.
 
     tests/kvm-host/run -- python3 -u tests/bench/disk.py [-n RUNS]
 

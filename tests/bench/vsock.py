@@ -7,7 +7,7 @@ program (tests/support/vsock_probe.c).
     tests/kvm-host/run -- python3 -u tests/bench/vsock.py [-n RUNS]
 
 The emulated KVM host loads vhost_vsock for QEMU. Only the ratio of one run
-means anything there.
+means anything there. A third arm runs hull-vmm --no-huge-pages, for scale.
 """
 import argparse
 import os
