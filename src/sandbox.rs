@@ -114,6 +114,8 @@ pub struct Spec<'a> {
     pub name: &'a str,
     /// User namespace (ns).
     pub userns: userns::Mode,
+    /// Guest RAM laid out for transparent huge pages (vm).
+    pub huge_pages: bool,
 }
 
 /// The container's cgroup (ns), as JSON in its state dir.
@@ -410,6 +412,9 @@ fn launch_vm(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         .arg("--rng");
     for d in &disks {
         cmd.args(["--disk", d]);
+    }
+    if !spec.huge_pages {
+        cmd.arg("--no-huge-pages");
     }
     if std::env::var_os("HULL_AGENT_DEBUG").is_some() {
         // The kernel hands unknown KEY=VALUE words to init's environment.

@@ -111,6 +111,10 @@ pub struct RunArgs {
     /// Isolation boundary.
     #[arg(long, value_enum, default_value = "vm")]
     pub isolation: Isolation,
+    /// Guest RAM in 4 KiB pages only (vm): a few MiB less host memory per
+    /// VM where transparent huge pages are `madvise`, slower guest memory.
+    #[arg(long)]
+    pub no_huge_pages: bool,
     /// User namespace (ns): `auto` gives the container host ids of its own
     /// where the host allows it, `private` insists on it, `host` shares the
     /// host's ids (root inside is root outside).
@@ -319,6 +323,7 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
         kernel: args.kernel.clone(),
         name: &short_id,
         userns: args.userns,
+        huge_pages: !args.no_huge_pages,
     };
     let t_prepare = Instant::now();
     let result = (|| -> anyhow::Result<(client::Outcome, Times, Instant, Instant)> {
