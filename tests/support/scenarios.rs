@@ -530,17 +530,9 @@ fn stop_times_out_into_kill(b: Backend) -> Result<(), Failed> {
 
 /// `rm -f` of a running container leaves nothing: no process, mount,
 /// cgroup or state.
-fn rm_force_leaves_nothing(b: Backend) -> Result<(), Failed> {
-    let c = Ctx::new(b);
-    let mounts_before = mounts();
-    let o = run_text(c.run(&["-d"], &["sleep", "1000"]))?;
-    check(o.code == Some(0), || format!("{o}"))?;
-    let id = o.stdout.trim().to_string();
-    let cdir = c.state.path().join("containers").join(&id);
-    check(!processes_mentioning(&id).is_empty(), || {
-        "no process of the running container found by its id".into()
-    })?;
-    let cgroups: Vec<PathBuf> = std::fs::read_to_string(cdir.join("cgroup.json"))
+/// The cgroup directories an ns container recorded in its cgroup.json.
+fn cgroup_dirs(cdir: &Path) -> Vec<PathBuf> {
+    std::fs::read_to_string(cdir.join("cgroup.json"))
         .ok()
         .and_then(|j| {
             let v: serde_json::Value = serde_json::from_str(&j).ok()?;
@@ -552,7 +544,20 @@ fn rm_force_leaves_nothing(b: Backend) -> Result<(), Failed> {
                     .collect(),
             )
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn rm_force_leaves_nothing(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let mounts_before = mounts();
+    let o = run_text(c.run(&["-d"], &["sleep", "1000"]))?;
+    check(o.code == Some(0), || format!("{o}"))?;
+    let id = o.stdout.trim().to_string();
+    let cdir = c.state.path().join("containers").join(&id);
+    check(!processes_mentioning(&id).is_empty(), || {
+        "no process of the running container found by its id".into()
+    })?;
+    let cgroups = cgroup_dirs(&cdir);
     check(b.0 != "ns" || !cgroups.is_empty(), || {
         "the ns container recorded no cgroup".into()
     })?;
@@ -742,15 +747,11 @@ fn uid_map(out: &str) -> Option<(u64, u64, u64)> {
     (f.len() == 3).then(|| (f[0], f[1], f[2]))
 }
 
-/// The pids in a container's cgroup (its cgroup.json, as rm_force checks).
+/// The pids in a container's cgroup.
 fn cgroup_pids(cdir: &Path) -> Vec<u32> {
-    let Some(json) = std::fs::read_to_string(cdir.join("cgroup.json")).ok() else {
-        return Vec::new();
-    };
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
-    let dirs = v["dirs"].as_array().cloned().unwrap_or_default();
-    dirs.iter()
-        .filter_map(|d| std::fs::read_to_string(Path::new(d.as_str()?).join("cgroup.procs")).ok())
+    cgroup_dirs(cdir)
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
         .flat_map(|procs| {
             procs
                 .lines()
