@@ -528,8 +528,6 @@ fn stop_times_out_into_kill(b: Backend) -> Result<(), Failed> {
     )
 }
 
-/// `rm -f` of a running container leaves nothing: no process, mount,
-/// cgroup or state.
 /// The cgroup directories an ns container recorded in its cgroup.json.
 fn cgroup_dirs(cdir: &Path) -> Vec<PathBuf> {
     std::fs::read_to_string(cdir.join("cgroup.json"))
@@ -547,6 +545,8 @@ fn cgroup_dirs(cdir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// `rm -f` of a running container leaves nothing: no process, mount,
+/// cgroup or state.
 fn rm_force_leaves_nothing(b: Backend) -> Result<(), Failed> {
     let c = Ctx::new(b);
     let mounts_before = mounts();
