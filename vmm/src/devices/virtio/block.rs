@@ -234,30 +234,22 @@ impl Disk {
         let fd = self.file.as_raw_fd();
         let mut i = 0;
         while i < iovs.len() {
-            let (ptr, count) = iovs.from(i);
             let at = libc::off_t::try_from(off)
                 .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
             // SAFETY: every iovec points into guest memory that `iovs` keeps
             // mapped, with the length vm-memory checked for it; the file is ours.
-            let r = unsafe {
+            let r = iovs.call(i, |ptr, count| unsafe {
                 if write {
                     libc::pwritev(fd, ptr, count, at)
                 } else {
                     libc::preadv(fd, ptr, count, at)
                 }
-            };
-            if r < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
+            })?;
             if r == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
             off += r as u64;
-            iovs.advance(&mut i, r as usize);
+            iovs.advance(&mut i, r);
         }
         Ok(())
     }

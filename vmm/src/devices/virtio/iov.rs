@@ -80,9 +80,30 @@ impl GuestIovecs {
     }
 
     /// The iovecs from index `from` on, at most IOV_MAX of them.
-    pub fn from(&self, from: usize) -> (*const libc::iovec, libc::c_int) {
+    fn from(&self, from: usize) -> (*const libc::iovec, libc::c_int) {
         let rest = &self.iovs[from.min(self.iovs.len())..];
         (rest.as_ptr(), rest.len().min(1024) as libc::c_int)
+    }
+
+    /// Runs `op`, a readv-style call given the iovecs from index `from` on
+    /// (at most IOV_MAX of them), again while a signal interrupts it;
+    /// returns the bytes it moved.
+    pub fn call(
+        &self,
+        from: usize,
+        op: impl Fn(*const libc::iovec, libc::c_int) -> isize,
+    ) -> io::Result<usize> {
+        let (ptr, count) = self.from(from);
+        loop {
+            let r = op(ptr, count);
+            if r >= 0 {
+                return Ok(r as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 
     /// Skips `r` transferred bytes starting at index `*i` (a short transfer

@@ -833,20 +833,11 @@ impl Backend {
         let Some(c) = self.conns.get_mut(&key) else {
             return true;
         };
+        let fd = c.stream.as_raw_fd();
         let read = GuestIovecs::new(mem, &segs, Permissions::Write).and_then(|iovs| {
-            loop {
-                let (ptr, count) = iovs.from(0);
-                // SAFETY: the iovecs point into guest memory that `iovs` keeps
-                // mapped, at lengths vm-memory checked; the socket is ours.
-                let r = unsafe { libc::readv(c.stream.as_raw_fd(), ptr, count) };
-                if r >= 0 {
-                    break Ok(r as usize);
-                }
-                let e = std::io::Error::last_os_error();
-                if e.kind() != ErrorKind::Interrupted {
-                    break Err(e);
-                }
-            }
+            // SAFETY: the iovecs point into guest memory that `iovs` keeps
+            // mapped, at lengths vm-memory checked; the socket is ours.
+            iovs.call(0, |ptr, count| unsafe { libc::readv(fd, ptr, count) })
         });
         let mut chains = batch.into_iter();
         let mut left = match read {
@@ -915,20 +906,11 @@ impl Payload<'_> {
             return Ok(0);
         }
         let iovs = GuestIovecs::new(self.mem, &self.segs, Permissions::Read)?;
-        loop {
-            let (ptr, count) = iovs.from(0);
-            // SAFETY: the iovecs point into guest memory that `iovs` keeps
-            // mapped, at lengths vm-memory checked; the socket is ours.
-            let r = unsafe { libc::writev(fd, ptr, count) };
-            if r >= 0 {
-                return Ok(r as usize);
-            }
-            let e = std::io::Error::last_os_error();
-            match e.kind() {
-                ErrorKind::Interrupted => {}
-                ErrorKind::WouldBlock => return Ok(0),
-                _ => return Err(e),
-            }
+        // SAFETY: the iovecs point into guest memory that `iovs` keeps
+        // mapped, at lengths vm-memory checked; the socket is ours.
+        match iovs.call(0, |ptr, count| unsafe { libc::writev(fd, ptr, count) }) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
+            r => r,
         }
     }
 
