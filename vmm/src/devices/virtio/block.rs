@@ -73,17 +73,22 @@ pub struct Block {
 }
 
 impl Block {
-    /// The request handler alone, on a clone of the file (the fuzz targets
-    /// drive it without a transport).
-    #[cfg(any(test, fuzzing))]
-    pub(crate) fn handler(&self) -> std::io::Result<Box<dyn RequestHandler>> {
-        Ok(Box::new(Disk {
+    /// The request handler, on a clone of the file.
+    fn disk(&self) -> std::io::Result<Disk> {
+        Ok(Disk {
             file: self.file.try_clone()?,
             read_only: self.read_only,
             sectors: self.sectors,
             id: self.id.clone(),
             errors: LogLimit::default(),
-        }))
+        })
+    }
+
+    /// The request handler alone (the fuzz targets drive it without a
+    /// transport).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn handler(&self) -> std::io::Result<Box<dyn RequestHandler>> {
+        Ok(Box::new(self.disk()?))
     }
 
     pub fn open(path: &Path, read_only: bool, id: Option<&str>) -> Result<Block, BlockError> {
@@ -144,16 +149,9 @@ impl VirtioDevice for Block {
         let mut queue: Queue = a.queues.remove(0);
         queue.set_event_idx(features & F_EVENT_IDX != 0);
         let evt = a.queue_evts.remove(0);
-        let disk = Disk {
-            file: self
-                .file
-                .try_clone()
-                .map_err(|e| ActivateError::Device(format!("cloning the disk file: {e}")))?,
-            read_only: self.read_only,
-            sectors: self.sectors,
-            id: self.id.clone(),
-            errors: LogLimit::default(),
-        };
+        let disk = self
+            .disk()
+            .map_err(|e| ActivateError::Device(format!("cloning the disk file: {e}")))?;
         let token = queue_worker::spawn(&a.event_loop, a.mem, queue, evt, a.interrupt, disk)?;
         self.token = Some((a.event_loop, token));
         Ok(())
@@ -372,14 +370,10 @@ mod tests {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("hull-blk-{}-{n}", std::process::id()));
         std::fs::write(&path, content).unwrap();
-        let mut b = Block::open(&path, read_only, Some("layer0")).unwrap();
-        let disk = Disk {
-            file: b.file.try_clone().unwrap(),
-            read_only,
-            sectors: b.sectors,
-            id: std::mem::take(&mut b.id),
-            errors: LogLimit::default(),
-        };
+        let disk = Block::open(&path, read_only, Some("layer0"))
+            .unwrap()
+            .disk()
+            .unwrap();
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         Setup {
             mem,
