@@ -120,9 +120,7 @@ impl Vsock {
             backend: None,
         })
     }
-}
 
-impl Vsock {
     /// Runs the active device's handler for `fd` now, on this thread (the
     /// fuzz targets drive it without waiting for the event loop).
     #[cfg(any(test, fuzzing))]
@@ -839,17 +837,17 @@ impl Backend {
             // mapped, at lengths vm-memory checked; the socket is ours.
             iovs.call(0, |ptr, count| unsafe { libc::readv(fd, ptr, count) })
         });
-        let mut chains = batch.into_iter();
         let mut left = match read {
-            Ok(n) if n > 0 => n,
+            Ok(n) if n > 0 => {
+                c.tx_cnt += Wrapping(n as u32);
+                c.last_fwd_cnt_sent = c.fwd_cnt;
+                n
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                // Nothing to send after all: the buffers go back unused.
-                for _ in 0..chains.len() {
-                    self.rxq.go_to_previous_position();
-                }
+                // Nothing to send after all.
                 c.readable = false;
                 self.update_interest(key);
-                return true;
+                0
             }
             _ => {
                 // The host will send no more. The guest still may (a
@@ -864,18 +862,13 @@ impl Backend {
                     self.header(key, OP_SHUTDOWN, SHUTDOWN_SEND, 0)
                 };
                 self.control.push_front(h);
-                for _ in 0..chains.len() {
-                    self.rxq.go_to_previous_position();
-                }
-                return true;
+                0
             }
         };
-        c.tx_cnt += Wrapping(left as u32);
-        c.last_fwd_cnt_sent = c.fwd_cnt;
-        for (chain, n) in chains.by_ref() {
+        let mut unused = 0;
+        for (chain, n) in batch {
             if left == 0 {
-                // This buffer and the rest got nothing: they go back.
-                self.rxq.go_to_previous_position();
+                unused += 1;
                 continue;
             }
             let take = n.min(left);
@@ -886,6 +879,10 @@ impl Backend {
             let written = if wrote { (HDR_LEN + take) as u32 } else { 0 };
             let _ = self.rxq.add_used(mem, head, written);
             self.rx_used = true;
+        }
+        // The buffers that got nothing (the last ones popped) go back.
+        for _ in 0..unused {
+            self.rxq.go_to_previous_position();
         }
         true
     }
