@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use hull_agent::protocol::{Exit, Rlimit};
 
@@ -385,7 +385,6 @@ pub fn clone_mount(path: &str) -> io::Result<OwnedFd> {
 /// namespace `userns`: a file owned by host id N shows as the id that N maps
 /// to in that namespace's parent, seen from inside as N.
 pub fn idmap_mount(mnt: &OwnedFd, userns: &OwnedFd) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     let attr = libc::mount_attr {
         attr_set: libc::MOUNT_ATTR_IDMAP | libc::MOUNT_ATTR_RDONLY,
         attr_clr: 0,
@@ -410,7 +409,6 @@ pub fn idmap_mount(mnt: &OwnedFd, userns: &OwnedFd) -> io::Result<()> {
 
 /// Attaches the detached mount `mnt` at `target`.
 pub fn attach_mount(mnt: &OwnedFd, target: &str) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     let (empty, t) = (cstr("")?, cstr(target)?);
     // SAFETY: valid NUL-terminated paths; move_mount has no libc wrapper.
     let r = unsafe {
@@ -430,7 +428,6 @@ pub fn attach_mount(mnt: &OwnedFd, target: &str) -> io::Result<()> {
 /// supplementary groups, then re-arms the parent-death signal (a change of
 /// credentials clears it).
 pub fn become_root_in(userns: &OwnedFd) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     // SAFETY: setns takes a namespace fd we own; the others take integers or
     // a null list (no groups).
     unsafe {
@@ -439,7 +436,7 @@ pub fn become_root_in(userns: &OwnedFd) -> io::Result<()> {
         check(libc::setgroups(0, std::ptr::null()))?;
         check(libc::setresgid(0, 0, 0))?;
         check(libc::setresuid(0, 0, 0))?;
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        die_with_parent();
         if libc::getppid() != parent {
             // The parent went while we changed credentials.
             libc::_exit(137);
@@ -461,7 +458,6 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// base..base+size), as an fd. A short-lived child makes it with
 /// unshare(CLONE_NEWUSER); the agent, privileged outside, writes the maps.
 pub fn new_user_namespace(base: u32, size: u32) -> io::Result<OwnedFd> {
-    use std::os::fd::AsRawFd;
     let (ready_r, ready_w) = pipe()?;
     let (done_r, done_w) = pipe()?;
     let child = fork()?;
