@@ -488,10 +488,17 @@ fn launch_ns(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     for l in &spec.layers {
         cmd.arg("--lower").arg(l);
     }
+    // A launch that fails takes back what it made: the cgroup, the range.
+    let abandon = |owner: Option<&Path>| {
+        let _ = cgroup.remove();
+        if let Some(owner) = owner {
+            userns::release(owner);
+        }
+    };
     let userns_owner = match (spec.userns, userns::host_refuses()) {
         (userns::Mode::Host, _) => None,
         (userns::Mode::Private, Some(why)) => {
-            let _ = cgroup.remove();
+            abandon(None);
             return Err(userns::UsernsError::Disabled(why).into());
         }
         (userns::Mode::Auto, Some(why)) => {
@@ -499,9 +506,7 @@ fn launch_ns(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
             None
         }
         (mode, None) => {
-            let range = userns::claim(spec.dir).inspect_err(|_| {
-                let _ = cgroup.remove();
-            })?;
+            let range = userns::claim(spec.dir).inspect_err(|_| abandon(None))?;
             cmd.args(["--userns", &range.arg()]);
             if mode == userns::Mode::Auto {
                 cmd.arg("--userns-optional");
@@ -522,10 +527,7 @@ fn launch_ns(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
-            let _ = cgroup.remove();
-            if let Some(owner) = &userns_owner {
-                userns::release(owner);
-            }
+            abandon(userns_owner.as_deref());
             return Err(e);
         }
     };
@@ -536,10 +538,7 @@ fn launch_ns(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     if let Err(e) = go {
         let _ = child.kill();
         let _ = child.wait();
-        let _ = cgroup.remove();
-        if let Some(owner) = &userns_owner {
-            userns::release(owner);
-        }
+        abandon(userns_owner.as_deref());
         return Err(e.into());
     }
     Ok(Sandbox {
