@@ -91,8 +91,8 @@ fn wait_limited(
         }
         std::thread::sleep(Duration::from_micros(500));
     }
-    // SAFETY: kill(2) on the pid of a child we have not reaped.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    // The child is not reaped yet: its pid is still its own.
+    let _ = crate::sys::kill(child.id() as i32, libc::SIGTERM);
     let grace = Instant::now() + Duration::from_secs(5);
     while child.try_wait()?.is_none() {
         if Instant::now() >= grace {
@@ -202,8 +202,8 @@ impl IdleInstance for HullIdle {
     }
 
     fn stop(mut self: Box<Self>) -> Result<(), BenchError> {
-        // SAFETY: kill(2) on the pid of a child we have not reaped yet.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        // The child is not reaped yet: its pid is still its own.
+        let _ = crate::sys::kill(self.child.id() as i32, libc::SIGTERM);
         let _ = self.child.wait();
         Ok(())
     }

@@ -98,7 +98,7 @@ impl Sample {
 pub enum BenchError {
     #[error("{backend}: {message}")]
     Backend { backend: String, message: String },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         source: std::io::Error,
@@ -176,7 +176,7 @@ pub fn measure(backend: &dyn Backend, args: &[String], plan: Plan) -> BackendRep
                 }
             }
             Err(e) => {
-                report.reason = Some(format!("run {i} failed: {e}"));
+                report.reason = Some(format!("run {i} failed: {}", crate::error::chain(&e)));
                 return report;
             }
         }
@@ -188,11 +188,16 @@ pub fn measure(backend: &dyn Backend, args: &[String], plan: Plan) -> BackendRep
         .collect();
     match measure_memory(backend, plan.concurrency) {
         Ok(m) => report.memory = Some(m),
-        Err(e) => report.reason = Some(format!("memory not measured: {e}")),
+        Err(e) => report.reason = Some(format!("memory not measured: {}", crate::error::chain(&e))),
     }
     match measure_throughput(backend, args, plan) {
         Ok(r) => report.instances_per_second = Some(r),
-        Err(e) => report.reason = Some(format!("throughput not measured: {e}")),
+        Err(e) => {
+            report.reason = Some(format!(
+                "throughput not measured: {}",
+                crate::error::chain(&e)
+            ))
+        }
     }
     report
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::bench::{self, Backend, OciRuntime, Plan, Workload, hull_cli::HullCli};
+use hull::bench::{self, Backend, OciRuntime, Plan, Workload, hull_cli::HullCli};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -59,40 +59,18 @@ struct Target {
 
 /// Mounts `layers` (bottom first) as one read-only overlay at `at`.
 fn mount_layers_readonly(layers: &[PathBuf], at: &Path) -> std::io::Result<()> {
-    use std::ffi::CString;
     let lower: Vec<String> = layers
         .iter()
         .rev()
         .map(|l| l.display().to_string())
         .collect();
-    let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
-    let data = CString::new(format!("lowerdir={}", lower.join(":"))).map_err(invalid)?;
-    let target = CString::new(at.as_os_str().as_encoded_bytes()).map_err(invalid)?;
-    let overlay = c"overlay";
-    // SAFETY: valid NUL-terminated strings for the duration of the call.
-    let rc = unsafe {
-        libc::mount(
-            overlay.as_ptr(),
-            target.as_ptr(),
-            overlay.as_ptr(),
-            libc::MS_RDONLY,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    hull::sys::mount_overlay_readonly(&lower.join(":"), at)
 }
 
 impl Drop for Target {
     fn drop(&mut self) {
         if let Some(m) = &self.overlay {
-            if let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) {
-                // SAFETY: a valid C string naming our own mount point.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
+            let _ = hull::sys::unmount_detach(m);
             let _ = std::fs::remove_dir(m);
         }
     }
@@ -129,7 +107,7 @@ fn target(data_dir: &Path, args: &BenchArgs, work_dir: &Path) -> anyhow::Result<
     };
     // Layers unpacked (and as disks when vm is measured) before any timing.
     let vm = args.backends.iter().any(|b| b == "vm");
-    let src = super::run::image_source(data_dir, image, &args.args[1..], None, vm)?;
+    let src = super::source::image_source(data_dir, image, &args.args[1..], None, vm)?;
     let config = src.config.clone().unwrap_or_default();
     let (rootfs, overlay) = match src.layers.as_slice() {
         [one] => (one.clone(), None),
