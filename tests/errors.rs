@@ -10,7 +10,9 @@ use std::process::{Command, Output};
 
 fn hull() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hull"));
-    c.env_remove("HULL_STATE_DIR").env("RUST_LOG", "off");
+    c.env_remove("HULL_STATE_DIR")
+        .env_remove("HULL_KERNEL")
+        .env("RUST_LOG", "off");
     c
 }
 
@@ -98,7 +100,14 @@ fn a_missing_kernel_is_one_line_and_leaves_no_container() {
     let out = hull()
         .arg("--state-dir")
         .arg(&state)
-        .args(["run", "--rm", "--isolation", "vm", "--kernel", "/nonexistent"])
+        .args([
+            "run",
+            "--rm",
+            "--isolation",
+            "vm",
+            "--kernel",
+            "/nonexistent",
+        ])
         .arg("--rootfs")
         .arg(&rootfs)
         .arg("true")
@@ -106,11 +115,33 @@ fn a_missing_kernel_is_one_line_and_leaves_no_container() {
         .unwrap();
     let line = error_line(&out);
     assert!(
-        line.contains("guest kernel") && line.contains("--kernel"),
+        line.contains("guest kernel /nonexistent is not a file"),
         "{line}"
     );
     assert_no_repeated_cause(&line);
-    assert!(empty_dir(&state.join("containers")), "--rm left a container");
+    assert!(
+        empty_dir(&state.join("containers")),
+        "--rm left a container"
+    );
+}
+
+#[test]
+fn no_built_kernel_says_how_to_build_one() {
+    let t = tempfile::Builder::new().prefix("h").tempdir().unwrap();
+    let rootfs = t.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    let out = hull()
+        .env("XDG_CACHE_HOME", t.path().join("cache"))
+        .arg("--state-dir")
+        .arg(t.path().join("s"))
+        .args(["run", "--rm", "--isolation", "vm", "--rootfs"])
+        .arg(&rootfs)
+        .arg("true")
+        .output()
+        .unwrap();
+    let line = error_line(&out);
+    assert!(line.contains("guest-kernel/build.sh"), "{line}");
+    assert_no_repeated_cause(&line);
 }
 
 fn empty_dir(p: &Path) -> bool {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Args;
 
+use hull::Isolation;
 use hull::bench::{self, Backend, OciRuntime, Plan, Workload, hull_cli::HullCli};
 
 #[derive(Debug, Args)]
@@ -163,8 +164,13 @@ pub fn run(data_dir: &Path, args: BenchArgs) -> anyhow::Result<i32> {
     for name in &args.backends {
         let dir = work_dir.join(name);
         backends.push(match name.as_str() {
-            "vm" => Box::new(HullCli::new("vm", hull_args.clone(), dir, vm_unavailable())),
-            "ns" => Box::new(HullCli::new("ns", hull_args.clone(), dir, None)),
+            "vm" => Box::new(HullCli::new(
+                Isolation::Vm,
+                hull_args.clone(),
+                dir,
+                vm_unavailable(),
+            )),
+            "ns" => Box::new(HullCli::new(Isolation::Ns, hull_args.clone(), dir, None)),
             "runc" => Box::new(OciRuntime::new("runc", t.workload.clone(), dir)),
             "crun" => Box::new(OciRuntime::new("crun", t.workload.clone(), dir)),
             other => bail!("unknown backend {other:?} (known: vm, ns, runc, crun)"),

@@ -48,6 +48,8 @@ impl Isolation {
 pub enum SandboxError {
     #[error("the guest kernel is not built: run guest-kernel/build.sh (or pass --kernel PATH)")]
     NoKernel,
+    #[error("the guest kernel {0} is not a file (--kernel PATH or HULL_KERNEL)")]
+    KernelNotFound(PathBuf),
     #[error("hull-vmm not found: cargo build --release -p hull-vmm (or set HULL_VMM)")]
     NoVmm,
     #[error("the static hull-agent is not built: run agent/build-static.sh (or set HULL_AGENT)")]

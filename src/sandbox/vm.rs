@@ -14,12 +14,14 @@ use crate::{initramfs, paths, sys};
 pub const VM_CONFIG_FILE: &str = "vmm.json";
 
 pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
-    let kernel = spec
-        .kernel
-        .clone()
-        .or_else(paths::kernel)
-        .filter(|k| k.is_file())
-        .ok_or(SandboxError::NoKernel)?;
+    let kernel = match spec.kernel.clone().or_else(paths::chosen_kernel) {
+        // Named by the user: say which file is missing.
+        Some(k) if !k.is_file() => return Err(SandboxError::KernelNotFound(k)),
+        Some(k) => k,
+        None => paths::kernel()
+            .filter(|k| k.is_file())
+            .ok_or(SandboxError::NoKernel)?,
+    };
     let vmm = paths::vmm_binary().ok_or(SandboxError::NoVmm)?;
     let agent = paths::agent_binary()
         .filter(|a| a.is_file())
