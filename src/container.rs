@@ -168,7 +168,9 @@ impl Container {
                 state,
                 sandbox: None,
             };
-            c.reconcile()?;
+            if let Err(e) = c.reconcile() {
+                log::warn!("{}", crate::error::chain(&e));
+            }
             all.push(c.state);
         }
         Ok(all)

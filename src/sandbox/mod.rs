@@ -347,3 +347,20 @@ impl Drop for Sandbox {
         self.cleanup();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isolation_reads_and_writes_as_before() {
+        assert_eq!(serde_json::to_string(&Isolation::Vm).unwrap(), "\"vm\"");
+        let ns: Isolation = serde_json::from_str("\"ns\"").unwrap();
+        assert_eq!(ns, Isolation::Ns);
+        assert!(serde_json::from_str::<Isolation>("\"kvm\"").is_err());
+        assert_eq!(
+            agent_socket(Isolation::Ns, Path::new("/s")),
+            Path::new("/s/agent.sock")
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! initramfs, one read-only disk per layer and vsock to the agent, all in
 //! one `VmConfig` written to the container's state dir.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use hull_vmm::config::{DiskConfig, SerialOutput, VmConfig, VsockConfig};
@@ -30,35 +30,18 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     let initrd = initramfs::for_agent(&agent, &cache.join("initramfs"))?;
     let mut disks = Vec::new();
     for (i, layer) in spec.layers.iter().enumerate() {
-        let path = match spec.disks.get(i) {
-            Some(d) => d.clone(),
+        match spec.disks.get(i) {
+            Some(d) => disks.push(d.clone()),
             None => {
                 let img = spec.dir.join(format!("layer{i}.erofs"));
                 erofs_image(layer, &img)?;
-                img
+                disks.push(img);
             }
-        };
-        disks.push(DiskConfig {
-            path,
-            read_only: true,
-            id: Some(format!("layer{i}")),
-        });
+        }
     }
     let socket = agent_socket(Isolation::Vm, spec.dir);
     let console = spec.dir.join("console.log");
-    let mut config = VmConfig::new(kernel);
-    config.initrd = Some(initrd);
-    config.vcpus = spec.vcpus;
-    config.mem_mib = spec.memory_mib;
-    config.vsock = Some(VsockConfig {
-        cid: GUEST_CID,
-        uds: socket.clone(),
-    });
-    config.serial = SerialOutput::File(console.clone());
-    config.boot_timer = true;
-    config.rng = true;
-    config.disks = disks;
-    config.huge_pages = spec.huge_pages;
+    let mut config = vm_config(spec, kernel, initrd, disks);
     if std::env::var_os("HULL_AGENT_DEBUG").is_some() {
         // The kernel hands unknown KEY=VALUE words to init's environment.
         config.cmdline = "HULL_AGENT_DEBUG=1".into();
@@ -91,6 +74,34 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     })
 }
 
+/// The VM for `spec`: its kernel and initrd, vCPUs and memory, `disks`
+/// (the layers, bottom first) read-only with ids `layer0`..., vsock to the
+/// agent's socket and the console in the state dir.
+fn vm_config(spec: &Spec<'_>, kernel: PathBuf, initrd: PathBuf, disks: Vec<PathBuf>) -> VmConfig {
+    let mut config = VmConfig::new(kernel);
+    config.initrd = Some(initrd);
+    config.vcpus = spec.vcpus;
+    config.mem_mib = spec.memory_mib;
+    config.vsock = Some(VsockConfig {
+        cid: GUEST_CID,
+        uds: agent_socket(Isolation::Vm, spec.dir),
+    });
+    config.serial = SerialOutput::File(spec.dir.join("console.log"));
+    config.boot_timer = true;
+    config.rng = true;
+    config.disks = disks
+        .into_iter()
+        .enumerate()
+        .map(|(i, path)| DiskConfig {
+            path,
+            read_only: true,
+            id: Some(format!("layer{i}")),
+        })
+        .collect();
+    config.huge_pages = spec.huge_pages;
+    config
+}
+
 /// Makes a read-only erofs image of `dir` (Debian's erofs-utils).
 fn erofs_image(dir: &Path, img: &Path) -> Result<(), SandboxError> {
     let out = Command::new("mkfs.erofs")
@@ -105,4 +116,43 @@ fn erofs_image(dir: &Path, img: &Path) -> Result<(), SandboxError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vm_config_file_is_what_hull_vmm_reads() {
+        let t = tempfile::tempdir().unwrap();
+        let spec = Spec {
+            isolation: Isolation::Vm,
+            dir: t.path(),
+            layers: vec!["/l0".into(), "/l1".into()],
+            disks: Vec::new(),
+            vcpus: 2,
+            memory_mib: 512,
+            kernel: None,
+            name: "c",
+            userns: crate::userns::Mode::Auto,
+            huge_pages: false,
+        };
+        let disks = vec![t.path().join("a.erofs"), t.path().join("b.erofs")];
+        let config = vm_config(&spec, "/k".into(), "/i".into(), disks.clone());
+        let path = t.path().join(VM_CONFIG_FILE);
+        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let back = VmConfig::from_file(&path).unwrap();
+        back.validate().unwrap();
+        assert_eq!(back, config);
+        assert_eq!((back.vcpus, back.mem_mib, back.huge_pages), (2, 512, false));
+        let ids: Vec<_> = back.disks.iter().map(|d| d.id.clone().unwrap()).collect();
+        assert_eq!(ids, ["layer0", "layer1"]);
+        assert!(back.disks.iter().all(|d| d.read_only));
+        assert_eq!(back.disks[1].path, disks[1]);
+        assert_eq!(back.vsock.unwrap().uds, t.path().join("vsock.sock"));
+        assert_eq!(
+            back.serial,
+            SerialOutput::File(t.path().join("console.log"))
+        );
+    }
 }
