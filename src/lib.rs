@@ -10,6 +10,7 @@ pub mod cgroups;
 pub mod client;
 pub mod container;
 pub mod error;
+pub mod image;
 pub mod initramfs;
 pub mod monitor;
 pub mod paths;
