@@ -248,6 +248,9 @@ impl Container {
         let Some(mut sandbox) = self.sandbox.take() else {
             return Err(ContainerError::NotRunning(self.short_id().into()));
         };
+        for w in sandbox.take_warnings() {
+            (session.warn)(&w);
+        }
         let stream = sandbox.connect(CONNECT_TIMEOUT)?;
         if let Some(map) = sandbox.id_map(&stream) {
             let wanted = self.config().map(|c| c.userns).ok();

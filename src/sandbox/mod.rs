@@ -188,6 +188,8 @@ pub struct Sandbox {
     cgroup: Option<Cgroup>,
     /// The state dir, when the sandbox holds a user namespace id range.
     userns_owner: Option<PathBuf>,
+    /// What the launch has to tell the user (see `take_warnings`).
+    warnings: Vec<String>,
 }
 
 /// The guest CID hull gives every VM (each VM has its own vsock device).
@@ -205,6 +207,12 @@ impl Sandbox {
             Isolation::Vm => vm::launch(spec),
             Isolation::Ns => ns::launch(spec),
         }
+    }
+
+    /// What the launch has to tell the user (e.g. no user namespace here),
+    /// once.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 
     /// The process that holds the sandbox (VMM, or the agent's parent).

@@ -46,6 +46,7 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
             userns::release(owner);
         }
     };
+    let mut warnings = Vec::new();
     let userns_owner = match (spec.userns, userns::host_refuses()) {
         (userns::Mode::Host, _) => None,
         (userns::Mode::Private, Some(why)) => {
@@ -53,7 +54,9 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
             return Err(userns::UsernsError::Disabled(why).into());
         }
         (userns::Mode::Auto, Some(why)) => {
-            eprintln!("hull: warning: no user namespace ({why}): the container runs with host ids");
+            warnings.push(format!(
+                "warning: no user namespace ({why}): the container runs with host ids"
+            ));
             None
         }
         (mode, None) => {
@@ -100,5 +103,6 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         log,
         cgroup: Some(cgroup),
         userns_owner,
+        warnings,
     })
 }

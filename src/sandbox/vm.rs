@@ -71,6 +71,7 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         console,
         cgroup: None,
         userns_owner: None,
+        warnings: Vec::new(),
     })
 }
 
