@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::Args;
 use hull::client::{self, Outcome, Sinks, Times};
 use hull::container::Session;
-use hull::monitor::{self, Role};
+use hull::image::Source;
+use hull::monitor::{self, Notifier, Role};
 use hull::{Container, ContainerConfig, Isolation};
 use hull_agent::protocol::{Start, User};
 use hull_images::config::RunConfig;
@@ -185,20 +186,7 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
     client::block_signals();
     let t0 = Instant::now();
     let src = source::source(data_dir, &args)?;
-    let config = ContainerConfig {
-        name: args.name.clone(),
-        image: src.image,
-        command: src.argv.clone(),
-        isolation: args.isolation,
-        layers: src.layers,
-        disks: src.disks,
-        vcpus: args.cpus,
-        memory_mib: args.memory,
-        kernel: args.kernel.clone(),
-        userns: args.userns,
-        huge_pages: !args.no_huge_pages,
-    };
-    let mut container = Container::create(state_dir, &config)?;
+    let mut container = Container::create(state_dir, &container_config(&args, &src))?;
     let hostname = args
         .hostname
         .clone()
@@ -226,20 +214,13 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
         Some(n) => n.warn(w),
         None => eprintln!("hull: {w}"),
     };
-    let sinks = match &detached {
-        None => Sinks::terminal(),
-        Some(n) => Sinks {
-            on_started: Some(n.on_started()),
-            ..Sinks::default()
-        },
-    };
     let mut times = Times::default();
     let t_prepare = Instant::now();
     let mut t_create = t_prepare;
     let result = container.start().and_then(|()| {
         t_create = Instant::now();
         let session = Session {
-            sinks,
+            sinks: sinks(detached.as_ref()),
             stdin: args.process.interactive && detached.is_none(),
             raw_terminal: args.process.tty && detached.is_none(),
             times: &mut times,
@@ -273,6 +254,35 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
         );
     }
     Ok(status)
+}
+
+/// The container `args` ask for, running `src`.
+fn container_config(args: &RunArgs, src: &Source) -> ContainerConfig {
+    ContainerConfig {
+        name: args.name.clone(),
+        image: src.image.clone(),
+        command: src.argv.clone(),
+        isolation: args.isolation,
+        layers: src.layers.clone(),
+        disks: src.disks.clone(),
+        vcpus: args.cpus,
+        memory_mib: args.memory,
+        kernel: args.kernel.clone(),
+        userns: args.userns,
+        huge_pages: !args.no_huge_pages,
+    }
+}
+
+/// Where the main process's output goes: our terminal, or (detached) only
+/// the logs, telling the waiting caller when the process has started.
+fn sinks(detached: Option<&Notifier>) -> Sinks {
+    match detached {
+        None => Sinks::terminal(),
+        Some(n) => Sinks {
+            on_started: Some(n.on_started()),
+            ..Sinks::default()
+        },
+    }
 }
 
 /// Per-phase milliseconds for `hull bench` (see bench::Phase).
