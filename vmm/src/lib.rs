@@ -7,10 +7,12 @@
 //! - [`devices`]: a bus of MMIO/PIO devices, legacy devices and virtio.
 
 pub mod arch;
+mod builder;
 pub mod config;
 pub mod device_manager;
 pub mod devices;
 pub mod kvm;
+pub mod thread;
 pub mod vmm;
 
 /// Why a VM ended, as the vCPUs and devices report it to the VMM.

@@ -1,10 +1,13 @@
 //! `hull-vmm`: runs one microVM.
 
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::bail;
 use clap::Parser;
 use hull_vmm::config::{DiskConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::vmm::Vmm;
 
 /// Boot a Linux guest (an uncompressed ELF vmlinux) in a KVM microVM.
 ///
@@ -14,10 +17,16 @@ use hull_vmm::config::{DiskConfig, SerialOutput, VmConfig, VsockConfig};
 #[derive(Debug, Parser)]
 #[command(name = "hull-vmm", version)]
 struct Args {
-    /// JSON file with the same fields as the flags (kernel, initrd, cmdline,
-    /// vcpus, mem_mib, serial, boot_timer); flags given too override it.
-    #[arg(long, value_name = "FILE")]
+    /// JSON file holding a whole VmConfig (kernel, initrd, cmdline, vcpus,
+    /// mem_mib, serial, boot_timer, disks, rng, vsock, huge_pages; see
+    /// hull_vmm::config); flags given too override it.
+    #[arg(long, value_name = "FILE", conflicts_with = "config_fd")]
     config: Option<PathBuf>,
+    /// As --config, read from inherited file descriptor N up to its end
+    /// (a pipe whose write end the caller closed, or a memfd); hull-vmm
+    /// closes it after reading.
+    #[arg(long, value_name = "N")]
+    config_fd: Option<RawFd>,
     /// Uncompressed ELF vmlinux.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
@@ -59,10 +68,25 @@ struct Args {
     vsock_uds: Option<PathBuf>,
 }
 
-fn config(args: Args) -> Result<VmConfig, hull_vmm::config::ConfigError> {
-    let mut cfg = match &args.config {
-        Some(path) => VmConfig::from_file(path)?,
-        None => VmConfig::new(args.kernel.clone().unwrap_or_default()),
+/// Takes ownership of the inherited descriptor `fd`, after checking that
+/// it is open.
+fn inherited_fd(fd: RawFd) -> anyhow::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags; any int is allowed.
+    let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
+    if fd < 0 || !open {
+        bail!("--config-fd {fd}: no such open file descriptor");
+    }
+    // SAFETY: `fd` is open (checked above) and nothing else in this process
+    // owns it: it was inherited for this purpose and is named only by the
+    // --config-fd flag; the OwnedFd closes it once the config is read.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn config(args: Args) -> anyhow::Result<VmConfig> {
+    let mut cfg = match (&args.config, args.config_fd) {
+        (Some(path), _) => VmConfig::from_file(path)?,
+        (None, Some(fd)) => VmConfig::from_fd(inherited_fd(fd)?)?,
+        (None, None) => VmConfig::new(args.kernel.clone().unwrap_or_default()),
     };
     if let Some(k) = args.kernel {
         cfg.kernel = k;
@@ -98,11 +122,11 @@ fn main() {
     let cfg = match config(Args::parse()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("hull-vmm: {e}");
+            eprintln!("hull-vmm: {e:#}");
             std::process::exit(1);
         }
     };
-    match hull_vmm::vmm::run(&cfg, start) {
+    match Vmm::build_since(cfg, start).and_then(Vmm::run) {
         Ok(outcome) => {
             log::info!(
                 "guest rebooted after {:?}; boot-timer marks: {:?}",
@@ -112,8 +136,9 @@ fn main() {
             std::process::exit(0);
         }
         Err(e) => {
-            eprintln!("hull-vmm: {e}");
-            std::process::exit(e.exit_code());
+            let code = e.exit_code();
+            eprintln!("hull-vmm: {:#}", anyhow::Error::from(e));
+            std::process::exit(code);
         }
     }
 }
