@@ -13,7 +13,7 @@ use crate::arch::x86_64::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("cannot open /dev/kvm ({kind}): {source}")]
+    #[error("cannot open /dev/kvm ({kind})")]
     Open {
         kind: KvmKind,
         source: kvm_ioctls::Error,
@@ -22,7 +22,7 @@ pub enum VmError {
     ApiVersion(i32),
     #[error("KVM lacks a capability hull-vmm needs: {0}")]
     MissingCap(&'static str),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Kvm {
         what: &'static str,
         source: kvm_ioctls::Error,

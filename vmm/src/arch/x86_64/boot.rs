@@ -19,7 +19,7 @@ pub enum BootError {
         "the initrd ({size} bytes) does not fit in guest memory below {limit:#x}; give the VM more memory"
     )]
     InitrdDoesNotFit { size: u64, limit: u64 },
-    #[error("writing {what} to guest memory: {source}")]
+    #[error("writing {what} to guest memory")]
     Write {
         what: &'static str,
         source: vm_memory::GuestMemoryError,

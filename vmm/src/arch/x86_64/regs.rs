@@ -10,7 +10,7 @@ use super::{BOOT_STACK, GDT_ADDR, IDT_ADDR, PML4_ADDR, ZERO_PAGE_ADDR};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Kvm {
         what: &'static str,
         source: kvm_ioctls::Error,
