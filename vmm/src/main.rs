@@ -1,5 +1,7 @@
 //! `hull-vmm`: runs one microVM.
 
+#![warn(clippy::cast_possible_truncation)]
+
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Instant;

@@ -60,7 +60,7 @@ fn aligned_region(gpa: GuestAddress, len: usize) -> Result<MmapRegion, MemoryErr
         });
     }
     let base = base as usize;
-    let want = (gpa.0 as usize) % HUGE;
+    let want = crate::arch::x86_64::u64_to_usize(gpa.0) % HUGE;
     let start = base + (want + HUGE - base % HUGE) % HUGE;
     let (head, tail) = (start - base, base + span - (start + len));
     // SAFETY: both ranges lie inside the mapping made above and outside
@@ -98,7 +98,7 @@ mod tests {
             let host = r
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
                 .unwrap() as usize;
-            assert_eq!(host % HUGE, (r.start_addr().0 as usize) % HUGE);
+            assert_eq!((host % HUGE) as u64, r.start_addr().0 % HUGE as u64);
         }
         mem.write_obj(0xabcd_u32, GuestAddress(0x1_0000_0000 + 4096 + 100))
             .unwrap();
