@@ -112,7 +112,7 @@ pub enum VmmError {
     },
     #[error("the guest kernel panicked: {0}")]
     GuestPanic(String),
-    #[error("the guest failed: {0}")]
+    #[error("the VM failed: {0}")]
     Guest(String),
 }
 
@@ -197,11 +197,22 @@ impl Vmm {
         // keep it mapped until the process exits.
         std::mem::forget(mem);
         drop((devices, vm));
-        match (exit, panicked) {
-            (_, Some(line)) => Err(VmmError::GuestPanic(line)),
-            (VmExit::Reset, None) => Ok(VmOutcome { boot_marks }),
-            (VmExit::Error(msg), None) => Err(VmmError::Guest(msg)),
-        }
+        outcome(exit, panicked, boot_marks)
+    }
+}
+
+/// How the VM ended, from the first exit event and the guest kernel's
+/// panic line, if the console showed one (a panicking guest resets, so
+/// the panic line decides).
+fn outcome(
+    exit: VmExit,
+    panicked: Option<String>,
+    boot_marks: Vec<BootMark>,
+) -> Result<VmOutcome, VmmError> {
+    match (exit, panicked) {
+        (_, Some(line)) => Err(VmmError::GuestPanic(line)),
+        (VmExit::Reset, None) => Ok(VmOutcome { boot_marks }),
+        (VmExit::Error(msg), None) => Err(VmmError::Guest(msg)),
     }
 }
 
@@ -209,4 +220,36 @@ impl Vmm {
 /// boot-timer marks count from `start`.
 pub fn run(cfg: &VmConfig, start: Instant) -> Result<VmOutcome, VmmError> {
     Vmm::build_since(cfg.clone(), start)?.run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn a_panic_on_a_vcpu_thread_ends_the_vm_with_exit_status_2() {
+        let (tx, rx) = mpsc::channel();
+        crate::thread::spawn_named("vcpu1".into(), tx, || panic!("bad exit state")).unwrap();
+        let exit = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let e = outcome(exit, None, Vec::new()).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(
+            e.to_string(),
+            "the VM failed: vcpu1 thread panicked: bad exit state"
+        );
+    }
+
+    #[test]
+    fn a_guest_panic_line_wins_over_the_reset_that_follows_it() {
+        let e = outcome(
+            VmExit::Reset,
+            Some("Kernel panic - not syncing".into()),
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 3);
+        assert!(outcome(VmExit::Reset, None, Vec::new()).is_ok());
+    }
 }
