@@ -42,8 +42,7 @@ impl Vmm {
 
     /// Builds the VM `config` describes; boot-timer marks count from
     /// `start` (hull-vmm passes the moment it started).
-    pub fn build_since(config: VmConfig, start: Instant) -> Result<Vmm, VmmError> {
-        let cfg = config;
+    pub fn build_since(cfg: VmConfig, start: Instant) -> Result<Vmm, VmmError> {
         cfg.validate()?;
         let kernel_bytes = read_kernel(&cfg.kernel)?;
         if detect_kvm_kind() == KvmKind::Pvm && !contains(&kernel_bytes, PVM_GUEST_MARKER) {
@@ -61,8 +60,8 @@ impl Vmm {
         let mem = guest_memory(&ram, cfg.mem_mib, cfg.huge_pages)?;
         // The kernel goes in before /dev/kvm is opened: a file that is not
         // a vmlinux is refused without touching KVM.
-        let kernel_end = load_kernel(&mem, &cfg.kernel, kernel_bytes)?;
-        let entry = kernel_end.entry;
+        let kernel = load_kernel(&mem, &cfg.kernel, kernel_bytes)?;
+        let entry = kernel.entry;
 
         let vm = Vm::new()?;
         vm.set_memory(&mem)?;
@@ -76,7 +75,7 @@ impl Vmm {
         let initrd_loc = match &initrd {
             Some(bytes) => {
                 let size = bytes.len() as u64;
-                let addr = boot::initrd_addr(&ram, kernel_end.end, size)?;
+                let addr = boot::initrd_addr(&ram, kernel.end, size)?;
                 mem.write_slice(bytes, GuestAddress(addr))
                     .map_err(|source| VmmError::GuestMemoryWrite {
                         what: "the initrd",
@@ -126,18 +125,7 @@ impl Vmm {
             1,
         )?;
 
-        // vCPUs, set up to enter the kernel; they run in Vmm::run.
-        let base_cpuid = vm.supported_cpuid()?;
-        let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
-        for id in 0..vcpu_count {
-            let fd = vm.create_vcpu(id)?;
-            let mut cpuid = base_cpuid.clone();
-            cpuid::normalize(cpuid.as_mut_slice(), id, vcpu_count);
-            fd.set_cpuid2(&cpuid)
-                .map_err(|source| VmmError::Cpuid { id, source })?;
-            regs::setup(&fd, entry, id == 0)?;
-            vcpus.push(Vcpu { id, fd });
-        }
+        let vcpus = create_vcpus(&vm, vcpu_count, entry)?;
         log::debug!("VM built in {:?}", start.elapsed());
         Ok(Vmm {
             vm,
@@ -153,6 +141,23 @@ impl Vmm {
             exit_rx,
         })
     }
+}
+
+/// `count` vCPUs, set up to enter the kernel at `entry`; they run in
+/// [`Vmm::run`].
+fn create_vcpus(vm: &Vm, count: u8, entry: u64) -> Result<Vec<Vcpu>, VmmError> {
+    let base_cpuid = vm.supported_cpuid()?;
+    let mut vcpus = Vec::with_capacity(usize::from(count));
+    for id in 0..count {
+        let fd = vm.create_vcpu(id)?;
+        let mut cpuid = base_cpuid.clone();
+        cpuid::normalize(cpuid.as_mut_slice(), id, count);
+        fd.set_cpuid2(&cpuid)
+            .map_err(|source| VmmError::Cpuid { id, source })?;
+        regs::setup(&fd, entry, id == 0)?;
+        vcpus.push(Vcpu { id, fd });
+    }
+    Ok(vcpus)
 }
 
 fn read_kernel(path: &Path) -> Result<Vec<u8>, VmmError> {
