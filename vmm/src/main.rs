@@ -118,13 +118,31 @@ fn config(args: Args) -> anyhow::Result<VmConfig> {
     Ok(cfg)
 }
 
+/// An error and its causes on one line, "what failed: why: why". A cause
+/// whose text the line already ends with is left out: hull-vmm's own errors
+/// never repeat their cause, but some it wraps (from rust-vmm crates) print
+/// their cause and return it as their source too.
+fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
 fn main() {
     let start = Instant::now();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cfg = match config(Args::parse()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("hull-vmm: {e:#}");
+            eprintln!("hull-vmm: {}", one_line(e.as_ref()));
             std::process::exit(1);
         }
     };
@@ -138,9 +156,38 @@ fn main() {
             std::process::exit(0);
         }
         Err(e) => {
-            let code = e.exit_code();
-            eprintln!("hull-vmm: {:#}", anyhow::Error::from(e));
-            std::process::exit(code);
+            eprintln!("hull-vmm: {}", one_line(&e));
+            std::process::exit(e.exit_code());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Leaf {
+        #[error("disk /d: {0}")]
+        Both(#[source] std::io::Error),
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("setting up a disk")]
+    struct Outer(#[source] Leaf);
+
+    #[test]
+    fn the_chain_is_one_line_with_each_cause_once() {
+        let io = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        let e = Outer(Leaf::Both(io()));
+        assert_eq!(
+            one_line(&e),
+            "setting up a disk: disk /d: No such file or directory (os error 2)"
+        );
+        let e = hull_vmm::config::VmConfig::from_file("/nonexistent/vm.json".as_ref()).unwrap_err();
+        assert_eq!(
+            one_line(&e),
+            "reading the configuration from /nonexistent/vm.json: No such file or directory (os error 2)"
+        );
     }
 }
