@@ -119,4 +119,17 @@ fn a_bad_config_fd_is_a_one_line_error() {
         err.trim(),
         "hull-vmm: --config-fd 987: no such open file descriptor"
     );
+
+    // Standard error (a pipe's write end here) cannot be read, and stays
+    // open for the message that says so.
+    let out = Command::new(hull_vmm())
+        .args(["--config-fd", "2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("hull-vmm: reading the configuration from fd 2: "),
+        "{err}"
+    );
 }

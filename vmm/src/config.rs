@@ -257,8 +257,14 @@ impl VmConfig {
     /// from its current offset. The fd is closed afterwards.
     pub fn from_fd(fd: OwnedFd) -> Result<Self, ConfigError> {
         let from = ConfigOrigin::Fd(fd.as_raw_fd());
+        Self::from_reader(std::fs::File::from(fd), from)
+    }
+
+    /// Reads a JSON configuration from `r` up to its end; `from` names it
+    /// in errors.
+    pub fn from_reader(mut r: impl Read, from: ConfigOrigin) -> Result<Self, ConfigError> {
         let mut data = Vec::new();
-        match std::fs::File::from(fd).read_to_end(&mut data) {
+        match r.read_to_end(&mut data) {
             Ok(_) => Self::from_json(&data, from),
             Err(source) => Err(ConfigError::Read { from, source }),
         }

@@ -2,13 +2,14 @@
 
 #![warn(clippy::cast_possible_truncation)]
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::fs::File;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Parser;
-use hull_vmm::config::{DiskConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::config::{ConfigOrigin, DiskConfig, SerialOutput, VmConfig, VsockConfig};
 use hull_vmm::vmm::Vmm;
 
 /// Boot a Linux guest (an uncompressed ELF vmlinux) in a KVM microVM.
@@ -71,12 +72,21 @@ struct Args {
 }
 
 /// Takes ownership of the inherited descriptor `fd`, after checking that
-/// it is open.
+/// it is open. Standard input, output and error stay open (a copy is
+/// returned): closing one would let a later open take its number.
 fn inherited_fd(fd: RawFd) -> anyhow::Result<OwnedFd> {
     // SAFETY: F_GETFD only reads the descriptor's flags; any int is allowed.
     let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
     if fd < 0 || !open {
         bail!("--config-fd {fd}: no such open file descriptor");
+    }
+    if fd <= 2 {
+        // SAFETY: `fd` is open (checked above) and, as a standard stream,
+        // stays open for the whole process; the borrow ends at once.
+        let stdio = unsafe { BorrowedFd::borrow_raw(fd) };
+        return stdio
+            .try_clone_to_owned()
+            .with_context(|| format!("--config-fd {fd}: duplicating it"));
     }
     // SAFETY: `fd` is open (checked above) and nothing else in this process
     // owns it: it was inherited for this purpose and is named only by the
@@ -87,7 +97,9 @@ fn inherited_fd(fd: RawFd) -> anyhow::Result<OwnedFd> {
 fn config(args: Args) -> anyhow::Result<VmConfig> {
     let mut cfg = match (&args.config, args.config_fd) {
         (Some(path), _) => VmConfig::from_file(path)?,
-        (None, Some(fd)) => VmConfig::from_fd(inherited_fd(fd)?)?,
+        (None, Some(fd)) => {
+            VmConfig::from_reader(File::from(inherited_fd(fd)?), ConfigOrigin::Fd(fd))?
+        }
         (None, None) => VmConfig::new(args.kernel.clone().unwrap_or_default()),
     };
     if let Some(k) = args.kernel {
