@@ -27,6 +27,7 @@ pub mod vmm;
 pub enum VmExit {
     /// The guest reset itself (reboot): the normal end of a hull guest.
     Reset,
-    /// Something went wrong; the message says what.
+    /// Something went wrong; the message says what. A VMM thread that
+    /// panicked reports itself this way too (see [`thread::spawn_named`]).
     Error(String),
 }
