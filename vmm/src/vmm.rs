@@ -129,7 +129,8 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<VmOutcome, VmmError> {
     let vm = Vm::new()?;
     vm.set_memory(&mem)?;
     let mut mmio = Bus::new();
-    let virtio_cmdline = attach_virtio(cfg, &vm, &mem, &mut mmio)?;
+    let (exit_tx, exit_rx) = mpsc::channel::<VmExit>();
+    let virtio_cmdline = attach_virtio(cfg, &vm, &mem, &mut mmio, &exit_tx)?;
 
     let mut image = std::io::Cursor::new(kernel_bytes);
     let loaded = Elf::load(
@@ -183,7 +184,6 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<VmOutcome, VmmError> {
         .map_err(|e| VmmError::Devices(format!("writing the MP table: {e}")))?;
 
     // Devices.
-    let (exit_tx, exit_rx) = mpsc::channel::<VmExit>();
     let panic_note = PanicNote::default();
     let marks = Arc::new(Mutex::new(Vec::new()));
     let out: Option<Box<dyn Write + Send>> = match &cfg.serial {
@@ -265,11 +265,17 @@ fn attach_virtio(
     vm: &Vm,
     mem: &GuestMemoryMmap,
     mmio: &mut Bus,
+    exit: &mpsc::Sender<VmExit>,
 ) -> Result<Vec<String>, VmmError> {
     if cfg.disks.is_empty() && !cfg.rng && cfg.vsock.is_none() {
         return Ok(Vec::new());
     }
-    let event_loop = EventLoop::start()
+    // A panic on the device thread ends the VM ("device thread panicked: ...").
+    let exit = exit.clone();
+    let on_panic = Box::new(move |msg: String| {
+        let _ = exit.send(VmExit::Error(msg));
+    });
+    let event_loop = EventLoop::start(on_panic)
         .map_err(|e| VmmError::Devices(format!("starting the virtio event loop: {e}")))?;
     let mut dm = DeviceManager::new(mem.clone(), event_loop.clone());
     let mut add = |dev: Arc<Mutex<dyn VirtioDevice>>| {
@@ -285,8 +291,7 @@ fn attach_virtio(
         add(Arc::new(Mutex::new(Rng::new())))?;
     }
     if let Some(v) = &cfg.vsock {
-        let dev = Vsock::new(v.cid, &v.uds, event_loop.clone())
-            .map_err(|e| VmmError::Devices(e.to_string()))?;
+        let dev = Vsock::new(v.cid, &v.uds).map_err(|e| VmmError::Devices(e.to_string()))?;
         add(Arc::new(Mutex::new(dev)))?;
     }
     Ok(dm.cmdline_entries().to_vec())

@@ -14,7 +14,10 @@ pub mod event_loop;
 pub mod fuzz;
 pub mod iov;
 pub mod mmio;
+pub mod persist;
 pub mod rng;
+#[cfg(test)]
+pub(crate) mod test_queue;
 pub mod vsock;
 
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use event_loop::EventLoop;
+use persist::{DeviceState, PersistError};
 
 /// Device types (virtio 1.1, 5).
 pub const TYPE_NET: u32 = 1;
@@ -75,6 +79,11 @@ impl Interrupt {
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
+
+    /// Sets the status bits a snapshot saved.
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +123,17 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, a: Activation, acked_features: u64) -> Result<(), ActivateError>;
     /// Stops serving after a driver reset; the device may be activated again.
     fn reset(&mut self) {}
+    /// Stops serving for a snapshot: once this returns the device touches
+    /// neither guest memory nor its queues. A paused device is saved, then
+    /// dropped or reset.
+    fn pause(&mut self);
+    /// The device's state (pausing it first): with guest memory, enough for
+    /// [`VirtioDevice::restore`] on a fresh device to carry on.
+    fn save(&mut self) -> DeviceState;
+    /// Takes over `state` on a freshly created device. `a` is given when the
+    /// saved device was activated; its queues are those of the state
+    /// (`persist::queues_from`), and the device starts serving them.
+    fn restore(&mut self, state: &DeviceState, a: Option<Activation>) -> Result<(), PersistError>;
 }
 
 /// Copies the bytes of `config` at `offset` into `data` (zeros past its end).
