@@ -43,10 +43,10 @@ pub const S_UNSUPP: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
-    #[error("disk {path}: {source}")]
+    #[error("disk {path}: {error}")]
     Open {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("disk id {0:?} is longer than {ID_BYTES} bytes")]
     IdTooLong(String),
@@ -105,9 +105,9 @@ impl Block {
     }
 
     pub fn open(path: &Path, read_only: bool, id: Option<&str>) -> Result<Block, BlockError> {
-        let open_err = |source| BlockError::Open {
+        let open_err = |error| BlockError::Open {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let file = OpenOptions::new()
             .read(true)
@@ -163,9 +163,10 @@ impl VirtioDevice for Block {
         let mut queue: Queue = a.queues.remove(0);
         queue.set_event_idx(features & F_EVENT_IDX != 0);
         let evt = a.queue_evts.remove(0);
-        let disk = self
-            .disk()
-            .map_err(|e| ActivateError::Device(format!("cloning the disk file: {e}")))?;
+        let disk = self.disk().map_err(|error| ActivateError::Clone {
+            what: "the disk file",
+            error,
+        })?;
         let served = queue_worker::spawn(&a.event_loop, a.mem, queue, evt, a.interrupt, disk)?;
         self.served = Some(served);
         self.acked_features = features;

@@ -94,8 +94,11 @@ pub enum ActivateError {
     BadQueue(usize),
     #[error("registering with the event loop: {0}")]
     EventLoop(std::io::Error),
-    #[error("{0}")]
-    Device(String),
+    #[error("cloning {what}: {error}")]
+    Clone {
+        what: &'static str,
+        error: std::io::Error,
+    },
 }
 
 /// What the transport hands a device when the driver is ready.

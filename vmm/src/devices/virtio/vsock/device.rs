@@ -119,7 +119,10 @@ impl VirtioDevice for Vsock {
         let listener = self
             .listener
             .try_clone()
-            .map_err(|e| ActivateError::Device(format!("vsock listener: {e}")))?;
+            .map_err(|error| ActivateError::Clone {
+                what: "the vsock listener",
+                error,
+            })?;
         let mut queues = a.queues.into_iter();
         let mut evts = a.queue_evts.into_iter();
         let (Some(mut rx), Some(mut tx), Some(mut ev)) =
