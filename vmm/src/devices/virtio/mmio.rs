@@ -393,9 +393,14 @@ impl MmioTransport {
                 .map(EventFd::try_clone)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(PersistError::Eventfd)?;
+            let queues = queues_from(&virtio.queues)?;
+            // The state is as untrusted as the driver's registers were.
+            if let Some(i) = queues.iter().position(|q| q.ready() && !q.is_valid(&t.mem)) {
+                return Err(PersistError::BadQueue(i));
+            }
             Some(Activation {
                 mem: t.mem.clone(),
-                queues: queues_from(&virtio.queues)?,
+                queues,
                 queue_evts,
                 interrupt: t.interrupt.clone(),
                 event_loop: t.event_loop.clone(),
@@ -669,5 +674,33 @@ mod tests {
             .err()
             .expect("restored from a future version");
         assert!(matches!(err, PersistError::Version { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_saved_queue_outside_guest_memory_is_refused() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let el = super::super::event_loop::test_loop();
+        let dev = Arc::new(Mutex::new(super::super::rng::Rng::new()));
+        let mut t = MmioTransport::new(
+            dev,
+            mem.clone(),
+            el.clone(),
+            Interrupt::new(evt()),
+            vec![evt()],
+        );
+        negotiate(&mut t, 1);
+        setup_queue(&mut t);
+        w(&mut t, 0x70, 0xf);
+        let mut state = t.save();
+        let DeviceState::Rng(rng) = &mut state.device else {
+            panic!("an rng saved as {}", state.device.kind());
+        };
+        rng.virtio.queues[0].desc_table = 0xffff_0000; // beyond the 1 MiB
+        let dev = Arc::new(Mutex::new(super::super::rng::Rng::new()));
+        let err = MmioTransport::restore(dev, mem, el, Interrupt::new(evt()), vec![evt()], &state)
+            .err()
+            .expect("restored a queue outside guest memory");
+        assert_eq!(err.to_string(), "saved queue 0 is not a valid queue");
     }
 }
