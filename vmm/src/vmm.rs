@@ -272,9 +272,9 @@ fn attach_virtio(
     }
     // A panic on the device thread ends the VM ("device thread panicked: ...").
     let exit = exit.clone();
-    let on_panic = Box::new(move |msg: String| {
+    let on_panic = move |msg: String| {
         let _ = exit.send(VmExit::Error(msg));
-    });
+    };
     let event_loop = EventLoop::start(on_panic)
         .map_err(|e| VmmError::Devices(format!("starting the virtio event loop: {e}")))?;
     let mut dm = DeviceManager::new(mem.clone(), event_loop.clone());

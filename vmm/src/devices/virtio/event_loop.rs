@@ -6,9 +6,10 @@
 //!
 //! Every device of a VM shares one loop, so no handler may block. A device
 //! whose work blocks (a FUSE server) starts a loop of its own with
-//! [`EventLoop::start`]: same shape, its own thread.
+//! [`EventLoop::start_sibling`] at activation: same shape, its own thread,
+//! the same panic policy.
 //!
-//! A panic in a handler stops the loop and is reported once through the
+//! A panic in a handler stops its loop and is reported once through the
 //! hook given to [`EventLoop::start`] (the VMM turns it into the end of the
 //! VM): a device that stopped serving must not leave the guest waiting
 //! forever.
@@ -31,8 +32,8 @@ pub trait EventHandler: Send {
 /// A handler as the loop holds it.
 pub type Shared = Arc<Mutex<dyn EventHandler>>;
 
-/// Called once, with a message, when a handler panicked and the loop stopped.
-pub type PanicHook = Box<dyn FnOnce(String) + Send>;
+/// Called with a message when a handler panicked and its loop stopped.
+pub type PanicHook = Arc<dyn Fn(String) + Send + Sync>;
 
 /// A handle to the event loop; clones share it.
 #[derive(Clone)]
@@ -40,6 +41,7 @@ pub struct EventLoop {
     epoll: Arc<Epoll>,
     handlers: Arc<Mutex<HashMap<u64, (RawFd, Shared)>>>,
     next: Arc<AtomicU64>,
+    on_panic: PanicHook,
 }
 
 /// What a handler may do to the loop's fds: add fds served by itself, change
@@ -69,19 +71,31 @@ impl EventOps {
 impl EventLoop {
     /// Creates the loop and starts its thread; `on_panic` hears of a
     /// handler that panicked ("device thread panicked: ...").
-    pub fn start(on_panic: PanicHook) -> std::io::Result<EventLoop> {
+    pub fn start(on_panic: impl Fn(String) + Send + Sync + 'static) -> std::io::Result<EventLoop> {
+        Self::spawn("virtio", Arc::new(on_panic))
+    }
+
+    /// Another loop on a thread of its own, named `name`, whose panics go
+    /// to the same hook: for a device whose handlers block.
+    pub fn start_sibling(&self, name: &str) -> std::io::Result<EventLoop> {
+        Self::spawn(name, self.on_panic.clone())
+    }
+
+    fn spawn(name: &str, on_panic: PanicHook) -> std::io::Result<EventLoop> {
         let el = EventLoop {
             epoll: Arc::new(Epoll::new()?),
             handlers: Arc::new(Mutex::new(HashMap::new())),
             next: Arc::new(AtomicU64::new(1)),
+            on_panic,
         };
         let runner = el.clone();
         std::thread::Builder::new()
-            .name("virtio".into())
+            .name(name.into())
             .spawn(move || {
+                let hook = runner.on_panic.clone();
                 if let Err(msg) = runner.run() {
                     log::error!("{msg}");
-                    on_panic(msg);
+                    hook(msg);
                 }
             })?;
         Ok(el)
@@ -189,10 +203,10 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
 /// A loop for unit tests: a handler panic fails the test run loudly.
 #[cfg(any(test, fuzzing))]
 pub(crate) fn test_loop() -> EventLoop {
-    EventLoop::start(Box::new(|msg| {
+    EventLoop::start(|msg| {
         eprintln!("{msg}");
         std::process::abort();
-    }))
+    })
     .expect("starting an event loop")
 }
 
@@ -294,23 +308,32 @@ mod tests {
         }
     }
 
+    /// A handler panics on the shared loop, or on a device's own loop: the
+    /// exit channel the VMM waits on hears of it.
     #[test]
     fn a_panicking_handler_is_reported_as_the_end_of_the_vm() {
-        let (tx, rx) = mpsc::channel::<crate::VmExit>();
-        let el = EventLoop::start(Box::new(move |msg| {
-            let _ = tx.send(crate::VmExit::Error(msg));
-        }))
-        .unwrap();
-        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let h = Arc::new(Mutex::new(Panics(evt.try_clone().unwrap())));
-        el.add(evt.as_raw_fd(), EventSet::IN, h).unwrap();
-        evt.write(1).unwrap();
-        let exit = rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("the panic never reached the exit channel");
-        assert_eq!(
-            exit,
-            crate::VmExit::Error("device thread panicked: queue 3 is on fire".into())
-        );
+        for sibling in [false, true] {
+            let (tx, rx) = mpsc::channel::<crate::VmExit>();
+            let shared = EventLoop::start(move |msg| {
+                let _ = tx.send(crate::VmExit::Error(msg));
+            })
+            .unwrap();
+            let el = if sibling {
+                shared.start_sibling("virtio-fs").unwrap()
+            } else {
+                shared
+            };
+            let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            let h = Arc::new(Mutex::new(Panics(evt.try_clone().unwrap())));
+            el.add(evt.as_raw_fd(), EventSet::IN, h).unwrap();
+            evt.write(1).unwrap();
+            let exit = rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("the panic never reached the exit channel");
+            assert_eq!(
+                exit,
+                crate::VmExit::Error("device thread panicked: queue 3 is on fire".into())
+            );
+        }
     }
 }
