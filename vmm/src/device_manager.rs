@@ -119,7 +119,8 @@ impl DeviceManager {
     }
 
     /// Pauses every device and saves it with its transport, in the order
-    /// they were added.
+    /// they were added. The vCPUs must be stopped first: a register write
+    /// after the save would be lost.
     pub fn save(&self) -> Vec<MmioTransportState> {
         self.transports
             .iter()

@@ -7,6 +7,11 @@
 //! with the one [`event_loop::EventLoop`] thread. Everything the guest puts
 //! in a queue is untrusted: devices answer malformed requests with an error
 //! status or drop them, and never touch memory outside the guest's.
+//!
+//! Devices own their state: each keeps its live queues (the worker serving
+//! them is reachable from the device), can pause, and saves a versioned
+//! serde state ([`persist`]) that, with guest memory, restores a fresh
+//! device that carries on.
 
 pub mod block;
 pub mod event_loop;
