@@ -180,6 +180,12 @@ impl VirtioDevice for Block {
             s.pause();
         }
     }
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        match &mut self.served {
+            Some(s) => s.resume(),
+            None => Ok(()),
+        }
+    }
     fn save(&mut self) -> DeviceState {
         self.pause();
         let queues: Vec<QueueSnapshot> = self.served.iter().map(Served::queue).collect();
@@ -699,6 +705,15 @@ mod tests {
         let flush = publish(&mut q, T_FLUSH, 0, 0);
         wait_used(&q, 4);
         assert_eq!(status(flush), S_OK);
+
+        // Paused and resumed in place: what waited is answered on resume.
+        dev.pause();
+        let during = publish(&mut q, T_IN, 1, 0xee);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(q.used_idx(), 4, "a paused device answered a request");
+        dev.resume().unwrap();
+        wait_used(&q, 5);
+        assert_eq!(status(during), S_OK);
 
         // Another disk (read-only, here) is not taken for this one.
         let mut other = Block::open(&path, true, None).unwrap();

@@ -450,6 +450,9 @@ mod tests {
             self.resets += 1;
         }
         fn pause(&mut self) {}
+        fn resume(&mut self) -> Result<(), ActivateError> {
+            Ok(())
+        }
         fn save(&mut self) -> DeviceState {
             DeviceState::Rng(super::super::rng::RngState {
                 virtio: VirtioState::new(0, Vec::new()),

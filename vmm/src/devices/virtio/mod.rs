@@ -133,8 +133,10 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self) {}
     /// Stops serving for a snapshot: once this returns the device touches
     /// neither guest memory nor its queues. A paused device is saved, then
-    /// dropped or reset.
+    /// dropped, reset or resumed.
     fn pause(&mut self);
+    /// Serves again after [`VirtioDevice::pause`] (a no-op otherwise).
+    fn resume(&mut self) -> Result<(), ActivateError>;
     /// The device's state (pausing it first): with guest memory, enough for
     /// [`VirtioDevice::restore`] on a fresh device to carry on.
     fn save(&mut self) -> DeviceState;

@@ -90,6 +90,25 @@ impl<H: RequestHandler> Served<H> {
         lock(&self.worker).paused = true;
     }
 
+    /// Serves again after [`Served::pause`], starting with what the guest
+    /// queued meanwhile.
+    pub fn resume(&mut self) -> Result<(), ActivateError> {
+        if self.token.is_some() {
+            return Ok(());
+        }
+        let mut w = lock(&self.worker);
+        w.paused = false;
+        let fd = w.evt.as_raw_fd();
+        drop(w);
+        let token = self
+            .event_loop
+            .add(fd, EventSet::IN, self.worker.clone())
+            .map_err(ActivateError::EventLoop)?;
+        self.token = Some(token);
+        lock(&self.worker).process();
+        Ok(())
+    }
+
     /// The queue where the device is now.
     pub fn queue(&self) -> QueueSnapshot {
         QueueSnapshot::of(&lock(&self.worker).queue)

@@ -110,6 +110,12 @@ impl VirtioDevice for Rng {
             s.pause();
         }
     }
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        match &mut self.served {
+            Some(s) => s.resume(),
+            None => Ok(()),
+        }
+    }
     fn save(&mut self) -> DeviceState {
         self.pause();
         let queues: Vec<QueueSnapshot> = self.served.iter().map(Served::queue).collect();

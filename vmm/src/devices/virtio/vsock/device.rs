@@ -2,6 +2,7 @@
 //! (the muxer starts serving on the event loop), reset, pause and save.
 
 use std::io::ErrorKind;
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -39,6 +40,18 @@ pub(super) struct Active {
 }
 
 impl Active {
+    /// Watches the queue eventfds and the listener.
+    fn watch(&mut self, fds: [RawFd; 4]) -> Result<(), ActivateError> {
+        for fd in fds {
+            let t = self
+                .event_loop
+                .add(fd, EventSet::IN, self.muxer.clone())
+                .map_err(ActivateError::EventLoop)?;
+            self.tokens.push(t);
+        }
+        Ok(())
+    }
+
     /// Leaves the event loop: the muxer's fds are no longer watched, its
     /// host connections are closed, and it touches guest memory no more.
     fn stop(&mut self) {
@@ -49,6 +62,27 @@ impl Active {
         let mut m = lock(&self.muxer);
         m.close_all(&mut ops);
         m.paused = true;
+    }
+
+    /// Stops serving but keeps the host connections, unwatched, for
+    /// [`Active::resume`].
+    fn pause(&mut self) {
+        for t in self.tokens.drain(..) {
+            self.event_loop.remove(t);
+        }
+        let mut ops = self.event_loop.ops(self.muxer.clone());
+        lock(&self.muxer).pause(&mut ops);
+    }
+
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        if !self.tokens.is_empty() {
+            return Ok(());
+        }
+        let mut ops = self.event_loop.ops(self.muxer.clone());
+        let fds = lock(&self.muxer).base_fds();
+        self.watch(fds)?;
+        lock(&self.muxer).resume(&mut ops);
+        Ok(())
     }
 }
 
@@ -150,18 +184,13 @@ impl VirtioDevice for Vsock {
         let fds = muxer.base_fds();
         let muxer = Arc::new(Mutex::new(muxer));
         let mut active = Active {
-            muxer: muxer.clone(),
-            event_loop: a.event_loop.clone(),
+            muxer,
+            event_loop: a.event_loop,
             tokens: Vec::new(),
         };
-        for fd in fds {
-            match a.event_loop.add(fd, EventSet::IN, muxer.clone()) {
-                Ok(t) => active.tokens.push(t),
-                Err(e) => {
-                    active.stop();
-                    return Err(ActivateError::EventLoop(e));
-                }
-            }
+        if let Err(e) = active.watch(fds) {
+            active.stop();
+            return Err(e);
         }
         self.active = Some(active);
         self.acked_features = features;
@@ -174,7 +203,13 @@ impl VirtioDevice for Vsock {
     }
     fn pause(&mut self) {
         if let Some(a) = &mut self.active {
-            a.stop();
+            a.pause();
+        }
+    }
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        match &mut self.active {
+            Some(a) => a.resume(),
+            None => Ok(()),
         }
     }
     fn save(&mut self) -> DeviceState {

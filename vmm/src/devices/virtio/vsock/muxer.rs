@@ -223,6 +223,34 @@ impl Muxer {
             .count()
     }
 
+    /// Leaves guest memory, the queues and the host sockets alone until
+    /// [`Muxer::resume`]: the sockets stay open but unwatched.
+    pub fn pause(&mut self, ops: &mut EventOps) {
+        self.paused = true;
+        for c in self.conns.values() {
+            let _ = ops.modify(c.token, EventSet::empty());
+        }
+        for h in self.handshakes.values() {
+            let _ = ops.modify(h.token, EventSet::empty());
+        }
+    }
+
+    /// Serves again: the host sockets are watched as before the pause, and
+    /// what the guest queued meanwhile is taken.
+    pub fn resume(&mut self, ops: &mut EventOps) {
+        self.paused = false;
+        for c in self.conns.values() {
+            let _ = ops.modify(c.token, c.interest);
+        }
+        for h in self.handshakes.values() {
+            let _ = ops.modify(h.token, EventSet::IN);
+        }
+        self.process_tx(ops);
+        self.process_rx(ops);
+        self.send_transport_reset();
+        self.notify_guest();
+    }
+
     /// Drops every host connection (they close) and what waited for the guest.
     pub fn close_all(&mut self, ops: &mut EventOps) {
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();

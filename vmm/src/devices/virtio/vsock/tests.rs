@@ -389,3 +389,36 @@ fn a_restored_device_resets_the_transport_and_carries_on() {
     drop(dev);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Paused, the device leaves its queues and host sockets alone; resumed,
+/// it carries on with the same connections and what waited meanwhile.
+#[test]
+fn a_paused_device_keeps_its_connections_and_resumes() {
+    let dir = sock_dir("pause");
+    let uds = dir.join("v.sock");
+    let host7 = UnixListener::bind(format!("{}_7", uds.display())).unwrap();
+    let mut rig = Rig::new();
+    let mut dev = Vsock::new(GUEST_CID, &uds).unwrap();
+    dev.activate(rig.activation(None), F_VERSION_1).unwrap();
+    let [mut a, _b] = two_connections(&mut rig, &host7);
+    dev.pause();
+    a.write_all(b"while paused").unwrap();
+    rig.give_rx(1, 4096);
+    rig.send(OP_REQUEST, 1002, 7);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        rig.rx.take_used().is_empty(),
+        "a paused device filled rx buffers"
+    );
+    assert_eq!(rig.tx.used_idx(), 2, "a paused device took a tx packet");
+
+    dev.resume().unwrap();
+    let _c = host7.accept().unwrap().0;
+    rig.give_rx(1, 4096);
+    let got = rig.rx_packets(2);
+    let mut seen: Vec<(u16, u32)> = got.iter().map(|h| (h.op, h.dst_port)).collect();
+    seen.sort();
+    assert_eq!(seen, [(OP_RESPONSE, 1002), (OP_RW, 1000)]);
+    drop(dev);
+    let _ = std::fs::remove_dir_all(&dir);
+}
