@@ -366,6 +366,7 @@ fn a_restored_device_resets_the_transport_and_carries_on() {
         (2, 2)
     );
     let queues = super::super::persist::queues_from(&saved.queues).unwrap();
+    let _ = rig.irq.read(); // interrupts of the saved device
     let mut dev = Vsock::new(GUEST_CID, &uds).unwrap();
     dev.restore(&state, Some(rig.activation(Some(queues))))
         .unwrap();
