@@ -49,6 +49,14 @@ pub struct ContainerConfig {
     pub userns: userns::Mode,
     /// Guest RAM laid out for transparent huge pages (vm).
     pub huge_pages: bool,
+    /// Volumes, bind mounts and tmpfs mounts, resolved (named volumes
+    /// exist; see [`crate::volume::resolve`]).
+    #[serde(default)]
+    pub mounts: Vec<crate::volume::MountSpec>,
+    /// A read-only root filesystem (`--read-only`): only mounts and tmpfs
+    /// mounts are writable.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// The container's configuration, as JSON in its state dir.
@@ -226,6 +234,8 @@ impl Container {
             name: &name,
             userns: config.userns,
             huge_pages: config.huge_pages,
+            mounts: config.mounts,
+            read_only: config.read_only,
         };
         let sandbox = Sandbox::launch(&spec)?;
         self.state.status = Status::Running;
@@ -489,6 +499,8 @@ mod tests {
             kernel: None,
             userns: userns::Mode::Auto,
             huge_pages: true,
+            mounts: Vec::new(),
+            read_only: false,
         }
     }
 

@@ -19,6 +19,7 @@ pub mod sandbox;
 pub mod state;
 pub mod sys;
 pub mod userns;
+pub mod volume;
 
 pub use container::{Container, ContainerConfig, ContainerError};
 pub use sandbox::Isolation;

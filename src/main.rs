@@ -53,6 +53,9 @@ enum Command {
     Stop(commands::stop::StopArgs),
     /// Send a signal to containers (default: SIGKILL).
     Kill(commands::stop::KillArgs),
+    /// Manage named volumes.
+    #[command(subcommand)]
+    Volume(commands::volume::VolumeCommand),
 }
 
 fn main() {
@@ -82,6 +85,7 @@ fn main() {
         Command::Logs(args) => commands::logs::run(&cli.state_dir, args),
         Command::Stop(args) => commands::stop::run_stop(&cli.state_dir, args),
         Command::Kill(args) => commands::stop::run_kill(&cli.state_dir, args),
+        Command::Volume(cmd) => commands::volume::run(&cli.state_dir, &cli.data_dir, cmd),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -80,6 +80,8 @@ fn create_then_start_then_attach_then_delete() {
         kernel: None,
         userns: Mode::Auto,
         huge_pages: true,
+        mounts: Vec::new(),
+        read_only: false,
     };
 
     let mut c = Container::create(&state_dir, &config).unwrap();

@@ -134,10 +134,16 @@ fn ns_main(args: &[String]) {
     let mut lowers = Vec::new();
     let mut userns = None;
     let mut optional = false;
+    let mut mounts: Vec<hull_agent::protocol::Mount> = Vec::new();
+    let mut read_only = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--userns-optional" {
             optional = true;
+            continue;
+        }
+        if a == "--read-only" {
+            read_only = true;
             continue;
         }
         let v = it.next().cloned();
@@ -145,6 +151,10 @@ fn ns_main(args: &[String]) {
             ("--listen", Some(v)) => listen = Some(PathBuf::from(v)),
             ("--scratch", Some(v)) => scratch = Some(PathBuf::from(v)),
             ("--lower", Some(v)) => lowers.push(PathBuf::from(v)),
+            ("--mount", Some(v)) => match serde_json::from_str(&v) {
+                Ok(m) => mounts.push(m),
+                Err(e) => ns_fail(format!("bad --mount {v}: {e}")),
+            },
             ("--userns", Some(v)) => match parse_userns(&v) {
                 Some(r) => userns = Some(r),
                 None => ns_fail(format!("bad --userns {v}: want BASE:SIZE")),
@@ -200,7 +210,7 @@ fn ns_main(args: &[String]) {
         Some((mounts, ns, root_id)) => (rootfs::Layers::Mapped { mounts, root_id }, Some(ns)),
         None => (rootfs::Layers::Host(&lowers), None),
     };
-    if let Err(e) = rootfs::ns_prepare(&scratch, layers) {
+    if let Err(e) = rootfs::ns_prepare(&scratch, layers, &mounts, userns_fd.as_ref()) {
         ns_fail(e);
     }
     let mut flags =
@@ -234,7 +244,8 @@ fn ns_main(args: &[String]) {
     // namespace, so it goes when the sandbox's holder does (a killed hull
     // leaves nothing running).
     sys::die_with_parent();
-    let setup = rootfs::ns_enter();
+    let taken: Vec<String> = mounts.iter().map(|m| m.target.clone()).collect();
+    let setup = rootfs::ns_enter(&taken, read_only);
     if let Err(e) = &setup {
         eprintln!("hull-agent ns: {e}");
     }

@@ -204,6 +204,31 @@ pub struct Rlimit {
     pub hard: u64,
 }
 
+/// A mount the agent makes in the container's root, after the image's
+/// overlay and before the container's process (`hull-agent ns --mount JSON`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    pub kind: MountKind,
+    /// Absolute path inside the container; no component of it may be a
+    /// symlink in the image (the agent refuses rather than follow one).
+    pub target: String,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum MountKind {
+    /// A host directory (ns backend), id-mapped where the container has a
+    /// user namespace of its own.
+    Bind { source: String },
+    /// A fresh tmpfs; `size` in bytes, `mode` of its root directory.
+    Tmpfs {
+        size: Option<u64>,
+        mode: Option<u32>,
+    },
+}
+
 /// What to run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Start {

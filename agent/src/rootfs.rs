@@ -7,6 +7,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use crate::sys::{self, mount};
+use hull_agent::protocol::{Mount, MountKind};
 
 const RDONLY: libc::c_ulong = libc::MS_RDONLY;
 const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
@@ -66,8 +67,9 @@ fn overlay(lowers: &[String], rw: &str, root: &str) -> Result<(), String> {
     mnt("overlay", root, "overlay", 0, &data)
 }
 
-/// The mounts every container gets, under `root`.
-fn container_mounts(root: &str, devtmpfs: bool) -> Result<(), String> {
+/// The mounts every container gets, under `root`; a default tmpfs at a path
+/// in `taken` (the user mounted something there) is left out.
+fn container_mounts(root: &str, devtmpfs: bool, taken: &[String]) -> Result<(), String> {
     mnt(
         "proc",
         &format!("{root}/proc"),
@@ -106,20 +108,24 @@ fn container_mounts(root: &str, devtmpfs: bool) -> Result<(), String> {
         NOSUID_NODEV_NOEXEC,
         "mode=1777",
     )?;
-    mnt(
-        "tmpfs",
-        &format!("{root}/run"),
-        "tmpfs",
-        libc::MS_NOSUID | libc::MS_NODEV,
-        "mode=0755",
-    )?;
-    mnt(
-        "tmpfs",
-        &format!("{root}/tmp"),
-        "tmpfs",
-        libc::MS_NOSUID | libc::MS_NODEV,
-        "mode=1777",
-    )?;
+    if !taken.iter().any(|t| t == "/run") {
+        mnt(
+            "tmpfs",
+            &format!("{root}/run"),
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=0755",
+        )?;
+    }
+    if !taken.iter().any(|t| t == "/tmp") {
+        mnt(
+            "tmpfs",
+            &format!("{root}/tmp"),
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777",
+        )?;
+    }
     Ok(())
 }
 
@@ -157,7 +163,7 @@ pub fn idmapped_layers(lowers: &[PathBuf], userns: &OwnedFd) -> Result<Vec<Owned
         .map(|l| {
             let path = l.display().to_string();
             let mnt = sys::clone_mount(&path).map_err(|e| format!("cloning {path}: {e}"))?;
-            sys::idmap_mount(&mnt, userns).map_err(|e| {
+            sys::idmap_mount(&mnt, userns, true).map_err(|e| {
                 format!("id-mapping {path} (its filesystem must support idmapped mounts): {e}")
             })?;
             Ok(mnt)
@@ -180,7 +186,12 @@ const ROOT: &str = "root";
 /// layers stacked under it, and the working directory moved into the result.
 /// What follows works on relative paths, so a process in a user namespace
 /// need not reach host directories it has no rights on.
-pub fn ns_prepare(scratch: &Path, layers: Layers<'_>) -> Result<(), String> {
+pub fn ns_prepare(
+    scratch: &Path,
+    layers: Layers<'_>,
+    mounts: &[Mount],
+    userns: Option<&OwnedFd>,
+) -> Result<(), String> {
     sys::unshare(libc::CLONE_NEWNS).map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
     mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")
         .map_err(|e| format!("making mounts private: {e}"))?;
@@ -209,20 +220,122 @@ pub fn ns_prepare(scratch: &Path, layers: Layers<'_>) -> Result<(), String> {
     }
     let root = format!("{s}/{ROOT}");
     overlay(&lowers, &rw, &root)?;
+    for m in mounts {
+        user_mount(&root, m, userns.zip(owner))?;
+    }
     std::env::set_current_dir(&root).map_err(|e| format!("entering {root}: {e}"))
+}
+
+/// The directory (or, for a file bind, the file) at the container path
+/// `target` under `root`, made where missing. A `..` or a component that is
+/// a symlink in the image is refused: a mount must land inside the root.
+fn mount_point(root: &str, target: &str, file: bool) -> Result<String, String> {
+    let mut at = PathBuf::from(root);
+    let parts: Vec<&str> = target
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        if *part == ".." {
+            return Err(format!("mount target {target}: \"..\" is not allowed"));
+        }
+        at.push(part);
+        let last = i + 1 == parts.len();
+        match fs::symlink_metadata(&at) {
+            Ok(md) if md.file_type().is_symlink() => {
+                return Err(format!(
+                    "mount target {target}: {} is a symlink in the image",
+                    at.display()
+                ));
+            }
+            Ok(_) => {}
+            Err(_) if last && file => {
+                fs::write(&at, b"").map_err(|e| format!("creating {}: {e}", at.display()))?;
+            }
+            Err(_) => {
+                fs::create_dir(&at).map_err(|e| format!("creating {}: {e}", at.display()))?;
+            }
+        }
+    }
+    Ok(at.display().to_string())
+}
+
+/// One of the user's mounts (`-v`, `--mount`, `--tmpfs`) at its target
+/// under `root`. With `mapped` (the container's user namespace and the host
+/// id its root maps to), a bind is id-mapped through that namespace and a
+/// tmpfs belongs to the container's root.
+fn user_mount(root: &str, m: &Mount, mapped: Option<(&OwnedFd, u32)>) -> Result<(), String> {
+    match &m.kind {
+        MountKind::Bind { source } => {
+            let file = fs::metadata(source)
+                .map(|md| !md.is_dir())
+                .map_err(|e| format!("bind source {source}: {e}"))?;
+            let target = mount_point(root, &m.target, file)?;
+            match mapped {
+                Some((ns, _)) => {
+                    let mnt =
+                        sys::clone_mount(source).map_err(|e| format!("cloning {source}: {e}"))?;
+                    sys::idmap_mount(&mnt, ns, m.readonly).map_err(|e| {
+                        format!(
+                            "id-mapping {source} (its filesystem must support idmapped mounts): {e}"
+                        )
+                    })?;
+                    sys::attach_mount(&mnt, &target)
+                        .map_err(|e| format!("attaching {source} at {}: {e}", m.target))?;
+                }
+                None => {
+                    mount(source, &target, "", libc::MS_BIND | libc::MS_REC, "")
+                        .map_err(|e| format!("binding {source} at {}: {e}", m.target))?;
+                    if m.readonly {
+                        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+                        mount("", &target, "", flags, "")
+                            .map_err(|e| format!("making {} read-only: {e}", m.target))?;
+                    }
+                }
+            }
+        }
+        MountKind::Tmpfs { size, mode } => {
+            let target = mount_point(root, &m.target, false)?;
+            let mut data = format!("mode={:o}", mode.unwrap_or(0o1777));
+            if let Some(size) = size {
+                data.push_str(&format!(",size={size}"));
+            }
+            if let Some((_, id)) = mapped {
+                data.push_str(&format!(",uid={id},gid={id}"));
+            }
+            let ro = if m.readonly { RDONLY } else { 0 };
+            mount(
+                "tmpfs",
+                &target,
+                "tmpfs",
+                libc::MS_NOSUID | libc::MS_NODEV | ro,
+                &data,
+            )
+            .map_err(|e| format!("mounting a tmpfs at {}: {e}", m.target))?;
+        }
+    }
+    Ok(())
 }
 
 /// As PID 1 of the new namespaces, in the root ns_prepare made: the
 /// container's mounts, then the root pivoted onto the working directory.
-pub fn ns_enter() -> Result<(), String> {
+/// `taken`: the container paths the user mounted something at (ns_prepare
+/// mounted them; the recursive bind below carries them along, locked to the
+/// root); `read_only`: the root itself is made read-only (`--read-only`).
+pub fn ns_enter(taken: &[String], read_only: bool) -> Result<(), String> {
     // A mount copied from the agent's first mount namespace into one of a
     // user namespace is locked, and pivot_root refuses a locked new root:
     // bind the root onto itself here, and step into the bind (up to the
     // scratch tmpfs and down again: the host path above is not ours).
-    mount(".", ".", "", libc::MS_BIND, "").map_err(|e| format!("binding the root: {e}"))?;
+    mount(".", ".", "", libc::MS_BIND | libc::MS_REC, "")
+        .map_err(|e| format!("binding the root: {e}"))?;
     std::env::set_current_dir(format!("../{ROOT}"))
         .map_err(|e| format!("entering the root: {e}"))?;
-    container_mounts(".", false)?;
+    if read_only {
+        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+        mount("", ".", "", flags, "").map_err(|e| format!("making the root read-only: {e}"))?;
+    }
+    container_mounts(".", false, taken)?;
     sys::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
     // The old root now sits on top of the new one at "/": detach it.
     sys::umount_detach(".").map_err(|e| format!("detaching the old root: {e}"))?;

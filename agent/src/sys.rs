@@ -381,12 +381,13 @@ pub fn clone_mount(path: &str) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Makes the detached mount `mnt` read-only and id-mapped through the user
-/// namespace `userns`: a file owned by host id N shows as the id that N maps
-/// to in that namespace's parent, seen from inside as N.
-pub fn idmap_mount(mnt: &OwnedFd, userns: &OwnedFd) -> io::Result<()> {
+/// Makes the detached mount `mnt` id-mapped through the user namespace
+/// `userns` (and read-only when `readonly`): a file owned by host id N shows
+/// as the id that N maps to in that namespace's parent, seen from inside as N.
+pub fn idmap_mount(mnt: &OwnedFd, userns: &OwnedFd, readonly: bool) -> io::Result<()> {
+    let rdonly = if readonly { libc::MOUNT_ATTR_RDONLY } else { 0 };
     let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_IDMAP | libc::MOUNT_ATTR_RDONLY,
+        attr_set: libc::MOUNT_ATTR_IDMAP | rdonly,
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.as_raw_fd() as u64,

@@ -11,6 +11,7 @@ pub mod rm;
 pub mod run;
 pub mod source;
 pub mod stop;
+pub mod volume;
 
 /// Runs `f` for every container key, printing each key that succeeded (as
 /// docker does) and each error; exit status 1 when any failed.

@@ -10,6 +10,7 @@ use hull::client::{self, Outcome, Sinks, Times};
 use hull::container::Session;
 use hull::image::Source;
 use hull::monitor::{self, Notifier, Role};
+use hull::volume::{self, MountSpec, MountSpecError, VolumeStore};
 use hull::{Container, ContainerConfig, Isolation};
 use hull_agent::protocol::{Start, User};
 use hull_images::config::RunConfig;
@@ -124,6 +125,20 @@ pub struct RunArgs {
     /// Run a root filesystem directory instead of an image.
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
+    /// Bind mount a host directory or mount a named volume:
+    /// HOSTDIR:CTRPATH[:ro], NAME:CTRPATH[:ro], or CTRPATH (anonymous volume).
+    #[arg(short, long = "volume", value_name = "SRC:DST[:ro]")]
+    pub volume: Vec<String>,
+    /// A mount, docker's syntax:
+    /// type=bind|volume|tmpfs,src=..,dst=..[,readonly][,tmpfs-size=..].
+    #[arg(long, value_name = "type=..,src=..,dst=..")]
+    pub mount: Vec<String>,
+    /// A tmpfs at PATH, of at most N bytes (k, m, g suffixes).
+    #[arg(long, value_name = "PATH[:size=N]")]
+    pub tmpfs: Vec<String>,
+    /// A read-only root filesystem: only volumes and tmpfs mounts are writable.
+    #[arg(long)]
+    pub read_only: bool,
     /// Replace the image's ENTRYPOINT ("" clears it; the image's CMD is then
     /// not used either, as with docker).
     #[arg(long, value_name = "CMD")]
@@ -185,8 +200,10 @@ fn env_entries(args: &ProcessArgs) -> anyhow::Result<Vec<String>> {
 pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i32> {
     client::block_signals();
     let t0 = Instant::now();
+    let specs = mount_specs(&args)?;
     let src = source::source(data_dir, &args)?;
-    let mut container = Container::create(state_dir, &container_config(&args, &src))?;
+    let mounts = volume::resolve(&VolumeStore::new(data_dir), &specs, &src.layers)?;
+    let mut container = Container::create(state_dir, &container_config(&args, &src, mounts))?;
     let hostname = args
         .hostname
         .clone()
@@ -257,7 +274,7 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
 }
 
 /// The container `args` ask for, running `src`.
-fn container_config(args: &RunArgs, src: &Source) -> ContainerConfig {
+fn container_config(args: &RunArgs, src: &Source, mounts: Vec<MountSpec>) -> ContainerConfig {
     ContainerConfig {
         name: args.name.clone(),
         image: src.image.clone(),
@@ -270,7 +287,30 @@ fn container_config(args: &RunArgs, src: &Source) -> ContainerConfig {
         kernel: args.kernel.clone(),
         userns: args.userns,
         huge_pages: !args.no_huge_pages,
+        mounts,
+        read_only: args.read_only,
     }
+}
+
+/// The mounts `-v`, `--mount` and `--tmpfs` ask for, checked as docker
+/// checks them (a missing host directory: `-v` makes it, `--mount` refuses).
+fn mount_specs(args: &RunArgs) -> Result<Vec<MountSpec>, MountSpecError> {
+    let mut specs = Vec::new();
+    for v in &args.volume {
+        let spec = MountSpec::parse_volume(v)?;
+        spec.check_source(true)?;
+        specs.push(spec);
+    }
+    for m in &args.mount {
+        let spec = MountSpec::parse_mount(m)?;
+        spec.check_source(false)?;
+        specs.push(spec);
+    }
+    for t in &args.tmpfs {
+        specs.push(MountSpec::parse_tmpfs(t)?);
+    }
+    volume::spec::check_targets(&specs)?;
+    Ok(specs)
 }
 
 /// Where the main process's output goes: our terminal, or (detached) only

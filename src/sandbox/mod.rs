@@ -84,6 +84,12 @@ pub enum SandboxError {
         "{0}: {1} bytes is too long for a Unix socket path: use a shorter --state-dir (HULL_STATE_DIR)"
     )]
     SocketPath(PathBuf, usize),
+    #[error(
+        "volumes, tmpfs mounts and --read-only need virtio-fs in hull-vmm, which is not built yet: use --isolation ns"
+    )]
+    VmMounts,
+    #[error("the volume for {0} was not resolved (hull::volume::resolve)")]
+    UnresolvedMount(String),
 }
 
 /// Signals that end a launch while hull waits for the agent.
@@ -113,6 +119,10 @@ pub struct Spec<'a> {
     pub userns: userns::Mode,
     /// Guest RAM laid out for transparent huge pages (vm).
     pub huge_pages: bool,
+    /// Resolved volumes, bind and tmpfs mounts.
+    pub mounts: Vec<crate::volume::MountSpec>,
+    /// A read-only root filesystem.
+    pub read_only: bool,
 }
 
 /// The container's cgroup (ns), as JSON in its state dir.

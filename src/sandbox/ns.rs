@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use super::{CGROUP_FILE, Isolation, Sandbox, SandboxError, Spec, agent_socket, io};
 use crate::cgroups::{Cgroup, CgroupLimits};
-use crate::{paths, sys, userns};
+use crate::{paths, sys, userns, volume};
 
 pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     let agent = paths::agent_binary()
@@ -38,6 +38,15 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         .arg(&scratch);
     for l in &spec.layers {
         cmd.arg("--lower").arg(l);
+    }
+    for m in &spec.mounts {
+        let agent_mount = volume::agent_mount(m)
+            .ok_or_else(|| SandboxError::UnresolvedMount(m.target.clone()))?;
+        let json = serde_json::to_string(&agent_mount).expect("a Mount serializes");
+        cmd.arg("--mount").arg(json);
+    }
+    if spec.read_only {
+        cmd.arg("--read-only");
     }
     // A launch that fails takes back what it made: the cgroup, the range.
     let abandon = |owner: Option<&Path>| {

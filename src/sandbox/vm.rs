@@ -14,6 +14,9 @@ use crate::{initramfs, paths, sys};
 pub const VM_CONFIG_FILE: &str = "vmm.json";
 
 pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
+    if !spec.mounts.is_empty() || spec.read_only {
+        return Err(SandboxError::VmMounts);
+    }
     let kernel = match spec.kernel.clone().or_else(paths::chosen_kernel) {
         // Named by the user: say which file is missing.
         Some(k) if !k.is_file() => return Err(SandboxError::KernelNotFound(k)),
@@ -137,6 +140,8 @@ mod tests {
             name: "c",
             userns: crate::userns::Mode::Auto,
             huge_pages: false,
+            mounts: Vec::new(),
+            read_only: false,
         };
         let disks = vec![t.path().join("a.erofs"), t.path().join("b.erofs")];
         let config = vm_config(&spec, "/k".into(), "/i".into(), disks.clone());
