@@ -147,7 +147,7 @@ pub fn vm_setup() -> Result<(), String> {
     }
     let root = "/run/hull/root";
     overlay(&lowers, "/run/hull/rw", root)?;
-    container_mounts(root, true)?;
+    container_mounts(root, true, &[])?;
     std::env::set_current_dir(root).map_err(|e| format!("entering {root}: {e}"))?;
     // The initramfs cannot be pivoted away from: move the new root over it.
     mount(".", "/", "", libc::MS_MOVE, "").map_err(|e| format!("moving the root: {e}"))?;
@@ -331,11 +331,13 @@ pub fn ns_enter(taken: &[String], read_only: bool) -> Result<(), String> {
         .map_err(|e| format!("binding the root: {e}"))?;
     std::env::set_current_dir(format!("../{ROOT}"))
         .map_err(|e| format!("entering the root: {e}"))?;
+    container_mounts(".", false, taken)?;
     if read_only {
+        // After the mount points above exist; the mounts on them stay as
+        // they are (a remount changes only the root's own mount).
         let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
         mount("", ".", "", flags, "").map_err(|e| format!("making the root read-only: {e}"))?;
     }
-    container_mounts(".", false, taken)?;
     sys::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
     // The old root now sits on top of the new one at "/": detach it.
     sys::umount_detach(".").map_err(|e| format!("detaching the old root: {e}"))?;

@@ -127,6 +127,11 @@ pub fn volumes_in_use(state_dir: &Path) -> Result<BTreeMap<String, BTreeSet<Stri
 /// keeping owners and modes. Nothing outside `dest` is written: the copy
 /// never follows a symlink.
 fn seed(dest: &Path, layers: &[PathBuf], target: &str) -> std::io::Result<()> {
+    if let [only] = layers {
+        // One layer (a --rootfs directory): nothing above it to merge, and
+        // overlayfs wants two lower layers without an upper.
+        return seed_from(only, dest, target);
+    }
     let view = tempdir_in(dest.parent().unwrap_or(dest))?;
     let lower: Vec<String> = layers
         .iter()
@@ -134,26 +139,32 @@ fn seed(dest: &Path, layers: &[PathBuf], target: &str) -> std::io::Result<()> {
         .map(|l| l.display().to_string())
         .collect();
     sys::mount_overlay_readonly(&lower.join(":"), &view)?;
-    let copied = (|| {
-        let rel = target.trim_start_matches('/');
-        let mut src = view.clone();
-        // Walk component by component so no symlink in the image's path
-        // leads the copy out of the view.
-        for part in Path::new(rel).components() {
-            src.push(part);
-            match std::fs::symlink_metadata(&src) {
-                Ok(md) if md.is_dir() => {}
-                _ => return Ok(()),
-            }
-        }
-        let md = std::fs::symlink_metadata(&src)?;
-        std::os::unix::fs::lchown(dest, Some(md.uid()), Some(md.gid()))?;
-        std::fs::set_permissions(dest, md.permissions())?;
-        copy_tree(&src, dest)
-    })();
+    let copied = seed_from(&view, dest, target);
     let unmounted = sys::unmount_detach(&view);
     let _ = std::fs::remove_dir(&view);
     copied.and(unmounted)
+}
+
+/// Copies `root`'s `target` directory into `dest` (see [`seed`]).
+fn seed_from(root: &Path, dest: &Path, target: &str) -> std::io::Result<()> {
+    let rel = target.trim_start_matches('/');
+    let mut src = root.to_path_buf();
+    // Walk component by component so no symlink in the image's path leads
+    // the copy out of the image.
+    for part in Path::new(rel).components() {
+        if !matches!(part, std::path::Component::Normal(_)) {
+            return Ok(());
+        }
+        src.push(part);
+        match std::fs::symlink_metadata(&src) {
+            Ok(md) if md.is_dir() => {}
+            _ => return Ok(()),
+        }
+    }
+    let md = std::fs::symlink_metadata(&src)?;
+    std::os::unix::fs::lchown(dest, Some(md.uid()), Some(md.gid()))?;
+    std::fs::set_permissions(dest, md.permissions())?;
+    copy_tree(&src, dest)
 }
 
 /// A fresh empty directory beside the volumes (for the image's view).
