@@ -15,5 +15,7 @@ fn main() {
         // Built here, where cargo is; the emulated host only runs them.
         scenarios::build_runtime();
     }
-    vmtest::run_vm_tests(scenarios::trials(scenarios::Backend("vm")));
+    let mut trials = scenarios::trials(scenarios::Backend("vm"));
+    trials.extend(scenarios::volume_trials(scenarios::Backend("vm")));
+    vmtest::run_vm_tests(trials);
 }

@@ -14,6 +14,9 @@ use libtest_mimic::{Failed, Trial};
 
 #[path = "busybox.rs"]
 mod busybox;
+#[path = "volume_scenarios.rs"]
+mod volume_scenarios;
+pub use volume_scenarios::volume_trials;
 
 /// How long any one `hull run` may take before the test calls it a hang
 /// (a microVM boot under the emulated KVM host takes seconds).

@@ -1,0 +1,368 @@
+//! The volume scenarios of the suite (issue 13): `-v`, `--mount`, `--tmpfs`,
+//! `--read-only` and `hull volume`, as a user sees them. A child module of
+//! scenarios.rs (it uses the suite's Ctx and helpers). Run by run_ns.rs; the
+//! vm backend joins once hull-vmm has its virtio-fs device (until then it
+//! refuses mounts in one line, which `vm_refuses_mounts_in_one_line` checks).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use libtest_mimic::{Failed, Trial};
+
+use super::{Backend, Ctx, check, mounts, processes_mentioning, run_text};
+
+/// A data dir of its own (named volumes live there) beside the state dir.
+fn data_flag(c: &Ctx) -> [String; 2] {
+    [
+        "--data-dir".into(),
+        c.state.path().join("data").display().to_string(),
+    ]
+}
+
+fn run(c: &Ctx, flags: &[&str], cmd: &[&str]) -> std::process::Command {
+    let d = data_flag(c);
+    let mut all: Vec<&str> = vec![&d[0], &d[1]];
+    all.extend_from_slice(flags);
+    c.run(&all, cmd)
+}
+
+fn hull(c: &Ctx, args: &[&str]) -> std::process::Command {
+    let mut cmd = c.hull(args);
+    cmd.args(data_flag(c));
+    cmd
+}
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Host file in, container file out (owned, as the host sees it, by the
+/// owner of the directory's mapping: root, through the id-mapped bind), and
+/// a file the host writes while the container runs reaches it.
+fn bind_mount_both_ways(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let host = tempfile::tempdir()?;
+    std::fs::write(host.path().join("in.txt"), "from the host\n")?;
+    let spec = format!("{}:/data", p(host.path()));
+    let o = run_text(run(
+        &c,
+        &["--rm", "-v", &spec],
+        &[
+            "sh",
+            "-c",
+            "cat /data/in.txt; echo from the container > /data/out.txt",
+        ],
+    ))?;
+    check(o.code == Some(0) && o.stdout == "from the host\n", || {
+        format!("the container must read the host's file; {o}")
+    })?;
+    let out = host.path().join("out.txt");
+    check(
+        std::fs::read_to_string(&out).ok().as_deref() == Some("from the container\n"),
+        || "the host must read the container's file".into(),
+    )?;
+    let md = std::fs::metadata(&out)?;
+    check(md.uid() == 0 && md.gid() == 0, || {
+        format!(
+            "root in the container writes root-owned files (id-mapped bind); got {}:{}",
+            md.uid(),
+            md.gid()
+        )
+    })?;
+    // While it runs: the container waits for the host's file, answers.
+    let o = run_text(run(
+        &c,
+        &["-d", "-v", &spec],
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ ! -f /data/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; cat /data/go > /data/done; sleep 1000",
+        ],
+    ))?;
+    check(o.code == Some(0), || format!("run -d failed; {o}"))?;
+    let id = o.stdout.trim().to_string();
+    std::fs::write(host.path().join("go"), "live\n")?;
+    let done = host.path().join("done");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_to_string(&done).ok().as_deref() != Some("live\n")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let got = std::fs::read_to_string(&done).unwrap_or_default();
+    let rm = run_text(c.hull(&["rm", "-f", &id]))?;
+    check(got == "live\n", || {
+        format!("a file the host writes must reach the running container; got {got:?}")
+    })?;
+    check(rm.code == Some(0), || format!("{rm}"))
+}
+
+/// `:ro` and `--mount ...,readonly`: writes fail with EROFS, the host's
+/// files stay as they were.
+fn read_only_mounts_refuse_writes(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let host = tempfile::tempdir()?;
+    std::fs::write(host.path().join("f"), "orig\n")?;
+    let v = format!("{}:/data:ro", p(host.path()));
+    let m = format!("type=bind,src={},dst=/data,readonly", p(host.path()));
+    for flags in [["-v", v.as_str()], ["--mount", m.as_str()]] {
+        let mut all = vec!["--rm"];
+        all.extend(flags);
+        let o = run_text(run(
+            &c,
+            &all,
+            &[
+                "sh",
+                "-c",
+                "cat /data/f; echo changed > /data/f; echo new > /data/g",
+            ],
+        ))?;
+        check(o.stdout == "orig\n" && o.code != Some(0), || {
+            format!("{flags:?}: reads work, writes fail; {o}")
+        })?;
+        check(o.stderr.contains("Read-only file system"), || {
+            format!("{flags:?}: writes must fail with EROFS; {o}")
+        })?;
+        check(
+            std::fs::read_to_string(host.path().join("f"))? == "orig\n"
+                && !host.path().join("g").exists(),
+            || format!("{flags:?}: the host's files must be untouched"),
+        )?;
+    }
+    Ok(())
+}
+
+/// A named volume keeps its data across containers and their `rm`; it is
+/// seeded from the image when empty; `volume rm` refuses it while a
+/// container refers to it, and takes it after.
+fn named_volume_lifecycle(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    // /etc in the busybox image holds passwd and group: the empty volume gets them.
+    let o = run_text(run(
+        &c,
+        &["--name", "writer", "-v", "vol:/etc"],
+        &[
+            "sh",
+            "-c",
+            "cat /etc/group >/dev/null && echo kept > /etc/note",
+        ],
+    ))?;
+    check(o.code == Some(0), || {
+        format!("the seeded volume must hold the image's /etc/group; {o}")
+    })?;
+    let ls = run_text(hull(&c, &["volume", "ls", "--json"]))?;
+    check(ls.stdout.contains("\"name\": \"vol\""), || {
+        format!("volume ls --json must list vol; {ls}")
+    })?;
+    let rm = run_text(hull(&c, &["volume", "rm", "vol"]))?;
+    check(
+        rm.code == Some(1) && rm.stderr.contains("in use") && rm.stderr.contains("writer"),
+        || format!("volume rm must refuse a volume a container refers to; {rm}"),
+    )?;
+    let rmc = run_text(c.hull(&["rm", "writer"]))?;
+    check(rmc.code == Some(0), || format!("{rmc}"))?;
+    let o = run_text(run(&c, &["--rm", "-v", "vol:/etc"], &["cat", "/etc/note"]))?;
+    check(o.code == Some(0) && o.stdout == "kept\n", || {
+        format!("a second container must see the first one's file after its rm; {o}")
+    })?;
+    let inspect = run_text(hull(&c, &["volume", "inspect", "vol"]))?;
+    check(inspect.stdout.contains("volumes/vol/_data"), || {
+        format!("{inspect}")
+    })?;
+    let rm = run_text(hull(&c, &["volume", "rm", "vol"]))?;
+    check(rm.code == Some(0), || {
+        format!("volume rm after the containers are gone; {rm}")
+    })?;
+    let ls = run_text(hull(&c, &["volume", "ls", "-q"]))?;
+    check(ls.stdout.is_empty(), || format!("{ls}"))
+}
+
+/// `--tmpfs PATH:size=1m` is a tmpfs of 1 MiB (a 2 MiB write fails);
+/// `--read-only` refuses writes outside volumes and tmpfs mounts.
+fn tmpfs_and_read_only_root(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let o = run_text(run(
+        &c,
+        &["--rm", "--tmpfs", "/scratch:size=1m"],
+        &[
+            "sh",
+            "-c",
+            "grep ' /scratch ' /proc/mounts; df -k /scratch | tail -n1; dd if=/dev/zero of=/scratch/big bs=1024 count=2048",
+        ],
+    ))?;
+    check(
+        o.stdout.contains("tmpfs") && o.stdout.contains(" 1024 "),
+        || format!("/scratch must be a 1024 KiB tmpfs; {o}"),
+    )?;
+    check(
+        o.code != Some(0) && o.stderr.contains("No space left"),
+        || format!("2 MiB must not fit in 1 MiB; {o}"),
+    )?;
+    let o = run_text(run(
+        &c,
+        &[
+            "--rm",
+            "--read-only",
+            "--tmpfs",
+            "/scratch",
+            "-v",
+            "rw:/vol",
+        ],
+        &[
+            "sh",
+            "-c",
+            "echo a > /scratch/a && echo a > /vol/a && echo a > /tmp/a && echo writable; echo x > /etc/x",
+        ],
+    ))?;
+    check(o.stdout == "writable\n", || {
+        format!("tmpfs, volume and /tmp stay writable; {o}")
+    })?;
+    check(
+        o.code != Some(0) && o.stderr.contains("Read-only file system"),
+        || format!("the root must refuse writes; {o}"),
+    )
+}
+
+/// From inside: `..`, a symlink to /etc/shadow and to the host file's path,
+/// a symlink swapped during a loop of opens, a hard link to a file outside
+/// the volume: none reads or changes the host's file beside the volume.
+fn escape_attempts(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let outer = tempfile::tempdir()?;
+    let secret = outer.path().join("secret");
+    std::fs::write(&secret, "HOST-SECRET\n")?;
+    let vol = outer.path().join("vol");
+    std::fs::create_dir(&vol)?;
+    let spec = format!("{}:/data", p(&vol));
+    let host_secret = p(&secret);
+    let script = format!(
+        "cat /data/../secret; echo x > /data/../secret; \
+         ln -s /etc/shadow /data/shadow; cat /data/shadow; \
+         ln -s {host_secret} /data/abs; cat /data/abs; echo x > /data/abs; \
+         ln -s ../secret /data/rel; cat /data/rel; \
+         ln {host_secret} /data/hard; ln /data/../secret /data/hard2; \
+         (i=0; while [ $i -lt 200 ]; do ln -sfn /etc/passwd /data/race; ln -sfn {host_secret} /data/race; i=$((i+1)); done) & \
+         i=0; while [ $i -lt 200 ]; do cat /data/race 2>/dev/null; i=$((i+1)); done; wait; echo finished"
+    );
+    let o = run_text(run(&c, &["--rm", "-v", &spec], &["sh", "-c", &script]))?;
+    check(o.stdout.contains("finished"), || {
+        format!("the attempts must run to the end; {o}")
+    })?;
+    check(!o.stdout.contains("HOST-SECRET"), || {
+        format!("the host file beside the volume was read from inside; {o}")
+    })?;
+    check(std::fs::read_to_string(&secret)? == "HOST-SECRET\n", || {
+        "the host file beside the volume was changed from inside".into()
+    })?;
+    for hard in ["hard", "hard2"] {
+        let md = std::fs::symlink_metadata(vol.join(hard));
+        check(
+            md.as_ref().map_or(true, |m| {
+                m.ino() != std::fs::metadata(&secret).map(|s| s.ino()).unwrap_or(0)
+            }),
+            || format!("{hard}: a hard link to the host file was made inside the volume"),
+        )?;
+    }
+    Ok(())
+}
+
+/// docker's usage errors: exit 125, one line, nothing created.
+fn bad_mount_flags_are_125(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let missing = c.state.path().join("missing");
+    let bind_missing = format!("type=bind,src={},dst=/x", p(&missing));
+    let cases: [(&[&str], &str); 5] = [
+        (&["-v", "./rel:/x"], "absolute path"),
+        (&["-v", "/tmp:x"], "must be absolute"),
+        (&["--mount", &bind_missing], "does not exist"),
+        (&["--mount", "type=nfs,dst=/x"], "invalid mount type"),
+        (&["--tmpfs", "/t:size=lots"], "invalid size"),
+    ];
+    for (flags, want) in cases {
+        let mut all = vec!["--rm"];
+        all.extend_from_slice(flags);
+        let o = run_text(run(&c, &all, &["true"]))?;
+        check(
+            o.code == Some(125) && o.stderr.contains(want) && o.stderr.trim().lines().count() == 1,
+            || format!("{flags:?}: want exit 125 and one line with {want:?}; {o}"),
+        )?;
+    }
+    check(!missing.exists() && c.containers().is_empty(), || {
+        "a refused run must create nothing".into()
+    })
+}
+
+/// `rm -f` of a running container with a bind, a volume and a tmpfs leaves
+/// no process, no mount on the host and the volume's data in place.
+fn rm_force_with_volumes_leaves_nothing(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let host = tempfile::tempdir()?;
+    let spec = format!("{}:/data", p(host.path()));
+    let before = mounts();
+    let o = run_text(run(
+        &c,
+        &["-d", "-v", &spec, "-v", "keep:/keep", "--tmpfs", "/t"],
+        &["sh", "-c", "echo x > /keep/x; exec sleep 1000"],
+    ))?;
+    check(o.code == Some(0), || format!("{o}"))?;
+    let id = o.stdout.trim().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let rm = run_text(c.hull(&["rm", "-f", &id]))?;
+    check(rm.code == Some(0), || format!("{rm}"))?;
+    let left = processes_mentioning(&id);
+    check(left.is_empty(), || format!("processes left: {left:?}"))?;
+    let after = mounts();
+    let new: Vec<_> = after.difference(&before).collect();
+    check(new.is_empty(), || format!("mounts left: {new:?}"))?;
+    let data = c.state.path().join("data/volumes/keep/_data/x");
+    check(data.exists(), || {
+        "the volume's data must outlive rm -f".into()
+    })
+}
+
+/// Until hull-vmm has virtio-fs, a microVM refuses mounts in one line
+/// (exit 125) rather than silently running without them.
+fn vm_refuses_mounts_in_one_line(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let o = run_text(run(&c, &["--rm", "--tmpfs", "/t"], &["true"]))?;
+    check(
+        o.code == Some(125)
+            && o.stderr.contains("virtio-fs")
+            && o.stderr.trim().lines().count() == 1,
+        || format!("want exit 125 naming virtio-fs; {o}"),
+    )
+}
+
+type Scenario = fn(Backend) -> Result<(), Failed>;
+
+/// The volume scenarios for backend `b`.
+pub fn volume_trials(b: Backend) -> Vec<Trial> {
+    let all: Vec<(&str, Scenario)> = if b.0 == "vm" {
+        vec![
+            ("bad_mount_flags_are_125", bad_mount_flags_are_125),
+            (
+                "vm_refuses_mounts_in_one_line",
+                vm_refuses_mounts_in_one_line,
+            ),
+        ]
+    } else {
+        vec![
+            ("bind_mount_both_ways", bind_mount_both_ways),
+            (
+                "read_only_mounts_refuse_writes",
+                read_only_mounts_refuse_writes,
+            ),
+            ("named_volume_lifecycle", named_volume_lifecycle),
+            ("tmpfs_and_read_only_root", tmpfs_and_read_only_root),
+            ("volume_escape_attempts", escape_attempts),
+            ("bad_mount_flags_are_125", bad_mount_flags_are_125),
+            (
+                "rm_force_with_volumes_leaves_nothing",
+                rm_force_with_volumes_leaves_nothing,
+            ),
+        ]
+    };
+    all.into_iter()
+        .map(|(name, f)| Trial::test(format!("{}::volumes::{name}", b.0), move || f(b)))
+        .collect()
+}
