@@ -10,7 +10,7 @@ use hull::client::{self, Outcome, Sinks, Times};
 use hull::container::Session;
 use hull::image::Source;
 use hull::monitor::{self, Notifier, Role};
-use hull::volume::{self, MountSpec, MountSpecError, VolumeStore};
+use hull::volume::{self, MountSource, MountSpec, MountSpecError, VolumeStore};
 use hull::{Container, ContainerConfig, Isolation};
 use hull_agent::protocol::{Start, User};
 use hull_images::config::RunConfig;
@@ -202,7 +202,18 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
     let t0 = Instant::now();
     let specs = mount_specs(&args)?;
     let src = source::source(data_dir, &args)?;
-    let mounts = volume::resolve(&VolumeStore::new(data_dir), &specs, &src.layers)?;
+    let store = VolumeStore::new(data_dir);
+    let mounts = volume::resolve(&store, &specs, &src.layers)?;
+    // docker's --rm takes the container's anonymous volumes with it.
+    let anonymous: Vec<String> = specs
+        .iter()
+        .zip(&mounts)
+        .filter(|(s, _)| matches!(s.source, MountSource::Volume { name: None, .. }))
+        .filter_map(|(_, m)| match &m.source {
+            MountSource::Volume { name, .. } => name.clone(),
+            _ => None,
+        })
+        .collect();
     let mut container = Container::create(state_dir, &container_config(&args, &src, mounts))?;
     let hostname = args
         .hostname
@@ -257,6 +268,12 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
     container.finish(status, reason)?;
     if args.rm {
         container.delete(false)?;
+        if !anonymous.is_empty() {
+            let in_use = volume::volumes_in_use(state_dir)?;
+            for name in &anonymous {
+                let _ = store.remove(name, &in_use);
+            }
+        }
     }
     let _: Outcome = result?;
     if let Ok(path) = std::env::var(hull::bench::hull_cli::TIMINGS_ENV) {

@@ -173,8 +173,13 @@ fn named_volume_lifecycle(b: Backend) -> Result<(), Failed> {
     check(rm.code == Some(0), || {
         format!("volume rm after the containers are gone; {rm}")
     })?;
+    // An anonymous volume goes with its --rm container, as docker's does.
+    let o = run_text(run(&c, &["--rm", "-v", "/anon"], &["touch", "/anon/x"]))?;
+    check(o.code == Some(0), || format!("{o}"))?;
     let ls = run_text(hull(&c, &["volume", "ls", "-q"]))?;
-    check(ls.stdout.is_empty(), || format!("{ls}"))
+    check(ls.stdout.is_empty(), || {
+        format!("no volume may be left (vol removed, the anonymous one with its container); {ls}")
+    })
 }
 
 /// `--tmpfs PATH:size=1m` is a tmpfs of 1 MiB (a 2 MiB write fails);
