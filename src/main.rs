@@ -1,5 +1,6 @@
 //! `hull`: run OCI container images in KVM microVMs, or in namespaces.
 
+mod admission;
 mod bench;
 mod bundle;
 mod cgroups;

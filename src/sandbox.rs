@@ -81,7 +81,7 @@ fn die_with_parent(cmd: &mut Command) {
 }
 
 /// A SIGINT, SIGTERM or SIGHUP that arrived while it was blocked.
-fn pending_stop_signal() -> Option<i32> {
+pub fn pending_stop_signal() -> Option<i32> {
     // SAFETY: sigset_t is plain data; sigpending fills it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to `set`.

@@ -10,6 +10,7 @@ use clap::Args;
 use hull_agent::protocol::{Start, User};
 use hull_images::config::RunConfig;
 
+use crate::admission::{Limits, MemoryReservation, StartSlot};
 use crate::client::{self, RawMode, Times};
 use crate::commands::detach;
 use crate::sandbox::{Isolation, Sandbox, Spec};
@@ -120,6 +121,14 @@ pub struct RunArgs {
     /// host's ids (root inside is root outside).
     #[arg(long, value_enum, default_value = "auto")]
     pub userns: crate::userns::Mode,
+    /// Sandboxes that may be starting at once on this host; more wait for a
+    /// slot (0: no limit; default two per CPU).
+    #[arg(long, env = "HULL_MAX_STARTING", value_name = "N")]
+    pub max_starting: Option<u32>,
+    /// MiB of guest RAM that running microVMs may commit on this host, in
+    /// all; a run past it is refused (0: no limit; default twice MemTotal).
+    #[arg(long, env = "HULL_MAX_GUEST_MEMORY", value_name = "MIB")]
+    pub max_guest_memory: Option<u64>,
     /// Run a root filesystem directory instead of an image.
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
@@ -326,7 +335,20 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
         huge_pages: !args.no_huge_pages,
     };
     let t_prepare = Instant::now();
+    let limits = Limits::resolve(args.max_starting, args.max_guest_memory);
     let result = (|| -> anyhow::Result<(client::Outcome, Times, Instant, Instant)> {
+        // Held for the sandbox's life, and from launch until the agent answers.
+        let _memory = (args.isolation == Isolation::Vm)
+            .then(|| MemoryReservation::acquire(&limits, args.memory))
+            .transpose()?;
+        let waiting = |n, m| {
+            let msg = format!("waiting for a start slot ({n} starting, limit {m})");
+            match &detached {
+                Some(d) => d.warn(&msg),
+                None => eprintln!("hull: {msg}"),
+            }
+        };
+        let slot = StartSlot::acquire(&limits, waiting, crate::sandbox::pending_stop_signal)?;
         let mut sandbox = Sandbox::launch(&spec)?;
         let t_create = Instant::now();
         state.status = Status::Running;
@@ -334,6 +356,7 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
         state.monitor = ProcessId::of(std::process::id() as i32);
         dir.save(&state)?;
         let stream = sandbox.connect(Duration::from_secs(300))?;
+        drop(slot);
         if let Some(map) = sandbox.id_map(&stream) {
             if crate::userns::is_host_map(&map) && args.userns != crate::userns::Mode::Host {
                 if let Some(w) = sandbox.userns_warning() {
