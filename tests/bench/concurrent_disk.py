@@ -78,6 +78,9 @@ def main():
     ap.add_argument("--mem", type=int, default=256, help="guest MiB (default 256)")
     ap.add_argument("--disk-mib", type=int, default=8, help="disk size (default 8)")
     ap.add_argument("--no-huge-pages", action="store_true")
+    ap.add_argument("--qemu", action="store_true",
+                    help="QEMU microvm instead of hull-vmm (its guest RAM is 2 MiB-aligned "
+                         "and advised for huge pages too)")
     ap.add_argument("--vmm-arg", action="append", default=[],
                     help="another hull-vmm argument (repeatable)")
     ap.add_argument("--timeout", type=int, default=600)
@@ -98,6 +101,15 @@ def main():
            "--mem", str(args.mem), "--vcpus", "1", "--disk", disk + ",ro"]
     if args.no_huge_pages:
         cmd.append("--no-huge-pages")
+    if args.qemu:
+        # As tests/bench/disk.py runs it: virtio-mmio disk, reboot ends it.
+        cmd = ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,rtc=off,acpi=off",
+               "-enable-kvm", "-cpu", "host", "-m", str(args.mem), "-smp", "1",
+               "-nodefaults", "-no-user-config", "-display", "none",
+               "-serial", "stdio", "-no-reboot", "-kernel", args.kernel,
+               "-initrd", initrd, "-append", boot.CMDLINE + " reboot=t",
+               "-drive", "file=%s,format=raw,if=none,id=d0,readonly=on" % disk,
+               "-device", "virtio-blk-device,drive=d0"]
     cmd += args.vmm_arg
     print("thp:", thp_settings())
     print("memory (MiB):", meminfo())
