@@ -125,9 +125,11 @@ pub fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
 }
 
 fn show(o: &Output) -> String {
+    use std::os::unix::process::ExitStatusExt;
     format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        "exit {:?} (signal {:?})\n--- stdout\n{}\n--- stderr\n{}",
         o.status.code(),
+        o.status.signal(),
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
