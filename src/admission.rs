@@ -34,7 +34,11 @@ pub enum AdmissionError {
     #[error(
         "refused: {request} MiB of guest memory would bring the microVMs' total to {total} MiB, over the limit of {limit} MiB (--max-guest-memory, HULL_MAX_GUEST_MEMORY)"
     )]
-    OverCommitted { request: u64, total: u64, limit: u64 },
+    OverCommitted {
+        request: u64,
+        total: u64,
+        limit: u64,
+    },
     #[error(
         "refused: {request} MiB of guest memory is more than this host has available ({available} MiB)"
     )]
@@ -96,11 +100,12 @@ fn meminfo_mib(field: &str) -> Option<u64> {
 }
 
 fn parse_meminfo(text: &str, field: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k == field).then(|| v.split_whitespace().next()?.parse::<u64>().ok())?
-    })
-    .map(|kib| kib / 1024)
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k == field).then(|| v.split_whitespace().next()?.parse::<u64>().ok())?
+        })
+        .map(|kib| kib / 1024)
 }
 
 fn make_dir(dir: &Path) -> Result<(), AdmissionError> {
@@ -360,15 +365,18 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(peak.load(Ordering::SeqCst), 2);
-        assert!(waited.load(Ordering::SeqCst) >= 4, "four of six had to wait");
+        assert!(
+            waited.load(Ordering::SeqCst) >= 4,
+            "four of six had to wait"
+        );
     }
 
     #[test]
     fn a_wait_ends_on_a_signal() {
         let tmp = tempfile::tempdir().unwrap();
         let l = limits(tmp.path(), 1, 0);
-        let _held = StartSlot::acquire(&l, |_, _| panic!("the first does not wait"), || None)
-            .unwrap();
+        let _held =
+            StartSlot::acquire(&l, |_, _| panic!("the first does not wait"), || None).unwrap();
         let err = StartSlot::acquire(&l, |_, _| {}, || Some(libc::SIGINT)).unwrap_err();
         assert!(matches!(err, AdmissionError::Interrupted(libc::SIGINT)));
         assert_eq!(
@@ -457,7 +465,10 @@ mod tests {
                 break; // the child holds it
             }
             drop(f);
-            assert!(std::time::Instant::now() < deadline, "flock(1) never locked");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flock(1) never locked"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         let waited = AtomicU32::new(0);

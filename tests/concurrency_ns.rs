@@ -46,9 +46,13 @@ fn build_runtime() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
-    cmd.current_dir(repo).args(["build", "--quiet", "-p", "hull"]);
+    cmd.current_dir(repo)
+        .args(["build", "--quiet", "-p", "hull"]);
     let exe = std::env::current_exe().expect("test binary path");
-    if exe.ancestors().any(|d| d.file_name().is_some_and(|n| n == "release")) {
+    if exe
+        .ancestors()
+        .any(|d| d.file_name().is_some_and(|n| n == "release"))
+    {
         cmd.arg("--release");
     }
     let status = cmd.status().expect("running cargo build");

@@ -319,11 +319,7 @@ impl Report {
             b = top + plot_h,
             r = left + width
         );
-        let _ = writeln!(
-            s,
-            r#"<text x="10" y="{}">{max_r:.2}/s</text>"#,
-            top + 4.0
-        );
+        let _ = writeln!(s, r#"<text x="10" y="{}">{max_r:.2}/s</text>"#, top + 4.0);
         for (i, b) in lines.iter().enumerate() {
             let colour = COLOURS[i % COLOURS.len()];
             let points: Vec<String> = b

@@ -161,7 +161,11 @@ pub fn output(mut cmd: Command, limit: Duration) -> Result<Output, Failed> {
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let out = out.map_err(|e| format!("waiting for hull: {e}"))?;
     check(started.elapsed() < limit, || {
-        format!("hull hung: killed after {} s; {}", limit.as_secs(), show(&out))
+        format!(
+            "hull hung: killed after {} s; {}",
+            limit.as_secs(),
+            show(&out)
+        )
     })?;
     Ok(out)
 }
@@ -197,10 +201,7 @@ fn cgroups_named(ids: &BTreeSet<String>) -> Vec<PathBuf> {
                 continue;
             }
             let name = e.file_name().to_string_lossy().into_owned();
-            if name
-                .strip_prefix("ns-")
-                .is_some_and(|id| ids.contains(id))
-            {
+            if name.strip_prefix("ns-").is_some_and(|id| ids.contains(id)) {
                 found.push(e.path());
             } else if d.components().count() < 8 {
                 stack.push(e.path());
@@ -370,6 +371,8 @@ pub fn clients_run_exec_rm(
         "{clients} clients x {loops} loops on {backend}: {took:.1?}, ps consistent in {rounds} rounds"
     );
     let last = ps(&w).map_err(Failed::from)?;
-    check(last.is_empty(), || format!("containers left in ps: {last:?}"))?;
+    check(last.is_empty(), || {
+        format!("containers left in ps: {last:?}")
+    })?;
     w.check_nothing_left(&seen.into_inner().unwrap())
 }
