@@ -111,13 +111,28 @@ impl World {
         check(mounts.is_empty(), || format!("mounts left: {mounts:?}"))?;
         let cgroups = cgroups_named(seen);
         check(cgroups.is_empty(), || format!("cgroups left: {cgroups:?}"))?;
-        let reservations: Vec<_> = std::fs::read_dir(self.admission.path().join("memory"))
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        check(reservations.is_empty(), || {
-            format!("guest memory reservations left: {reservations:?}")
+        // A reservation file may outlive a monitor killed by `rm -f` (the
+        // next admission removes it); it must not stay locked.
+        let held: Vec<PathBuf> = std::fs::read_dir(self.admission.path().join("memory"))
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| is_locked(p))
+            .collect();
+        check(held.is_empty(), || {
+            format!("guest memory reservations still held: {held:?}")
         })
     }
+}
+
+/// Whether someone holds a flock on `path`.
+fn is_locked(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; no memory involved.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
 }
 
 pub fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
