@@ -82,6 +82,8 @@ fn create_then_start_then_attach_then_delete() {
         huge_pages: true,
         mounts: Vec::new(),
         read_only: false,
+        max_starting: None,
+        max_guest_memory_mib: None,
     };
 
     let mut c = Container::create(&state_dir, &config).unwrap();
