@@ -12,6 +12,9 @@ packages=(
   qemu-system-x86 busybox-static
   # real peers for the image tests and the namespace baselines
   docker-registry skopeo umoci runc crun
+  # container networks: hull's nftables table; the network tests' namespaces
+  # and fetches
+  nftables iproute2 curl
   # benchmarks
   hyperfine
 )

@@ -21,6 +21,7 @@ use crate::client::{self, ClientError, Outcome, RawMode, Sinks, Times};
 use crate::process::{self, ProcessId};
 use crate::sandbox::{self, Isolation, Sandbox, SandboxError, Spec};
 use crate::state::{ContainerState, STDERR_LOG, STDOUT_LOG, StateDir, StateError, Status};
+use crate::network::{self, NetworkError};
 use crate::userns;
 
 /// What a container is made of, as `create` records it (config.json in its
@@ -49,6 +50,10 @@ pub struct ContainerConfig {
     pub userns: userns::Mode,
     /// Guest RAM laid out for transparent huge pages (vm).
     pub huge_pages: bool,
+    /// The container's network; None: a namespace of its own with only
+    /// `lo`, the image's /etc files untouched.
+    #[serde(default)]
+    pub network: Option<network::Request>,
 }
 
 /// The container's configuration, as JSON in its state dir.
@@ -64,6 +69,8 @@ pub enum ContainerError {
     State(#[from] StateError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     #[error("reading the configuration of container {id}")]
     Config { id: String, source: std::io::Error },
     #[error("container {0} is not running")]
@@ -111,6 +118,8 @@ pub struct Container {
     state: ContainerState,
     /// The sandbox, in the process that started it, until it ended.
     sandbox: Option<Sandbox>,
+    /// What the agent sets up for the container's network (from `start`).
+    network_setup: Option<hull_agent::protocol::NetworkSetup>,
 }
 
 impl Container {
@@ -128,6 +137,7 @@ impl Container {
             states,
             state,
             sandbox: None,
+            network_setup: None,
         };
         let path = c.dir().join(CONFIG_FILE);
         let json = serde_json::to_vec_pretty(config).expect("a ContainerConfig serializes");
@@ -153,6 +163,7 @@ impl Container {
             states,
             state,
             sandbox: None,
+            network_setup: None,
         };
         c.reconcile()?;
         Ok(c)
@@ -167,6 +178,7 @@ impl Container {
                 states: states.clone(),
                 state,
                 sandbox: None,
+                network_setup: None,
             };
             if let Err(e) = c.reconcile() {
                 log::warn!("{}", crate::error::chain(&e));
@@ -206,6 +218,30 @@ impl Container {
         })
     }
 
+    /// Sets the network of a container not started yet (recorded in its
+    /// configuration, for `start`).
+    pub fn set_network(&mut self, request: network::Request) -> Result<(), ContainerError> {
+        if self.state.status != Status::Created {
+            return Err(ContainerError::AlreadyStarted(self.short_id().into()));
+        }
+        let mut config = self.config()?;
+        config.network = Some(request);
+        let path = self.dir().join(CONFIG_FILE);
+        let json = serde_json::to_vec_pretty(&config).expect("a ContainerConfig serializes");
+        std::fs::write(&path, json).map_err(|source| StateError::Io {
+            what: "writing",
+            path,
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// The container's network attachment (address, published ports), if
+    /// it is on a network.
+    pub fn network(&self) -> Option<network::Attachment> {
+        network::attachment(&self.dir())
+    }
+
     /// Launches the container's sandbox; this process becomes its monitor
     /// (status `running`). The sandbox launches here, for both backends.
     pub fn start(&mut self) -> Result<(), ContainerError> {
@@ -215,6 +251,28 @@ impl Container {
         let config = self.config()?;
         let dir = self.dir();
         let name = self.short_id().to_string();
+        let prepared = match &config.network {
+            Some(req) => Some(network::prepare(
+                self.states.root(),
+                &dir,
+                &self.state.id,
+                req,
+                config.isolation,
+            )?),
+            None => None,
+        };
+        let (netns, tap) = match prepared {
+            None => (sandbox::NetNs::New, None),
+            Some(p) => {
+                self.network_setup = Some(p.setup);
+                let netns = match (p.netns, &config.network) {
+                    (Some(path), _) => sandbox::NetNs::Path(path),
+                    (None, Some(r)) if r.mode == network::Mode::Host => sandbox::NetNs::Host,
+                    (None, _) => sandbox::NetNs::New,
+                };
+                (netns, p.tap)
+            }
+        };
         let spec = Spec {
             isolation: config.isolation,
             dir: &dir,
@@ -226,8 +284,16 @@ impl Container {
             name: &name,
             userns: config.userns,
             huge_pages: config.huge_pages,
+            netns,
+            tap,
         };
-        let sandbox = Sandbox::launch(&spec)?;
+        let sandbox = match Sandbox::launch(&spec) {
+            Ok(s) => s,
+            Err(e) => {
+                network::release(self.states.root(), &dir);
+                return Err(e.into());
+            }
+        };
         self.state.status = Status::Running;
         self.state.sandbox = ProcessId::of(sandbox.pid() as i32);
         self.state.monitor = ProcessId::of(std::process::id() as i32);
@@ -251,6 +317,11 @@ impl Container {
         for w in sandbox.take_warnings() {
             (session.warn)(&w);
         }
+        let mut start = start.clone();
+        if start.network.is_none() {
+            start.network = self.network_setup.clone();
+        }
+        let start = &start;
         let stream = sandbox.connect(CONNECT_TIMEOUT)?;
         if let Some(map) = sandbox.id_map(&stream) {
             let wanted = self.config().map(|c| c.userns).ok();
@@ -307,6 +378,7 @@ impl Container {
     /// not simply its process exiting).
     pub fn finish(&mut self, status: i32, reason: Option<String>) -> Result<(), ContainerError> {
         self.sandbox = None;
+        network::release(self.states.root(), &self.dir());
         self.state.mark_exited(status, reason);
         self.states.save(&self.state)?;
         Ok(())
@@ -489,6 +561,7 @@ mod tests {
             kernel: None,
             userns: userns::Mode::Auto,
             huge_pages: true,
+            network: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod error;
 pub mod image;
 pub mod initramfs;
 pub mod monitor;
+pub mod network;
 pub mod paths;
 pub mod process;
 pub mod sandbox;

@@ -53,6 +53,11 @@ enum Command {
     Stop(commands::stop::StopArgs),
     /// Send a signal to containers (default: SIGKILL).
     Kill(commands::stop::KillArgs),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(commands::network::NetworkCommand),
+    /// List a container's published ports.
+    Port(commands::port::PortArgs),
 }
 
 fn main() {
@@ -82,6 +87,8 @@ fn main() {
         Command::Logs(args) => commands::logs::run(&cli.state_dir, args),
         Command::Stop(args) => commands::stop::run_stop(&cli.state_dir, args),
         Command::Kill(args) => commands::stop::run_kill(&cli.state_dir, args),
+        Command::Network(cmd) => commands::network::run(&cli.state_dir, cmd),
+        Command::Port(args) => commands::port::run(&cli.state_dir, args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -10,7 +10,8 @@
 //!   namespaces, with host directories as layers and a Unix socket instead
 //!   of vsock. With `--userns BASE:SIZE` those namespaces belong to a new
 //!   user namespace whose root is host id BASE, and the layers are
-//!   id-mapped mounts into it.
+//!   id-mapped mounts into it. `--netns PATH` joins the network namespace
+//!   hull prepared instead of a new one (`--netns host`: the host's).
 
 /// Step-by-step trace on stderr (the guest console) when the agent's
 /// environment has `HULL_AGENT_DEBUG` (hull passes it on when it has it).
@@ -22,6 +23,7 @@ macro_rules! debug {
     };
 }
 
+mod network;
 mod rootfs;
 mod session;
 mod sys;
@@ -134,6 +136,7 @@ fn ns_main(args: &[String]) {
     let mut lowers = Vec::new();
     let mut userns = None;
     let mut optional = false;
+    let mut netns = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--userns-optional" {
@@ -145,6 +148,7 @@ fn ns_main(args: &[String]) {
             ("--listen", Some(v)) => listen = Some(PathBuf::from(v)),
             ("--scratch", Some(v)) => scratch = Some(PathBuf::from(v)),
             ("--lower", Some(v)) => lowers.push(PathBuf::from(v)),
+            ("--netns", Some(v)) => netns = Some(v),
             ("--userns", Some(v)) => match parse_userns(&v) {
                 Some(r) => userns = Some(r),
                 None => ns_fail(format!("bad --userns {v}: want BASE:SIZE")),
@@ -203,8 +207,19 @@ fn ns_main(args: &[String]) {
     if let Err(e) = rootfs::ns_prepare(&scratch, layers) {
         ns_fail(e);
     }
-    let mut flags =
-        libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET | libc::CLONE_NEWPID;
+    let mut flags = libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWPID;
+    // `--netns PATH`: the network namespace hull prepared (joined as host
+    // root, before the user namespace); `--netns host`: the host's; none:
+    // a new empty one (only lo).
+    match netns.as_deref() {
+        None => flags |= libc::CLONE_NEWNET,
+        Some("host") => {}
+        Some(path) => {
+            if let Err(e) = sys::join_netns(std::path::Path::new(path)) {
+                ns_fail(format!("joining the network namespace {path}: {e}"));
+            }
+        }
+    }
     if let Some(ns) = &userns_fd {
         if let Err(e) = sys::become_root_in(ns) {
             ns_fail(format!("entering the user namespace: {e}"));

@@ -6,6 +6,8 @@ pub mod exec;
 pub mod images;
 pub mod inspect;
 pub mod logs;
+pub mod network;
+pub mod port;
 pub mod ps;
 pub mod rm;
 pub mod run;

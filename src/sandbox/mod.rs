@@ -72,6 +72,8 @@ pub enum SandboxError {
     Initramfs(#[from] initramfs::InitramfsError),
     #[error(transparent)]
     Cgroup(#[from] crate::cgroups::CgroupError),
+    #[error("this hull-vmm has no virtio-net device: a microVM can only use --network none here")]
+    NoVirtioNet,
     #[error("{what} exited before the agent answered{detail}")]
     DiedEarly { what: &'static str, detail: String },
     #[error("the agent did not answer within {0} s")]
@@ -113,6 +115,24 @@ pub struct Spec<'a> {
     pub userns: userns::Mode,
     /// Guest RAM laid out for transparent huge pages (vm).
     pub huge_pages: bool,
+    /// The network namespace hull prepared (ns: the agent joins it; None:
+    /// a new empty one), or the host's (`--network host`).
+    pub netns: NetNs,
+    /// The tap for the microVM's virtio-net device and the guest's MAC
+    /// (vm; handed to hull-vmm as an fd).
+    pub tap: Option<(std::os::fd::OwnedFd, String)>,
+}
+
+/// Which network namespace an ns sandbox runs in.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NetNs {
+    /// A new one of its own, with only `lo`.
+    #[default]
+    New,
+    /// The host's (`--network host`).
+    Host,
+    /// The one held at this path.
+    Path(PathBuf),
 }
 
 /// The container's cgroup (ns), as JSON in its state dir.
@@ -133,9 +153,13 @@ fn remove_cgroup(cg: &Cgroup) {
 }
 
 /// Removes what a sandbox in state dir `dir` may have left on the host when
-/// its monitor could not clean up (killed): its cgroup, and its claim on a
-/// user namespace id range.
+/// its monitor could not clean up (killed): its network (lease, veth,
+/// namespace, port rules), its cgroup, and its claim on a user namespace id
+/// range.
 pub fn cleanup_leftovers(dir: &Path) {
+    if let Some(state_dir) = dir.parent().and_then(Path::parent) {
+        crate::network::release(state_dir, dir);
+    }
     if let Ok(json) = std::fs::read(dir.join(CGROUP_FILE)) {
         if let Ok(cg) = serde_json::from_slice::<Cgroup>(&json) {
             remove_cgroup(&cg);

@@ -41,6 +41,9 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     }
     let socket = agent_socket(Isolation::Vm, spec.dir);
     let console = spec.dir.join("console.log");
+    if spec.tap.is_some() {
+        return Err(SandboxError::NoVirtioNet);
+    }
     let mut config = vm_config(spec, kernel, initrd, disks);
     if std::env::var_os("HULL_AGENT_DEBUG").is_some() {
         // The kernel hands unknown KEY=VALUE words to init's environment.
@@ -137,6 +140,8 @@ mod tests {
             name: "c",
             userns: crate::userns::Mode::Auto,
             huge_pages: false,
+            netns: crate::sandbox::NetNs::New,
+            tap: None,
         };
         let disks = vec![t.path().join("a.erofs"), t.path().join("b.erofs")];
         let config = vm_config(&spec, "/k".into(), "/i".into(), disks.clone());
