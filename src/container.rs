@@ -18,10 +18,10 @@ use hull_agent::protocol::Start;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{self, ClientError, Outcome, RawMode, Sinks, Times};
+use crate::network::{self, NetworkError};
 use crate::process::{self, ProcessId};
 use crate::sandbox::{self, Isolation, Sandbox, SandboxError, Spec};
 use crate::state::{ContainerState, STDERR_LOG, STDOUT_LOG, StateDir, StateError, Status};
-use crate::network::{self, NetworkError};
 use crate::userns;
 
 /// What a container is made of, as `create` records it (config.json in its

@@ -288,7 +288,10 @@ pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
-    let tun = File::options().read(true).write(true).open("/dev/net/tun")?;
+    let tun = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
     // SAFETY: ifreq is plain data; all zeroes is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {

@@ -76,7 +76,20 @@ fn container_mounts(root: &str, devtmpfs: bool) -> Result<(), String> {
         "",
     )?;
     let sys_flags = NOSUID_NODEV_NOEXEC | if devtmpfs { 0 } else { RDONLY };
-    mnt("sysfs", &format!("{root}/sys"), "sysfs", sys_flags, "")?;
+    let sys = format!("{root}/sys");
+    mkdir(&sys)?;
+    if let Err(e) = mount("sysfs", &sys, "sysfs", sys_flags, "") {
+        // A user namespace may not mount sysfs for a network namespace it
+        // does not own (the one hull prepared, joined before it): bind the
+        // host's /sys read-only instead, as runc does.
+        if devtmpfs || e.raw_os_error() != Some(libc::EPERM) {
+            return Err(format!("mounting sysfs on {sys}: {e}"));
+        }
+        mount("/sys", &sys, "", libc::MS_BIND | libc::MS_REC, "")
+            .map_err(|e| format!("binding /sys on {sys}: {e}"))?;
+        let ro = libc::MS_REMOUNT | libc::MS_BIND | RDONLY | NOSUID_NODEV_NOEXEC;
+        mount("", &sys, "", ro, "").map_err(|e| format!("making {sys} read-only: {e}"))?;
+    }
     let dev = format!("{root}/dev");
     if devtmpfs {
         mnt("devtmpfs", &dev, "devtmpfs", libc::MS_NOSUID, "mode=0755")?;

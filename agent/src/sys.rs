@@ -596,7 +596,9 @@ pub fn set_ipv4(name: &str, addr: std::net::Ipv4Addr, prefix_len: u8) -> io::Res
     req.ifr_ifru.ifru_addr = sockaddr_in(addr);
     // SAFETY: SIOCSIFADDR reads `req`, valid for the call.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &req) })?;
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0);
     req.ifr_ifru.ifru_netmask = sockaddr_in(mask.into());
     // SAFETY: SIOCSIFNETMASK reads `req`, valid for the call.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &req) })

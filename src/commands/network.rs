@@ -66,7 +66,10 @@ pub fn run(state_dir: &Path, cmd: NetworkCommand) -> anyhow::Result<i32> {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
-                println!("{:<14}{:<20}{:<20}{:<10}", "NETWORK ID", "NAME", "SUBNET", "INTERNAL");
+                println!(
+                    "{:<14}{:<20}{:<20}{:<10}",
+                    "NETWORK ID", "NAME", "SUBNET", "INTERNAL"
+                );
                 for n in &all {
                     println!(
                         "{:<14}{:<20}{:<20}{:<10}",

@@ -145,7 +145,12 @@ pub struct RunArgs {
 pub struct NetArgs {
     /// `none` (only lo), `bridge` (the default network), a network's name,
     /// or `host` (ns only). Default: none, or HULL_NETWORK.
-    #[arg(long, env = "HULL_NETWORK", default_value = "none", value_name = "NETWORK")]
+    #[arg(
+        long,
+        env = "HULL_NETWORK",
+        default_value = "none",
+        value_name = "NETWORK"
+    )]
     pub network: String,
     /// Another name the container answers to on its network.
     #[arg(long = "network-alias", value_name = "NAME")]

@@ -71,8 +71,22 @@ pub fn ruleset(networks: &[Network], attached: &[Attachment]) -> Value {
     for n in networks {
         let br = json!(n.bridge);
         if n.internal {
-            cmds.push(rule("forward", vec![eq(meta("iifname"), br.clone()), ne(meta("oifname"), br.clone()), json!({"drop": null})]));
-            cmds.push(rule("forward", vec![eq(meta("oifname"), br.clone()), ne(meta("iifname"), br.clone()), json!({"drop": null})]));
+            cmds.push(rule(
+                "forward",
+                vec![
+                    eq(meta("iifname"), br.clone()),
+                    ne(meta("oifname"), br.clone()),
+                    json!({"drop": null}),
+                ],
+            ));
+            cmds.push(rule(
+                "forward",
+                vec![
+                    eq(meta("oifname"), br.clone()),
+                    ne(meta("iifname"), br.clone()),
+                    json!({"drop": null}),
+                ],
+            ));
         } else {
             cmds.push(rule(
                 "postrouting",
@@ -86,7 +100,10 @@ pub fn ruleset(networks: &[Network], attached: &[Attachment]) -> Value {
         cmds.push(rule(
             "postrouting",
             vec![
-                eq(payload("ip", "saddr"), json!({"prefix": {"addr": "127.0.0.0", "len": 8}})),
+                eq(
+                    payload("ip", "saddr"),
+                    json!({"prefix": {"addr": "127.0.0.0", "len": 8}}),
+                ),
                 eq(meta("oifname"), br.clone()),
                 json!({"masquerade": null}),
             ],
@@ -94,7 +111,11 @@ pub fn ruleset(networks: &[Network], attached: &[Attachment]) -> Value {
         for other in networks.iter().filter(|o| o.bridge != n.bridge) {
             cmds.push(rule(
                 "forward",
-                vec![eq(meta("iifname"), br.clone()), eq(meta("oifname"), json!(other.bridge)), json!({"drop": null})],
+                vec![
+                    eq(meta("iifname"), br.clone()),
+                    eq(meta("oifname"), json!(other.bridge)),
+                    json!({"drop": null}),
+                ],
             ));
         }
     }
@@ -103,7 +124,10 @@ pub fn ruleset(networks: &[Network], attached: &[Attachment]) -> Value {
             let mut m = Vec::new();
             match p.host_ip {
                 Some(ip) => m.push(eq(payload("ip", "daddr"), json!(ip.to_string()))),
-                None => m.push(eq(json!({"fib": {"result": "type", "flags": ["daddr"]}}), json!("local"))),
+                None => m.push(eq(
+                    json!({"fib": {"result": "type", "flags": ["daddr"]}}),
+                    json!("local"),
+                )),
             }
             m.push(eq(payload(p.proto.name(), "dport"), json!(p.host_port)));
             m.push(json!({"dnat": {"addr": a.ip.to_string(), "port": p.container_port}}));

@@ -17,7 +17,9 @@ pub struct Subnet {
 
 impl Subnet {
     fn mask(&self) -> u32 {
-        u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0)
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0)
     }
 
     pub fn contains(&self, ip: Ipv4Addr) -> bool {

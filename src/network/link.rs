@@ -65,7 +65,13 @@ impl Netlink {
 
     /// The index of link `name`, None when there is none.
     pub fn index(&self, name: &str) -> Result<Option<u32>, LinkError> {
-        let mut req = std::pin::pin!(self.handle.link().get().match_name(name.to_string()).execute());
+        let mut req = std::pin::pin!(
+            self.handle
+                .link()
+                .get()
+                .match_name(name.to_string())
+                .execute()
+        );
         match self.rt.block_on(req.try_next()) {
             Ok(Some(m)) => Ok(Some(m.header.index)),
             Ok(None) => Ok(None),
@@ -81,7 +87,12 @@ impl Netlink {
 
     /// Makes bridge `name` with `addr`/`prefix_len`, up; an existing one is
     /// kept as it is.
-    pub fn ensure_bridge(&self, name: &str, addr: Ipv4Addr, prefix_len: u8) -> Result<(), LinkError> {
+    pub fn ensure_bridge(
+        &self,
+        name: &str,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), LinkError> {
         if self.index(name)?.is_some() {
             return Ok(());
         }
@@ -91,7 +102,12 @@ impl Netlink {
             .map_err(nl(format!("creating bridge {name}")))?;
         let idx = self.must_index(name)?;
         self.rt
-            .block_on(self.handle.address().add(idx, addr.into(), prefix_len).execute())
+            .block_on(
+                self.handle
+                    .address()
+                    .add(idx, addr.into(), prefix_len)
+                    .execute(),
+            )
             .map_err(nl(format!("adding {addr}/{prefix_len} to {name}")))?;
         self.set_up(idx, name)
     }
@@ -168,7 +184,12 @@ impl Netlink {
         gateway: Ipv4Addr,
     ) -> Result<(), LinkError> {
         self.rt
-            .block_on(self.handle.address().add(idx, addr.into(), prefix_len).execute())
+            .block_on(
+                self.handle
+                    .address()
+                    .add(idx, addr.into(), prefix_len)
+                    .execute(),
+            )
             .map_err(nl(format!("adding {addr}/{prefix_len}")))?;
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
@@ -226,8 +247,10 @@ pub fn create_netns(path: &Path) -> Result<(), LinkError> {
     let made = std::thread::scope(|s| {
         s.spawn(|| -> Result<(), LinkError> {
             sys::unshare_net().map_err(io("creating a network namespace"))?;
-            sys::bind_mount(Path::new("/proc/thread-self/ns/net"), path)
-                .map_err(io(format!("holding the network namespace at {}", path.display())))?;
+            sys::bind_mount(Path::new("/proc/thread-self/ns/net"), path).map_err(io(format!(
+                "holding the network namespace at {}",
+                path.display()
+            )))?;
             let nl = Netlink::open()?;
             let lo = nl.must_index("lo")?;
             nl.set_up(lo, "lo")

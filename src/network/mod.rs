@@ -78,7 +78,9 @@ pub enum NetworkError {
     InUse(String, String),
     #[error("the default network {0} cannot be removed")]
     Default(String),
-    #[error("--network host shares the host's network namespace: a microVM has none to share (use --network bridge, or --isolation ns)")]
+    #[error(
+        "--network host shares the host's network namespace: a microVM has none to share (use --network bridge, or --isolation ns)"
+    )]
     HostForVm,
     #[error("{what} {path}")]
     Io {
@@ -470,7 +472,10 @@ impl Networks {
 fn ensure_bridge(nl: &Netlink, n: &Network) -> Result<(), NetworkError> {
     nl.ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len)?;
     for (path, what) in [
-        ("/proc/sys/net/ipv4/ip_forward".to_string(), "enabling IP forwarding in"),
+        (
+            "/proc/sys/net/ipv4/ip_forward".to_string(),
+            "enabling IP forwarding in",
+        ),
         (
             format!("/proc/sys/net/ipv4/conf/{}/route_localnet", n.bridge),
             "enabling route_localnet in",
@@ -518,6 +523,23 @@ pub fn attach_netns(
     let prefix_len = network.subnet.prefix_len;
     let gateway = network.gateway;
     link::in_netns(netns, move || {
+        // As docker does: the container's root (in a user namespace of its
+        // own, without privilege over this namespace) may bind low ports
+        // and ping.
+        for (key, value) in [
+            ("ipv4/ip_unprivileged_port_start", "0"),
+            ("ipv4/ping_group_range", "0 2147483647"),
+        ] {
+            std::fs::write(format!("/proc/sys/net/{key}"), value).map_err(|source| {
+                LinkError::Io {
+                    what: format!(
+                        "setting net.{} in the container's namespace",
+                        key.replace('/', ".")
+                    ),
+                    source,
+                }
+            })?;
+        }
         let nl = Netlink::open()?;
         let eth = nl.rename(&peer, GUEST_IFNAME, mac)?;
         nl.set_up(eth, GUEST_IFNAME)?;
@@ -643,7 +665,11 @@ pub fn prepare(
             })
         });
         if let Some(a) = clash.filter(|_| p.host_port != 0) {
-            return Err(NetworkError::PortInUse(p.host_port, p.proto.name(), a.name.clone()));
+            return Err(NetworkError::PortInUse(
+                p.host_port,
+                p.proto.name(),
+                a.name.clone(),
+            ));
         }
         if p.host_port == 0 {
             p.host_port = free_port(p.proto, &attached, &ports_snapshot(&req.ports))
@@ -714,7 +740,11 @@ pub fn prepare(
         setup: NetworkSetup {
             interface,
             hosts: Some(hosts_file(req, Some(ip), &peers)),
-            resolv_conf: if network.internal { None } else { resolv_conf(req) },
+            resolv_conf: if network.internal {
+                None
+            } else {
+                resolv_conf(req)
+            },
         },
     })
 }
@@ -728,9 +758,11 @@ fn ports_snapshot(p: &[PortMapping]) -> Vec<u16> {
 fn free_port(proto: Proto, attached: &[Attachment], own: &[u16]) -> Option<u16> {
     (32768..60999u16).find(|&port| {
         !own.contains(&port)
-            && !attached
-                .iter()
-                .any(|a| a.ports.iter().any(|q| q.proto == proto && q.host_port == port))
+            && !attached.iter().any(|a| {
+                a.ports
+                    .iter()
+                    .any(|q| q.proto == proto && q.host_port == port)
+            })
             && match proto {
                 Proto::Tcp => std::net::TcpListener::bind(("0.0.0.0", port)).is_ok(),
                 Proto::Udp => std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok(),
@@ -786,7 +818,9 @@ mod tests {
         let a = nets.create(&spec("a", Some("10.200.0.0/24"))).unwrap();
         assert_eq!(a.gateway, "10.200.0.1".parse::<Ipv4Addr>().unwrap());
         assert!(a.bridge.len() <= 15 && a.bridge.starts_with("hull-"));
-        let e = nets.create(&spec("b", Some("10.200.0.128/25"))).unwrap_err();
+        let e = nets
+            .create(&spec("b", Some("10.200.0.128/25")))
+            .unwrap_err();
         assert!(matches!(e, NetworkError::Overlap(..)), "{e}");
         assert!(matches!(
             nets.create(&spec("a", None)).unwrap_err(),

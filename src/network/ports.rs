@@ -109,7 +109,16 @@ mod tests {
         let p = parse("9000-9002:7000-7002").unwrap();
         assert_eq!(p.len(), 3);
         assert_eq!((p[2].host_port, p[2].container_port), (9002, 7002));
-        for bad in ["", "x", "80/sctp", "1:2:3:4", "0", "9000-9001:80", "5-4", "a.b:1:2"] {
+        for bad in [
+            "",
+            "x",
+            "80/sctp",
+            "1:2:3:4",
+            "0",
+            "9000-9001:80",
+            "5-4",
+            "a.b:1:2",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }
