@@ -158,9 +158,9 @@ impl Leases {
         std::fs::write(self.path(ip), holder)
     }
 
-    /// The lowest free address after the gateway.
+    /// The lowest free address that is not the gateway.
     pub fn next_free(&self, subnet: &Subnet, gateway: Ipv4Addr) -> Option<Ipv4Addr> {
-        (2..)
+        (1..)
             .map_while(|n| subnet.host(n))
             .find(|ip| *ip != gateway && self.holder(*ip).is_none())
     }

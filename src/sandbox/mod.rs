@@ -72,8 +72,6 @@ pub enum SandboxError {
     Initramfs(#[from] initramfs::InitramfsError),
     #[error(transparent)]
     Cgroup(#[from] crate::cgroups::CgroupError),
-    #[error("this hull-vmm has no virtio-net device: a microVM can only use --network none here")]
-    NoVirtioNet,
     #[error("{what} exited before the agent answered{detail}")]
     DiedEarly { what: &'static str, detail: String },
     #[error("the agent did not answer within {0} s")]

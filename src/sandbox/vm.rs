@@ -2,6 +2,7 @@
 //! initramfs, one read-only disk per layer and vsock to the agent, all in
 //! one `VmConfig` written to the container's state dir.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -41,9 +42,6 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     }
     let socket = agent_socket(Isolation::Vm, spec.dir);
     let console = spec.dir.join("console.log");
-    if spec.tap.is_some() {
-        return Err(SandboxError::NoVirtioNet);
-    }
     let mut config = vm_config(spec, kernel, initrd, disks);
     if std::env::var_os("HULL_AGENT_DEBUG").is_some() {
         // The kernel hands unknown KEY=VALUE words to init's environment.
@@ -59,6 +57,13 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     let logf = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
     let mut cmd = Command::new(&vmm);
     cmd.arg("--config").arg(&config_path);
+    if let Some((tap, mac)) = &spec.tap {
+        // The tap hull made in the container's network namespace, inherited
+        // as an fd (hull-vmm adds `--net` devices to its configuration's).
+        sys::inherit_fd(tap).map_err(io("handing the tap to hull-vmm"))?;
+        cmd.arg("--net")
+            .arg(format!("fd={},mac={mac}", tap.as_raw_fd()));
+    }
     sys::die_with_parent(&mut cmd);
     let child = cmd
         .stdin(Stdio::null())
