@@ -6,7 +6,9 @@
 //! - `prerouting` and `output` (nat): DNAT of published ports, for traffic
 //!   from outside and from the host itself (127.0.0.1 too);
 //! - `forward` (filter): no traffic between two networks; an internal
-//!   network's traffic stays on its bridge.
+//!   network's traffic stays on its bridge;
+//! - `input` (filter): an internal network reaches only its gateway's
+//!   address on the host.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -62,6 +64,7 @@ pub fn ruleset(networks: &[Network], attached: &[Attachment]) -> Value {
         ("output", "nat", "output", -100),
         ("postrouting", "nat", "postrouting", 100),
         ("forward", "filter", "forward", 0),
+        ("input", "filter", "input", 0),
     ] {
         cmds.push(json!({"add": {"chain": {
             "family": "ip", "table": TABLE, "name": name,
@@ -71,6 +74,15 @@ pub fn ruleset(networks: &[Network], attached: &[Attachment]) -> Value {
     for n in networks {
         let br = json!(n.bridge);
         if n.internal {
+            // Only the gateway's own address is reachable on the host.
+            cmds.push(rule(
+                "input",
+                vec![
+                    eq(meta("iifname"), br.clone()),
+                    ne(payload("ip", "daddr"), json!(n.gateway.to_string())),
+                    json!({"drop": null}),
+                ],
+            ));
             cmds.push(rule(
                 "forward",
                 vec![

@@ -175,13 +175,14 @@ impl Netlink {
         Ok(idx)
     }
 
-    /// `addr`/`prefix_len` on link `idx`, and the default route via `gateway`.
+    /// `addr`/`prefix_len` on link `idx`, and the default route via
+    /// `gateway` when there is one.
     pub fn address_and_route(
         &self,
         idx: u32,
         addr: Ipv4Addr,
         prefix_len: u8,
-        gateway: Ipv4Addr,
+        gateway: Option<Ipv4Addr>,
     ) -> Result<(), LinkError> {
         self.rt
             .block_on(
@@ -191,6 +192,9 @@ impl Netlink {
                     .execute(),
             )
             .map_err(nl(format!("adding {addr}/{prefix_len}")))?;
+        let Some(gateway) = gateway else {
+            return Ok(());
+        };
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
             .output_interface(idx)

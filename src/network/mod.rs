@@ -521,7 +521,8 @@ pub fn attach_netns(
     let peer = format!("{host_veth}p");
     nl.veth_into(host_veth, &peer, &network.bridge, MTU, &ns)?;
     let prefix_len = network.subnet.prefix_len;
-    let gateway = network.gateway;
+    // An --internal network has no way out: no default route (as docker).
+    let gateway = (!network.internal).then_some(network.gateway);
     link::in_netns(netns, move || {
         // As docker does: the container's root (in a user namespace of its
         // own, without privilege over this namespace) may bind low ports
@@ -732,7 +733,7 @@ pub fn prepare(
         address: ip,
         prefix_len: network.subnet.prefix_len,
         mtu: MTU,
-        gateway: Some(network.gateway),
+        gateway: (!network.internal).then_some(network.gateway),
     });
     Ok(Prepared {
         netns: Some(netns),

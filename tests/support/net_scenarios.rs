@@ -259,7 +259,9 @@ fn container_fetches(h: &Hull, network: &str, host: &str) -> Result<bool, Failed
 /// with OUTSIDE and a TCP service on port 9 that says "outside".
 fn outside_service() -> Result<(), Failed> {
     for args in [
-        &["link", "add", "outside0", "type", "veth", "peer", "name", "outside1"][..],
+        &[
+            "link", "add", "outside0", "type", "veth", "peer", "name", "outside1",
+        ][..],
         &["addr", "add", "192.0.2.1/24", "dev", "outside0"],
         &["link", "set", "outside0", "up"],
         &["link", "set", "outside1", "up"],
@@ -287,11 +289,15 @@ fn published_port_answers_on_host_addresses(b: &'static str) -> Result<(), Faile
     let o = h.hull(&["network", "inspect", "bridge"])?;
     let v: serde_json::Value = serde_json::from_str(&o.stdout).map_err(|e| format!("{e}: {o}"))?;
     let gw = v[0]["gateway"].as_str().ok_or("no gateway in inspect")?;
-    let ip = v[0]["containers"][0]["ip"].as_str().ok_or("no container in inspect")?;
+    let ip = v[0]["containers"][0]["ip"]
+        .as_str()
+        .ok_or("no container in inspect")?;
     wait_page(&format!("{gw}:18080"))?;
     wait_page(&format!("{ip}:80"))?;
     let o = h.hull(&["port", "web"])?;
-    check(o.stdout == "80/tcp -> 0.0.0.0:18080\n", || format!("hull port: {o}"))?;
+    check(o.stdout == "80/tcp -> 0.0.0.0:18080\n", || {
+        format!("hull port: {o}")
+    })?;
     let o = h.hull(&["rm", "-f", &id])?;
     check(o.code == Some(0), || format!("rm -f: {o}"))?;
     check(http_get("127.0.0.1:18080").is_err(), || {
@@ -301,7 +307,9 @@ fn published_port_answers_on_host_addresses(b: &'static str) -> Result<(), Faile
         .into_iter()
         .filter(|l| l.starts_with("hv"))
         .collect();
-    check(left.is_empty(), || format!("veths left after rm -f: {left:?}"))?;
+    check(left.is_empty(), || {
+        format!("veths left after rm -f: {left:?}")
+    })?;
     check(!hull_rules().contains("dnat"), || {
         format!("port rules left after rm -f:\n{}", hull_rules())
     })?;
@@ -338,10 +346,19 @@ fn containers_reach_each_other_by_name_and_alias(b: &'static str) -> Result<(), 
     let h = Hull::new(b);
     let o = h.hull(&["network", "create", "appnet"])?;
     check(o.code == Some(0), || format!("network create: {o}"))?;
-    h.httpd(&["--name", "db", "--network", "appnet", "--network-alias", "database"])?;
+    h.httpd(&[
+        "--name",
+        "db",
+        "--network",
+        "appnet",
+        "--network-alias",
+        "database",
+    ])?;
     let o = h.hull(&["network", "inspect", "appnet"])?;
     let v: serde_json::Value = serde_json::from_str(&o.stdout).map_err(|e| format!("{e}: {o}"))?;
-    let ip = v[0]["containers"][0]["ip"].as_str().ok_or("db not in inspect")?;
+    let ip = v[0]["containers"][0]["ip"]
+        .as_str()
+        .ok_or("db not in inspect")?;
     wait_page(&format!("{ip}:80"))?;
     for name in ["db", "database"] {
         check(container_fetches(&h, "appnet", name)?, || {
@@ -350,7 +367,10 @@ fn containers_reach_each_other_by_name_and_alias(b: &'static str) -> Result<(), 
     }
     // The default network resolves no names, as docker's.
     h.httpd(&["--name", "plain", "--network", "bridge"])?;
-    let o = h.run(&["--rm", "--network", "bridge"], &["sh", "-c", &fetch_cmd("plain")])?;
+    let o = h.run(
+        &["--rm", "--network", "bridge"],
+        &["sh", "-c", &fetch_cmd("plain")],
+    )?;
     check(o.code != Some(0), || format!("bridge resolved a name: {o}"))
 }
 
@@ -360,7 +380,14 @@ fn networks_are_isolated_and_internal_stays_inside(b: &'static str) -> Result<()
     for args in [
         &["network", "create", "--subnet", "10.77.1.0/24", "one"][..],
         &["network", "create", "--subnet", "10.77.2.0/24", "two"],
-        &["network", "create", "--internal", "--subnet", "10.77.3.0/24", "closed"],
+        &[
+            "network",
+            "create",
+            "--internal",
+            "--subnet",
+            "10.77.3.0/24",
+            "closed",
+        ],
     ] {
         let o = h.hull(args)?;
         check(o.code == Some(0), || format!("{args:?}: {o}"))?;
@@ -421,7 +448,10 @@ fn bad_input_is_one_line_and_leaves_nothing(b: &'static str) -> Result<(), Faile
     };
     let o = h.run(&["--rm", "--network", "first", "-p", "18081:80"], &["true"])?;
     one_line(&o, "already published")?;
-    let o = h.run(&["--rm", "--network", "first", "--ip", "10.99.0.5"], &["true"])?;
+    let o = h.run(
+        &["--rm", "--network", "first", "--ip", "10.99.0.5"],
+        &["true"],
+    )?;
     one_line(&o, "outside")?;
     let o = h.hull(&["network", "create", "--subnet", "10.88.5.0/24", "second"])?;
     one_line(&o, "overlaps")?;
@@ -449,7 +479,9 @@ fn kill_9_then_ps_reclaims(b: &'static str) -> Result<(), Failed> {
     }
     std::thread::sleep(Duration::from_millis(500));
     let o = h.hull(&["ps", "-a"])?;
-    check(o.code == Some(0) && o.stdout.contains("Exited"), || format!("ps: {o}"))?;
+    check(o.code == Some(0) && o.stdout.contains("Exited"), || {
+        format!("ps: {o}")
+    })?;
     check(h.leases().is_empty(), || {
         format!("the lease survived kill -9 and ps: {:?}", h.leases())
     })?;
@@ -484,7 +516,9 @@ fn many_containers_with_published_ports(b: &'static str) -> Result<(), Failed> {
     check(hull_rules().is_empty(), || {
         format!("hull's table left with no container:\n{}", hull_rules())
     })?;
-    check(h.leases().is_empty(), || format!("leases left: {:?}", h.leases()))
+    check(h.leases().is_empty(), || {
+        format!("leases left: {:?}", h.leases())
+    })
 }
 
 fn network_host(b: &'static str) -> Result<(), Failed> {
@@ -492,9 +526,10 @@ fn network_host(b: &'static str) -> Result<(), Failed> {
     let h = Hull::new(b);
     let o = h.run(&["--rm", "--network", "host"], &["ip", "-o", "addr"])?;
     if b == "vm" {
-        check(o.code == Some(125) && o.stderr.contains("--network host"), || {
-            format!("a microVM with --network host: want 125 and why; {o}")
-        })
+        check(
+            o.code == Some(125) && o.stderr.contains("--network host"),
+            || format!("a microVM with --network host: want 125 and why; {o}"),
+        )
     } else {
         check(o.stdout.contains(OUTSIDE), || {
             format!("--network host must see the host's addresses; {o}")
@@ -504,8 +539,18 @@ fn network_host(b: &'static str) -> Result<(), Failed> {
 
 fn network_commands(b: &'static str) -> Result<(), Failed> {
     let h = Hull::new(b);
-    let o = h.hull(&["network", "create", "--subnet", "10.66.0.0/24", "--gateway", "10.66.0.254", "mine"])?;
-    check(o.code == Some(0) && o.stdout.trim().len() == 64, || format!("create: {o}"))?;
+    let o = h.hull(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.66.0.0/24",
+        "--gateway",
+        "10.66.0.254",
+        "mine",
+    ])?;
+    check(o.code == Some(0) && o.stdout.trim().len() == 64, || {
+        format!("create: {o}")
+    })?;
     let o = h.hull(&["network", "ls", "--json"])?;
     let v: serde_json::Value = serde_json::from_str(&o.stdout).map_err(|e| format!("{e}: {o}"))?;
     let names: Vec<&str> = v
@@ -515,26 +560,65 @@ fn network_commands(b: &'static str) -> Result<(), Failed> {
         .filter_map(|n| n["name"].as_str())
         .collect();
     check(names == ["bridge", "mine"], || format!("ls: {o}"))?;
-    let o = h.run(&["--rm", "--network", "mine"], &["ip", "-o", "-4", "addr", "show", "eth0"])?;
-    check(o.stdout.contains("10.66.0.1/24"), || format!("first address: {o}"))?;
-    let o = h.run(&["--rm", "--network", "mine"], &["ip", "route"])?;
-    check(o.stdout.contains("default via 10.66.0.254"), || format!("route: {o}"))?;
     let o = h.run(
-        &["--rm", "--network", "mine", "--hostname", "box", "--add-host", "extra.test:10.1.2.3", "--dns", "10.66.0.53"],
+        &["--rm", "--network", "mine"],
+        &["ip", "-o", "-4", "addr", "show", "eth0"],
+    )?;
+    check(o.stdout.contains("10.66.0.1/24"), || {
+        format!("first address: {o}")
+    })?;
+    let o = h.run(&["--rm", "--network", "mine"], &["ip", "route"])?;
+    check(o.stdout.contains("default via 10.66.0.254"), || {
+        format!("route: {o}")
+    })?;
+    let o = h.run(
+        &[
+            "--rm",
+            "--network",
+            "mine",
+            "--hostname",
+            "box",
+            "--add-host",
+            "extra.test:10.1.2.3",
+            "--dns",
+            "10.66.0.53",
+        ],
         &["sh", "-c", "cat /etc/hosts /etc/resolv.conf; hostname"],
     )?;
     for want in ["box", "10.1.2.3\textra.test", "nameserver 10.66.0.53"] {
         check(o.stdout.contains(want), || format!("want {want:?}; {o}"))?;
     }
-    let o = h.run(&["--rm", "--network", "mine", "--mac-address", "02:00:00:00:00:42"], &["cat", "/sys/class/net/eth0/address"])?;
-    let o2 = h.run(&["--rm", "--network", "mine", "--mac-address", "02:00:00:00:00:42"], &["ip", "-o", "link", "show", "eth0"])?;
-    check(o.stdout.contains("02:00:00:00:00:42") || o2.stdout.contains("02:00:00:00:00:42"), || {
-        format!("--mac-address: {o}\n{o2}")
-    })?;
+    let o = h.run(
+        &[
+            "--rm",
+            "--network",
+            "mine",
+            "--mac-address",
+            "02:00:00:00:00:42",
+        ],
+        &["cat", "/sys/class/net/eth0/address"],
+    )?;
+    let o2 = h.run(
+        &[
+            "--rm",
+            "--network",
+            "mine",
+            "--mac-address",
+            "02:00:00:00:00:42",
+        ],
+        &["ip", "-o", "link", "show", "eth0"],
+    )?;
+    check(
+        o.stdout.contains("02:00:00:00:00:42") || o2.stdout.contains("02:00:00:00:00:42"),
+        || format!("--mac-address: {o}\n{o2}"),
+    )?;
     let o = h.hull(&["network", "rm", "mine"])?;
     check(o.code == Some(0), || format!("rm: {o}"))?;
     let o = h.hull(&["network", "rm", "bridge"])?;
-    check(o.code == Some(1) && o.stderr.contains("cannot be removed"), || format!("rm bridge: {o}"))?;
+    check(
+        o.code == Some(1) && o.stderr.contains("cannot be removed"),
+        || format!("rm bridge: {o}"),
+    )?;
     h.hull(&["network", "create", "spare"])?;
     let o = h.hull(&["network", "prune"])?;
     check(o.stdout == "spare\n", || format!("prune: {o}"))
@@ -544,14 +628,29 @@ fn network_commands(b: &'static str) -> Result<(), Failed> {
 /// own (see the module docs).
 pub fn trials(backend: &'static str) -> Vec<Trial> {
     let all: [(&str, fn(&'static str) -> Result<(), Failed>); 10] = [
-        ("published_port_answers_on_host_addresses", published_port_answers_on_host_addresses),
+        (
+            "published_port_answers_on_host_addresses",
+            published_port_answers_on_host_addresses,
+        ),
         ("published_udp_port_echoes", published_udp_port_echoes),
-        ("containers_reach_each_other_by_name_and_alias", containers_reach_each_other_by_name_and_alias),
-        ("networks_are_isolated_and_internal_stays_inside", networks_are_isolated_and_internal_stays_inside),
+        (
+            "containers_reach_each_other_by_name_and_alias",
+            containers_reach_each_other_by_name_and_alias,
+        ),
+        (
+            "networks_are_isolated_and_internal_stays_inside",
+            networks_are_isolated_and_internal_stays_inside,
+        ),
         ("network_none_has_only_lo", network_none_has_only_lo),
-        ("bad_input_is_one_line_and_leaves_nothing", bad_input_is_one_line_and_leaves_nothing),
+        (
+            "bad_input_is_one_line_and_leaves_nothing",
+            bad_input_is_one_line_and_leaves_nothing,
+        ),
         ("kill_9_then_ps_reclaims", kill_9_then_ps_reclaims),
-        ("many_containers_with_published_ports", many_containers_with_published_ports),
+        (
+            "many_containers_with_published_ports",
+            many_containers_with_published_ports,
+        ),
         ("network_host", network_host),
         ("network_commands", network_commands),
     ];
@@ -573,7 +672,9 @@ pub fn trials(backend: &'static str) -> Vec<Trial> {
 
 /// Inside the trial's namespace: loopback up.
 fn inner_setup() -> Result<(), Failed> {
-    let o = Command::new("ip").args(["link", "set", "lo", "up"]).output()?;
+    let o = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .output()?;
     check(o.status.success(), || {
         format!("ip link set lo up: {}", String::from_utf8_lossy(&o.stderr))
     })
