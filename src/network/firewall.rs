@@ -1,6 +1,6 @@
 //! hull's nftables table (`ip hull`), rebuilt whole from the networks and
-//! the attached containers whenever either changes, through `nft -j -f -`
-//! (JSON on stdin, never a command line assembled from strings):
+//! the attached containers whenever either changes, through `nft -j -f FILE`
+//! (JSON in a file, never a command line assembled from strings):
 //! - `postrouting` (nat): masquerade what leaves a non-internal network's
 //!   subnet for elsewhere, and what reaches a container from 127.0.0.0/8;
 //! - `prerouting` and `output` (nat): DNAT of published ports, for traffic
@@ -10,7 +10,7 @@
 //! - `input` (filter): an internal network reaches only its gateway's
 //!   address on the host.
 
-use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
@@ -21,6 +21,8 @@ use super::{Attachment, Network};
 pub enum FirewallError {
     #[error("running nft (apt-get install nftables)")]
     Spawn(#[source] std::io::Error),
+    #[error("writing hull's nftables rules")]
+    Write(#[source] std::io::Error),
     #[error("nft refused hull's rules: {0}")]
     Refused(String),
 }
@@ -151,25 +153,26 @@ pub fn ruleset(networks: &[Network], attached: &[Attachment]) -> Value {
 }
 
 /// Replaces hull's table with `ruleset` (one nft transaction), or removes
-/// it when there is nothing to put in it.
-pub fn apply(ruleset: &Value, empty: bool) -> Result<(), FirewallError> {
+/// it when there is nothing to put in it. The JSON goes through `file` (the
+/// last ruleset stays there to look at; not every host has /dev/stdin).
+pub fn apply(ruleset: &Value, empty: bool, file: &Path) -> Result<(), FirewallError> {
     let input = if empty {
         let table = json!({"family": "ip", "name": TABLE});
         json!({"nftables": [{"add": {"table": table}}, {"delete": {"table": table}}]})
     } else {
         ruleset.clone()
     };
-    let mut child = Command::new("nft")
-        .args(["-j", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
+    std::fs::write(
+        file,
+        serde_json::to_vec_pretty(&input).expect("JSON serializes"),
+    )
+    .map_err(FirewallError::Write)?;
+    let out = Command::new("nft")
+        .args(["-j", "-f"])
+        .arg(file)
+        .stdin(Stdio::null())
+        .output()
         .map_err(FirewallError::Spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(input.to_string().as_bytes());
-    }
-    let out = child.wait_with_output().map_err(FirewallError::Spawn)?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(FirewallError::Refused(

@@ -13,6 +13,7 @@
 //! networks lock ([`ipam`]). The default network `bridge` exists without
 //! setup.
 
+pub mod dns;
 pub mod firewall;
 pub mod ipam;
 pub mod link;
@@ -92,6 +93,8 @@ pub enum NetworkError {
     Link(#[from] LinkError),
     #[error(transparent)]
     Firewall(#[from] firewall::FirewallError),
+    #[error(transparent)]
+    Dns(#[from] dns::DnsError),
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetworkError {
@@ -417,11 +420,12 @@ impl Networks {
         if !users.is_empty() {
             return Err(NetworkError::InUse(name.into(), users.join(", ")));
         }
+        dns::stop(&self.dir, &n);
         Netlink::open()?.delete(&n.bridge)?;
         let _ = std::fs::remove_dir_all(self.dir.join(format!("{name}.leases")));
         let path = self.path(name);
         std::fs::remove_file(&path).map_err(io_err("removing", &path))?;
-        self.sync_firewall()
+        self.sync()
     }
 
     /// Removes every user-defined network no container is attached to;
@@ -439,16 +443,23 @@ impl Networks {
     }
 
     /// Rebuilds hull's nftables table from the networks in use and the
-    /// attached containers.
-    pub fn sync_firewall(&self) -> Result<(), NetworkError> {
+    /// attached containers, and has each user-defined network's resolver
+    /// answer for its containers (stopped where none is left).
+    pub fn sync(&self) -> Result<(), NetworkError> {
         let attached = self.attachments();
-        let networks: Vec<Network> = self
+        let (used, unused): (Vec<Network>, Vec<Network>) = self
             .list()?
             .into_iter()
-            .filter(|n| attached.iter().any(|a| a.network == n.name))
-            .collect();
-        let rules = firewall::ruleset(&networks, &attached);
-        firewall::apply(&rules, networks.is_empty())?;
+            .partition(|n| attached.iter().any(|a| a.network == n.name));
+        let rules = firewall::ruleset(&used, &attached);
+        firewall::apply(&rules, used.is_empty(), &self.dir.join("ruleset.json"))?;
+        for n in &unused {
+            dns::stop(&self.dir, n);
+        }
+        for n in used.iter().filter(|n| n.resolves_names()) {
+            let on: Vec<&Attachment> = attached.iter().filter(|a| a.network == n.name).collect();
+            dns::serve(&self.dir, n, &on)?;
+        }
         Ok(())
     }
 
@@ -700,7 +711,7 @@ pub fn prepare(
         }
         link::remove_netns(&netns);
         let _ = std::fs::remove_file(dir.join(ATTACHMENT_FILE));
-        let _ = nets.sync_firewall();
+        let _ = nets.sync();
     };
     let backend = match isolation {
         Isolation::Ns => Backend::Ns,
@@ -713,7 +724,7 @@ pub fn prepare(
         let path = dir.join(ATTACHMENT_FILE);
         let json = serde_json::to_vec_pretty(&att).expect("an Attachment serializes");
         std::fs::write(&path, json).map_err(io_err("writing", &path))?;
-        nets.sync_firewall()?;
+        nets.sync()?;
         Ok(tap)
     })();
     let tap = match made {
@@ -741,7 +752,9 @@ pub fn prepare(
         setup: NetworkSetup {
             interface,
             hosts: Some(hosts_file(req, Some(ip), &peers)),
-            resolv_conf: if network.internal {
+            resolv_conf: if network.resolves_names() && req.dns.is_empty() {
+                Some(format!("nameserver {}\n", network.gateway))
+            } else if network.internal {
                 None
             } else {
                 resolv_conf(req)
@@ -797,7 +810,7 @@ pub fn release(state_dir: &Path, dir: &Path) {
     }
     link::remove_netns(&netns);
     if att.is_some() {
-        if let Err(e) = nets.sync_firewall() {
+        if let Err(e) = nets.sync() {
             log::warn!("{}", crate::error::chain(&e));
         }
     }

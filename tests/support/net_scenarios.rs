@@ -346,6 +346,12 @@ fn containers_reach_each_other_by_name_and_alias(b: &'static str) -> Result<(), 
     let h = Hull::new(b);
     let o = h.hull(&["network", "create", "appnet"])?;
     check(o.code == Some(0), || format!("network create: {o}"))?;
+    // Started before db: it must still find db by name (the network's
+    // resolver answers, not a copy of the names taken at its start).
+    h.detach(
+        &["--name", "early", "--network", "appnet"],
+        &["sleep", "1000"],
+    )?;
     h.httpd(&[
         "--name",
         "db",
@@ -356,15 +362,21 @@ fn containers_reach_each_other_by_name_and_alias(b: &'static str) -> Result<(), 
     ])?;
     let o = h.hull(&["network", "inspect", "appnet"])?;
     let v: serde_json::Value = serde_json::from_str(&o.stdout).map_err(|e| format!("{e}: {o}"))?;
-    let ip = v[0]["containers"][0]["ip"]
-        .as_str()
-        .ok_or("db not in inspect")?;
+    let ip = v[0]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "db"))
+        .and_then(|c| c["ip"].as_str())
+        .ok_or_else(|| format!("db not in inspect: {o}"))?;
     wait_page(&format!("{ip}:80"))?;
     for name in ["db", "database"] {
         check(container_fetches(&h, "appnet", name)?, || {
             format!("a container on appnet could not fetch from {name}")
         })?;
     }
+    let o = h.hull(&["exec", "early", "sh", "-c", &fetch_cmd("database")])?;
+    check(o.code == Some(0) && o.stdout.ends_with(PAGE), || {
+        format!("a container started before db could not fetch from database: {o}")
+    })?;
     // The default network resolves no names, as docker's.
     h.httpd(&["--name", "plain", "--network", "bridge"])?;
     let o = h.run(
