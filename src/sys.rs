@@ -149,6 +149,23 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Lets the child of `cmd` start with no signal blocked (hull blocks the
+/// stop signals for itself; a daemon it starts, such as a network's
+/// dnsmasq, must still obey SIGTERM and SIGHUP).
+pub fn unblock_signals(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and calls only
+    // async-signal-safe functions (sigemptyset, sigprocmask) on a local set.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}
+
 /// The size (rows, columns) of the terminal on `fd`, if it is one.
 pub fn terminal_size(fd: RawFd) -> Option<(u16, u16)> {
     // SAFETY: winsize is plain data; TIOCGWINSZ writes one into it.

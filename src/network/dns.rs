@@ -65,7 +65,9 @@ pub fn serve(dir: &Path, n: &Network, attached: &[&Attachment]) -> Result<(), Dn
     let logf = std::fs::File::create(&log).map_err(|e| DnsError::Write(log.clone(), e))?;
     // It forks into the background: stdout and stderr must not be pipes
     // this call would wait on.
-    let status = Command::new("dnsmasq")
+    let mut cmd = Command::new("dnsmasq");
+    sys::unblock_signals(&mut cmd);
+    let status = cmd
         .arg("--conf-file=/dev/null")
         .arg(format!("--pid-file={}", pid_file(dir, n).display()))
         .arg(format!("--listen-address={}", n.gateway))
@@ -80,10 +82,11 @@ pub fn serve(dir: &Path, n: &Network, attached: &[&Attachment]) -> Result<(), Dn
         .status()
         .map_err(|e| DnsError::Spawn(n.name.clone(), e))?;
     if !status.success() {
-        let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let why = log.lines().map(str::trim).find(|l| !l.is_empty());
         return Err(DnsError::Failed {
             network: n.name.clone(),
-            stderr: stderr.lines().next().unwrap_or("").trim().to_string(),
+            stderr: why.map_or_else(|| status.to_string(), str::to_string),
         });
     }
     Ok(())
@@ -93,6 +96,16 @@ pub fn serve(dir: &Path, n: &Network, attached: &[&Attachment]) -> Result<(), Dn
 pub fn stop(dir: &Path, n: &Network) {
     if let Some(pid) = running(dir, n) {
         let _ = sys::kill(pid, libc::SIGTERM);
+        // Gone before its address may be bound again (the next container
+        // on this network starts a new one at once).
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while proc.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if proc.exists() {
+            let _ = sys::kill(pid, libc::SIGKILL);
+        }
     }
     let _ = std::fs::remove_file(pid_file(dir, n));
     let _ = std::fs::remove_file(hosts_file(dir, n));

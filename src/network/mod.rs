@@ -287,7 +287,7 @@ impl Networks {
             .flatten()
             .filter_map(|e| {
                 let n = e.file_name().to_str()?.strip_suffix(".json")?.to_string();
-                (n != DEFAULT_NETWORK).then_some(n)
+                (n != DEFAULT_NETWORK && valid_name(&n)).then_some(n)
             })
             .collect();
         names.sort();
@@ -451,11 +451,11 @@ impl Networks {
             .list()?
             .into_iter()
             .partition(|n| attached.iter().any(|a| a.network == n.name));
-        let rules = firewall::ruleset(&used, &attached);
-        firewall::apply(&rules, used.is_empty(), &self.dir.join("ruleset.json"))?;
         for n in &unused {
             dns::stop(&self.dir, n);
         }
+        let rules = firewall::ruleset(&used, &attached);
+        firewall::apply(&rules, used.is_empty(), &self.dir.join(".ruleset.json"))?;
         for n in used.iter().filter(|n| n.resolves_names()) {
             let on: Vec<&Attachment> = attached.iter().filter(|a| a.network == n.name).collect();
             dns::serve(&self.dir, n, &on)?;

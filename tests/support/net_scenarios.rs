@@ -377,6 +377,20 @@ fn containers_reach_each_other_by_name_and_alias(b: &'static str) -> Result<(), 
     check(o.code == Some(0) && o.stdout.ends_with(PAGE), || {
         format!("a container started before db could not fetch from database: {o}")
     })?;
+    // The network's resolver goes with its last container.
+    let pid_file = h.state.path().join("networks/appnet.dnsmasq.pid");
+    let pid = std::fs::read_to_string(&pid_file).map_err(|e| format!("no resolver pid: {e}"))?;
+    let o = h.hull(&["rm", "-f", "early", "db"])?;
+    check(o.code == Some(0), || format!("rm -f: {o}"))?;
+    check(
+        !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+        || {
+            format!(
+                "appnet's resolver (pid {}) outlived its containers",
+                pid.trim()
+            )
+        },
+    )?;
     // The default network resolves no names, as docker's.
     h.httpd(&["--name", "plain", "--network", "bridge"])?;
     let o = h.run(
