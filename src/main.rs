@@ -27,7 +27,7 @@ enum Command {
     /// Measure the same image and command under several isolation backends.
     Bench(commands::bench::BenchArgs),
     /// Run a command in a new container.
-    Run(commands::run::RunArgs),
+    Run(Box<commands::run::RunArgs>),
     /// Pull an image from a registry.
     Pull(commands::images::PullArgs),
     /// Import an OCI image layout directory or a `docker save` tarball.
@@ -74,7 +74,7 @@ fn main() {
     let result = match cli.command {
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Bench(args) => commands::bench::run(&cli.data_dir, args),
-        Command::Run(args) => commands::run::run(&cli.state_dir, &cli.data_dir, args),
+        Command::Run(args) => commands::run::run(&cli.state_dir, &cli.data_dir, *args),
         Command::Pull(args) => commands::images::pull(&cli.data_dir, args),
         Command::Import(args) => commands::images::import(&cli.data_dir, args),
         Command::Images(args) => commands::images::images(&cli.data_dir, args),

@@ -4,8 +4,6 @@
 
 #[path = "support/net_scenarios.rs"]
 mod net_scenarios;
-#[path = "support/scenarios.rs"]
-mod scenarios;
 
 use libtest_mimic::Arguments;
 
@@ -28,7 +26,7 @@ fn main() {
         );
         std::process::exit(1);
     } else if !args.list && !inner {
-        scenarios::build_runtime();
+        net_scenarios::build_runtime();
     }
     libtest_mimic::run(&args, trials).exit();
 }

@@ -7,8 +7,6 @@
 
 #[path = "support/net_scenarios.rs"]
 mod net_scenarios;
-#[path = "support/scenarios.rs"]
-mod scenarios;
 #[path = "support/vmtest.rs"]
 mod vmtest;
 
@@ -17,7 +15,7 @@ fn main() {
     let skipping = std::env::var("HULL_SKIP_VM_TESTS").as_deref() == Ok("1");
     if std::env::var_os("HULL_IN_KVM_HOST").is_none() && !listing && !skipping {
         // Built here, where cargo is; the emulated host only runs them.
-        scenarios::build_runtime();
+        net_scenarios::build_runtime();
     }
     vmtest::run_vm_tests(net_scenarios::trials("vm"));
 }

@@ -17,8 +17,11 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Failed, Trial};
 
-#[path = "busybox.rs"]
-mod busybox;
+#[path = "scenarios.rs"]
+mod scenarios;
+
+pub use scenarios::build_runtime;
+use scenarios::busybox;
 
 /// Set in the re-run of a trial inside its own network namespace.
 const INNER: &str = "HULL_NET_TEST_INNER";
@@ -653,7 +656,8 @@ fn network_commands(b: &'static str) -> Result<(), Failed> {
 /// The scenarios for `backend`; each runs in a network namespace of its
 /// own (see the module docs).
 pub fn trials(backend: &'static str) -> Vec<Trial> {
-    let all: [(&str, fn(&'static str) -> Result<(), Failed>); 10] = [
+    type Scenario = fn(&'static str) -> Result<(), Failed>;
+    let all: [(&str, Scenario); 10] = [
         (
             "published_port_answers_on_host_addresses",
             published_port_answers_on_host_addresses,
