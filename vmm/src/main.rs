@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use hull_vmm::config::{DiskConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::config::{DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 
 /// Boot a Linux guest (an uncompressed ELF vmlinux) in a KVM microVM.
 ///
@@ -42,6 +42,12 @@ struct Args {
     /// A virtio-blk disk backed by a raw file; repeatable (up to 16).
     #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME]")]
     disks: Vec<DiskConfig>,
+    /// A virtio-net device on a tap, by name (opened here: needs
+    /// CAP_NET_ADMIN where the tap lives) or an inherited fd of a tap opened
+    /// with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR; the guest sees MAC if given.
+    /// Repeatable: eth0, eth1, ...
+    #[arg(long = "net", value_name = "tap=NAME|fd=N[,mac=MAC]")]
+    nets: Vec<NetConfig>,
     /// Attach a virtio-rng device (the guest's /dev/hwrng).
     #[arg(long)]
     rng: bool,
@@ -84,6 +90,7 @@ fn config(args: Args) -> Result<VmConfig, hull_vmm::config::ConfigError> {
     }
     cfg.boot_timer |= args.boot_timer;
     cfg.disks.extend(args.disks);
+    cfg.nets.extend(args.nets);
     cfg.rng |= args.rng;
     cfg.huge_pages &= !args.no_huge_pages;
     if let (Some(cid), Some(uds)) = (args.vsock_cid, args.vsock_uds) {

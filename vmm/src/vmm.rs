@@ -25,6 +25,7 @@ use crate::devices::legacy::{
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::event_loop::EventLoop;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::kvm::vm::{Vm, VmError};
@@ -266,7 +267,7 @@ fn attach_virtio(
     mem: &GuestMemoryMmap,
     mmio: &mut Bus,
 ) -> Result<Vec<String>, VmmError> {
-    if cfg.disks.is_empty() && !cfg.rng && cfg.vsock.is_none() {
+    if cfg.disks.is_empty() && !cfg.rng && cfg.vsock.is_none() && cfg.nets.is_empty() {
         return Ok(Vec::new());
     }
     let event_loop = EventLoop::start()
@@ -287,6 +288,10 @@ fn attach_virtio(
     if let Some(v) = &cfg.vsock {
         let dev = Vsock::new(v.cid, &v.uds, event_loop.clone())
             .map_err(|e| VmmError::Devices(e.to_string()))?;
+        add(Arc::new(Mutex::new(dev)))?;
+    }
+    for n in &cfg.nets {
+        let dev = Net::from_config(n).map_err(|e| VmmError::Devices(e.to_string()))?;
         add(Arc::new(Mutex::new(dev)))?;
     }
     Ok(dm.cmdline_entries().to_vec())

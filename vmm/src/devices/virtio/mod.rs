@@ -14,6 +14,7 @@ pub mod event_loop;
 pub mod fuzz;
 pub mod iov;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 
