@@ -134,7 +134,7 @@ impl Net {
     }
 
     /// The offloads the guest's driver accepted, for the tap.
-    fn offloads(acked: u64) -> u32 {
+    pub(crate) fn offloads_for(acked: u64) -> u32 {
         if acked & F_GUEST_CSUM == 0 {
             return 0;
         }
@@ -177,7 +177,7 @@ impl VirtioDevice for Net {
         };
         // Without them the tap just hands over plain frames: worth a warning,
         // not a dead device.
-        if let Err(e) = self.tap.set_offload(Self::offloads(acked)) {
+        if let Err(e) = self.tap.set_offload(Self::offloads_for(acked)) {
             log::warn!("virtio-net tap {}: {e}", self.tap.name());
         }
         let tap = self.tap.try_clone().map_err(|e| device_err("dup", &e))?;

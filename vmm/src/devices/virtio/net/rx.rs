@@ -166,7 +166,7 @@ impl Backend {
         let segs = self.rx.frame_segs(self.mergeable);
         let room = self.rx.frame_bytes(self.mergeable);
         let iovs = match GuestIovecs::new(&self.mem, &segs, Permissions::Write) {
-            Ok(iovs) if iovs.len() <= 1024 => iovs,
+            Ok(iovs) if iovs.len() < 1024 => iovs,
             _ => {
                 // Buffers that passed their check at pop time but cannot be
                 // mapped now: give them all back empty.
@@ -177,9 +177,23 @@ impl Backend {
             }
         };
         let fd = self.tap_fd();
-        // SAFETY: the iovecs point into guest memory that `iovs` keeps
-        // mapped, with lengths vm-memory checked; the tap fd is ours.
-        let got = iovs.call(0, |ptr, count| unsafe { libc::readv(fd, ptr, count) });
+        // One byte past the guest's buffers: a frame that reaches it did not
+        // fit (a tap reports a frame's whole length anyway; a socket standing
+        // in for it, in tests, reports what it copied).
+        let mut spill = 0u8;
+        let spill_at: *mut u8 = &raw mut spill;
+        let got = iovs.call(0, |ptr, count| {
+            // SAFETY: `ptr` and `count` describe the iovecs `iovs` holds.
+            let mut v = unsafe { std::slice::from_raw_parts(ptr, count as usize) }.to_vec();
+            v.push(libc::iovec {
+                iov_base: spill_at.cast(),
+                iov_len: 1,
+            });
+            // SAFETY: the guest's iovecs point into memory that `iovs` keeps
+            // mapped, with lengths vm-memory checked; the last one is
+            // `spill`, alive across the call; the tap fd is ours.
+            unsafe { libc::readv(fd, v.as_ptr(), v.len() as libc::c_int) }
+        });
         drop(iovs);
         let n = match got {
             Ok(n) => n,
@@ -192,8 +206,7 @@ impl Backend {
             }
         };
         if n < HDR_LEN || n > room {
-            // The tap says how long the frame was even when it did not fit;
-            // the buffers hold a cut frame: keep them for the next one.
+            // The buffers hold a cut frame: keep them for the next one.
             self.stats.rx_dropped += 1;
             if self.errors.allow() {
                 log::warn!("virtio-net: dropped a {n}-byte frame; the guest's rx buffers hold {room}");
