@@ -20,7 +20,7 @@ pub mod device;
 pub mod persist;
 pub mod tap;
 
-mod backend;
+pub(crate) mod backend;
 mod rx;
 mod tx;
 
