@@ -65,7 +65,9 @@ impl Netns {
             }
             f()
         });
-        let r = thread.join().map_err(|_| "a thread in the namespace panicked")?;
+        let r = thread
+            .join()
+            .map_err(|_| "a thread in the namespace panicked")?;
         r.map_err(|e| format!("in network namespace {}: {e}", self.name).into())
     }
 }
@@ -315,7 +317,14 @@ fn virtio_net_ping_and_tcp_both_ways() -> Result<(), Failed> {
     expect_field(&out, "eth1-mac", MAC1)?;
     // Offloads and mergeable buffers were negotiated (bit n is character n).
     let features = field(&out, "eth0-features").unwrap_or_default().as_bytes();
-    for (bit, name) in [(0, "CSUM"), (1, "GUEST_CSUM"), (5, "MAC"), (7, "GUEST_TSO4"), (11, "HOST_TSO4"), (15, "MRG_RXBUF")] {
+    for (bit, name) in [
+        (0, "CSUM"),
+        (1, "GUEST_CSUM"),
+        (5, "MAC"),
+        (7, "GUEST_TSO4"),
+        (11, "HOST_TSO4"),
+        (15, "MRG_RXBUF"),
+    ] {
         check(features.get(bit) == Some(&b'1'), || {
             format!("the guest did not take {name}; serial:\n{out}")
         })?;
@@ -325,7 +334,10 @@ fn virtio_net_ping_and_tcp_both_ways() -> Result<(), Failed> {
     expect_field(&out, "ping-eth1", "0")?;
     expect_field(&out, "up-rc", "0")?;
     check(up.len() == STREAM_BYTES, || {
-        format!("the host got {} of {STREAM_BYTES} bytes; serial:\n{out}", up.len())
+        format!(
+            "the host got {} of {STREAM_BYTES} bytes; serial:\n{out}",
+            up.len()
+        )
     })?;
     expect_field(&out, "up-sha", &sha256_hex(&up, dir.path()))?;
     expect_field(&out, "down-rc", "0")?;

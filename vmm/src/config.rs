@@ -47,7 +47,9 @@ pub enum ConfigError {
     VsockCid(u64),
     #[error("--net {0:?}: expected tap=NAME or fd=N, then optionally ,mac=MAC")]
     Net(String),
-    #[error("MAC address {0:?}: expected six hex bytes like 02:00:00:00:00:01, unicast and not all zero")]
+    #[error(
+        "MAC address {0:?}: expected six hex bytes like 02:00:00:00:00:01, unicast and not all zero"
+    )]
     Mac(String),
     #[error("{0} network devices: at most {MAX_NETS}")]
     TooManyNets(usize),

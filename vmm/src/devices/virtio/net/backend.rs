@@ -113,8 +113,10 @@ impl Backend {
     /// Interrupts the guest if it wants to hear about the buffers returned.
     fn notify(&mut self) {
         let mem = &self.mem;
-        let rx = std::mem::take(&mut self.rx_used) && self.rxq.needs_notification(mem).unwrap_or(true);
-        let tx = std::mem::take(&mut self.tx_used) && self.txq.needs_notification(mem).unwrap_or(true);
+        let rx =
+            std::mem::take(&mut self.rx_used) && self.rxq.needs_notification(mem).unwrap_or(true);
+        let tx =
+            std::mem::take(&mut self.tx_used) && self.txq.needs_notification(mem).unwrap_or(true);
         if rx || tx {
             self.interrupt.signal_used();
         }

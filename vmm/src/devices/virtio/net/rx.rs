@@ -209,7 +209,9 @@ impl Backend {
             // The buffers hold a cut frame: keep them for the next one.
             self.stats.rx_dropped += 1;
             if self.errors.allow() {
-                log::warn!("virtio-net: dropped a {n}-byte frame; the guest's rx buffers hold {room}");
+                log::warn!(
+                    "virtio-net: dropped a {n}-byte frame; the guest's rx buffers hold {room}"
+                );
             }
             return Read::Dropped;
         }
@@ -255,7 +257,12 @@ impl Backend {
 
 /// Writes `bytes` at byte `offset` of the buffers `segs` (which hold it:
 /// the header is in the first chain, which has at least its length).
-fn write_at(mem: &vm_memory::GuestMemoryMmap, segs: &[(GuestAddress, usize)], mut offset: usize, bytes: &[u8]) {
+fn write_at(
+    mem: &vm_memory::GuestMemoryMmap,
+    segs: &[(GuestAddress, usize)],
+    mut offset: usize,
+    bytes: &[u8],
+) {
     let mut rest = bytes;
     for &(addr, len) in segs {
         if rest.is_empty() {

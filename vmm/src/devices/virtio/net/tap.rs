@@ -138,7 +138,11 @@ impl Tap {
             // SAFETY: reads and then sets the flags of our own fd.
             let r = unsafe {
                 let old = libc::fcntl(fd, get);
-                if old < 0 { old } else { libc::fcntl(fd, set, old | bits) }
+                if old < 0 {
+                    old
+                } else {
+                    libc::fcntl(fd, set, old | bits)
+                }
             };
             if r < 0 {
                 return Err(TapError::Ioctl {

@@ -240,8 +240,12 @@ fn tx_frame_and_its_header_reach_the_tap_as_the_guest_wrote_them() {
     };
     let data = frame(9000, 3);
     r.mem.write_slice(&header(h), GuestAddress(BUFS)).unwrap();
-    r.mem.write_slice(&data[..100], GuestAddress(BUFS + 0x1000)).unwrap();
-    r.mem.write_slice(&data[100..], GuestAddress(BUFS + 0x2000)).unwrap();
+    r.mem
+        .write_slice(&data[..100], GuestAddress(BUFS + 0x1000))
+        .unwrap();
+    r.mem
+        .write_slice(&data[100..], GuestAddress(BUFS + 0x2000))
+        .unwrap();
     r.offer(
         TXQ,
         0,
@@ -267,18 +271,27 @@ fn tx_frame_and_its_header_reach_the_tap_as_the_guest_wrote_them() {
 fn malformed_tx_chains_are_returned_unsent() {
     let mut r = rig(F_VERSION_1);
     let chains = vec![
-        vec![(BUFS, 4)],                      // shorter than a header
-        vec![(0xfff_0000, 64)],               // outside guest memory
+        vec![(BUFS, 4)],                         // shorter than a header
+        vec![(0xfff_0000, 64)],                  // outside guest memory
         vec![(BUFS, (MAX_TX_BYTES + 1) as u32)], // larger than any frame
-        vec![(BUFS, 6), (MEM as u64 - 4, 64)], // runs off the end of memory
+        vec![(BUFS, 6), (MEM as u64 - 4, 64)],   // runs off the end of memory
     ];
     r.offer(TXQ, 0, &chains, false);
     // Only device-writable buffers: nothing to send.
     r.offer(TXQ, 5, &[vec![(BUFS, 64)]], true);
     // Then a good one, which still goes out.
-    r.mem.write_slice(&[0u8; HDR_LEN], GuestAddress(BUFS + 0x8000)).unwrap();
-    r.mem.write_slice(&frame(60, 1), GuestAddress(BUFS + 0x8000 + HDR_LEN as u64)).unwrap();
-    r.offer(TXQ, 6, &[vec![(BUFS + 0x8000, (HDR_LEN + 60) as u32)]], false);
+    r.mem
+        .write_slice(&[0u8; HDR_LEN], GuestAddress(BUFS + 0x8000))
+        .unwrap();
+    r.mem
+        .write_slice(&frame(60, 1), GuestAddress(BUFS + 0x8000 + HDR_LEN as u64))
+        .unwrap();
+    r.offer(
+        TXQ,
+        6,
+        &[vec![(BUFS + 0x8000, (HDR_LEN + 60) as u32)]],
+        false,
+    );
     r.kick_tx();
     let sent = r.sent();
     assert_eq!(sent.len(), 1, "only the good frame goes out");
@@ -292,7 +305,9 @@ fn malformed_tx_chains_are_returned_unsent() {
 #[test]
 fn a_tx_flood_is_served_in_bounded_batches() {
     let mut r = rig_sized(F_VERSION_1, 256);
-    r.mem.write_slice(&[0u8; HDR_LEN], GuestAddress(BUFS)).unwrap();
+    r.mem
+        .write_slice(&[0u8; HDR_LEN], GuestAddress(BUFS))
+        .unwrap();
     let chains: Vec<Vec<(u64, u32)>> = (0..200).map(|_| vec![(BUFS, 64)]).collect();
     r.offer(TXQ, 0, &chains, false);
     r.kick_tx();
@@ -307,7 +322,9 @@ fn a_tx_flood_is_served_in_bounded_batches() {
 #[test]
 fn a_full_tap_holds_the_chain_until_it_has_room() {
     let mut r = rig(F_VERSION_1 | F_CSUM | F_HOST_TSO4);
-    r.mem.write_slice(&[0u8; HDR_LEN], GuestAddress(BUFS)).unwrap();
+    r.mem
+        .write_slice(&[0u8; HDR_LEN], GuestAddress(BUFS))
+        .unwrap();
     // 60 KiB frames: the socket's buffer takes only a few.
     let chains: Vec<Vec<(u64, u32)>> = (0..12).map(|_| vec![(BUFS, 60 << 10)]).collect();
     r.offer(TXQ, 0, &chains, false);
@@ -337,7 +354,9 @@ fn deliver(r: &mut Rig, f: &[u8]) {
 fn rx_frame_spans_mergeable_buffers() {
     let mut r = rig(F_VERSION_1 | F_MRG_RXBUF | F_GUEST_CSUM | F_GUEST_TSO4);
     // 16 buffers of 8 KiB: a 64 KiB segment needs 9 of them held.
-    let chains: Vec<Vec<(u64, u32)>> = (0..16u64).map(|i| vec![(BUFS + i * 0x2000, 0x2000)]).collect();
+    let chains: Vec<Vec<(u64, u32)>> = (0..16u64)
+        .map(|i| vec![(BUFS + i * 0x2000, 0x2000)])
+        .collect();
     r.offer(RXQ, 0, &chains, true);
     r.kick_rx();
     let h = VnetHeader {
@@ -359,7 +378,13 @@ fn rx_frame_spans_mergeable_buffers() {
         vec![(0, 0x2000), (1, 0x2000), (2, (total - 0x4000) as u32)]
     );
     let got_h: VnetHeader = r.mem.read_obj(GuestAddress(BUFS)).unwrap();
-    assert_eq!(got_h, VnetHeader { num_buffers: 3, ..h });
+    assert_eq!(
+        got_h,
+        VnetHeader {
+            num_buffers: 3,
+            ..h
+        }
+    );
     let mut back = r.read(BUFS + HDR_LEN as u64, 0x2000 - HDR_LEN);
     back.extend(r.read(BUFS + 0x2000, 0x2000));
     back.extend(r.read(BUFS + 0x4000, total - 0x4000));
@@ -413,7 +438,12 @@ fn without_rx_buffers_the_tap_is_not_watched_until_the_guest_adds_some() {
     // would wake the loop forever.
     assert!(!r.backend.tap_interest.contains(EventSet::IN));
     assert!(r.used(RXQ).is_empty());
-    r.offer(RXQ, 0, &[vec![(BUFS, 2048)], vec![(BUFS + 0x1000, 2048)]], true);
+    r.offer(
+        RXQ,
+        0,
+        &[vec![(BUFS, 2048)], vec![(BUFS + 0x1000, 2048)]],
+        true,
+    );
     r.kick_rx();
     // One buffer took the frame; the other waits for the next.
     assert!(r.backend.tap_interest.contains(EventSet::IN));
@@ -448,7 +478,10 @@ fn state_saves_and_restores() {
     let txq: Queue = mock(&mem, TXQ, 16).create_queue().unwrap();
     // Two rx buffers before activation: the device holds one for the next
     // frame (not yet used: a snapshot gives it back to the guest's side).
-    let chains = [desc(BUFS, 4096, WRITE, 0), desc(BUFS + 0x1000, 4096, WRITE, 0)];
+    let chains = [
+        desc(BUFS, 4096, WRITE, 0),
+        desc(BUFS + 0x1000, 4096, WRITE, 0),
+    ];
     mock(&mem, RXQ, 16).add_desc_chains(&chains, 0).unwrap();
     let evt = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let acked = F_VERSION_1 | F_MRG_RXBUF | F_MAC | F_EVENT_IDX;
@@ -464,7 +497,10 @@ fn state_saves_and_restores() {
     assert_eq!(state.version, NET_STATE_VERSION);
     assert_eq!((state.mac, state.acked_features), (Some(mac), acked));
     assert_eq!(state.queues.len(), 2);
-    assert_eq!(state.queues[0].next_avail, 0, "a held rx buffer was saved as taken");
+    assert_eq!(
+        state.queues[0].next_avail, 0,
+        "a held rx buffer was saved as taken"
+    );
     assert!(state.queues[0].event_idx_enabled);
     assert_eq!(state.queues[0].desc_table, RXQ);
     assert_eq!(state.queues[1].desc_table, TXQ);
@@ -511,7 +547,12 @@ fn random_rx_buffers_get_whole_frames() {
         for c in 0..8u64 {
             let pieces = 1 + rng.next() % 3;
             let chain: Vec<(u64, u32)> = (0..pieces)
-                .map(|p| (BUFS + c * 0x4000 + p * 0x1000, 12 + (rng.next() % 3000) as u32))
+                .map(|p| {
+                    (
+                        BUFS + c * 0x4000 + p * 0x1000,
+                        12 + (rng.next() % 3000) as u32,
+                    )
+                })
                 .collect();
             caps.push(chain.iter().map(|&(_, l)| l as usize).sum::<usize>());
             chains.push(chain);
@@ -539,7 +580,10 @@ fn random_rx_buffers_get_whole_frames() {
         }
         let mut got = Vec::new();
         for &(head, n) in &used {
-            let ci = heads.iter().position(|&h| h == head).expect("a head the guest gave");
+            let ci = heads
+                .iter()
+                .position(|&h| h == head)
+                .expect("a head the guest gave");
             assert!(n as usize <= caps[ci], "used {n} > buffer {}", caps[ci]);
             let mut left = n as usize;
             for &(addr, l) in &chains[ci] {
