@@ -538,7 +538,7 @@ fn state_saves_and_restores() {
 fn random_rx_buffers_get_whole_frames() {
     let mut rng = TestRng(0x5eed_0123_4567_89ab);
     for _ in 0..fuzz_iters() / 200 {
-        let mergeable = rng.next() % 2 == 0;
+        let mergeable = rng.next().is_multiple_of(2);
         let acked = F_VERSION_1 | if mergeable { F_MRG_RXBUF } else { 0 };
         let mut r = rig(acked);
         // Buffers of 1..3 pieces, 12 to 3000 bytes each, laid out apart.
