@@ -3,6 +3,7 @@
 //! virtio-queue's mocks, and the backend is driven by hand.
 
 use std::fs::File;
+use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 
@@ -222,6 +223,28 @@ fn features_config_space_and_offloads() {
         Net::offloads_for(F_GUEST_CSUM | F_GUEST_TSO6),
         OFFLOAD_CSUM | OFFLOAD_TSO6
     );
+}
+
+#[test]
+fn taps_that_cannot_be_used_are_refused_in_one_line() {
+    for bad in ["", "a/b", "a name", "sixteen-bytes-xx"] {
+        let e = Tap::open(bad).unwrap_err();
+        assert!(matches!(e, TapError::Name(_)), "{bad:?}: {e}");
+    }
+    assert!(matches!(Tap::from_fd(-1), Err(TapError::NotOpen(-1))));
+    // An fd number nothing has open.
+    assert!(matches!(Tap::from_fd(4000), Err(TapError::NotOpen(4000))));
+    // An open fd that is no tap: refused, and left open for its owner.
+    let null = File::open("/dev/null").unwrap();
+    let e = Tap::from_fd(null.as_raw_fd()).unwrap_err();
+    assert!(matches!(e, TapError::NotTap { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("fd {} is not a tap: ", null.as_raw_fd()))
+    );
+    assert!(std::error::Error::source(&e).is_none(), "cause shown twice");
+    let mut byte = [0u8; 1];
+    assert_eq!((&null).read(&mut byte).unwrap(), 0, "the fd was closed");
 }
 
 #[test]
