@@ -155,9 +155,9 @@ impl Tap {
         Ok(tap)
     }
 
-    /// Any file standing in for a tap (a datagram socket in the tests and
-    /// the fuzz target: one frame per read or write, as a tap).
-    #[cfg(any(test, fuzzing))]
+    /// Any file standing in for a tap (a datagram socket in the tests: one
+    /// frame per read or write, as a tap).
+    #[cfg(test)]
     pub(crate) fn stand_in(file: File) -> Tap {
         Tap {
             file,
