@@ -12,9 +12,9 @@ use crate::bench::Workload;
 /// Errors from writing a bundle.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("cannot build the runtime config: {0}")]
+    #[error("cannot build the runtime config")]
     Spec(#[from] oci_spec::OciSpecError),
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,

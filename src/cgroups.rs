@@ -14,17 +14,17 @@ use std::path::{Path, PathBuf};
 pub enum CgroupError {
     #[error("no cgroup hierarchy with the {0} controller is mounted")]
     NoController(&'static str),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: io::Error },
-    #[error("cannot write {value:?} to {path}: {source}")]
+    #[error("cannot write {value:?} to {path}")]
     Write {
         path: PathBuf,
         value: String,
         source: io::Error,
     },
-    #[error("cannot create cgroup {path}: {source}")]
+    #[error("cannot create cgroup {path}")]
     Create { path: PathBuf, source: io::Error },
-    #[error("cannot remove cgroup {path}: {source}")]
+    #[error("cannot remove cgroup {path}")]
     Remove { path: PathBuf, source: io::Error },
     #[error("invalid cgroup name {0:?}")]
     InvalidName(String),
@@ -456,8 +456,7 @@ mod tests {
     /// reads the limits back, and removes it.
     #[test]
     fn real_cgroup_holds_limits_and_process_as_root() {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
+        let euid = crate::sys::euid();
         assert_eq!(
             euid, 0,
             "this test needs root: cgroups can only be created as root"

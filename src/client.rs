@@ -7,13 +7,14 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::sys;
 use hull_agent::protocol::{
     self, ErrorMsg, Exit, Frame, Hello, Kind, Resize, Signal, Start, read_frame, write_frame,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("agent protocol: {0}")]
+    #[error("agent protocol")]
     Protocol(#[from] protocol::ProtocolError),
     #[error("the connection to the agent ended before the process did")]
     Lost,
@@ -65,33 +66,15 @@ const FORWARDED: [i32; 7] = [
     libc::SIGWINCH,
 ];
 
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer to `set`.
-    unsafe { libc::sigemptyset(&mut set) };
-    for s in FORWARDED {
-        // SAFETY: valid pointer to `set` and a valid signal number.
-        unsafe { libc::sigaddset(&mut set, s) };
-    }
-    set
-}
-
 /// Blocks the forwarded signals in the calling thread (and in threads it
 /// starts afterwards). Call first thing: children get their mask reset.
 pub fn block_signals() {
-    let set = signal_set();
-    // SAFETY: valid pointer to the set; the old mask is not wanted.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    sys::SignalSet::of(&FORWARDED).block();
 }
 
 /// The terminal size of our stdout, if it is a terminal.
 pub fn terminal_size() -> Option<(u16, u16)> {
-    // SAFETY: winsize is plain data; TIOCGWINSZ writes one into it.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer to `ws`.
-    let r = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) };
-    (r == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
+    sys::terminal_size(1)
 }
 
 type Shared = Arc<Mutex<UnixStream>>;
@@ -241,13 +224,9 @@ fn relay_stdin(w: &Shared) {
 }
 
 fn forward_signals(w: &Shared) {
-    let set = signal_set();
+    let set = sys::SignalSet::of(&FORWARDED);
     loop {
-        let mut sig = 0;
-        // SAFETY: valid pointers to the set and to `sig`.
-        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-            continue;
-        }
+        let sig = set.wait();
         let ok = if sig == libc::SIGWINCH {
             match terminal_size() {
                 Some((rows, cols)) => send(w, &Frame::json(Kind::Resize, &Resize { rows, cols })),
@@ -263,29 +242,16 @@ fn forward_signals(w: &Shared) {
 }
 
 /// Puts our terminal in raw mode while the guard lives (for `-t`).
-pub struct RawMode(Option<libc::termios>);
+pub struct RawMode(Option<sys::Termios>);
 
 impl RawMode {
     pub fn enable() -> RawMode {
-        // SAFETY: termios is plain data; tcgetattr fills it.
-        let mut t: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointer; fd 0 may not be a terminal (then we skip).
-        if unsafe { libc::tcgetattr(0, &mut t) } != 0 {
-            return RawMode(None);
-        }
-        let saved = t;
-        // SAFETY: valid pointer to `t`.
-        unsafe {
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(0, libc::TCSANOW, &t);
-        }
-        RawMode(Some(saved))
+        RawMode(sys::make_raw(0))
     }
 
     pub fn restore(&mut self) {
         if let Some(t) = self.0.take() {
-            // SAFETY: valid pointer to the saved settings.
-            unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+            sys::restore_terminal(0, &t);
         }
     }
 }

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {
-    #[error("reading the agent {path}: {source}")]
+    #[error("reading the agent {path}")]
     Agent {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("writing the initramfs {path}: {source}")]
+    #[error("writing the initramfs {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,

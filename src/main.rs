@@ -1,15 +1,8 @@
 //! `hull`: run OCI container images in KVM microVMs, or in namespaces.
+//! The command line only: each subcommand translates its arguments into
+//! calls of the `hull` library.
 
-mod bench;
-mod bundle;
-mod cgroups;
-mod client;
 mod commands;
-mod initramfs;
-mod paths;
-mod sandbox;
-mod state;
-mod userns;
 
 use clap::{Parser, Subcommand};
 
@@ -18,7 +11,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "hull", version, about, propagate_version = true)]
 struct Cli {
     /// Per-container runtime state (sockets, logs, state.json).
-    #[arg(long, global = true, env = "HULL_STATE_DIR", default_value = state::DEFAULT_STATE_DIR, value_name = "DIR")]
+    #[arg(long, global = true, env = "HULL_STATE_DIR", default_value = hull::state::DEFAULT_STATE_DIR, value_name = "DIR")]
     state_dir: std::path::PathBuf,
     /// Images: blobs, records, unpacked layers and layer disks.
     #[arg(long, global = true, env = "HULL_DATA_DIR", default_value = hull_images::store::DEFAULT_DATA_DIR, value_name = "DIR")]
@@ -62,15 +55,16 @@ enum Command {
     Kill(commands::stop::KillArgs),
 }
 
-/// Exit status for hull's own errors, as docker uses.
-pub const EXIT_HULL_ERROR: i32 = 125;
-
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     // Usage errors are hull's own errors: 125, as docker exits for them.
     let cli = Cli::try_parse().unwrap_or_else(|e| {
         let _ = e.print();
-        std::process::exit(if e.use_stderr() { EXIT_HULL_ERROR } else { 0 })
+        std::process::exit(if e.use_stderr() {
+            hull::EXIT_HULL_ERROR
+        } else {
+            0
+        })
     });
     let result = match cli.command {
         Command::Doctor(args) => commands::doctor::run(args),
@@ -93,7 +87,7 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("hull: {e:#}");
-            std::process::exit(EXIT_HULL_ERROR);
+            std::process::exit(hull::EXIT_HULL_ERROR);
         }
     }
 }

@@ -22,6 +22,11 @@ pub fn kernel() -> Option<PathBuf> {
     env_path("HULL_KERNEL").or_else(|| Some(cache_dir()?.join("kernel").join("vmlinux")))
 }
 
+/// The guest kernel the user chose (`$HULL_KERNEL`), if any.
+pub fn chosen_kernel() -> Option<PathBuf> {
+    env_path("HULL_KERNEL")
+}
+
 /// `hull-vmm`: `$HULL_VMM`, else beside the running `hull`, else on PATH.
 pub fn vmm_binary() -> Option<PathBuf> {
     env_path("HULL_VMM")

@@ -12,6 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::process::ProcessId;
+use crate::sandbox::Isolation;
+
 /// Default state dir (runtime state: gone after a reboot, as the containers are).
 pub const DEFAULT_STATE_DIR: &str = "/run/hull";
 /// What the container wrote to stdout, as its monitor recorded it (raw bytes).
@@ -29,13 +32,13 @@ pub enum StateError {
     NameInUse(String),
     #[error("invalid container name {0:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 128 characters")]
     InvalidName(String),
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,
         source: io::Error,
     },
-    #[error("corrupt state file {path}: {source}")]
+    #[error("corrupt state file {path}")]
     Corrupt {
         path: PathBuf,
         source: serde_json::Error,
@@ -51,26 +54,6 @@ pub enum Status {
     Exited,
 }
 
-/// A process hull started, identified so that a recycled pid is not mistaken
-/// for it: the start time (clock ticks since boot, /proc/PID/stat field 22).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessId {
-    pub pid: i32,
-    pub start_time: u64,
-}
-
-impl ProcessId {
-    /// Identifies a live process; None when it does not exist.
-    pub fn of(pid: i32) -> Option<ProcessId> {
-        start_time(pid).map(|start_time| ProcessId { pid, start_time })
-    }
-
-    /// Whether this very process (not a later one with the same pid) is alive.
-    pub fn is_alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start_time) && !is_zombie(self.pid)
-    }
-}
-
 /// What `hull ps` and `hull inspect` show, and what the other commands act on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerState {
@@ -78,8 +61,7 @@ pub struct ContainerState {
     pub name: String,
     pub image: String,
     pub command: Vec<String>,
-    /// `vm` or `ns`.
-    pub isolation: String,
+    pub isolation: Isolation,
     /// Seconds since the Unix epoch.
     pub created: u64,
     pub status: Status,
@@ -104,14 +86,14 @@ impl ContainerState {
         name: String,
         image: String,
         command: Vec<String>,
-        isolation: &str,
+        isolation: Isolation,
     ) -> Self {
         ContainerState {
             id,
             name,
             image,
             command,
-            isolation: isolation.to_string(),
+            isolation,
             created: now(),
             status: Status::Created,
             sandbox: None,
@@ -136,58 +118,6 @@ impl ContainerState {
             self.exit_reason = reason;
             self.finished = Some(now());
         }
-    }
-
-    /// Kills the sandbox (VMM or the agent at the root of the namespaces) and
-    /// the monitor with SIGKILL, waits up to 30 s for both to be gone, and
-    /// records the container as killed.
-    pub fn kill_and_wait(&mut self) -> Result<(), StateError> {
-        let procs: Vec<ProcessId> = [self.sandbox, self.monitor].into_iter().flatten().collect();
-        for p in &procs {
-            if p.is_alive() {
-                // SAFETY: kill(2) with a pid and signal number; no memory involved.
-                unsafe { libc::kill(p.pid, libc::SIGKILL) };
-            }
-        }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while procs.iter().any(ProcessId::is_alive) {
-            if std::time::Instant::now() > deadline {
-                return Err(StateError::Io {
-                    what: "killing the sandbox of",
-                    path: PathBuf::from(&self.id),
-                    source: io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "still alive 30 s after SIGKILL",
-                    ),
-                });
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        self.mark_exited(137, Some("killed".into()));
-        Ok(())
-    }
-
-    /// A container recorded as running whose sandbox and monitor processes
-    /// are gone died without anyone recording it (kill -9 of hull and the
-    /// VMM, a crash of both).
-    /// Returns true when the state changed.
-    pub fn reconcile(&mut self) -> bool {
-        if self.status != Status::Running {
-            return false;
-        }
-        let alive = |p: Option<ProcessId>| p.is_some_and(|p| p.is_alive());
-        // While its monitor lives, the monitor records how it ended: the
-        // sandbox may have just exited with the status on its way.
-        if alive(self.sandbox) || alive(self.monitor) {
-            return false;
-        }
-        let what = if self.isolation == "vm" {
-            "hull-vmm"
-        } else {
-            "hull-agent"
-        };
-        self.mark_exited(137, Some(format!("{what} died unexpectedly")));
-        true
     }
 }
 
@@ -227,7 +157,7 @@ impl StateDir {
         name: Option<&str>,
         image: &str,
         command: &[String],
-        isolation: &str,
+        isolation: Isolation,
     ) -> Result<ContainerState, StateError> {
         let id = new_id()?;
         let name = match name {
@@ -260,7 +190,9 @@ impl StateDir {
     /// Writes `state.json` atomically.
     pub fn save(&self, state: &ContainerState) -> Result<(), StateError> {
         let path = self.dir(&state.id).join("state.json");
-        let tmp = path.with_extension("json.tmp");
+        // One temp file per writer: a monitor and a `ps` reconciling the same
+        // container must not write into each other's file.
+        let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
         let data = serde_json::to_vec_pretty(state).expect("state serializes");
         let write = || -> io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
@@ -271,8 +203,8 @@ impl StateDir {
         write().map_err(io_err("writing", &path))
     }
 
-    /// Loads container `id` (a full id) and reconciles it with the live
-    /// processes, saving the result when a dead sandbox was found.
+    /// Loads container `id` (a full id) as it was last saved (see
+    /// `Container::load`, which also checks its processes).
     pub fn load(&self, id: &str) -> Result<ContainerState, StateError> {
         let path = self.dir(id).join("state.json");
         let data = match fs::read(&path) {
@@ -282,12 +214,7 @@ impl StateDir {
             }
             Err(e) => return Err(io_err("reading", &path)(e)),
         };
-        let mut state: ContainerState =
-            serde_json::from_slice(&data).map_err(|source| StateError::Corrupt { path, source })?;
-        if state.reconcile() {
-            self.save(&state)?;
-        }
-        Ok(state)
+        serde_json::from_slice(&data).map_err(|source| StateError::Corrupt { path, source })
     }
 
     /// Every container, oldest first. Directories without a readable state
@@ -298,7 +225,7 @@ impl StateDir {
             match self.load(&id) {
                 Ok(s) => all.push(s),
                 Err(StateError::NotFound(_)) => {}
-                Err(e) => log::warn!("{e}"),
+                Err(e) => log::warn!("{}", crate::error::chain(&e)),
             }
         }
         all.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
@@ -351,10 +278,18 @@ impl StateDir {
             fs::remove_file(&link).map_err(io_err("removing", &link))?;
         }
         let dir = self.dir(&state.id);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("removing", &dir)(e)),
+        // A reader reconciling the container (`ps`) may add a temp file
+        // while the directory is being emptied: try again.
+        let mut tries = 0;
+        loop {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && tries < 5 => {
+                    tries += 1;
+                }
+                Err(e) => return Err(io_err("removing", &dir)(e)),
+            }
         }
     }
 }
@@ -381,26 +316,11 @@ fn is_id(s: &str) -> bool {
 /// 64 lowercase hex characters from the kernel's random pool.
 fn new_id() -> Result<String, StateError> {
     let mut bytes = [0u8; 32];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        // SAFETY: the pointer and length describe the unfilled tail of `bytes`,
-        // which getrandom writes at most that many bytes into.
-        let n = unsafe {
-            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(StateError::Io {
-                what: "getrandom for",
-                path: PathBuf::from("container id"),
-                source: e,
-            });
-        }
-        filled += n as usize;
-    }
+    crate::sys::getrandom(&mut bytes).map_err(|source| StateError::Io {
+        what: "getrandom for",
+        path: PathBuf::from("container id"),
+        source,
+    })?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -417,29 +337,6 @@ pub fn validate_name(name: &str) -> Result<(), StateError> {
     }
 }
 
-/// Field 22 of /proc/PID/stat (after the parenthesised command, which may
-/// itself contain spaces and parentheses).
-fn start_time(pid: i32) -> Option<u64> {
-    if pid <= 0 {
-        return None;
-    }
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-fn is_zombie(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = &s[s.rfind(')')? + 1..];
-            rest.split_whitespace()
-                .next()
-                .map(|st| st == "Z" || st == "X")
-        })
-        .unwrap_or(true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,7 +351,7 @@ mod tests {
     fn create_save_load_round_trip() {
         let (_t, sd) = dir();
         let mut c = sd
-            .create(Some("web"), "busybox", &["true".into()], "vm")
+            .create(Some("web"), "busybox", &["true".into()], Isolation::Vm)
             .unwrap();
         assert!(is_id(&c.id));
         assert_eq!(c.status, Status::Created);
@@ -470,17 +367,17 @@ mod tests {
     #[test]
     fn names_are_unique_and_validated() {
         let (_t, sd) = dir();
-        sd.create(Some("db"), "i", &[], "ns").unwrap();
+        sd.create(Some("db"), "i", &[], Isolation::Ns).unwrap();
         assert!(matches!(
-            sd.create(Some("db"), "i", &[], "ns"),
+            sd.create(Some("db"), "i", &[], Isolation::Ns),
             Err(StateError::NameInUse(_))
         ));
         assert!(matches!(
-            sd.create(Some("../x"), "i", &[], "ns"),
+            sd.create(Some("../x"), "i", &[], Isolation::Ns),
             Err(StateError::InvalidName(_))
         ));
         assert!(matches!(
-            sd.create(Some("-x"), "i", &[], "ns"),
+            sd.create(Some("-x"), "i", &[], Isolation::Ns),
             Err(StateError::InvalidName(_))
         ));
         // The losing create left no directory behind.
@@ -493,7 +390,7 @@ mod tests {
         assert!(matches!(sd.resolve("nope"), Err(StateError::NotFound(_))));
         let mut ids = Vec::new();
         for _ in 0..40 {
-            ids.push(sd.create(None, "i", &[], "vm").unwrap().id);
+            ids.push(sd.create(None, "i", &[], Isolation::Vm).unwrap().id);
         }
         // With 40 ids, some single hex digit is the prefix of two of them.
         let digit = (0..16)
@@ -507,31 +404,9 @@ mod tests {
     }
 
     #[test]
-    fn dead_sandbox_is_reconciled_as_exited() {
-        let (_t, sd) = dir();
-        let mut c = sd.create(None, "i", &[], "vm").unwrap();
-        c.status = Status::Running;
-        c.sandbox = Some(ProcessId {
-            pid: std::process::id() as i32,
-            start_time: 1, // not this process's start time: a recycled pid
-        });
-        sd.save(&c).unwrap();
-        let back = sd.load(&c.id).unwrap();
-        assert_eq!(back.status, Status::Exited);
-        assert_eq!(
-            back.exit_reason.as_deref(),
-            Some("hull-vmm died unexpectedly")
-        );
-        // And it was persisted.
-        let raw: ContainerState =
-            serde_json::from_slice(&fs::read(sd.dir(&c.id).join("state.json")).unwrap()).unwrap();
-        assert_eq!(raw.status, Status::Exited);
-    }
-
-    #[test]
     fn remove_leaves_nothing() {
         let (t, sd) = dir();
-        let c = sd.create(Some("gone"), "i", &[], "ns").unwrap();
+        let c = sd.create(Some("gone"), "i", &[], Isolation::Ns).unwrap();
         fs::write(sd.dir(&c.id).join("stdout.log"), b"x").unwrap();
         sd.remove(&c).unwrap();
         assert!(sd.list().unwrap().is_empty());
@@ -545,7 +420,7 @@ mod tests {
     #[test]
     fn corrupt_state_is_an_error_naming_the_file() {
         let (_t, sd) = dir();
-        let c = sd.create(None, "i", &[], "ns").unwrap();
+        let c = sd.create(None, "i", &[], Isolation::Ns).unwrap();
         fs::write(sd.dir(&c.id).join("state.json"), b"{").unwrap();
         let e = sd.load(&c.id).unwrap_err().to_string();
         assert!(

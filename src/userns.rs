@@ -10,7 +10,6 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +22,8 @@ const DEFAULT_COUNT: u32 = 1 << 30;
 const RECORD: &str = "userns.json";
 
 /// `--userns`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// A user namespace with ids of its own where the host allows one; host
     /// ids (with a warning) where it does not.
@@ -57,7 +57,7 @@ pub enum UsernsError {
     Exhausted(u32),
     #[error("bad HULL_USERNS_RANGE {0:?}: want FIRST:COUNT, COUNT a multiple of 65536")]
     BadPool(String),
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,
@@ -123,13 +123,7 @@ impl Lock {
             .write(true)
             .open(&path)
             .map_err(io_err("opening", &path))?;
-        // SAFETY: flock on an fd we own.
-        while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(io_err("locking", &path)(e));
-            }
-        }
+        crate::sys::lock_exclusive(&f).map_err(io_err("locking", &path))?;
         Ok(Lock { _file: f })
     }
 }

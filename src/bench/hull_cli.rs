@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{Backend, BenchError, IDLE_COMMAND, IdleInstance, Phase, Sample};
+use crate::sandbox::Isolation;
 
 /// Environment variable naming the file `hull run` writes its timings to.
 pub const TIMINGS_ENV: &str = "HULL_TIMINGS_FILE";
@@ -24,7 +25,7 @@ pub struct Timings {
 /// `hull run --isolation vm|ns` as a backend.
 #[derive(Debug)]
 pub struct HullCli {
-    isolation: &'static str,
+    isolation: Isolation,
     hull: PathBuf,
     /// Arguments naming what to run: `--rootfs DIR` or `IMAGE`, plus limits.
     target: Vec<String>,
@@ -34,7 +35,7 @@ pub struct HullCli {
 
 impl HullCli {
     pub fn new(
-        isolation: &'static str,
+        isolation: Isolation,
         target: Vec<String>,
         work_dir: PathBuf,
         unavailable: Option<String>,
@@ -51,14 +52,14 @@ impl HullCli {
 
     fn err(&self, message: impl Into<String>) -> BenchError {
         BenchError::Backend {
-            backend: self.isolation.to_string(),
+            backend: self.isolation.name().to_string(),
             message: message.into(),
         }
     }
 
     fn spawn(&self, args: &[String], timings: Option<&PathBuf>) -> Result<Child, BenchError> {
         let mut c = Command::new(&self.hull);
-        c.args(["run", "--rm", "--isolation", self.isolation])
+        c.args(["run", "--rm", "--isolation", self.isolation.name()])
             .args(&self.target)
             .args(args);
         if let Some(t) = timings {
@@ -91,8 +92,8 @@ fn wait_limited(
         }
         std::thread::sleep(Duration::from_micros(500));
     }
-    // SAFETY: kill(2) on the pid of a child we have not reaped.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    // The child is not reaped yet: its pid is still its own.
+    let _ = crate::sys::kill(child.id() as i32, libc::SIGTERM);
     let grace = Instant::now() + Duration::from_secs(5);
     while child.try_wait()?.is_none() {
         if Instant::now() >= grace {
@@ -115,7 +116,7 @@ fn stderr_of(child: &mut Child) -> String {
 
 impl Backend for HullCli {
     fn name(&self) -> &str {
-        self.isolation
+        self.isolation.name()
     }
 
     fn unavailable(&self) -> Option<String> {
@@ -123,7 +124,7 @@ impl Backend for HullCli {
     }
 
     fn not_applicable(&self) -> &'static [Phase] {
-        if self.isolation == "vm" {
+        if self.isolation == Isolation::Vm {
             &[]
         } else {
             &[Phase::Boot]
@@ -202,8 +203,8 @@ impl IdleInstance for HullIdle {
     }
 
     fn stop(mut self: Box<Self>) -> Result<(), BenchError> {
-        // SAFETY: kill(2) on the pid of a child we have not reaped yet.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        // The child is not reaped yet: its pid is still its own.
+        let _ = crate::sys::kill(self.child.id() as i32, libc::SIGTERM);
         let _ = self.child.wait();
         Ok(())
     }

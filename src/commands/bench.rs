@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::bench::{self, Backend, OciRuntime, Plan, Workload, hull_cli::HullCli};
+use hull::Isolation;
+use hull::bench::{self, Backend, OciRuntime, Plan, Workload, hull_cli::HullCli};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -16,9 +17,11 @@ pub struct BenchArgs {
     /// Runs per backend.
     #[arg(short = 'n', long = "runs", default_value_t = 10)]
     pub runs: usize,
-    /// Idle instances for the memory figures, and parallel runs for throughput.
-    #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
+    /// Parallel runs for throughput; a list (`1,2,4,8,16`) sweeps them, each
+    /// reported with its p50/p99 end-to-end time. The largest is also the
+    /// number of idle instances for the memory figures.
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    pub concurrency: Vec<usize>,
     /// Write the report as JSON to FILE (schema: docs/bench-schema.json).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -59,40 +62,18 @@ struct Target {
 
 /// Mounts `layers` (bottom first) as one read-only overlay at `at`.
 fn mount_layers_readonly(layers: &[PathBuf], at: &Path) -> std::io::Result<()> {
-    use std::ffi::CString;
     let lower: Vec<String> = layers
         .iter()
         .rev()
         .map(|l| l.display().to_string())
         .collect();
-    let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
-    let data = CString::new(format!("lowerdir={}", lower.join(":"))).map_err(invalid)?;
-    let target = CString::new(at.as_os_str().as_encoded_bytes()).map_err(invalid)?;
-    let overlay = c"overlay";
-    // SAFETY: valid NUL-terminated strings for the duration of the call.
-    let rc = unsafe {
-        libc::mount(
-            overlay.as_ptr(),
-            target.as_ptr(),
-            overlay.as_ptr(),
-            libc::MS_RDONLY,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    hull::sys::mount_overlay_readonly(&lower.join(":"), at)
 }
 
 impl Drop for Target {
     fn drop(&mut self) {
         if let Some(m) = &self.overlay {
-            if let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) {
-                // SAFETY: a valid C string naming our own mount point.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
+            let _ = hull::sys::unmount_detach(m);
             let _ = std::fs::remove_dir(m);
         }
     }
@@ -129,7 +110,7 @@ fn target(data_dir: &Path, args: &BenchArgs, work_dir: &Path) -> anyhow::Result<
     };
     // Layers unpacked (and as disks when vm is measured) before any timing.
     let vm = args.backends.iter().any(|b| b == "vm");
-    let src = super::run::image_source(data_dir, image, &args.args[1..], None, vm)?;
+    let src = super::source::image_source(data_dir, image, &args.args[1..], None, vm)?;
     let config = src.config.clone().unwrap_or_default();
     let (rootfs, overlay) = match src.layers.as_slice() {
         [one] => (one.clone(), None),
@@ -165,7 +146,7 @@ fn target(data_dir: &Path, args: &BenchArgs, work_dir: &Path) -> anyhow::Result<
 }
 
 pub fn run(data_dir: &Path, args: BenchArgs) -> anyhow::Result<i32> {
-    if args.runs == 0 || args.concurrency == 0 {
+    if args.runs == 0 || args.concurrency.contains(&0) {
         bail!("--runs and --concurrency must be at least 1");
     }
     let work_dir = std::env::temp_dir().join(format!("hull-bench-{}", std::process::id()));
@@ -185,8 +166,13 @@ pub fn run(data_dir: &Path, args: BenchArgs) -> anyhow::Result<i32> {
     for name in &args.backends {
         let dir = work_dir.join(name);
         backends.push(match name.as_str() {
-            "vm" => Box::new(HullCli::new("vm", hull_args.clone(), dir, vm_unavailable())),
-            "ns" => Box::new(HullCli::new("ns", hull_args.clone(), dir, None)),
+            "vm" => Box::new(HullCli::new(
+                Isolation::Vm,
+                hull_args.clone(),
+                dir,
+                vm_unavailable(),
+            )),
+            "ns" => Box::new(HullCli::new(Isolation::Ns, hull_args.clone(), dir, None)),
             "runc" => Box::new(OciRuntime::new("runc", t.workload.clone(), dir)),
             "crun" => Box::new(OciRuntime::new("crun", t.workload.clone(), dir)),
             other => bail!("unknown backend {other:?} (known: vm, ns, runc, crun)"),
@@ -198,9 +184,10 @@ pub fn run(data_dir: &Path, args: BenchArgs) -> anyhow::Result<i32> {
 
     let plan = Plan {
         runs: args.runs,
-        concurrency: args.concurrency,
+        concurrency: args.concurrency.iter().copied().max().unwrap_or(1),
+        sweep: args.concurrency.clone(),
     };
-    let report = bench::run_all(&backends, &t.label, &t.command, plan);
+    let report = bench::run_all(&backends, &t.label, &t.command, &plan);
     drop(backends);
     drop(t);
     let _ = std::fs::remove_dir_all(&work_dir);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Serialize;
 
-use crate::paths;
+use hull::paths;
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {

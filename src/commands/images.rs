@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use hull_images::config::ImageConfig;
 use hull_images::{ImageRecord, Reference, Store};
 
 #[derive(Debug, Args)]
@@ -278,7 +277,7 @@ pub fn rmi(data_dir: &Path, args: RmiArgs) -> anyhow::Result<i32> {
                 }
             }
             Err(e) => {
-                eprintln!("hull: {e}");
+                eprintln!("hull: {:#}", anyhow::Error::from(e));
                 status = 1;
             }
         }
@@ -299,11 +298,6 @@ fn prune(data_dir: &Path) -> anyhow::Result<i32> {
 }
 
 /// The image's config document.
-pub fn image_config(store: &Store, rec: &ImageRecord) -> anyhow::Result<ImageConfig> {
-    let data = store.read_blob(&rec.config)?;
-    serde_json::from_slice(&data).with_context(|| format!("image config {}", rec.config))
-}
-
 fn inspect(data_dir: &Path, args: InspectArgs) -> anyhow::Result<i32> {
     let store = open_store(data_dir)?;
     let mut out = Vec::new();

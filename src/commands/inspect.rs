@@ -4,7 +4,7 @@ use std::path::Path;
 
 use clap::Args;
 
-use crate::state::StateDir;
+use hull::Container;
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
@@ -14,18 +14,17 @@ pub struct InspectArgs {
 }
 
 pub fn run(state_dir: &Path, args: InspectArgs) -> anyhow::Result<i32> {
-    let dir = StateDir::open(state_dir)?;
     let mut found = Vec::new();
     let mut status = 0;
     for key in &args.containers {
-        match dir.resolve(key) {
+        match Container::load(state_dir, key) {
             Ok(c) => {
-                let mut v = serde_json::to_value(&c)?;
-                v["state_dir"] = dir.dir(&c.id).display().to_string().into();
+                let mut v = serde_json::to_value(c.state())?;
+                v["state_dir"] = c.dir().display().to_string().into();
                 found.push(v);
             }
             Err(e) => {
-                eprintln!("hull: {e}");
+                eprintln!("hull: {}", hull::error::chain(&e));
                 status = 1;
             }
         }

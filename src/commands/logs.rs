@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::state::{STDERR_LOG, STDOUT_LOG, StateDir, Status};
+use hull::Container;
+use hull::state::{STDERR_LOG, STDOUT_LOG, Status};
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
@@ -20,9 +21,8 @@ pub struct LogsArgs {
 }
 
 pub fn run(state_dir: &Path, args: LogsArgs) -> anyhow::Result<i32> {
-    let dir = StateDir::open(state_dir)?;
-    let c = dir.resolve(&args.container)?;
-    let cdir = dir.dir(&c.id);
+    let c = Container::load(state_dir, &args.container)?;
+    let cdir = c.dir();
     let open = |name: &str| File::open(cdir.join(name)).ok();
     let (mut out, mut err) = (open(STDOUT_LOG), open(STDERR_LOG));
     loop {
@@ -31,8 +31,7 @@ pub fn run(state_dir: &Path, args: LogsArgs) -> anyhow::Result<i32> {
         if !args.follow {
             return Ok(0);
         }
-        let state = dir.load(&c.id)?;
-        if state.status == Status::Exited {
+        if Container::load(state_dir, c.id())?.state().status == Status::Exited {
             // One last pass: anything written between the copy and the exit.
             copy_new(&mut out, &mut io::stdout())?;
             copy_new(&mut err, &mut io::stderr())?;

@@ -1,7 +1,6 @@
 //! One module per subcommand.
 
 pub mod bench;
-pub mod detach;
 pub mod doctor;
 pub mod exec;
 pub mod images;
@@ -10,4 +9,24 @@ pub mod logs;
 pub mod ps;
 pub mod rm;
 pub mod run;
+pub mod source;
 pub mod stop;
+
+/// Runs `f` for every container key, printing each key that succeeded (as
+/// docker does) and each error; exit status 1 when any failed.
+pub fn for_each(
+    keys: &[String],
+    mut f: impl FnMut(&str) -> Result<(), hull::ContainerError>,
+) -> i32 {
+    let mut status = 0;
+    for key in keys {
+        match f(key) {
+            Ok(()) => println!("{key}"),
+            Err(e) => {
+                eprintln!("hull: {}", hull::error::chain(&e));
+                status = 1;
+            }
+        }
+    }
+    status
+}

@@ -5,7 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 
-use crate::state::{ContainerState, StateDir, Status};
+use hull::Container;
+use hull::state::{ContainerState, Status};
 
 #[derive(Debug, Args)]
 pub struct PsArgs {
@@ -21,9 +22,7 @@ pub struct PsArgs {
 }
 
 pub fn run(state_dir: &Path, args: PsArgs) -> anyhow::Result<i32> {
-    let dir = StateDir::open(state_dir)?;
-    let list: Vec<ContainerState> = dir
-        .list()?
+    let list: Vec<ContainerState> = Container::list(state_dir)?
         .into_iter()
         .filter(|c| args.all || c.status == Status::Running)
         .collect();
@@ -142,7 +141,13 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        let mut c = ContainerState::new("a".repeat(64), "n".into(), "i".into(), vec![], "vm");
+        let mut c = ContainerState::new(
+            "a".repeat(64),
+            "n".into(),
+            "i".into(),
+            vec![],
+            hull::Isolation::Vm,
+        );
         assert_eq!(status_line(&c, c.created), "Created");
         c.mark_exited(3, None);
         let f = c.finished.unwrap();

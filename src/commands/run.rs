@@ -1,19 +1,20 @@
 //! `hull run`: a command in a container, in its own microVM (default) or in
 //! namespaces on the host, with docker's flags and exit statuses.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
+use hull::client::{self, Outcome, Sinks, Times};
+use hull::container::Session;
+use hull::image::Source;
+use hull::monitor::{self, Notifier, Role};
+use hull::{Container, ContainerConfig, Isolation};
 use hull_agent::protocol::{Start, User};
 use hull_images::config::RunConfig;
 
-use crate::client::{self, RawMode, Times};
-use crate::commands::detach;
-use crate::sandbox::{Isolation, Sandbox, Spec};
-use crate::state::{ProcessId, STDERR_LOG, STDOUT_LOG, StateDir, Status};
+use super::source;
 
 /// What a process in a container gets: shared by `run` and `exec`.
 #[derive(Debug, Args)]
@@ -119,7 +120,15 @@ pub struct RunArgs {
     /// where the host allows it, `private` insists on it, `host` shares the
     /// host's ids (root inside is root outside).
     #[arg(long, value_enum, default_value = "auto")]
-    pub userns: crate::userns::Mode,
+    pub userns: hull::userns::Mode,
+    /// Sandboxes that may be starting at once on this host; more wait for a
+    /// slot (0: no limit; default two per CPU).
+    #[arg(long, env = "HULL_MAX_STARTING", value_name = "N")]
+    pub max_starting: Option<u32>,
+    /// MiB of guest RAM that running microVMs may commit on this host, in
+    /// all; a run past it is refused (0: no limit; default twice MemTotal).
+    #[arg(long, env = "HULL_MAX_GUEST_MEMORY", value_name = "MIB")]
+    pub max_guest_memory: Option<u64>,
     /// Run a root filesystem directory instead of an image.
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
@@ -181,228 +190,67 @@ fn env_entries(args: &ProcessArgs) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// What the container runs: its layers and command, from an image or a
-/// root filesystem directory.
-pub struct Source {
-    /// What `ps` shows as the image.
-    pub image: String,
-    /// Layer directories, bottom first.
-    pub layers: Vec<PathBuf>,
-    /// The same layers as disks (vm), when the store made them.
-    pub disks: Vec<PathBuf>,
-    pub argv: Vec<String>,
-    pub config: Option<RunConfig>,
-}
-
-fn source(data_dir: &Path, args: &RunArgs) -> anyhow::Result<Source> {
-    if let Some(dir) = &args.rootfs {
-        if args.args.is_empty() {
-            bail!("no command given: hull run --rootfs DIR CMD [ARG...]");
-        }
-        let rootfs = dir
-            .canonicalize()
-            .with_context(|| format!("--rootfs {}", dir.display()))?;
-        if !rootfs.is_dir() {
-            bail!("--rootfs {}: not a directory", rootfs.display());
-        }
-        return Ok(Source {
-            image: rootfs.display().to_string(),
-            layers: vec![rootfs],
-            disks: Vec::new(),
-            argv: args.args.clone(),
-            config: None,
-        });
-    }
-    let Some(name) = args.args.first() else {
-        bail!("no image given: hull run [OPTIONS] IMAGE [CMD [ARG...]] (or --rootfs DIR CMD)");
-    };
-    image_source(
-        data_dir,
-        name,
-        &args.args[1..],
-        args.entrypoint.as_deref(),
-        args.isolation == Isolation::Vm,
-    )
-}
-
-/// The image `name` (pulled if it is not here, as docker does) with its
-/// layers ready: unpacked, and as disks too when `disks` is set. `args`
-/// replace the image's Cmd.
-pub fn image_source(
-    data_dir: &Path,
-    name: &str,
-    args: &[String],
-    entrypoint: Option<&str>,
-    disks: bool,
-) -> anyhow::Result<Source> {
-    let store = super::images::open_store(data_dir)?;
-    let rec = match store.find(name) {
-        Ok(r) => r,
-        // As docker does: not here, so pull it.
-        Err(hull_images::store::StoreError::NoSuchImage(_)) => {
-            let r = hull_images::Reference::parse(name)?;
-            eprintln!("Unable to find image '{}' locally", r.familiar());
-            super::images::pull_into(&store, &r, std::io::stderr().is_terminal())
-                .with_context(|| format!("no such image {name} here, and pulling it failed"))?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let config = super::images::image_config(&store, &rec)?;
-    let argv = match entrypoint {
-        None => config.command(args),
-        Some(e) => std::iter::once(e.to_string())
-            .filter(|e| !e.is_empty())
-            .chain(args.iter().cloned())
-            .collect(),
-    };
-    if argv.is_empty() {
-        bail!("no command given, and the image {name} has no Cmd or Entrypoint");
-    }
-    let mut layers = Vec::new();
-    let mut layer_disks = Vec::new();
-    for l in &rec.layers {
-        let p = hull_images::layers::prepare(&store, l, disks)?;
-        layers.push(p.root);
-        layer_disks.extend(p.disk);
-    }
-    Ok(Source {
-        image: hull_images::Reference::parse(&rec.reference)
-            .map_or_else(|_| rec.reference.clone(), |r| r.familiar()),
-        layers,
-        disks: layer_disks,
-        argv,
-        config: Some(config.config),
-    })
-}
-
 pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i32> {
     client::block_signals();
     let t0 = Instant::now();
-    let src = source(data_dir, &args)?;
-    let tty = args.process.tty;
-    let dir = StateDir::open(state_dir)?;
-    let mut state = dir.create(
-        args.name.as_deref(),
-        &src.image,
-        &src.argv,
-        args.isolation.name(),
-    )?;
-    let cdir = dir.dir(&state.id);
+    let src = source::source(data_dir, &args)?;
+    let mut container = Container::create(state_dir, &container_config(&args, &src))?;
     let hostname = args
         .hostname
         .clone()
-        .unwrap_or_else(|| state.short_id().to_string());
-    let start =
-        match args
-            .process
-            .start(src.argv.clone(), true, Some(hostname), src.config.as_ref())
-        {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = dir.remove(&state);
-                return Err(e);
-            }
-        };
+        .unwrap_or_else(|| container.short_id().to_string());
+    let start = match args
+        .process
+        .start(src.argv, true, Some(hostname), src.config.as_ref())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = container.delete(true);
+            return Err(e);
+        }
+    };
     // -d: the rest runs in a background monitor; we report how it starts.
     let detached = if args.detach {
-        match detach::fork_monitor(&state.id)? {
-            detach::Role::Caller(code) => return Ok(code),
-            detach::Role::Monitor(n) => Some(n),
+        match monitor::fork_monitor(container.id())? {
+            Role::Caller(code) => return Ok(code),
+            Role::Monitor(n) => Some(n),
         }
     } else {
         None
     };
-    let short_id = state.short_id().to_string();
-    let spec = Spec {
-        isolation: args.isolation,
-        dir: &cdir,
-        layers: src.layers.clone(),
-        disks: src.disks.clone(),
-        vcpus: args.cpus,
-        memory_mib: args.memory,
-        kernel: args.kernel.clone(),
-        name: &short_id,
-        userns: args.userns,
-        huge_pages: !args.no_huge_pages,
+    let warn = |w: &str| match &detached {
+        Some(n) => n.warn(w),
+        None => eprintln!("hull: {w}"),
     };
+    let mut times = Times::default();
     let t_prepare = Instant::now();
-    let result = (|| -> anyhow::Result<(client::Outcome, Times, Instant, Instant)> {
-        let mut sandbox = Sandbox::launch(&spec)?;
-        let t_create = Instant::now();
-        state.status = Status::Running;
-        state.sandbox = ProcessId::of(sandbox.pid() as i32);
-        state.monitor = ProcessId::of(std::process::id() as i32);
-        dir.save(&state)?;
-        let stream = sandbox.connect(Duration::from_secs(300))?;
-        if let Some(map) = sandbox.id_map(&stream) {
-            if crate::userns::is_host_map(&map) && args.userns != crate::userns::Mode::Host {
-                if let Some(w) = sandbox.userns_warning() {
-                    match &detached {
-                        Some(n) => n.warn(&w),
-                        None => eprintln!("hull: {w}"),
-                    }
-                }
-            }
-            state.id_map = Some(map);
-            dir.save(&state)?;
-        }
-        let logs = (&cdir.join(STDOUT_LOG), &cdir.join(STDERR_LOG));
-        let mut sinks = match &detached {
-            None => client::Sinks::terminal().with_logs(logs.0, logs.1),
-            Some(n) => {
-                let mut s = client::Sinks::default().with_logs(logs.0, logs.1);
-                s.on_started = Some(n.on_started());
-                s
-            }
+    let mut t_create = t_prepare;
+    let result = container.start_with(&warn).and_then(|()| {
+        t_create = Instant::now();
+        let session = Session {
+            sinks: sinks(detached.as_ref()),
+            stdin: args.process.interactive && detached.is_none(),
+            raw_terminal: args.process.tty && detached.is_none(),
+            times: &mut times,
+            warn: &warn,
         };
-        let mut raw =
-            (tty && detached.is_none() && std::io::stdin().is_terminal()).then(RawMode::enable);
-        let mut times = Times::default();
-        let stdin = args.process.interactive && detached.is_none();
-        let outcome = client::run_session(stream, &start, stdin, &mut sinks, &mut times);
-        if let Some(r) = raw.as_mut() {
-            r.restore();
-        }
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                use std::os::unix::process::ExitStatusExt;
-                let status = sandbox.wait(Duration::from_secs(5));
-                let killed = status.and_then(|s| s.signal()).map(|sig| {
-                    format!(
-                        "{} died unexpectedly (killed by signal {sig})",
-                        sandbox.name()
-                    )
-                });
-                let why = status.and_then(|_| sandbox.error_message()).or(killed);
-                bail!("{}", why.unwrap_or_else(|| e.to_string()));
-            }
-        };
-        if let client::Outcome::Exited(e) = &outcome {
-            if let Some(reason) = &e.reason {
-                sinks.write_stderr(format!("hull: {reason}\n").as_bytes());
-            }
-        }
-        sandbox.wait(Duration::from_secs(30));
-        sandbox.cleanup();
-        Ok((outcome, times, t_create, Instant::now()))
-    })();
+        container.attach(&start, session)
+    });
+    let t_end = Instant::now();
     let (status, reason) = match &result {
-        Ok((o, ..)) => (o.status(), o.failure().map(str::to_string)),
-        Err(e) => (crate::EXIT_HULL_ERROR, Some(format!("{e:#}"))),
+        Ok(o) => (o.status(), o.failure().map(str::to_string)),
+        Err(e) => (hull::EXIT_HULL_ERROR, Some(hull::error::chain(e))),
     };
     if let Some(n) = &detached {
         // Only says something when the process never started.
         n.failed(status, reason.as_deref().unwrap_or("the container ended"));
     }
-    state.mark_exited(status, reason);
+    container.finish(status, reason)?;
     if args.rm {
-        dir.remove(&state)?;
-    } else {
-        dir.save(&state)?;
+        container.delete(false)?;
     }
-    let (_, times, t_create, t_end) = result?;
-    if let Ok(path) = std::env::var(crate::bench::hull_cli::TIMINGS_ENV) {
+    let _: Outcome = result?;
+    if let Ok(path) = std::env::var(hull::bench::hull_cli::TIMINGS_ENV) {
         write_timings(
             &path,
             t0,
@@ -414,6 +262,37 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
         );
     }
     Ok(status)
+}
+
+/// The container `args` ask for, running `src`.
+fn container_config(args: &RunArgs, src: &Source) -> ContainerConfig {
+    ContainerConfig {
+        name: args.name.clone(),
+        image: src.image.clone(),
+        command: src.argv.clone(),
+        isolation: args.isolation,
+        layers: src.layers.clone(),
+        disks: src.disks.clone(),
+        vcpus: args.cpus,
+        memory_mib: args.memory,
+        kernel: args.kernel.clone(),
+        userns: args.userns,
+        huge_pages: !args.no_huge_pages,
+        max_starting: args.max_starting,
+        max_guest_memory_mib: args.max_guest_memory,
+    }
+}
+
+/// Where the main process's output goes: our terminal, or (detached) only
+/// the logs, telling the waiting caller when the process has started.
+fn sinks(detached: Option<&Notifier>) -> Sinks {
+    match detached {
+        None => Sinks::terminal(),
+        Some(n) => Sinks {
+            on_started: Some(n.on_started()),
+            ..Sinks::default()
+        },
+    }
 }
 
 /// Per-phase milliseconds for `hull bench` (see bench::Phase).

@@ -8,12 +8,11 @@
 //! namespaces, which takes every process of the container with it.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
-
-use crate::state::{ContainerState, StateDir, Status};
+use hull::Container;
 
 #[derive(Debug, Args)]
 pub struct StopArgs {
@@ -36,86 +35,17 @@ pub struct KillArgs {
 }
 
 pub fn run_stop(state_dir: &Path, args: StopArgs) -> anyhow::Result<i32> {
-    let dir = StateDir::open(state_dir)?;
-    for_each(&args.containers, |key| {
-        let mut c = dir.resolve(key)?;
-        if c.status != Status::Running {
-            return Ok(());
-        }
-        signal(&c, libc::SIGTERM)?;
-        let deadline = Instant::now() + Duration::from_secs(args.time);
-        while Instant::now() < deadline {
-            c = dir.load(&c.id)?;
-            if c.status != Status::Running || !sandbox_alive(&c) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        log::info!(
-            "{} did not stop within {} s: killing it",
-            c.short_id(),
-            args.time
-        );
-        c.kill_and_wait()?;
-        crate::sandbox::cleanup_leftovers(&dir.dir(&c.id));
-        dir.save(&c)?;
-        Ok(())
-    })
+    let timeout = Duration::from_secs(args.time);
+    Ok(super::for_each(&args.containers, |key| {
+        Container::load(state_dir, key)?.stop(timeout)
+    }))
 }
 
 pub fn run_kill(state_dir: &Path, args: KillArgs) -> anyhow::Result<i32> {
-    let sig = parse_signal(&args.signal)?;
-    let dir = StateDir::open(state_dir)?;
-    for_each(&args.containers, |key| {
-        let mut c = dir.resolve(key)?;
-        if c.status != Status::Running {
-            bail!("container {} is not running", c.short_id());
-        }
-        if sig == libc::SIGKILL {
-            c.kill_and_wait()?;
-            crate::sandbox::cleanup_leftovers(&dir.dir(&c.id));
-            dir.save(&c)?;
-        } else {
-            signal(&c, sig)?;
-        }
-        Ok(())
-    })
-}
-
-/// Runs `f` for every key, printing each key that succeeded (as docker does)
-/// and each error; exit status 1 when any failed.
-fn for_each(keys: &[String], mut f: impl FnMut(&str) -> anyhow::Result<()>) -> anyhow::Result<i32> {
-    let mut status = 0;
-    for key in keys {
-        match f(key) {
-            Ok(()) => println!("{key}"),
-            Err(e) => {
-                eprintln!("hull: {e:#}");
-                status = 1;
-            }
-        }
-    }
-    Ok(status)
-}
-
-fn sandbox_alive(c: &ContainerState) -> bool {
-    c.sandbox.is_some_and(|p| p.is_alive())
-}
-
-/// Delivers `sig` to the container's main process through its monitor.
-fn signal(c: &ContainerState, sig: i32) -> anyhow::Result<()> {
-    let Some(monitor) = c.monitor.filter(|m| m.is_alive()) else {
-        bail!(
-            "container {} has no live monitor to deliver the signal: use `hull kill` (SIGKILL) or `hull rm -f`",
-            c.short_id()
-        );
-    };
-    // SAFETY: kill(2) with a pid and signal number; no memory involved.
-    if unsafe { libc::kill(monitor.pid, sig) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("signalling the monitor of {}", c.short_id()));
-    }
-    Ok(())
+    let signal = parse_signal(&args.signal)?;
+    Ok(super::for_each(&args.containers, |key| {
+        Container::load(state_dir, key)?.kill(signal)
+    }))
 }
 
 /// `TERM`, `SIGTERM`, `term` or `15`.

@@ -8,52 +8,118 @@
 //! nested page-table walks for every guest memory access, which is what
 //! bulk work in the guest (a disk read copying through its page cache)
 //! spends its time on. QEMU does the same for its guest RAM.
+//!
+//! Except where this host's own CPU is software-emulated (a KVM host under
+//! QEMU's TCG, as hull's tests use on machines without hardware KVM): there
+//! a guest whose RAM KVM maps with 2 MiB nested pages wedges the whole
+//! emulated host once a few such VMs do I/O at once (issue 19: the
+//! emulator's vCPU stops in the nested guest at one instruction, spinning
+//! in QEMU's cpu_exec, so the emulated host's own kernel never runs again).
+//! Guest RAM there is plain 4 KiB-mapped memory; `HULL_VMM_HUGE_PAGES=force`
+//! overrides that, for measuring.
 
-use vm_memory::mmap::MmapRegion;
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::mmap::{MmapRegion, MmapRegionError};
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionCollectionError, GuestRegionMmap};
 
 const HUGE: usize = 2 << 20;
 
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("mapping {mib} MiB of host memory")]
+    Mmap { mib: usize, source: std::io::Error },
+    #[error("guest memory region at {gpa:#x}")]
+    Region { gpa: u64, source: MmapRegionError },
+    #[error("guest memory region at {0:#x} is too large")]
+    TooLarge(u64),
+    #[error("laying out the guest memory regions")]
+    Layout(#[source] GuestRegionCollectionError),
+}
+
 /// Allocates guest memory for `ranges` (guest address, length). With
-/// `huge_pages` false this is plain anonymous memory with no advice.
+/// `huge_pages` false, or on a software-emulated CPU (see the module docs),
+/// this is plain anonymous memory with no advice.
 pub fn guest_memory(
     ranges: &[(GuestAddress, usize)],
     huge_pages: bool,
-) -> Result<GuestMemoryMmap, String> {
-    if !huge_pages {
-        return GuestMemoryMmap::from_ranges(ranges).map_err(|e| e.to_string());
-    }
+) -> Result<GuestMemoryMmap, MemoryError> {
+    let forced = std::env::var("HULL_VMM_HUGE_PAGES").is_ok_and(|v| v == "force");
+    mapped_memory(
+        ranges,
+        huge_pages && (forced || !cpu_is_software_emulated()),
+    )
+}
+
+/// Guest memory for `ranges`; with `huge_pages`, each region lines up with
+/// its guest address modulo 2 MiB and is advised for huge pages.
+fn mapped_memory(
+    ranges: &[(GuestAddress, usize)],
+    huge_pages: bool,
+) -> Result<GuestMemoryMmap, MemoryError> {
     let mut regions = Vec::new();
     for &(gpa, len) in ranges {
-        let region = aligned_region(gpa, len)?;
-        regions.push(
-            GuestRegionMmap::new(region, gpa)
-                .ok_or_else(|| format!("guest region at {:#x} overflows", gpa.0))?,
-        );
+        let region = if huge_pages {
+            aligned_region(gpa, len)?
+        } else {
+            MmapRegion::new(len).map_err(|source| MemoryError::Region { gpa: gpa.0, source })?
+        };
+        regions.push(GuestRegionMmap::new(region, gpa).ok_or(MemoryError::TooLarge(gpa.0))?);
     }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| e.to_string())
+    GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Layout)
+}
+
+/// Signatures (CPUID leaf 0x4000_0000) of hypervisors that run this host
+/// on hardware virtualization.
+const HARDWARE_HYPERVISORS: [&[u8; 12]; 6] = [
+    b"KVMKVMKVM\0\0\0",
+    b"Microsoft Hv",
+    b"VMwareVMware",
+    b"XenVMMXenVMM",
+    b"VBoxVBoxVBox",
+    b"ACRNACRNACRN",
+];
+
+/// Whether this host runs on a CPU an emulator provides: it says it is a
+/// guest (CPUID.1:ECX bit 31) but of no hardware hypervisor (QEMU's TCG
+/// gives no signature, or `TCGTCGTCGTCG`).
+pub fn cpu_is_software_emulated() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid;
+        if __cpuid(1).ecx & (1 << 31) == 0 {
+            return false; // bare metal
+        }
+        let leaf = __cpuid(0x4000_0000);
+        let mut sig = [0u8; 12];
+        sig[..4].copy_from_slice(&leaf.ebx.to_le_bytes());
+        sig[4..8].copy_from_slice(&leaf.ecx.to_le_bytes());
+        sig[8..].copy_from_slice(&leaf.edx.to_le_bytes());
+        is_emulator_signature(&sig)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+fn is_emulator_signature(sig: &[u8; 12]) -> bool {
+    !HARDWARE_HYPERVISORS.contains(&sig)
 }
 
 /// An anonymous mapping of `len` bytes whose address is congruent to `gpa`
 /// modulo 2 MiB, advised for huge pages. It lives as long as the process
 /// (guest memory is shared with every device thread until the VMM exits).
-fn aligned_region(gpa: GuestAddress, len: usize) -> Result<MmapRegion, String> {
+fn aligned_region(gpa: GuestAddress, len: usize) -> Result<MmapRegion, MemoryError> {
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-    let span = len
-        .checked_add(HUGE)
-        .ok_or_else(|| format!("guest region of {len} bytes is too large"))?;
+    let span = len.checked_add(HUGE).ok_or(MemoryError::TooLarge(gpa.0))?;
     // SAFETY: a fresh anonymous mapping at an address of the kernel's choice.
     let base = unsafe { libc::mmap(std::ptr::null_mut(), span, prot, flags, -1, 0) };
     if base == libc::MAP_FAILED {
-        return Err(format!(
-            "allocating {} MiB of guest memory: {}",
-            len >> 20,
-            std::io::Error::last_os_error()
-        ));
+        return Err(MemoryError::Mmap {
+            mib: len >> 20,
+            source: std::io::Error::last_os_error(),
+        });
     }
     let base = base as usize;
-    let want = (gpa.0 as usize) % HUGE;
+    let want = crate::arch::x86_64::u64_to_usize(gpa.0) % HUGE;
     let start = base + (want + HUGE - base % HUGE) % HUGE;
     let (head, tail) = (start - base, base + span - (start + len));
     // SAFETY: both ranges lie inside the mapping made above and outside
@@ -72,7 +138,7 @@ fn aligned_region(gpa: GuestAddress, len: usize) -> Result<MmapRegion, String> {
     // SAFETY: [start, start + len) is a live anonymous mapping with exactly
     // these protection and flags, never unmapped while the process runs.
     unsafe { MmapRegion::build_raw(start as *mut u8, len, prot, flags) }
-        .map_err(|e| format!("guest memory region: {e}"))
+        .map_err(|source| MemoryError::Region { gpa: gpa.0, source })
 }
 
 #[cfg(test)]
@@ -81,17 +147,25 @@ mod tests {
     use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
     #[test]
+    fn only_hardware_hypervisors_keep_huge_pages() {
+        assert!(!is_emulator_signature(b"KVMKVMKVM\0\0\0"));
+        assert!(!is_emulator_signature(b"Microsoft Hv"));
+        assert!(is_emulator_signature(b"TCGTCGTCGTCG"));
+        assert!(is_emulator_signature(&[0; 12]));
+    }
+
+    #[test]
     fn regions_line_up_with_their_guest_addresses_modulo_2m() {
         let ranges = [
             (GuestAddress(0), 4 << 20),
             (GuestAddress(0x1_0000_0000 + 4096), 8 << 20),
         ];
-        let mem = guest_memory(&ranges, true).unwrap();
+        let mem = mapped_memory(&ranges, true).unwrap();
         for r in mem.iter() {
             let host = r
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
                 .unwrap() as usize;
-            assert_eq!(host % HUGE, (r.start_addr().0 as usize) % HUGE);
+            assert_eq!((host % HUGE) as u64, r.start_addr().0 % HUGE as u64);
         }
         mem.write_obj(0xabcd_u32, GuestAddress(0x1_0000_0000 + 4096 + 100))
             .unwrap();

@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::rx::RxBuffers;
 use super::{F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_UFO, F_MRG_RXBUF, HDR_LEN, NetStats};
 use super::{MAX_GSO_FRAME, MAX_PLAIN_FRAME};
-use crate::devices::virtio::event_loop::EventLoop;
+use crate::devices::virtio::event_loop::{EventLoop, EventOps};
 use crate::devices::virtio::{F_EVENT_IDX, Interrupt, LogLimit};
 
 /// What the backend is made of at activation.
@@ -160,7 +160,7 @@ impl Backend {
 }
 
 impl crate::devices::virtio::event_loop::EventHandler for Backend {
-    fn handle(&mut self, fd: RawFd, events: EventSet) {
+    fn handle(&mut self, _ops: &mut EventOps, fd: RawFd, events: EventSet) {
         self.handle_fd(fd, events);
     }
 }

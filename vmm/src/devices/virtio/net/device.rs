@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use vmm_sys_util::epoll::EventSet;
 
 use super::backend::{Backend, BackendParts};
-use super::persist::{NET_STATE_VERSION, NetState, NetStateError};
+use super::persist::NetState;
 use super::tap::{OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO, Tap, TapError};
 use super::*;
 use crate::devices::virtio::event_loop::EventLoop;
+use crate::devices::virtio::persist::{DeviceState, PersistError, QueueSnapshot, VirtioState};
 use crate::devices::virtio::{
     ActivateError, Activation, F_EVENT_IDX, F_VERSION_1, TYPE_NET, VirtioDevice, read_config_bytes,
 };
@@ -31,11 +32,48 @@ pub struct Net {
     active: Option<Active>,
 }
 
-/// The backend on the event loop and its registrations.
+/// The backend on the event loop and its registrations (none while
+/// paused).
 struct Active {
     backend: Arc<Mutex<Backend>>,
     event_loop: EventLoop,
     tokens: Vec<u64>,
+}
+
+impl Active {
+    /// Watches the queue eventfds and the tap (for what the backend waits
+    /// on), then serves what waited meanwhile.
+    fn watch(&mut self) -> Result<(), ActivateError> {
+        let (fds, tap_interest) = {
+            let b = lock(&self.backend);
+            let fds = [b.rx_evt.as_raw_fd(), b.tx_evt.as_raw_fd(), b.tap_fd()];
+            (fds, b.tap_interest)
+        };
+        let interests = [EventSet::IN, EventSet::IN, tap_interest];
+        for (fd, events) in fds.into_iter().zip(interests) {
+            match self.event_loop.add(fd, events, self.backend.clone()) {
+                Ok(t) => self.tokens.push(t),
+                Err(e) => {
+                    self.unwatch();
+                    return Err(ActivateError::EventLoop(e));
+                }
+            }
+        }
+        let mut b = lock(&self.backend);
+        b.tap_watch = self.tokens.get(2).map(|&t| (self.event_loop.clone(), t));
+        b.start();
+        Ok(())
+    }
+
+    /// Leaves the event loop. Once the backend's lock is taken here, no
+    /// handler runs any more: the device touches neither guest memory nor
+    /// its queues until [`Active::watch`].
+    fn unwatch(&mut self) {
+        for t in self.tokens.drain(..) {
+            self.event_loop.remove(t);
+        }
+        lock(&self.backend).tap_watch = None;
+    }
 }
 
 fn lock(b: &Mutex<Backend>) -> std::sync::MutexGuard<'_, Backend> {
@@ -84,41 +122,9 @@ impl Net {
         Ok(Net::new(tap, cfg.mac.map(|m| m.0)))
     }
 
-    /// A device restored from `state` on a tap of its own; the transport
-    /// then activates it with [`NetState::live_queues`] and the features
-    /// the state holds.
-    pub fn restore(tap: Tap, state: &NetState) -> Result<Net, NetStateError> {
-        state.validate()?;
-        let mut net = Net::new(tap, state.mac);
-        // What this tap can do may differ from the saved one's (UFO).
-        if state.offered_features & !net.features != 0 {
-            return Err(NetStateError::Features {
-                acked: state.offered_features,
-                offered: net.features,
-            });
-        }
-        net.features = state.offered_features;
-        net.acked = state.acked_features;
-        Ok(net)
-    }
-
-    /// The device's state for a snapshot (the VM's vCPUs stopped first).
-    pub fn save(&self) -> NetState {
-        let queues = match &self.active {
-            Some(a) => lock(&a.backend)
-                .queue_states()
-                .into_iter()
-                .map(Into::into)
-                .collect(),
-            None => Vec::new(),
-        };
-        NetState {
-            version: NET_STATE_VERSION,
-            mac: self.mac,
-            offered_features: self.features,
-            acked_features: self.acked,
-            queues,
-        }
+    /// The MAC address the guest is shown, if any.
+    pub fn mac(&self) -> Option<[u8; 6]> {
+        self.mac
     }
 
     /// What the active device has counted (zeros when inactive).
@@ -172,15 +178,15 @@ impl VirtioDevice for Net {
                 want: 2,
             });
         }
-        let device_err = |what: &str, e: &dyn std::fmt::Display| {
-            ActivateError::Device(format!("virtio-net tap {}: {what}: {e}", self.tap.name()))
-        };
         // Without them the tap just hands over plain frames: worth a warning,
         // not a dead device.
         if let Err(e) = self.tap.set_offload(Self::offloads_for(acked)) {
             log::warn!("virtio-net tap {}: {e}", self.tap.name());
         }
-        let tap = self.tap.try_clone().map_err(|e| device_err("dup", &e))?;
+        let tap = self.tap.try_clone().map_err(|error| ActivateError::Clone {
+            what: "the tap",
+            error,
+        })?;
         let mut queues = a.queues.into_iter();
         let mut evts = a.queue_evts.into_iter();
         let (Some(rxq), Some(txq), Some(rx_evt), Some(tx_evt)) =
@@ -198,44 +204,60 @@ impl VirtioDevice for Net {
             interrupt: a.interrupt,
             acked_features: acked,
         });
-        let fds = [
-            backend.rx_evt.as_raw_fd(),
-            backend.tx_evt.as_raw_fd(),
-            backend.tap_fd(),
-        ];
-        let backend = Arc::new(Mutex::new(backend));
-        let mut tokens = Vec::new();
-        for fd in fds {
-            match a.event_loop.add(fd, EventSet::IN, backend.clone()) {
-                Ok(t) => tokens.push(t),
-                Err(e) => {
-                    for t in tokens {
-                        a.event_loop.remove(t);
-                    }
-                    return Err(ActivateError::EventLoop(e));
-                }
-            }
-        }
-        {
-            let mut b = lock(&backend);
-            b.tap_watch = tokens.get(2).map(|&t| (a.event_loop.clone(), t));
-            b.start();
-        }
-        self.acked = acked;
-        self.active = Some(Active {
-            backend,
+        let mut active = Active {
+            backend: Arc::new(Mutex::new(backend)),
             event_loop: a.event_loop,
-            tokens,
-        });
+            tokens: Vec::new(),
+        };
+        active.watch()?;
+        self.acked = acked;
+        self.active = Some(active);
         Ok(())
     }
     fn reset(&mut self) {
-        if let Some(a) = self.active.take() {
-            for t in a.tokens {
-                a.event_loop.remove(t);
-            }
+        if let Some(mut a) = self.active.take() {
+            a.unwatch();
         }
         let _ = self.tap.set_offload(0);
         self.acked = 0;
+    }
+    fn pause(&mut self) {
+        if let Some(a) = &mut self.active {
+            a.unwatch();
+        }
+    }
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        match &mut self.active {
+            Some(a) if a.tokens.is_empty() => a.watch(),
+            _ => Ok(()),
+        }
+    }
+    fn save(&mut self) -> DeviceState {
+        self.pause();
+        let queues = match &self.active {
+            Some(a) => lock(&a.backend)
+                .queue_states()
+                .into_iter()
+                .map(QueueSnapshot::from)
+                .collect(),
+            None => Vec::new(),
+        };
+        DeviceState::Net(NetState {
+            virtio: VirtioState::new(self.acked, queues),
+            mac: self.mac,
+            offered_features: self.features,
+        })
+    }
+    fn restore(&mut self, state: &DeviceState, a: Option<Activation>) -> Result<(), PersistError> {
+        self.restore_state(state, a)
+    }
+}
+
+impl Drop for Net {
+    /// The backend leaves the event loop with the device.
+    fn drop(&mut self) {
+        if let Some(mut a) = self.active.take() {
+            a.unwatch();
+        }
     }
 }

@@ -1,117 +1,72 @@
 //! The state of a virtio-net device a snapshot keeps: what the guest
-//! negotiated and where its queues stand. The tap is not in it: a restored
-//! VM gets a tap of its own (by name or fd), as a fresh one does.
+//! negotiated, the MAC it was shown and where its queues stand (rx buffers
+//! the device held for the next frame given back to the guest's side). The
+//! tap is not in it: a restored VM gets a tap of its own (by name or fd),
+//! as a fresh one does; frames in flight on the old tap are lost, as on a
+//! wire.
 
 use serde::{Deserialize, Serialize};
-use virtio_queue::{Queue, QueueState};
 
-/// Version of [`NetState`]'s layout; bumped when a field changes meaning.
-pub const NET_STATE_VERSION: u32 = 1;
-
-#[derive(Debug, thiserror::Error)]
-pub enum NetStateError {
-    #[error("virtio-net state version {0}, this hull-vmm reads version {NET_STATE_VERSION}")]
-    Version(u32),
-    #[error("virtio-net state: features {acked:#x} were never offered ({offered:#x})")]
-    Features { acked: u64, offered: u64 },
-    #[error("virtio-net state has {0} queues, the device has 2")]
-    QueueCount(usize),
-    #[error("virtio-net state: queue {index} is invalid: {cause:?}")]
-    Queue {
-        index: usize,
-        cause: virtio_queue::Error,
-    },
-}
-
-/// One queue, as virtio-queue's [`QueueState`] holds it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SavedQueue {
-    pub max_size: u16,
-    pub size: u16,
-    pub ready: bool,
-    pub desc_table: u64,
-    pub avail_ring: u64,
-    pub used_ring: u64,
-    pub next_avail: u16,
-    pub next_used: u16,
-    pub event_idx_enabled: bool,
-}
-
-impl From<QueueState> for SavedQueue {
-    fn from(q: QueueState) -> Self {
-        SavedQueue {
-            max_size: q.max_size,
-            size: q.size,
-            ready: q.ready,
-            desc_table: q.desc_table,
-            avail_ring: q.avail_ring,
-            used_ring: q.used_ring,
-            next_avail: q.next_avail,
-            next_used: q.next_used,
-            event_idx_enabled: q.event_idx_enabled,
-        }
-    }
-}
-
-impl From<SavedQueue> for QueueState {
-    fn from(q: SavedQueue) -> Self {
-        QueueState {
-            max_size: q.max_size,
-            size: q.size,
-            ready: q.ready,
-            desc_table: q.desc_table,
-            avail_ring: q.avail_ring,
-            used_ring: q.used_ring,
-            next_avail: q.next_avail,
-            next_used: q.next_used,
-            event_idx_enabled: q.event_idx_enabled,
-        }
-    }
-}
+use super::device::Net;
+use crate::devices::virtio::persist::{DeviceState, PersistError, VirtioState};
+use crate::devices::virtio::{Activation, VirtioDevice};
 
 /// A virtio-net device's saved state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetState {
-    pub version: u32,
+    /// Features, and the rx and tx queues once activated.
+    pub virtio: VirtioState,
     /// The MAC address the guest was given, if any.
     pub mac: Option<[u8; 6]>,
-    /// Features the device offered and those the driver accepted.
+    /// Features the device offered (the driver chose among them).
     pub offered_features: u64,
-    pub acked_features: u64,
-    /// rx then tx; empty when the driver had not started the device.
-    pub queues: Vec<SavedQueue>,
 }
 
-impl NetState {
-    /// Checks the state before a device is made from it.
-    pub fn validate(&self) -> Result<(), NetStateError> {
-        if self.version != NET_STATE_VERSION {
-            return Err(NetStateError::Version(self.version));
-        }
-        if self.acked_features & !self.offered_features != 0 {
-            return Err(NetStateError::Features {
-                acked: self.acked_features,
-                offered: self.offered_features,
+impl Net {
+    pub(super) fn restore_state(
+        &mut self,
+        state: &DeviceState,
+        a: Option<Activation>,
+    ) -> Result<(), PersistError> {
+        let DeviceState::Net(s) = state else {
+            return Err(PersistError::WrongDevice {
+                found: state.kind(),
+                want: "net",
             });
-        }
-        if !self.queues.is_empty() && self.queues.len() != 2 {
-            return Err(NetStateError::QueueCount(self.queues.len()));
-        }
-        Ok(())
-    }
-
-    /// The saved queues as live ones (virtio-queue checks each); the
-    /// transport activates the restored device with them.
-    pub fn live_queues(&self) -> Result<Vec<Queue>, NetStateError> {
-        self.queues
-            .iter()
-            .enumerate()
-            .map(|(index, q)| {
-                Queue::try_from(QueueState::from(*q))
-                    .map_err(|cause| NetStateError::Queue { index, cause })
+        };
+        s.virtio.check_version()?;
+        let shown = |m: Option<[u8; 6]>| {
+            m.map_or("none".to_string(), |m| {
+                crate::config::MacAddr(m).to_string()
             })
-            .collect()
+        };
+        if s.mac != self.mac() {
+            return Err(PersistError::Mismatch(format!(
+                "the guest's MAC was {}, it is {}",
+                shown(s.mac),
+                shown(self.mac())
+            )));
+        }
+        // What this tap can do may differ from the saved one's (UFO).
+        let acked = s.virtio.acked_features;
+        if acked & !s.offered_features != 0 || acked & !self.features() != 0 {
+            return Err(PersistError::Mismatch(format!(
+                "the driver accepted features {acked:#x}, this device offers {:#x}",
+                self.features()
+            )));
+        }
+        if !s.virtio.queues.is_empty() && s.virtio.queues.len() != 2 {
+            return Err(PersistError::Mismatch(format!(
+                "{} saved queues, the device has 2",
+                s.virtio.queues.len()
+            )));
+        }
+        match a {
+            Some(a) if s.virtio.activated() => {
+                self.activate(a, acked).map_err(PersistError::Activate)
+            }
+            _ => Ok(()),
+        }
     }
 }

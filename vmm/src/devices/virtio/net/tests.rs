@@ -15,9 +15,8 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{Backend, BackendParts};
-use super::persist::{NET_STATE_VERSION, NetState};
 use super::*;
-use crate::devices::virtio::event_loop::EventLoop;
+use crate::devices::virtio::persist::DeviceState;
 use crate::devices::virtio::{
     Activation, F_EVENT_IDX, F_VERSION_1, Interrupt, TestRng, VirtioDevice, fuzz_iters,
 };
@@ -491,66 +490,163 @@ fn unusable_rx_chains_are_returned_empty() {
     );
 }
 
+/// Polls `cond` for up to 5 s.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("{what}");
+}
+
+/// A device on the event loop that received and sent frames, and holds an
+/// rx buffer for the next one, is saved mid-stream; a fresh device on a new
+/// tap, restored over the same guest memory, sends the frame the guest
+/// queued while it was paused, and puts the next frame into the buffer the
+/// old one held (given back to the guest's side by the save).
 #[test]
-fn state_saves_and_restores() {
+fn a_restored_net_device_carries_on() {
+    use crate::devices::virtio::event_loop::test_loop;
+    use crate::devices::virtio::persist::{PersistError, queues_from};
+    use crate::devices::virtio::test_queue::TestQueue;
+
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
+    let mut rx = TestQueue::new(&mem, 0);
+    let mut tx = TestQueue::new(&mem, 0x4000);
+    let evt = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let (rx_kick, tx_kick) = (evt(), evt());
+    let activation = |queues: Vec<Queue>| Activation {
+        mem: mem.clone(),
+        queues,
+        queue_evts: vec![rx_kick.try_clone().unwrap(), tx_kick.try_clone().unwrap()],
+        interrupt: Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+        event_loop: test_loop(),
+    };
+    // Rx buffer n: 4 KiB at BUFS + n * 4 KiB, descriptor n.
+    let rx_buf = |n: u16| BUFS + u64::from(n) * 0x1000;
+    for n in 0..3 {
+        rx.store(n, SplitDescriptor::new(rx_buf(n), 4096, WRITE, 0));
+        rx.publish(n);
+    }
+    // Tx chain n: the header and a 100-byte frame at 0x20_0000 + n * 4 KiB.
+    let send = |tx: &mut TestQueue, n: u16| {
+        let at = 0x20_0000 + u64::from(n) * 0x1000;
+        let mut f = header(VnetHeader::default());
+        f.extend_from_slice(&frame(100, n as u8));
+        mem.write_slice(&f, GuestAddress(at)).unwrap();
+        tx.store(n, SplitDescriptor::new(at, f.len() as u32, 0, 0));
+        tx.publish(n);
+        tx_kick.write(1).unwrap();
+        f
+    };
+    let from_host = |seed: u8| {
+        let mut f = header(VnetHeader::default());
+        f.extend_from_slice(&frame(200, seed));
+        f
+    };
+    let recv = |peer: &UnixDatagram| {
+        let mut buf = vec![0u8; 4096];
+        let mut got = None;
+        wait_for("no frame reached the tap", || {
+            got = peer.recv(&mut buf).ok();
+            got.is_some()
+        });
+        buf.truncate(got.unwrap());
+        buf
+    };
+
     let (tap, peer) = socket_tap();
     let mac = [2, 0, 0, 0, 0, 7];
-    let mut net = Net::new(Tap::stand_in(tap), Some(mac));
-    let rxq: Queue = mock(&mem, RXQ, 16).create_queue().unwrap();
-    let txq: Queue = mock(&mem, TXQ, 16).create_queue().unwrap();
-    // Two rx buffers before activation: the device holds one for the next
-    // frame (not yet used: a snapshot gives it back to the guest's side).
-    let chains = [
-        desc(BUFS, 4096, WRITE, 0),
-        desc(BUFS + 0x1000, 4096, WRITE, 0),
-    ];
-    mock(&mem, RXQ, 16).add_desc_chains(&chains, 0).unwrap();
-    let evt = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let acked = F_VERSION_1 | F_MRG_RXBUF | F_MAC | F_EVENT_IDX;
-    let activation = Activation {
-        mem: mem.clone(),
-        queues: vec![rxq, txq],
-        queue_evts: vec![evt(), evt()],
-        interrupt: Interrupt::new(evt()),
-        event_loop: EventLoop::start().unwrap(),
-    };
-    net.activate(activation, acked).unwrap();
+    let mut net = Net::new(Tap::stand_in(tap), Some(mac));
+    net.activate(activation(vec![rx.queue(), tx.queue()]), acked)
+        .unwrap();
+    rx_kick.write(1).unwrap();
+    let sent = send(&mut tx, 0);
+    assert_eq!(recv(&peer), sent);
+    let a = from_host(1);
+    peer.send(&a).unwrap();
+    wait_for("frame A never reached the guest", || rx.used_idx() == 1);
+    assert_eq!(rx.take_used(), vec![(0, a.len() as u32)]);
+    // The device holds buffer 1 for the next frame.
+    wait_for("the device took no buffer for the next frame", || {
+        net.stats().rx_frames == 1
+    });
+
     let state = net.save();
-    assert_eq!(state.version, NET_STATE_VERSION);
-    assert_eq!((state.mac, state.acked_features), (Some(mac), acked));
-    assert_eq!(state.queues.len(), 2);
-    assert_eq!(
-        state.queues[0].next_avail, 0,
-        "a held rx buffer was saved as taken"
-    );
-    assert!(state.queues[0].event_idx_enabled);
-    assert_eq!(state.queues[0].desc_table, RXQ);
-    assert_eq!(state.queues[1].desc_table, TXQ);
-
     let json = serde_json::to_string(&state).unwrap();
-    let back: NetState = serde_json::from_str(&json).unwrap();
-    assert_eq!(back, state);
-    let queues = back.live_queues().unwrap();
-    assert_eq!(queues[0].state(), state.queues[0].into());
+    // Paused: neither a queued tx chain nor a frame from the tap moves.
+    let waiting = send(&mut tx, 1);
+    peer.send(&from_host(2)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(tx.used_idx(), 1, "a paused device sent a frame");
+    assert_eq!(rx.used_idx(), 1, "a paused device received a frame");
+    assert!(peer.recv(&mut [0u8; 16]).is_err());
+    drop(net);
 
-    let (tap2, _peer2) = socket_tap();
-    let restored = Net::restore(Tap::stand_in(tap2), &back).unwrap();
-    assert_eq!(restored.save().acked_features, acked);
-    assert_eq!(restored.features(), net.features());
+    let state: DeviceState = serde_json::from_str(&json).unwrap();
+    let DeviceState::Net(s) = &state else {
+        panic!("a net device saved as {}", state.kind());
+    };
+    assert_eq!((s.mac, s.virtio.acked_features), (Some(mac), acked));
+    assert_eq!(
+        (s.virtio.queues[0].next_avail, s.virtio.queues[0].next_used),
+        (1, 1),
+        "the held rx buffer was saved as taken"
+    );
+    assert_eq!(s.virtio.queues[1].next_avail, 1);
 
-    let mut bad = state.clone();
-    bad.version += 1;
+    // Another MAC is not this device; a future format is refused.
     let (tap3, _peer3) = socket_tap();
-    assert!(Net::restore(Tap::stand_in(tap3), &bad).is_err());
-    bad = state.clone();
-    bad.acked_features |= 1 << 40;
-    assert!(bad.validate().is_err());
-    assert!(serde_json::from_str::<NetState>(&json.replace("\"version\"", "\"versoin\"")).is_err());
+    let mut other = Net::new(Tap::stand_in(tap3), Some([2, 0, 0, 0, 0, 8]));
+    assert!(matches!(
+        other.restore(&state, None),
+        Err(PersistError::Mismatch(_))
+    ));
+    let mut future = state.clone();
+    if let DeviceState::Net(s) = &mut future {
+        s.virtio.version += 1;
+    }
+    assert!(matches!(
+        other.restore(&future, None),
+        Err(PersistError::Version { .. })
+    ));
+
+    let (tap2, peer2) = socket_tap();
+    let mut net = Net::new(Tap::stand_in(tap2), Some(mac));
+    let queues = queues_from(&state.virtio().queues).unwrap();
+    net.restore(&state, Some(activation(queues))).unwrap();
+    assert_eq!(recv(&peer2), waiting, "the chain queued while paused");
+    wait_for("the waiting tx chain was not returned", || {
+        tx.used_idx() == 2
+    });
+    // Frame B went to the old tap; C goes into the buffer the old device held.
+    let c = from_host(3);
+    peer2.send(&c).unwrap();
+    wait_for("frame C never reached the guest", || rx.used_idx() == 2);
+    assert_eq!(rx.take_used(), vec![(1, c.len() as u32)]);
+    let mut got = vec![0u8; c.len()];
+    mem.read_slice(&mut got, GuestAddress(rx_buf(1))).unwrap();
+    assert_eq!(got[HDR_LEN..], c[HDR_LEN..]);
+    assert_eq!(got[NUM_BUFFERS_OFFSET], 1, "num_buffers");
+
+    // Paused and resumed in place: what waited is served on resume.
+    net.pause();
+    let d = from_host(4);
+    peer2.send(&d).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(rx.used_idx(), 2, "a paused device received a frame");
+    net.resume().unwrap();
+    wait_for("frame D never reached the guest", || rx.used_idx() == 3);
+    assert_eq!(rx.take_used(), vec![(2, d.len() as u32)]);
 
     net.reset();
-    assert!(net.save().queues.is_empty());
-    drop(peer);
+    let DeviceState::Net(s) = net.save() else {
+        panic!("not a net state");
+    };
+    assert!(s.virtio.queues.is_empty());
 }
 
 /// Random rx buffers and frames: a frame the guest sees is exactly the frame

@@ -1,4 +1,4 @@
-//! `run -d`: the container's monitor (the hull process that holds the
+//! The detached monitor (`run -d`): the container's monitor (the hull process that holds the
 //! sandbox and relays its session into the log files) goes to the
 //! background; the caller waits until the process has started, then prints
 //! the container id, or the error and docker's exit status when it did not.
@@ -6,10 +6,20 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
-use anyhow::Context;
+use crate::sys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("creating a pipe for the monitor")]
+    Pipe(#[source] std::io::Error),
+    #[error("opening /dev/null for the monitor")]
+    DevNull(#[source] std::io::Error),
+    #[error("forking the monitor")]
+    Fork(#[source] std::io::Error),
+}
 
 /// Which side of the fork this is.
 pub enum Role {
@@ -50,38 +60,26 @@ impl Notifier {
     }
 }
 
-fn pipe() -> std::io::Result<(File, File)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: two new fds that nothing else owns.
-    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
-}
-
 /// Forks the monitor. Must run before hull starts any thread.
-pub fn fork_monitor(id: &str) -> anyhow::Result<Role> {
-    let (mut r, w) = pipe().context("creating a pipe for the monitor")?;
-    let devnull = OwnedFd::from(File::options().read(true).write(true).open("/dev/null")?);
+pub fn fork_monitor(id: &str) -> Result<Role, MonitorError> {
+    let (mut r, w) = sys::pipe().map_err(MonitorError::Pipe)?;
+    let devnull = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(MonitorError::DevNull)?;
+    let devnull = OwnedFd::from(devnull);
     // SAFETY: hull is single-threaded here (see the callers), so the child
     // may go on running Rust code.
-    match unsafe { libc::fork() } {
-        -1 => Err(std::io::Error::last_os_error()).context("forking the monitor"),
-        0 => {
+    match unsafe { sys::fork() }.map_err(MonitorError::Fork)? {
+        sys::Fork::Child => {
             drop(r);
             // Its own session: no terminal signals reach it, and the
             // caller's end leaves it running. Output goes to the logs only.
-            // SAFETY: setsid and dup2 take integers.
-            unsafe {
-                libc::setsid();
-                for fd in 0..3 {
-                    libc::dup2(devnull.as_raw_fd(), fd);
-                }
-            }
+            let _ = sys::detach_from_terminal(&devnull);
             Ok(Role::Monitor(Notifier(Rc::new(RefCell::new(Some(w))))))
         }
-        _child => {
+        sys::Fork::Parent => {
             drop(w);
             let mut msg = String::new();
             let _ = r.read_to_string(&mut msg);
@@ -129,7 +127,7 @@ mod tests {
 
     #[test]
     fn notifier_speaks_once() {
-        let (mut r, w) = pipe().unwrap();
+        let (mut r, w) = sys::pipe().unwrap();
         let n = Notifier(Rc::new(RefCell::new(Some(w))));
         n.warn("careful\nnow");
         (n.on_started())();

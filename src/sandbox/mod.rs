@@ -4,16 +4,24 @@
 //! - `ns`: `hull-agent ns` as PID 1 of new namespaces on the host, with the
 //!   same root filesystem stacked read-only, over a Unix socket.
 
+mod ns;
+mod vm;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
-use crate::cgroups::{Cgroup, CgroupLimits};
-use crate::{initramfs, paths, userns};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+use crate::cgroups::Cgroup;
+use crate::{initramfs, sys, userns};
+
+/// The isolation boundary of a container; `vm` and `ns` in state.json and
+/// on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum Isolation {
     Vm,
     Ns,
@@ -26,23 +34,40 @@ impl Isolation {
             Isolation::Ns => "ns",
         }
     }
+
+    /// The process that holds a sandbox of this kind, as messages name it.
+    pub fn process_name(self) -> &'static str {
+        match self {
+            Isolation::Vm => "hull-vmm",
+            Isolation::Ns => "hull-agent",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("the guest kernel is not built: run guest-kernel/build.sh (or pass --kernel PATH)")]
     NoKernel,
+    #[error("the guest kernel {0} is not a file (--kernel PATH or HULL_KERNEL)")]
+    KernelNotFound(PathBuf),
     #[error("hull-vmm not found: cargo build --release -p hull-vmm (or set HULL_VMM)")]
     NoVmm,
     #[error("the static hull-agent is not built: run agent/build-static.sh (or set HULL_AGENT)")]
     NoAgent,
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         source: std::io::Error,
     },
-    #[error("building the root filesystem disk: {0}")]
-    Disk(String),
+    #[error("running mkfs.erofs to build a layer disk (apt-get install erofs-utils)")]
+    ErofsTool(#[source] std::io::Error),
+    #[error("building the layer disk of {dir}: mkfs.erofs: {stderr}")]
+    Erofs { dir: PathBuf, stderr: String },
+    #[error("writing the VM configuration {path}")]
+    VmConfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Initramfs(#[from] initramfs::InitramfsError),
     #[error(transparent)]
@@ -61,36 +86,8 @@ pub enum SandboxError {
     SocketPath(PathBuf, usize),
 }
 
-/// Makes `cmd`'s process die with hull: a sandbox never outlives the CLI
-/// that relays it by accident (a killed hull takes its VMM with it). It
-/// starts with no signals blocked: hull blocks the ones it forwards, and a
-/// mask survives exec.
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl(PR_SET_PDEATHSIG), sigemptyset and sigprocmask are
-    // async-signal-safe and touch only the local set.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            Ok(())
-        });
-    }
-}
-
-/// A SIGINT, SIGTERM or SIGHUP that arrived while it was blocked.
-fn pending_stop_signal() -> Option<i32> {
-    // SAFETY: sigset_t is plain data; sigpending fills it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer to `set`.
-    unsafe { libc::sigpending(&mut set) };
-    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
-        .into_iter()
-        // SAFETY: valid pointer to `set` and valid signal numbers.
-        .find(|&s| unsafe { libc::sigismember(&set, s) } == 1)
-}
+/// Signals that end a launch while hull waits for the agent.
+pub(crate) const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
     let what = what.into();
@@ -125,8 +122,7 @@ const CGROUP_FILE: &str = "cgroup.json";
 /// still counts exiting members).
 fn remove_cgroup(cg: &Cgroup) {
     for pid in cg.pids().unwrap_or_default() {
-        // SAFETY: kill(2) on pids from the container's own cgroup.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let _ = sys::kill(pid as i32, libc::SIGKILL);
     }
     for _ in 0..200 {
         if cg.remove().is_ok() {
@@ -192,6 +188,8 @@ pub struct Sandbox {
     cgroup: Option<Cgroup>,
     /// The state dir, when the sandbox holds a user namespace id range.
     userns_owner: Option<PathBuf>,
+    /// What the launch has to tell the user (see `take_warnings`).
+    warnings: Vec<String>,
 }
 
 /// The guest CID hull gives every VM (each VM has its own vsock device).
@@ -206,9 +204,15 @@ impl Sandbox {
             return Err(SandboxError::SocketPath(socket, len));
         }
         match spec.isolation {
-            Isolation::Vm => launch_vm(spec),
-            Isolation::Ns => launch_ns(spec),
+            Isolation::Vm => vm::launch(spec),
+            Isolation::Ns => ns::launch(spec),
         }
+    }
+
+    /// What the launch has to tell the user (e.g. no user namespace here),
+    /// once.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 
     /// The process that holds the sandbox (VMM, or the agent's parent).
@@ -230,7 +234,7 @@ impl Sandbox {
             if let Some(s) = self.try_connect() {
                 return Ok(s);
             }
-            if let Some(sig) = pending_stop_signal() {
+            if let Some(sig) = sys::SignalSet::first_pending(&STOP_SIGNALS) {
                 self.kill();
                 return Err(SandboxError::Interrupted(sig));
             }
@@ -274,11 +278,7 @@ impl Sandbox {
 
     /// The sandbox process, as messages name it.
     pub fn name(&self) -> &'static str {
-        if self.isolation == Isolation::Vm {
-            "hull-vmm"
-        } else {
-            "hull-agent"
-        }
+        self.isolation.process_name()
     }
 
     /// Why the sandbox ended, if it ended badly (from its log).
@@ -320,18 +320,7 @@ impl Sandbox {
         if self.isolation != Isolation::Ns {
             return None;
         }
-        use std::os::fd::AsRawFd;
-        let mut byte = 0u8;
-        // SAFETY: recv writes at most one byte into `byte`.
-        let n = unsafe {
-            libc::recv(
-                stream.as_raw_fd(),
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK,
-            )
-        };
-        if n <= 0 {
+        if !sys::peek_byte(stream) {
             return None;
         }
         userns::map_of(self.child.id())
@@ -367,187 +356,19 @@ impl Drop for Sandbox {
     }
 }
 
-fn launch_vm(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
-    let kernel = spec
-        .kernel
-        .clone()
-        .or_else(paths::kernel)
-        .filter(|k| k.is_file())
-        .ok_or(SandboxError::NoKernel)?;
-    let vmm = paths::vmm_binary().ok_or(SandboxError::NoVmm)?;
-    let agent = paths::agent_binary()
-        .filter(|a| a.is_file())
-        .ok_or(SandboxError::NoAgent)?;
-    let cache = paths::cache_dir().unwrap_or_else(|| spec.dir.to_path_buf());
-    let initrd = initramfs::for_agent(&agent, &cache.join("initramfs"))?;
-    let mut disks = Vec::new();
-    for (i, layer) in spec.layers.iter().enumerate() {
-        let img = match spec.disks.get(i) {
-            Some(d) => d.clone(),
-            None => {
-                let img = spec.dir.join(format!("layer{i}.erofs"));
-                erofs_image(layer, &img)?;
-                img
-            }
-        };
-        disks.push(format!("{},ro,id=layer{i}", img.display()));
-    }
-    let socket = agent_socket(Isolation::Vm, spec.dir);
-    let console = spec.dir.join("console.log");
-    let log = spec.dir.join("vmm.log");
-    let logf = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
-    let mut cmd = Command::new(&vmm);
-    cmd.arg("--kernel")
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&initrd)
-        .args(["--vcpus", &spec.vcpus.to_string()])
-        .args(["--mem", &spec.memory_mib.to_string()])
-        .args(["--vsock-cid", &GUEST_CID.to_string()])
-        .arg("--vsock-uds")
-        .arg(&socket)
-        .arg("--serial")
-        .arg(&console)
-        .arg("--boot-timer")
-        .arg("--rng");
-    for d in &disks {
-        cmd.args(["--disk", d]);
-    }
-    if !spec.huge_pages {
-        cmd.arg("--no-huge-pages");
-    }
-    if std::env::var_os("HULL_AGENT_DEBUG").is_some() {
-        // The kernel hands unknown KEY=VALUE words to init's environment.
-        cmd.args(["--cmdline", "HULL_AGENT_DEBUG=1"]);
-    }
-    die_with_parent(&mut cmd);
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(logf)
-        .spawn()
-        .map_err(io(format!("starting {}", vmm.display())))?;
-    Ok(Sandbox {
-        isolation: Isolation::Vm,
-        child,
-        socket,
-        log,
-        console,
-        cgroup: None,
-        userns_owner: None,
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Makes a read-only erofs image of `dir` (Debian's erofs-utils).
-fn erofs_image(dir: &Path, img: &Path) -> Result<(), SandboxError> {
-    let out = Command::new("mkfs.erofs")
-        .arg(img)
-        .arg(dir)
-        .output()
-        .map_err(|e| {
-            SandboxError::Disk(format!(
-                "running mkfs.erofs (apt-get install erofs-utils): {e}"
-            ))
-        })?;
-    if !out.status.success() {
-        return Err(SandboxError::Disk(format!(
-            "mkfs.erofs {}: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+    #[test]
+    fn isolation_reads_and_writes_as_before() {
+        assert_eq!(serde_json::to_string(&Isolation::Vm).unwrap(), "\"vm\"");
+        let ns: Isolation = serde_json::from_str("\"ns\"").unwrap();
+        assert_eq!(ns, Isolation::Ns);
+        assert!(serde_json::from_str::<Isolation>("\"kvm\"").is_err());
+        assert_eq!(
+            agent_socket(Isolation::Ns, Path::new("/s")),
+            Path::new("/s/agent.sock")
+        );
     }
-    Ok(())
-}
-
-fn launch_ns(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
-    let agent = paths::agent_binary()
-        .filter(|a| a.is_file())
-        .ok_or(SandboxError::NoAgent)?;
-    let socket = agent_socket(Isolation::Ns, spec.dir);
-    let scratch = spec.dir.join("scratch");
-    std::fs::create_dir_all(&scratch).map_err(io(format!("creating {}", scratch.display())))?;
-    let log = spec.dir.join("agent.log");
-    let logf = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
-    let limits = CgroupLimits {
-        memory_bytes: Some(spec.memory_mib << 20),
-        cpus: Some(f64::from(spec.vcpus)),
-        pids: None,
-    };
-    let cgroup = Cgroup::create(&format!("ns-{}", spec.name), &limits)?;
-    // Recorded so that `rm -f` and `kill` can remove it when the monitor
-    // that would have is gone.
-    if let Ok(json) = serde_json::to_vec(&cgroup) {
-        let _ = std::fs::write(spec.dir.join(CGROUP_FILE), json);
-    }
-    let mut cmd = Command::new(&agent);
-    cmd.arg("ns")
-        .arg("--listen")
-        .arg(&socket)
-        .arg("--scratch")
-        .arg(&scratch);
-    for l in &spec.layers {
-        cmd.arg("--lower").arg(l);
-    }
-    // A launch that fails takes back what it made: the cgroup, the range.
-    let abandon = |owner: Option<&Path>| {
-        let _ = cgroup.remove();
-        if let Some(owner) = owner {
-            userns::release(owner);
-        }
-    };
-    let userns_owner = match (spec.userns, userns::host_refuses()) {
-        (userns::Mode::Host, _) => None,
-        (userns::Mode::Private, Some(why)) => {
-            abandon(None);
-            return Err(userns::UsernsError::Disabled(why).into());
-        }
-        (userns::Mode::Auto, Some(why)) => {
-            eprintln!("hull: warning: no user namespace ({why}): the container runs with host ids");
-            None
-        }
-        (mode, None) => {
-            let range = userns::claim(spec.dir).inspect_err(|_| abandon(None))?;
-            cmd.args(["--userns", &range.arg()]);
-            if mode == userns::Mode::Auto {
-                cmd.arg("--userns-optional");
-            }
-            Some(spec.dir.to_path_buf())
-        }
-    };
-    // The agent waits for a byte on stdin before it forks into the new
-    // namespaces, so it is in its cgroup before any container process exists.
-    cmd.env("HULL_AGENT_SYNC", "1");
-    die_with_parent(&mut cmd);
-    let child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(logf)
-        .spawn()
-        .map_err(io(format!("starting {}", agent.display())));
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            abandon(userns_owner.as_deref());
-            return Err(e);
-        }
-    };
-    let go = cgroup.add_process(child.id());
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(b"g");
-    }
-    if let Err(e) = go {
-        let _ = child.kill();
-        let _ = child.wait();
-        abandon(userns_owner.as_deref());
-        return Err(e.into());
-    }
-    Ok(Sandbox {
-        isolation: Isolation::Ns,
-        child,
-        socket,
-        console: PathBuf::new(),
-        log,
-        cgroup: Some(cgroup),
-        userns_owner,
-    })
 }

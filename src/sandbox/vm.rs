@@ -1,0 +1,159 @@
+//! The `vm` backend: `hull-vmm` with the guest kernel, the agent's
+//! initramfs, one read-only disk per layer and vsock to the agent, all in
+//! one `VmConfig` written to the container's state dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use hull_vmm::config::{DiskConfig, SerialOutput, VmConfig, VsockConfig};
+
+use super::{GUEST_CID, Isolation, Sandbox, SandboxError, Spec, agent_socket, io};
+use crate::{initramfs, paths, sys};
+
+/// The VM's configuration, as `hull-vmm --config` reads it (in the state dir).
+pub const VM_CONFIG_FILE: &str = "vmm.json";
+
+pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
+    let kernel = match spec.kernel.clone().or_else(paths::chosen_kernel) {
+        // Named by the user: say which file is missing.
+        Some(k) if !k.is_file() => return Err(SandboxError::KernelNotFound(k)),
+        Some(k) => k,
+        None => paths::kernel()
+            .filter(|k| k.is_file())
+            .ok_or(SandboxError::NoKernel)?,
+    };
+    let vmm = paths::vmm_binary().ok_or(SandboxError::NoVmm)?;
+    let agent = paths::agent_binary()
+        .filter(|a| a.is_file())
+        .ok_or(SandboxError::NoAgent)?;
+    let cache = paths::cache_dir().unwrap_or_else(|| spec.dir.to_path_buf());
+    let initrd = initramfs::for_agent(&agent, &cache.join("initramfs"))?;
+    let mut disks = Vec::new();
+    for (i, layer) in spec.layers.iter().enumerate() {
+        match spec.disks.get(i) {
+            Some(d) => disks.push(d.clone()),
+            None => {
+                let img = spec.dir.join(format!("layer{i}.erofs"));
+                erofs_image(layer, &img)?;
+                disks.push(img);
+            }
+        }
+    }
+    let socket = agent_socket(Isolation::Vm, spec.dir);
+    let console = spec.dir.join("console.log");
+    let mut config = vm_config(spec, kernel, initrd, disks);
+    if std::env::var_os("HULL_AGENT_DEBUG").is_some() {
+        // The kernel hands unknown KEY=VALUE words to init's environment.
+        config.cmdline = "HULL_AGENT_DEBUG=1".into();
+    }
+    let config_path = spec.dir.join(VM_CONFIG_FILE);
+    let json = serde_json::to_vec_pretty(&config).expect("a VmConfig serializes");
+    std::fs::write(&config_path, json).map_err(|source| SandboxError::VmConfig {
+        path: config_path.clone(),
+        source,
+    })?;
+    let log = spec.dir.join("vmm.log");
+    let logf = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
+    let mut cmd = Command::new(&vmm);
+    cmd.arg("--config").arg(&config_path);
+    sys::die_with_parent(&mut cmd);
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logf)
+        .spawn()
+        .map_err(io(format!("starting {}", vmm.display())))?;
+    Ok(Sandbox {
+        isolation: Isolation::Vm,
+        child,
+        socket,
+        log,
+        console,
+        cgroup: None,
+        userns_owner: None,
+        warnings: Vec::new(),
+    })
+}
+
+/// The VM for `spec`: its kernel and initrd, vCPUs and memory, `disks`
+/// (the layers, bottom first) read-only with ids `layer0`..., vsock to the
+/// agent's socket and the console in the state dir.
+fn vm_config(spec: &Spec<'_>, kernel: PathBuf, initrd: PathBuf, disks: Vec<PathBuf>) -> VmConfig {
+    let mut config = VmConfig::new(kernel);
+    config.initrd = Some(initrd);
+    config.vcpus = spec.vcpus;
+    config.mem_mib = spec.memory_mib;
+    config.vsock = Some(VsockConfig {
+        cid: GUEST_CID,
+        uds: agent_socket(Isolation::Vm, spec.dir),
+    });
+    config.serial = SerialOutput::File(spec.dir.join("console.log"));
+    config.boot_timer = true;
+    config.rng = true;
+    config.disks = disks
+        .into_iter()
+        .enumerate()
+        .map(|(i, path)| DiskConfig {
+            path,
+            read_only: true,
+            id: Some(format!("layer{i}")),
+        })
+        .collect();
+    config.huge_pages = spec.huge_pages;
+    config
+}
+
+/// Makes a read-only erofs image of `dir` (Debian's erofs-utils).
+fn erofs_image(dir: &Path, img: &Path) -> Result<(), SandboxError> {
+    let out = Command::new("mkfs.erofs")
+        .arg(img)
+        .arg(dir)
+        .output()
+        .map_err(SandboxError::ErofsTool)?;
+    if !out.status.success() {
+        return Err(SandboxError::Erofs {
+            dir: dir.to_path_buf(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vm_config_file_is_what_hull_vmm_reads() {
+        let t = tempfile::tempdir().unwrap();
+        let spec = Spec {
+            isolation: Isolation::Vm,
+            dir: t.path(),
+            layers: vec!["/l0".into(), "/l1".into()],
+            disks: Vec::new(),
+            vcpus: 2,
+            memory_mib: 512,
+            kernel: None,
+            name: "c",
+            userns: crate::userns::Mode::Auto,
+            huge_pages: false,
+        };
+        let disks = vec![t.path().join("a.erofs"), t.path().join("b.erofs")];
+        let config = vm_config(&spec, "/k".into(), "/i".into(), disks.clone());
+        let path = t.path().join(VM_CONFIG_FILE);
+        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let back = VmConfig::from_file(&path).unwrap();
+        back.validate().unwrap();
+        assert_eq!(back, config);
+        assert_eq!((back.vcpus, back.mem_mib, back.huge_pages), (2, 512, false));
+        let ids: Vec<_> = back.disks.iter().map(|d| d.id.clone().unwrap()).collect();
+        assert_eq!(ids, ["layer0", "layer1"]);
+        assert!(back.disks.iter().all(|d| d.read_only));
+        assert_eq!(back.disks[1].path, disks[1]);
+        assert_eq!(back.vsock.unwrap().uds, t.path().join("vsock.sock"));
+        assert_eq!(
+            back.serial,
+            SerialOutput::File(t.path().join("console.log"))
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! hull's own errors, as a user reads them: one line, `hull: ` and the
+//! chain of what failed, each cause said once (a variant shows its cause in
+//! its message or exposes it as `source`, never both). These run the real
+//! failure paths of the `hull` binary; the permission one needs root (to
+//! drop to an unprivileged uid with setpriv) and fails saying so otherwise.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn hull() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hull"));
+    c.env_remove("HULL_STATE_DIR")
+        .env_remove("HULL_KERNEL")
+        .env("RUST_LOG", "off");
+    c
+}
+
+/// The one line hull printed for its error (exit status 125).
+fn error_line(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {stderr}");
+    let line = lines[0];
+    assert!(line.starts_with("hull: "), "{line}");
+    line.to_string()
+}
+
+/// No part of the chain is said twice.
+fn assert_no_repeated_cause(line: &str) {
+    assert!(
+        line.matches("os error").count() <= 1,
+        "a cause repeats: {line}"
+    );
+    let parts: Vec<&str> = line.split(": ").map(str::trim).collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(
+            !parts[i + 1..].contains(p),
+            "{p:?} is said twice in: {line}"
+        );
+    }
+}
+
+#[test]
+fn a_file_where_the_state_dir_goes_is_one_cause() {
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let out = hull()
+        .arg("--state-dir")
+        .arg(file.join("state"))
+        .arg("ps")
+        .output()
+        .unwrap();
+    let line = error_line(&out);
+    assert!(
+        line.contains("creating") && line.contains("Not a directory"),
+        "{line}"
+    );
+    assert_no_repeated_cause(&line);
+}
+
+#[test]
+fn permission_denied_on_the_state_dir_is_one_cause_needs_root() {
+    assert_eq!(
+        hull::sys::euid(),
+        0,
+        "this test needs root: it runs hull as uid 65534 (setpriv) against a root-owned 0500 directory"
+    );
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A copy of hull that uid 65534 can reach and run.
+    let exe = t.path().join("hull");
+    std::fs::copy(env!("CARGO_BIN_EXE_hull"), &exe).unwrap();
+    let locked = t.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(&exe)
+        .arg("--state-dir")
+        .arg(locked.join("state"))
+        .arg("ps")
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let line = error_line(&out);
+    assert!(line.contains("Permission denied"), "{line}");
+    assert_no_repeated_cause(&line);
+}
+
+#[test]
+fn a_missing_kernel_is_one_line_and_leaves_no_container() {
+    // Short: the agent's socket path goes under it (108 bytes at most).
+    let t = tempfile::Builder::new().prefix("h").tempdir().unwrap();
+    let state = t.path().join("s");
+    let rootfs = t.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    let out = hull()
+        .arg("--state-dir")
+        .arg(&state)
+        .args([
+            "run",
+            "--rm",
+            "--isolation",
+            "vm",
+            "--kernel",
+            "/nonexistent",
+        ])
+        .arg("--rootfs")
+        .arg(&rootfs)
+        .arg("true")
+        .output()
+        .unwrap();
+    let line = error_line(&out);
+    assert!(
+        line.contains("guest kernel /nonexistent is not a file"),
+        "{line}"
+    );
+    assert_no_repeated_cause(&line);
+    assert!(
+        empty_dir(&state.join("containers")),
+        "--rm left a container"
+    );
+}
+
+#[test]
+fn no_built_kernel_says_how_to_build_one() {
+    let t = tempfile::Builder::new().prefix("h").tempdir().unwrap();
+    let rootfs = t.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    let out = hull()
+        .env("XDG_CACHE_HOME", t.path().join("cache"))
+        .arg("--state-dir")
+        .arg(t.path().join("s"))
+        .args(["run", "--rm", "--isolation", "vm", "--rootfs"])
+        .arg(&rootfs)
+        .arg("true")
+        .output()
+        .unwrap();
+    let line = error_line(&out);
+    assert!(line.contains("guest-kernel/build.sh"), "{line}");
+    assert_no_repeated_cause(&line);
+}
+
+fn empty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none())
+}

@@ -1,0 +1,156 @@
+//! The container lifecycle through the library, as a front end other than
+//! the CLI (an OCI runtime, `hull build`) drives it: `create` records a
+//! container that does not run yet (state.json says `created`), `start`
+//! launches its sandbox (`running`), `attach` runs the main process, and
+//! `finish` and `delete` end it. Runs the `ns` backend on this host, so it
+//! needs root and the static agent (HULL_AGENT or agent/build-static.sh);
+//! it fails saying so where they are missing, and is reported as ignored
+//! with `HULL_SKIP_NS_TESTS=1`, as the namespace suite is.
+
+#[path = "support/busybox.rs"]
+mod busybox;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use hull::client::{Sinks, Times};
+use hull::container::Session;
+use hull::state::Status;
+use hull::userns::Mode;
+use hull::{Container, ContainerConfig, ContainerError, Isolation};
+use hull_agent::protocol::{Start, User};
+
+/// A writer the test reads back.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn status_on_disk(c: &Container) -> String {
+    let raw = std::fs::read_to_string(c.dir().join("state.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    v["status"].as_str().unwrap().to_string()
+}
+
+fn main() {
+    let args = libtest_mimic::Arguments::from_args();
+    let skip = std::env::var("HULL_SKIP_NS_TESTS").as_deref() == Ok("1");
+    let trial = libtest_mimic::Trial::test(
+        "create_then_start_then_attach_then_delete_ns_needs_root",
+        || {
+            create_then_start_then_attach_then_delete();
+            Ok(())
+        },
+    )
+    .with_ignored_flag(skip);
+    libtest_mimic::run(&args, vec![trial]).exit();
+}
+
+fn create_then_start_then_attach_then_delete() {
+    assert_eq!(
+        hull::sys::euid(),
+        0,
+        "this test needs root: the ns backend makes namespaces, mounts and cgroups"
+    );
+    assert!(
+        hull::paths::agent_binary().is_some_and(|a| a.is_file()),
+        "the static hull-agent is not built: run agent/build-static.sh (or set HULL_AGENT)"
+    );
+    // Short: the agent's socket path goes under it (108 bytes at most).
+    let t = tempfile::Builder::new().prefix("h").tempdir().unwrap();
+    let state_dir = t.path().join("s");
+    let rootfs = busybox::rootfs(&t.path().join("rootfs"));
+    let config = ContainerConfig {
+        name: Some("lifecycle".into()),
+        image: "busybox".into(),
+        command: vec!["sh".into()],
+        isolation: Isolation::Ns,
+        layers: vec![rootfs],
+        disks: Vec::new(),
+        vcpus: 1,
+        memory_mib: 128,
+        kernel: None,
+        userns: Mode::Auto,
+        huge_pages: true,
+        max_starting: None,
+        max_guest_memory_mib: None,
+    };
+
+    let mut c = Container::create(&state_dir, &config).unwrap();
+    assert_eq!(c.state().status, Status::Created);
+    assert_eq!(status_on_disk(&c), "created");
+    // Another front end finds it, created and not running.
+    let mut other = Container::load(&state_dir, "lifecycle").unwrap();
+    assert_eq!(other.id(), c.id());
+    assert!(matches!(
+        other.kill(libc::SIGTERM),
+        Err(ContainerError::NotRunning(_))
+    ));
+
+    c.start().unwrap();
+    assert_eq!(status_on_disk(&c), "running");
+    let sandbox = c.state().sandbox.expect("the sandbox's pid is recorded");
+    assert!(sandbox.is_alive());
+    assert!(matches!(c.start(), Err(ContainerError::AlreadyStarted(_))));
+
+    let out = Captured::default();
+    let start = Start {
+        main: true,
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo hi from $(hostname); exit 3".into(),
+        ],
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        user: User {
+            user: "0".into(),
+            group: None,
+        },
+        hostname: Some("lc".into()),
+        tty: false,
+        rows: 24,
+        cols: 80,
+        stdin: false,
+        rlimits: Vec::new(),
+    };
+    let mut times = Times::default();
+    let session = Session {
+        sinks: Sinks {
+            stdout: vec![Box::new(out.clone())],
+            stderr: Vec::new(),
+            on_started: None,
+        },
+        stdin: false,
+        raw_terminal: false,
+        times: &mut times,
+        warn: &|w| eprintln!("{w}"),
+    };
+    let outcome = c.attach(&start, session).unwrap();
+    assert_eq!(outcome.status(), 3);
+    assert_eq!(
+        String::from_utf8_lossy(&out.0.lock().unwrap()),
+        "hi from lc\n"
+    );
+    c.finish(outcome.status(), None).unwrap();
+    assert_eq!(status_on_disk(&c), "exited");
+    assert!(!sandbox.is_alive(), "the sandbox outlived its container");
+    // The container's log has what it wrote, as `hull logs` shows it.
+    let log = std::fs::read_to_string(c.dir().join("stdout.log")).unwrap();
+    assert_eq!(log, "hi from lc\n");
+
+    let mut again = Container::load(&state_dir, c.id()).unwrap();
+    assert_eq!(again.wait(None).unwrap(), Some(3));
+    let dir = c.dir();
+    again.delete(false).unwrap();
+    assert!(!dir.exists());
+    assert!(Container::list(&state_dir).unwrap().is_empty());
+}
