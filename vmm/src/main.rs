@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use hull_vmm::config::{ConfigOrigin, DiskConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::config::{ConfigOrigin, DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 use hull_vmm::vmm::Vmm;
 
 /// Boot a Linux guest (an uncompressed ELF vmlinux) in a KVM microVM.
@@ -21,7 +21,7 @@ use hull_vmm::vmm::Vmm;
 #[command(name = "hull-vmm", version)]
 struct Args {
     /// JSON file holding a whole VmConfig (kernel, initrd, cmdline, vcpus,
-    /// mem_mib, serial, boot_timer, disks, rng, vsock, huge_pages; see
+    /// mem_mib, serial, boot_timer, disks, rng, vsock, nets, huge_pages; see
     /// hull_vmm::config); flags given too override it.
     #[arg(long, value_name = "FILE", conflicts_with = "config_fd")]
     config: Option<PathBuf>,
@@ -54,6 +54,12 @@ struct Args {
     /// A virtio-blk disk backed by a raw file; repeatable (up to 16).
     #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME]")]
     disks: Vec<DiskConfig>,
+    /// A virtio-net device on a tap, by name (opened here: needs
+    /// CAP_NET_ADMIN where the tap lives) or an inherited fd of a tap opened
+    /// with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR; the guest sees MAC if given.
+    /// Repeatable: eth0, eth1, ...
+    #[arg(long = "net", value_name = "tap=NAME|fd=N[,mac=MAC]")]
+    nets: Vec<NetConfig>,
     /// Attach a virtio-rng device (the guest's /dev/hwrng).
     #[arg(long)]
     rng: bool,
@@ -122,6 +128,7 @@ fn config(args: Args) -> anyhow::Result<VmConfig> {
     }
     cfg.boot_timer |= args.boot_timer;
     cfg.disks.extend(args.disks);
+    cfg.nets.extend(args.nets);
     cfg.rng |= args.rng;
     cfg.huge_pages &= !args.no_huge_pages;
     if let (Some(cid), Some(uds)) = (args.vsock_cid, args.vsock_uds) {

@@ -26,6 +26,7 @@ use crate::device_manager::{DeviceManager, DeviceManagerError};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{BootMark, PanicNote, Serial};
 use crate::devices::virtio::block::BlockError;
+use crate::devices::virtio::net::TapError;
 use crate::devices::virtio::vsock::VsockError;
 use crate::kvm::memory::MemoryError;
 use crate::kvm::vcpu;
@@ -94,11 +95,14 @@ pub enum VmmError {
     Irqfd(&'static str, #[source] kvm_ioctls::Error),
     #[error("placing a device on the I/O port bus")]
     Bus(#[from] BusError),
-    // BlockError and VsockError name their file in their message.
+    // BlockError, VsockError and TapError name their file or tap in their
+    // message.
     #[error("setting up a virtio-blk disk")]
     Block(#[from] BlockError),
     #[error("setting up the vsock device")]
     Vsock(#[from] VsockError),
+    #[error("setting up a virtio-net device")]
+    Net(#[from] TapError),
     #[error("starting the virtio event loop")]
     EventLoop(#[source] std::io::Error),
     #[error("adding a virtio device")]
