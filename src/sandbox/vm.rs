@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use hull_vmm::config::{DiskConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::config::{DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 
 use super::{GUEST_CID, Isolation, Sandbox, SandboxError, Spec, agent_socket, io};
 use crate::{initramfs, paths, sys};
@@ -57,12 +57,10 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     let logf = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
     let mut cmd = Command::new(&vmm);
     cmd.arg("--config").arg(&config_path);
-    if let Some((tap, mac)) = &spec.tap {
-        // The tap hull made in the container's network namespace, inherited
-        // as an fd (hull-vmm adds `--net` devices to its configuration's).
+    if let Some((tap, _)) = &spec.tap {
+        // The tap hull made in the container's network namespace
+        // (config.nets names its fd), inherited across exec.
         sys::inherit_fd(tap).map_err(io("handing the tap to hull-vmm"))?;
-        cmd.arg("--net")
-            .arg(format!("fd={},mac={mac}", tap.as_raw_fd()));
     }
     sys::die_with_parent(&mut cmd);
     let child = cmd
@@ -85,7 +83,8 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
 
 /// The VM for `spec`: its kernel and initrd, vCPUs and memory, `disks`
 /// (the layers, bottom first) read-only with ids `layer0`..., vsock to the
-/// agent's socket and the console in the state dir.
+/// agent's socket, the console in the state dir, and a virtio-net device on
+/// the container's tap (its fd, inherited) with the guest's MAC.
 fn vm_config(spec: &Spec<'_>, kernel: PathBuf, initrd: PathBuf, disks: Vec<PathBuf>) -> VmConfig {
     let mut config = VmConfig::new(kernel);
     config.initrd = Some(initrd);
@@ -108,6 +107,15 @@ fn vm_config(spec: &Spec<'_>, kernel: PathBuf, initrd: PathBuf, disks: Vec<PathB
         })
         .collect();
     config.huge_pages = spec.huge_pages;
+    config.nets = spec
+        .tap
+        .iter()
+        .map(|(tap, mac)| NetConfig {
+            tap: None,
+            fd: Some(tap.as_raw_fd()),
+            mac: mac.parse().ok(),
+        })
+        .collect();
     config
 }
 
@@ -164,6 +172,24 @@ mod tests {
         assert_eq!(
             back.serial,
             SerialOutput::File(t.path().join("console.log"))
+        );
+        assert!(back.nets.is_empty(), "no network, no virtio-net");
+        // On a network: one virtio-net device on the tap's fd, the guest
+        // taking the veth's MAC.
+        let fd = std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let raw = fd.as_raw_fd();
+        let spec = Spec {
+            tap: Some((fd, "02:42:ac:11:00:02".into())),
+            ..spec
+        };
+        let config = vm_config(&spec, "/k".into(), "/i".into(), disks);
+        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let back = VmConfig::from_file(&path).unwrap();
+        assert_eq!(back.nets.len(), 1);
+        assert_eq!(back.nets[0].fd, Some(raw));
+        assert_eq!(
+            back.nets[0].mac.map(|m| m.0),
+            Some([0x02, 0x42, 0xac, 0x11, 0x00, 0x02])
         );
     }
 }
