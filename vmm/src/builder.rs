@@ -66,7 +66,8 @@ impl Vmm {
         let vm = Vm::new()?;
         vm.set_memory(&mem)?;
         let mut mmio = Bus::new();
-        let devices = attach_virtio(&cfg, &vm, &mem, &mut mmio)?;
+        let (exit_tx, exit_rx) = mpsc::channel::<VmExit>();
+        let devices = attach_virtio(&cfg, &vm, &mem, &mut mmio, &exit_tx)?;
         let virtio_cmdline = devices
             .as_ref()
             .map(|dm| dm.cmdline_entries().to_vec())
@@ -100,7 +101,6 @@ impl Vmm {
             })?;
 
         // Legacy devices on the I/O port bus.
-        let (exit_tx, exit_rx) = mpsc::channel::<VmExit>();
         let panic_note = PanicNote::default();
         let boot_marks = Arc::new(Mutex::new(Vec::new()));
         let serial = Arc::new(Mutex::new(Serial::new(
@@ -255,11 +255,17 @@ fn attach_virtio(
     vm: &Vm,
     mem: &GuestMemoryMmap,
     mmio: &mut Bus,
+    exit: &mpsc::Sender<VmExit>,
 ) -> Result<Option<DeviceManager>, VmmError> {
     if cfg.disks.is_empty() && !cfg.rng && cfg.vsock.is_none() {
         return Ok(None);
     }
-    let event_loop = EventLoop::start().map_err(VmmError::EventLoop)?;
+    // A panic on a device thread ends the VM ("... thread panicked: ...").
+    let exit = exit.clone();
+    let on_panic = move |msg: String| {
+        let _ = exit.send(VmExit::Error(msg));
+    };
+    let event_loop = EventLoop::start(on_panic).map_err(VmmError::EventLoop)?;
     let mut dm = DeviceManager::new(mem.clone(), event_loop.clone());
     let mut add = |dev: Arc<Mutex<dyn VirtioDevice>>| dm.add(vm.fd(), mmio, dev);
     for d in &cfg.disks {
@@ -270,7 +276,7 @@ fn attach_virtio(
         add(Arc::new(Mutex::new(Rng::new())))?;
     }
     if let Some(v) = &cfg.vsock {
-        let dev = Vsock::new(v.cid, &v.uds, event_loop.clone())?;
+        let dev = Vsock::new(v.cid, &v.uds)?;
         add(Arc::new(Mutex::new(dev)))?;
     }
     Ok(Some(dm))
