@@ -19,6 +19,7 @@ pub mod device_manager;
 #[allow(clippy::cast_possible_truncation)]
 pub mod devices;
 pub mod kvm;
+pub mod seccomp;
 pub mod thread;
 pub mod vmm;
 

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Parser;
 use hull_vmm::config::{ConfigOrigin, DiskConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::seccomp;
 use hull_vmm::vmm::Vmm;
 
 /// Boot a Linux guest (an uncompressed ELF vmlinux) in a KVM microVM.
@@ -69,6 +70,33 @@ struct Args {
     /// to reach a guest listener; guest connections to host port P go to PATH_P.
     #[arg(long, value_name = "PATH", requires = "vsock_cid")]
     vsock_uds: Option<PathBuf>,
+    /// Run without the per-thread seccomp filters (debugging only: a guest
+    /// that takes over a device model then has every system call).
+    #[arg(long)]
+    no_seccomp: bool,
+}
+
+/// Test aid (documented in the README): `main`, `vcpu` or `device` makes
+/// that thread issue a forbidden system call as soon as its filter is in.
+const TEST_FORBIDDEN_ENV: &str = "HULL_VMM_TEST_FORBIDDEN_SYSCALL";
+
+/// Turns on the per-thread seccomp filters, or says loudly that they are off.
+fn seccomp(off: bool) -> anyhow::Result<()> {
+    if off {
+        eprintln!(
+            "hull-vmm warning: --no-seccomp: this VMM runs WITHOUT seccomp filters; use it only to debug"
+        );
+        return Ok(());
+    }
+    let mut filters = seccomp::Filters::compile()?;
+    if let Some(v) = std::env::var_os(TEST_FORBIDDEN_ENV) {
+        let name = v.to_string_lossy();
+        filters.test_forbidden = Some(seccomp::ThreadKind::from_name(&name).with_context(
+            || format!("{TEST_FORBIDDEN_ENV}={name}: expected main, vcpu or device"),
+        )?);
+    }
+    seccomp::enable(filters)?;
+    Ok(())
 }
 
 /// Takes ownership of the inherited descriptor `fd`, after checking that
@@ -151,7 +179,12 @@ fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
 fn main() {
     let start = Instant::now();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cfg = match config(Args::parse()) {
+    let args = Args::parse();
+    if let Err(e) = seccomp(args.no_seccomp) {
+        eprintln!("hull-vmm: {}", one_line(e.as_ref()));
+        std::process::exit(1);
+    }
+    let cfg = match config(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hull-vmm: {}", one_line(e.as_ref()));
