@@ -286,7 +286,7 @@ impl Container {
                     )
                 });
                 return Err(
-                    match status.and_then(|_| sandbox.error_message()).or(killed) {
+                    match status.and_then(|s| sandbox.error_message(s)).or(killed) {
                         Some(why) => ContainerError::SandboxEnded(why),
                         None => e.into(),
                     },

@@ -262,6 +262,9 @@ impl Sandbox {
 
     fn failure_detail(&self, status: ExitStatus) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if let Some(why) = seccomp_death(&log, status) {
+            return format!(": {why}");
+        }
         let msg = log
             .lines()
             .rev()
@@ -282,8 +285,11 @@ impl Sandbox {
     }
 
     /// Why the sandbox ended, if it ended badly (from its log).
-    pub fn error_message(&self) -> Option<String> {
+    pub fn error_message(&self, status: ExitStatus) -> Option<String> {
         let log = std::fs::read_to_string(&self.log).ok()?;
+        if let Some(why) = seccomp_death(&log, status) {
+            return Some(why);
+        }
         log.lines()
             .rev()
             .find(|l| l.starts_with("hull-vmm: ") && !l.contains("boot-timer"))
@@ -347,6 +353,27 @@ impl Sandbox {
     }
 }
 
+/// The line hull-vmm's SIGSYS handler writes before it dies
+/// (hull_vmm::seccomp).
+const SECCOMP_LINE: &str = "hull-vmm: killed by its seccomp filter (syscall ";
+
+/// "hull-vmm was killed by its seccomp filter (syscall N)" when the VMM
+/// died of SIGSYS (the number from its last words in `log`).
+fn seccomp_death(log: &str, status: ExitStatus) -> Option<String> {
+    use std::os::unix::process::ExitStatusExt;
+    let said = log.lines().rev().find_map(|l| {
+        let rest = l.strip_prefix(SECCOMP_LINE)?.strip_suffix(')')?;
+        rest.split(',').next()?.parse::<i64>().ok()
+    });
+    match (status.signal() == Some(libc::SIGSYS), said) {
+        (_, Some(nr)) => Some(format!(
+            "hull-vmm was killed by its seccomp filter (syscall {nr})"
+        )),
+        (true, None) => Some("hull-vmm was killed by SIGSYS (a seccomp filter?)".into()),
+        (false, None) => None,
+    }
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -359,6 +386,26 @@ impl Drop for Sandbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seccomp_death_is_reported_with_the_syscall() {
+        use std::os::unix::process::ExitStatusExt;
+        let sigsys = ExitStatus::from_raw(libc::SIGSYS);
+        let log = "hull-vmm warning: x\nhull-vmm: killed by its seccomp filter (syscall 110, vcpu thread)\n";
+        assert_eq!(
+            seccomp_death(log, sigsys).as_deref(),
+            Some("hull-vmm was killed by its seccomp filter (syscall 110)")
+        );
+        assert_eq!(
+            seccomp_death("", sigsys).as_deref(),
+            Some("hull-vmm was killed by SIGSYS (a seccomp filter?)")
+        );
+        let exited = ExitStatus::from_raw(2 << 8);
+        assert_eq!(seccomp_death("hull-vmm: the VM failed: x\n", exited), None);
+        // A line with something else than a number is not the handler's.
+        let forged = "hull-vmm: killed by its seccomp filter (syscall x)\n";
+        assert_eq!(seccomp_death(forged, exited), None);
+    }
 
     #[test]
     fn isolation_reads_and_writes_as_before() {

@@ -91,9 +91,10 @@ fn seccomp(off: bool) -> anyhow::Result<()> {
     let mut filters = seccomp::Filters::compile()?;
     if let Some(v) = std::env::var_os(TEST_FORBIDDEN_ENV) {
         let name = v.to_string_lossy();
-        filters.test_forbidden = Some(seccomp::ThreadKind::from_name(&name).with_context(
-            || format!("{TEST_FORBIDDEN_ENV}={name}: expected main, vcpu or device"),
-        )?);
+        filters.test_forbidden =
+            Some(seccomp::ThreadKind::from_name(&name).with_context(|| {
+                format!("{TEST_FORBIDDEN_ENV}={name}: expected main, vcpu or device")
+            })?);
     }
     seccomp::enable(filters)?;
     Ok(())

@@ -12,7 +12,8 @@
 //!
 //! What a forbidden call does: the filters return `SECCOMP_RET_TRAP`, and a
 //! tiny SIGSYS handler writes one line with the syscall number to stderr
-//! ("hull-vmm: killed by its seccomp filter (syscall N)") and then dies of
+//! ("hull-vmm: killed by its seccomp filter (syscall N, KIND thread)") and
+//! then dies of
 //! SIGSYS itself. `SECCOMP_RET_KILL_PROCESS` would end the process with the
 //! same signal, but the number would only reach the kernel's audit log,
 //! which hull cannot count on reading (auditd, dmesg restrictions); with a
@@ -20,6 +21,7 @@
 //! The handler cannot be replaced afterwards: no filter allows
 //! `rt_sigaction`.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
@@ -118,10 +120,28 @@ fn base() -> Rules {
             libc::SYS_exit_group,
         ],
     );
-    let no_exec = || when(vec![arg(2, SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64), 0)]);
+    let no_exec = || {
+        when(vec![arg(
+            2,
+            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+            0,
+        )])
+    };
     r.insert(libc::SYS_mmap, no_exec());
     r.insert(libc::SYS_mprotect, no_exec());
+    // Dropping an fd checks it is open first (std's OwnedFd in debug builds).
+    r.insert(libc::SYS_fcntl, fcntl(&[libc::F_GETFD]));
     r
+}
+
+/// fcntl with one of `cmds` only.
+fn fcntl(cmds: &[libc::c_int]) -> Vec<SeccompRule> {
+    cmds.iter()
+        .map(|&c| {
+            SeccompRule::new(vec![arg(1, SeccompCmpOp::Eq, c as u64)])
+                .expect("a rule with a condition")
+        })
+        .collect()
 }
 
 /// The allowlist of `kind`, as data: syscall number -> rules (an empty
@@ -135,10 +155,14 @@ pub fn rules(kind: ThreadKind) -> Rules {
                 libc::SYS_ioctl,
                 when(vec![arg(1, SeccompCmpOp::Eq, KVM_RUN)]),
             );
-            // A device activated by the guest's driver registers its queue
-            // eventfds with the event loop from the vCPU that wrote the
-            // status register.
+            // A device activated by the guest's driver copies its queue
+            // eventfds (and its files) and registers them with the event
+            // loop, on the vCPU that wrote the status register.
             allow(&mut r, &[libc::SYS_epoll_ctl]);
+            r.insert(
+                libc::SYS_fcntl,
+                fcntl(&[libc::F_GETFD, libc::F_DUPFD_CLOEXEC]),
+            );
         }
         ThreadKind::Device => {
             allow(
@@ -153,6 +177,8 @@ pub fn rules(kind: ThreadKind) -> Rules {
                     libc::SYS_pwritev,
                     libc::SYS_fdatasync,
                     libc::SYS_recvfrom,
+                    libc::SYS_sendto,
+                    libc::SYS_shutdown,
                     libc::SYS_accept4,
                     libc::SYS_connect,
                 ],
@@ -216,6 +242,12 @@ impl Filters {
 
 static FILTERS: OnceLock<Filters> = OnceLock::new();
 
+thread_local! {
+    /// The kind of the calling thread, for the SIGSYS handler's line (a
+    /// const-initialised cell: reading it allocates nothing).
+    static THREAD_KIND: Cell<&'static str> = const { Cell::new("unfiltered") };
+}
+
 /// Turns the filters on for this process: from now on every VMM thread
 /// installs its kind's filter when it starts (see [`enter`]). Call once,
 /// before [`crate::vmm::Vmm::build`].
@@ -237,6 +269,7 @@ pub fn enter(kind: ThreadKind) -> Result<(), SeccompError> {
     let Some(filters) = FILTERS.get() else {
         return Ok(());
     };
+    THREAD_KIND.with(|k| k.set(kind.name()));
     seccompiler::apply_filter(filters.program(kind))
         .map_err(|e| SeccompError::Install(kind.name(), e))?;
     if filters.test_forbidden == Some(kind) {
@@ -282,9 +315,10 @@ fn install_sigsys_handler() -> Result<(), SeccompError> {
     Ok(())
 }
 
-/// "hull-vmm: killed by its seccomp filter (syscall N)\n" for `nr`, in
-/// `buf`, without allocating; returns the length.
-fn death_line(nr: i32, buf: &mut [u8; 80]) -> usize {
+/// "hull-vmm: killed by its seccomp filter (syscall N, KIND thread)\n"
+/// for `nr` on a `kind` thread, in `buf`, without allocating; returns the
+/// length.
+fn death_line(nr: i32, kind: &str, buf: &mut [u8; 96]) -> usize {
     const HEAD: &[u8] = b"hull-vmm: killed by its seccomp filter (syscall ";
     let mut n = HEAD.len();
     buf[..n].copy_from_slice(HEAD);
@@ -308,8 +342,12 @@ fn death_line(nr: i32, buf: &mut [u8; 80]) -> usize {
         buf[n] = digits[d];
         n += 1;
     }
-    buf[n..n + 2].copy_from_slice(b")\n");
-    n + 2
+    let kind = &kind.as_bytes()[..kind.len().min(16)];
+    for part in [b", ".as_slice(), kind, b" thread)\n"] {
+        buf[n..n + part.len()].copy_from_slice(part);
+        n += part.len();
+    }
+    n
 }
 
 extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
@@ -326,8 +364,9 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
             -1
         }
     };
-    let mut buf = [0u8; 80];
-    let len = death_line(nr, &mut buf);
+    let kind = THREAD_KIND.with(Cell::get);
+    let mut buf = [0u8; 96];
+    let len = death_line(nr, kind, &mut buf);
     // SAFETY: write(2) is async-signal-safe and allowed by every filter;
     // `buf` holds `len` initialised bytes.
     unsafe { libc::write(libc::STDERR_FILENO, buf.as_ptr().cast(), len) };
@@ -373,25 +412,25 @@ mod tests {
     fn the_allowlists_are_small() {
         let count = |k| rules(k).len();
         // Figures for the README; a growing list must be a decision.
-        assert_eq!(count(ThreadKind::Main), 17);
-        assert_eq!(count(ThreadKind::Vcpu), 19);
-        assert_eq!(count(ThreadKind::Device), 30);
+        assert_eq!(count(ThreadKind::Main), 18);
+        assert_eq!(count(ThreadKind::Vcpu), 20);
+        assert_eq!(count(ThreadKind::Device), 33);
     }
 
     #[test]
     fn the_death_line_names_the_syscall() {
-        let mut buf = [0u8; 80];
-        let n = death_line(110, &mut buf);
+        let mut buf = [0u8; 96];
+        let n = death_line(110, "vcpu", &mut buf);
         assert_eq!(
             &buf[..n],
-            b"hull-vmm: killed by its seccomp filter (syscall 110)\n"
+            b"hull-vmm: killed by its seccomp filter (syscall 110, vcpu thread)\n"
         );
-        let n = death_line(0, &mut buf);
-        assert!(buf[..n].ends_with(b"(syscall 0)\n"));
-        let n = death_line(-1, &mut buf);
-        assert!(buf[..n].ends_with(b"(syscall -1)\n"));
-        let n = death_line(i32::MIN, &mut buf);
-        assert!(buf[..n].ends_with(b"(syscall -2147483648)\n"));
+        let n = death_line(0, "main", &mut buf);
+        assert!(buf[..n].ends_with(b"(syscall 0, main thread)\n"));
+        let n = death_line(-1, "device", &mut buf);
+        assert!(buf[..n].ends_with(b"(syscall -1, device thread)\n"));
+        let n = death_line(i32::MIN, "unfiltered-and-much-too-long", &mut buf);
+        assert!(buf[..n].ends_with(b"(syscall -2147483648, unfiltered-and-m thread)\n"));
     }
 
     /// A forked child that enables the filters and makes the test hook's
@@ -431,7 +470,9 @@ mod tests {
         assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
         assert_eq!(
             String::from_utf8_lossy(&out),
-            format!("hull-vmm: killed by its seccomp filter (syscall {FORBIDDEN_FOR_TESTS})\n")
+            format!(
+                "hull-vmm: killed by its seccomp filter (syscall {FORBIDDEN_FOR_TESTS}, device thread)\n"
+            )
         );
     }
 }
