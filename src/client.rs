@@ -405,7 +405,10 @@ mod tests {
         let started = serde_json::to_vec(&Started { pid: 1, at_ms: 0.0 }).unwrap();
         s.extend(frame(Kind::Started, &started));
         s.extend(frame(Kind::Stdout, b"hi\n"));
-        s.extend(frame(Kind::Exit, br#"{"code":3,"signal":null,"reason":null,"at_ms":1.0}"#));
+        s.extend(frame(
+            Kind::Exit,
+            br#"{"code":3,"signal":null,"reason":null,"at_ms":1.0}"#,
+        ));
         let out = fuzz_session(&s).unwrap();
         assert_eq!(out.status(), 3);
     }
@@ -425,7 +428,11 @@ mod tests {
             msg(&huge)
         );
         // Garbage: an unknown kind.
-        assert!(msg(&frame_raw(0xee)).contains("unknown"), "{}", msg(&frame_raw(0xee)));
+        assert!(
+            msg(&frame_raw(0xee)).contains("unknown"),
+            "{}",
+            msg(&frame_raw(0xee))
+        );
         // Hello, then nothing: the timeout, named.
         let t = Instant::now();
         let (host, _guest) = UnixStream::pair().unwrap();

@@ -6,6 +6,7 @@
 
 mod ns;
 mod vm;
+pub mod vm_jail;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
