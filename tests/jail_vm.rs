@@ -9,7 +9,10 @@
 //! - the seccomp test hook (HULL_VMM_TEST_FORBIDDEN_SYSCALL): a device or
 //!   vCPU thread makes a forbidden call, hull-vmm dies of SIGSYS, and hull
 //!   says "hull-vmm was killed by its seccomp filter (syscall N)", exits 125
-//!   and records the container as exited.
+//!   and records the container as exited;
+//! - a jailed VMM (the default) seen from the host: an unprivileged uid, no
+//!   capabilities, NoNewPrivs 1, Seccomp 2, a mount namespace with only the
+//!   jail's files, a cgroup with the stated limits.
 
 #[path = "support/busybox.rs"]
 mod busybox;
@@ -174,6 +177,124 @@ fn seccomp_hook(thread: &'static str) -> Result<(), Failed> {
     check(ps.contains("Exited (125)"), || format!("hull ps -a:\n{ps}"))
 }
 
+/// A field of /proc/PID/status, trimmed.
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// A running jailed VMM, seen from the host: its uid, capabilities,
+/// no_new_privs, seccomp, mounts and cgroup limits.
+fn jailed_vmm_is_confined() -> Result<(), Failed> {
+    let state = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let hull = |args: &[&str]| {
+        Command::new(vmtest::bin_dir().join("hull"))
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(args)
+            .output()
+            .map_err(|e| format!("running hull: {e}"))
+    };
+    let root = rootfs().to_str().ok_or("rootfs path")?;
+    let out = hull(&[
+        "run",
+        "-d",
+        "--name",
+        "j",
+        "--isolation",
+        "vm",
+        "--memory",
+        "128",
+        "--cpus",
+        "1",
+        "--rootfs",
+        root,
+        "sleep",
+        "60",
+    ])?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let result: Result<(), Failed> = (|| {
+        check(out.status.success() && !id.is_empty(), || {
+            format!("hull run -d: {}", String::from_utf8_lossy(&out.stderr))
+        })?;
+        let dir = state.path().join("containers").join(&id);
+        let pid: u32 = std::fs::read_to_string(dir.join("jail/vmm.pid"))
+            .map_err(|e| format!("jail/vmm.pid: {e}"))?
+            .trim()
+            .parse()
+            .map_err(|e| format!("jail/vmm.pid: {e}"))?;
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let status = std::fs::read_to_string(proc.join("status")).map_err(|e| e.to_string())?;
+        let uid = status_field(&status, "Uid");
+        let first_uid: u32 = uid
+            .split_whitespace()
+            .next()
+            .and_then(|u| u.parse().ok())
+            .unwrap_or(0);
+        check(
+            first_uid >= 65536 && uid.split_whitespace().all(|u| u == first_uid.to_string()),
+            || format!("Uid: {uid}"),
+        )?;
+        for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            let v = status_field(&status, cap);
+            check(v == "0000000000000000", || format!("{cap}: {v}"))?;
+        }
+        check(status_field(&status, "NoNewPrivs") == "1", || {
+            status.clone()
+        })?;
+        check(status_field(&status, "Seccomp") == "2", || status.clone())?;
+        // Its mount namespace: the jail's tmpfs root and what it put there.
+        let mounts = std::fs::read_to_string(proc.join("mountinfo")).map_err(|e| e.to_string())?;
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .collect();
+        points.sort_unstable();
+        check(
+            points == ["/", "/disk0", "/initrd", "/kernel", "/run"],
+            || format!("mount points {points:?}:\n{mounts}"),
+        )?;
+        let names: Vec<String> = std::fs::read_dir(proc.join("root"))
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+            .collect();
+        let mut names = names;
+        names.sort();
+        check(names == ["dev", "disk0", "initrd", "kernel", "run"], || {
+            format!("the jail's / holds {names:?}")
+        })?;
+        // Its cgroup (v2 in the emulated host): guest RAM + 128 MiB, 64
+        // pids, one CPU.
+        let cg = std::fs::read_to_string(proc.join("cgroup")).map_err(|e| e.to_string())?;
+        let path = cg
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .ok_or_else(|| format!("no cgroup v2 line in {cg}"))?;
+        let cgdir = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+        let read = |f: &str| std::fs::read_to_string(cgdir.join(f)).unwrap_or_default();
+        check(
+            read("memory.max").trim() == ((128u64 + 128) << 20).to_string(),
+            || format!("memory.max {:?} in {}", read("memory.max"), cgdir.display()),
+        )?;
+        check(read("pids.max").trim() == "64", || {
+            format!("pids.max {:?}", read("pids.max"))
+        })?;
+        check(read("cpu.max").trim() == "100000 100000", || {
+            format!("cpu.max {:?}", read("cpu.max"))
+        })?;
+        Ok(())
+    })();
+    let rm = hull(&["rm", "-f", "j"])?;
+    result?;
+    check(rm.status.success(), || {
+        format!("hull rm -f: {}", String::from_utf8_lossy(&rm.stderr))
+    })
+}
+
 fn main() {
     let inside = std::env::var_os("HULL_IN_KVM_HOST").is_some();
     let listing = std::env::args().any(|a| a == "--list");
@@ -199,6 +320,7 @@ fn main() {
             seccomp_hook("device")
         }),
         Trial::test("seccomp_hook_on_a_vcpu_thread", || seccomp_hook("vcpu")),
+        Trial::test("jailed_vmm_is_confined", jailed_vmm_is_confined),
     ];
     vmtest::run_vm_tests(trials);
 }
