@@ -87,6 +87,9 @@ pub enum SandboxError {
     SocketPath(PathBuf, usize),
 }
 
+/// How much of the console hull reads looking for the agent's ready line.
+const CONSOLE_SCAN: u64 = 1 << 20;
+
 /// Signals that end a launch while hull waits for the agent.
 const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
@@ -252,7 +255,15 @@ impl Sandbox {
         if self.isolation == Isolation::Vm {
             // Connect once the agent says (on the guest console) that it
             // listens: earlier attempts would only be refused by the guest.
-            let console = std::fs::read(&self.console).ok()?;
+            // Only the console's first MiB: the agent says it is ready right
+            // after boot, and a guest flooding its console must not make
+            // hull read (and hold) all of it on every poll.
+            let mut console = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(std::fs::File::open(&self.console).ok()?, CONSOLE_SCAN),
+                &mut console,
+            )
+            .ok()?;
             let ready = hull_agent::protocol::READY_LINE.as_bytes();
             if !console.windows(ready.len()).any(|w| w == ready) {
                 return None;
