@@ -260,7 +260,7 @@ fn attach_virtio(
     if cfg.disks.is_empty() && !cfg.rng && cfg.vsock.is_none() {
         return Ok(None);
     }
-    // A panic on a device thread ends the VM ("... thread panicked: ...").
+    // A panic on the device thread ends the VM ("device thread panicked: ...").
     let exit = exit.clone();
     let on_panic = move |msg: String| {
         let _ = exit.send(VmExit::Error(msg));
