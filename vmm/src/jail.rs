@@ -20,6 +20,7 @@
 //!    VMM) and no core dumps (guest memory never lands on disk);
 //! 6. drops to the unprivileged `U:G` with no supplementary groups, every
 //!    capability gone (bounding and ambient sets too) and `no_new_privs`.
+//!
 //! The seccomp filters (crate::seccomp) come after, per thread.
 
 use std::ffi::CString;
@@ -288,7 +289,8 @@ fn pivot(root: &Path) -> Result<(), JailError> {
     let new = cstr(root).map_err(step("pivot_root"))?;
     let old = cstr(&root.join("old")).map_err(step("pivot_root"))?;
     // SAFETY: two NUL-terminated paths alive for the call.
-    check(unsafe { libc::syscall(libc::SYS_pivot_root, new.as_ptr(), old.as_ptr()) } as i32)
+    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, new.as_ptr(), old.as_ptr()) };
+    check(if rc == -1 { -1 } else { 0 })
         .map_err(step(format!("pivot_root into {}", root.display())))?;
     std::env::set_current_dir("/").map_err(step("chdir /"))?;
     let old = c"/old";
