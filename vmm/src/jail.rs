@@ -5,7 +5,8 @@
 //!    CPU are bounded for everything the VMM does;
 //! 2. new mount, pid, ipc, uts and network namespaces: the VMM sees no
 //!    other process, no host network, no host IPC;
-//! 3. forks: the child is PID 1 of the new pid namespace and runs the VM;
+//! 3. forks: the child is PID 1 of the new pid namespace and runs the VM
+//!    (it dies with the parent: SIGKILL as its parent-death signal);
 //!    the parent only waits and exits as the child did (the caller sees the
 //!    VMM's own status, a SIGSYS included), and writes the child's pid to
 //!    `DIR/vmm.pid`;
@@ -115,9 +116,6 @@ pub fn enter(cfg: VmConfig, jail: &JailConfig) -> Result<Jailed, JailError> {
         0 => {}
         child => return Ok(Jailed::Parent(wait_for(child, &jail.dir))),
     }
-    // SAFETY: prctl with constant arguments: the VMM dies with its waiter.
-    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) })
-        .map_err(step("PR_SET_PDEATHSIG"))?;
     let root = jail.dir.join("root");
     let mut cfg = cfg;
     build_root(&root, &mut cfg, jail, kvm, urandom, &run_dir)?;
@@ -126,7 +124,18 @@ pub fn enter(cfg: VmConfig, jail: &JailConfig) -> Result<Jailed, JailError> {
     pivot(&root)?;
     limits()?;
     drop_privileges(jail)?;
+    die_with_waiter()?;
     Ok(Jailed::Vmm(Box::new(cfg)))
+}
+
+/// The VMM ends when its waiter does (hull kills the waiter, its child).
+/// Set after the uid changes: a credential change clears the parent-death
+/// signal. (Sent from outside its pid namespace, SIGKILL reaches the
+/// namespace's init.)
+fn die_with_waiter() -> Result<(), JailError> {
+    // SAFETY: prctl with constant arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) })
+        .map_err(step("PR_SET_PDEATHSIG"))
 }
 
 fn last() -> std::io::Error {
