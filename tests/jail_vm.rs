@@ -4,8 +4,8 @@
 //!   hull's agent): garbage frames, a 4 GiB length claim, a guest that never
 //!   answers, one that floods the console. `hull run` ends each with exit
 //!   125 and one line saying what the guest did, within a bounded time, and
-//!   memory stays bounded (the peak RSS wait4 reports for hull, which is the
-//!   largest of hull and the processes it waited for, hull-vmm included);
+//!   memory stays bounded (the peak RSS wait4 reports for hull: the largest
+//!   of hull and the processes it reaped);
 //! - the seccomp test hook (HULL_VMM_TEST_FORBIDDEN_SYSCALL): a device or
 //!   vCPU thread makes a forbidden call, hull-vmm dies of SIGSYS, and hull
 //!   says "hull-vmm was killed by its seccomp filter (syscall N)", exits 125
