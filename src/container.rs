@@ -449,6 +449,12 @@ impl Container {
         if process::alive(self.state.sandbox) || process::alive(self.state.monitor) {
             return Ok(());
         }
+        // The monitor may have recorded the end and exited since this state
+        // was read: never overwrite its record with "died unexpectedly".
+        self.state = self.states.load(&self.state.id)?;
+        if self.state.status != Status::Running {
+            return Ok(());
+        }
         let what = self.state.isolation.process_name();
         self.finish(137, Some(format!("{what} died unexpectedly")))
     }
