@@ -408,7 +408,7 @@ impl Container {
                     )
                 });
                 return Err(
-                    match status.and_then(|_| sandbox.error_message()).or(killed) {
+                    match status.and_then(|s| sandbox.error_message(s)).or(killed) {
                         Some(why) => ContainerError::SandboxEnded(why),
                         None => e.into(),
                     },
@@ -572,6 +572,12 @@ impl Container {
         // While its monitor lives, the monitor records how it ended: the
         // sandbox may have just exited with the status on its way.
         if process::alive(self.state.sandbox) || process::alive(self.state.monitor) {
+            return Ok(());
+        }
+        // The monitor may have recorded the end and exited since this state
+        // was read: never overwrite its record with "died unexpectedly".
+        self.state = self.states.load(&self.state.id)?;
+        if self.state.status != Status::Running {
             return Ok(());
         }
         let what = self.state.isolation.process_name();

@@ -232,6 +232,16 @@ impl NetArgs {
     }
 }
 
+/// A flag hull does not know, given before the image: clap hands it over
+/// as the first of IMAGE [CMD...] (they may start with '-' after the image),
+/// and neither an image nor a command starts with '-'. Docker reports it
+/// the same way.
+fn unknown_flag(args: &[String]) -> Option<&str> {
+    args.first()
+        .map(String::as_str)
+        .filter(|a| a.starts_with('-') && *a != "-")
+}
+
 /// `256`, `256m`, `1g`: MiB by default, as docker's suffixes otherwise.
 fn parse_memory(s: &str) -> Result<u64, String> {
     let lower = s.trim().to_ascii_lowercase();
@@ -278,6 +288,9 @@ fn env_entries(args: &ProcessArgs) -> anyhow::Result<Vec<String>> {
 }
 
 pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i32> {
+    if let Some(flag) = unknown_flag(&args.args) {
+        anyhow::bail!("unknown flag: {flag} (see hull run --help)");
+    }
     client::block_signals();
     let t0 = Instant::now();
     let src = source::source(data_dir, &args)?;

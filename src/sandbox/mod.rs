@@ -6,6 +6,7 @@
 
 mod ns;
 mod vm;
+pub mod vm_jail;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -85,6 +86,9 @@ pub enum SandboxError {
     )]
     SocketPath(PathBuf, usize),
 }
+
+/// How much of the console hull reads looking for the agent's ready line.
+const CONSOLE_SCAN: u64 = 1 << 20;
 
 /// Signals that end a launch while hull waits for the agent.
 pub(crate) const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
@@ -273,7 +277,15 @@ impl Sandbox {
         if self.isolation == Isolation::Vm {
             // Connect once the agent says (on the guest console) that it
             // listens: earlier attempts would only be refused by the guest.
-            let console = std::fs::read(&self.console).ok()?;
+            // Only the console's first MiB: the agent says it is ready right
+            // after boot, and a guest flooding its console must not make
+            // hull read (and hold) all of it on every poll.
+            let mut console = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(std::fs::File::open(&self.console).ok()?, CONSOLE_SCAN),
+                &mut console,
+            )
+            .ok()?;
             let ready = hull_agent::protocol::READY_LINE.as_bytes();
             if !console.windows(ready.len()).any(|w| w == ready) {
                 return None;
@@ -284,6 +296,9 @@ impl Sandbox {
 
     fn failure_detail(&self, status: ExitStatus) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if let Some(why) = seccomp_death(&log, status) {
+            return format!(": {why}");
+        }
         let msg = log
             .lines()
             .rev()
@@ -304,8 +319,11 @@ impl Sandbox {
     }
 
     /// Why the sandbox ended, if it ended badly (from its log).
-    pub fn error_message(&self) -> Option<String> {
+    pub fn error_message(&self, status: ExitStatus) -> Option<String> {
         let log = std::fs::read_to_string(&self.log).ok()?;
+        if let Some(why) = seccomp_death(&log, status) {
+            return Some(why);
+        }
         log.lines()
             .rev()
             .find(|l| l.starts_with("hull-vmm: ") && !l.contains("boot-timer"))
@@ -369,6 +387,27 @@ impl Sandbox {
     }
 }
 
+/// The line hull-vmm's SIGSYS handler writes before it dies
+/// (hull_vmm::seccomp).
+const SECCOMP_LINE: &str = "hull-vmm: killed by its seccomp filter (syscall ";
+
+/// "hull-vmm was killed by its seccomp filter (syscall N)" when the VMM
+/// died of SIGSYS (the number from its last words in `log`).
+fn seccomp_death(log: &str, status: ExitStatus) -> Option<String> {
+    use std::os::unix::process::ExitStatusExt;
+    let said = log.lines().rev().find_map(|l| {
+        let rest = l.strip_prefix(SECCOMP_LINE)?.strip_suffix(')')?;
+        rest.split(',').next()?.parse::<i64>().ok()
+    });
+    match (status.signal() == Some(libc::SIGSYS), said) {
+        (_, Some(nr)) => Some(format!(
+            "hull-vmm was killed by its seccomp filter (syscall {nr})"
+        )),
+        (true, None) => Some("hull-vmm was killed by SIGSYS (a seccomp filter?)".into()),
+        (false, None) => None,
+    }
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -381,6 +420,26 @@ impl Drop for Sandbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seccomp_death_is_reported_with_the_syscall() {
+        use std::os::unix::process::ExitStatusExt;
+        let sigsys = ExitStatus::from_raw(libc::SIGSYS);
+        let log = "hull-vmm warning: x\nhull-vmm: killed by its seccomp filter (syscall 110, vcpu thread)\n";
+        assert_eq!(
+            seccomp_death(log, sigsys).as_deref(),
+            Some("hull-vmm was killed by its seccomp filter (syscall 110)")
+        );
+        assert_eq!(
+            seccomp_death("", sigsys).as_deref(),
+            Some("hull-vmm was killed by SIGSYS (a seccomp filter?)")
+        );
+        let exited = ExitStatus::from_raw(2 << 8);
+        assert_eq!(seccomp_death("hull-vmm: the VM failed: x\n", exited), None);
+        // A line with something else than a number is not the handler's.
+        let forged = "hull-vmm: killed by its seccomp filter (syscall x)\n";
+        assert_eq!(seccomp_death(forged, exited), None);
+    }
 
     #[test]
     fn isolation_reads_and_writes_as_before() {

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use hull_vmm::config::{DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 
-use super::{GUEST_CID, Isolation, Sandbox, SandboxError, Spec, agent_socket, io};
+use super::{GUEST_CID, Isolation, Sandbox, SandboxError, Spec, agent_socket, io, vm_jail};
 use crate::{initramfs, paths, sys};
 
 /// The VM's configuration, as `hull-vmm --config` reads it (in the state dir).
@@ -48,14 +48,25 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         config.cmdline = "HULL_AGENT_DEBUG=1".into();
     }
     let config_path = spec.dir.join(VM_CONFIG_FILE);
-    let json = serde_json::to_vec_pretty(&config).expect("a VmConfig serializes");
-    std::fs::write(&config_path, json).map_err(|source| SandboxError::VmConfig {
-        path: config_path.clone(),
-        source,
-    })?;
     let log = spec.dir.join("vmm.log");
     let logf = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
     let mut cmd = Command::new(&vmm);
+    let mut warnings = Vec::new();
+    let jail = if vm_jail::enabled() {
+        Some(vm_jail::prepare(spec, &mut config, &mut cmd)?)
+    } else {
+        warnings.push(vm_jail::warning());
+        None
+    };
+    let console = match &config.serial {
+        SerialOutput::File(p) => p.clone(),
+        _ => console,
+    };
+    let json = serde_json::to_vec_pretty(&config).expect("a VmConfig serializes");
+    let written = std::fs::write(&config_path, json).map_err(|source| SandboxError::VmConfig {
+        path: config_path.clone(),
+        source,
+    });
     cmd.arg("--config").arg(&config_path);
     if let Some((tap, _)) = &spec.tap {
         // The tap hull made in the container's network namespace
@@ -63,21 +74,35 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         sys::inherit_fd(tap).map_err(io("handing the tap to hull-vmm"))?;
     }
     sys::die_with_parent(&mut cmd);
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(logf)
-        .spawn()
-        .map_err(io(format!("starting {}", vmm.display())))?;
+    let child = written.and_then(|()| {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .map_err(io(format!("starting {}", vmm.display())))
+    });
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(j) = &jail {
+                j.abandon();
+            }
+            return Err(e);
+        }
+    };
+    let (cgroup, userns_owner) = match jail {
+        Some(j) => (Some(j.cgroup), Some(j.owner)),
+        None => (None, None),
+    };
     Ok(Sandbox {
         isolation: Isolation::Vm,
         child,
         socket,
         log,
         console,
-        cgroup: None,
-        userns_owner: None,
-        warnings: Vec::new(),
+        cgroup,
+        userns_owner,
+        warnings,
     })
 }
 
