@@ -5,6 +5,7 @@
 //! are the parts those methods are made of.
 
 pub mod bench;
+pub mod build;
 pub mod bundle;
 pub mod cgroups;
 pub mod client;
