@@ -49,6 +49,10 @@ pub struct ContainerConfig {
     pub userns: userns::Mode,
     /// Guest RAM laid out for transparent huge pages (vm).
     pub huge_pages: bool,
+    /// A host directory for the writable layer (ns; `hull build` reads a
+    /// step's changes from its upper/ afterwards); a tmpfs when None.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper: Option<PathBuf>,
 }
 
 /// The container's configuration, as JSON in its state dir.
@@ -226,6 +230,7 @@ impl Container {
             name: &name,
             userns: config.userns,
             huge_pages: config.huge_pages,
+            upper: config.upper,
         };
         let sandbox = Sandbox::launch(&spec)?;
         self.state.status = Status::Running;
@@ -489,6 +494,7 @@ mod tests {
             kernel: None,
             userns: userns::Mode::Auto,
             huge_pages: true,
+            upper: None,
         }
     }
 

@@ -80,6 +80,7 @@ fn create_then_start_then_attach_then_delete() {
         kernel: None,
         userns: Mode::Auto,
         huge_pages: true,
+        upper: None,
     };
 
     let mut c = Container::create(&state_dir, &config).unwrap();

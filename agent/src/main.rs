@@ -8,7 +8,9 @@
 //! - `hull-agent ns --listen SOCKET --scratch DIR --lower DIR...`: does the
 //!   same on the host as PID 1 of new pid, mount, uts, ipc and net
 //!   namespaces, with host directories as layers and a Unix socket instead
-//!   of vsock. With `--userns BASE:SIZE` those namespaces belong to a new
+//!   of vsock. `--upper DIR` keeps the writable upper layer in the host
+//!   directory DIR (upper/ and work/ in it) instead of the scratch tmpfs,
+//!   so that hull build reads a RUN step's changes afterwards. With `--userns BASE:SIZE` those namespaces belong to a new
 //!   user namespace whose root is host id BASE, and the layers are
 //!   id-mapped mounts into it.
 
@@ -132,6 +134,7 @@ fn ns_main(args: &[String]) {
     let mut listen = None;
     let mut scratch = None;
     let mut lowers = Vec::new();
+    let mut upper = None;
     let mut userns = None;
     let mut optional = false;
     let mut it = args.iter();
@@ -145,6 +148,7 @@ fn ns_main(args: &[String]) {
             ("--listen", Some(v)) => listen = Some(PathBuf::from(v)),
             ("--scratch", Some(v)) => scratch = Some(PathBuf::from(v)),
             ("--lower", Some(v)) => lowers.push(PathBuf::from(v)),
+            ("--upper", Some(v)) => upper = Some(PathBuf::from(v)),
             ("--userns", Some(v)) => match parse_userns(&v) {
                 Some(r) => userns = Some(r),
                 None => ns_fail(format!("bad --userns {v}: want BASE:SIZE")),
@@ -200,7 +204,7 @@ fn ns_main(args: &[String]) {
         Some((mounts, ns, root_id)) => (rootfs::Layers::Mapped { mounts, root_id }, Some(ns)),
         None => (rootfs::Layers::Host(&lowers), None),
     };
-    if let Err(e) = rootfs::ns_prepare(&scratch, layers) {
+    if let Err(e) = rootfs::ns_prepare(&scratch, upper.as_deref(), layers) {
         ns_fail(e);
     }
     let mut flags =

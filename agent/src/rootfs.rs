@@ -179,8 +179,9 @@ const ROOT: &str = "root";
 /// user namespace): a tmpfs at `scratch` holding the writable upper, the
 /// layers stacked under it, and the working directory moved into the result.
 /// What follows works on relative paths, so a process in a user namespace
-/// need not reach host directories it has no rights on.
-pub fn ns_prepare(scratch: &Path, layers: Layers<'_>) -> Result<(), String> {
+/// need not reach host directories it has no rights on. With `upper`, the
+/// writable layer lives in that host directory instead (upper/, work/).
+pub fn ns_prepare(scratch: &Path, upper: Option<&Path>, layers: Layers<'_>) -> Result<(), String> {
     sys::unshare(libc::CLONE_NEWNS).map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
     mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")
         .map_err(|e| format!("making mounts private: {e}"))?;
@@ -199,7 +200,10 @@ pub fn ns_prepare(scratch: &Path, layers: Layers<'_>) -> Result<(), String> {
             (lowers, Some(root_id))
         }
     };
-    let rw = format!("{s}/rw");
+    let rw = match upper {
+        Some(dir) => dir.display().to_string(),
+        None => format!("{s}/rw"),
+    };
     if let Some(id) = owner {
         // The container's root owns the upper (and so the root directory).
         let upper = format!("{rw}/upper");

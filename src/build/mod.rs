@@ -3,3 +3,5 @@
 
 pub mod dockerfile;
 pub mod expand;
+pub mod context;
+pub mod layer;

@@ -270,6 +270,7 @@ fn container_config(args: &RunArgs, src: &Source) -> ContainerConfig {
         kernel: args.kernel.clone(),
         userns: args.userns,
         huge_pages: !args.no_huge_pages,
+        upper: None,
     }
 }
 

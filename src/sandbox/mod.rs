@@ -113,6 +113,8 @@ pub struct Spec<'a> {
     pub userns: userns::Mode,
     /// Guest RAM laid out for transparent huge pages (vm).
     pub huge_pages: bool,
+    /// A host directory for the writable layer (ns), instead of a tmpfs.
+    pub upper: Option<PathBuf>,
 }
 
 /// The container's cgroup (ns), as JSON in its state dir.

@@ -39,6 +39,9 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     for l in &spec.layers {
         cmd.arg("--lower").arg(l);
     }
+    if let Some(upper) = &spec.upper {
+        cmd.arg("--upper").arg(upper);
+    }
     // A launch that fails takes back what it made: the cgroup, the range.
     let abandon = |owner: Option<&Path>| {
         let _ = cgroup.remove();

@@ -137,6 +137,7 @@ mod tests {
             name: "c",
             userns: crate::userns::Mode::Auto,
             huge_pages: false,
+            upper: None,
         };
         let disks = vec![t.path().join("a.erofs"), t.path().join("b.erofs")];
         let config = vm_config(&spec, "/k".into(), "/i".into(), disks.clone());
