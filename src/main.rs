@@ -28,6 +28,8 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Run a command in a new container.
     Run(commands::run::RunArgs),
+    /// Build an image from a Dockerfile.
+    Build(commands::build::BuildArgs),
     /// Pull an image from a registry.
     Pull(commands::images::PullArgs),
     /// Import an OCI image layout directory or a `docker save` tarball.
@@ -70,6 +72,7 @@ fn main() {
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Bench(args) => commands::bench::run(&cli.data_dir, args),
         Command::Run(args) => commands::run::run(&cli.state_dir, &cli.data_dir, args),
+        Command::Build(args) => commands::build::run(&cli.state_dir, &cli.data_dir, args),
         Command::Pull(args) => commands::images::pull(&cli.data_dir, args),
         Command::Import(args) => commands::images::import(&cli.data_dir, args),
         Command::Images(args) => commands::images::images(&cli.data_dir, args),

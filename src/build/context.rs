@@ -141,6 +141,14 @@ impl Context {
         })
     }
 
+    /// A directory with nothing ignored (another stage's or an image's root).
+    pub fn plain(root: &Path) -> Context {
+        Context {
+            root: root.to_path_buf(),
+            rules: Vec::new(),
+        }
+    }
+
     /// Whether `.dockerignore` leaves `rel` out: the last rule that matches
     /// it or a directory above it decides (`!` rules re-include).
     pub fn ignored(&self, rel: &Path) -> bool {

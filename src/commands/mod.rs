@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod build;
 pub mod doctor;
 pub mod exec;
 pub mod images;
