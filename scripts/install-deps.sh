@@ -12,6 +12,8 @@ packages=(
   qemu-system-x86 busybox-static
   # real peers for the image tests and the namespace baselines
   docker-registry skopeo umoci runc crun
+  # the peer hull build's output is compared with (tests/build.rs)
+  buildah
   # benchmarks
   hyperfine
 )

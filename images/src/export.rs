@@ -56,7 +56,13 @@ pub fn docker_archive(store: &Store, rec: &ImageRecord, out: &Path) -> Result<()
         let mut tar = tar::Builder::new(io::BufWriter::new(f));
         let config = store.read_blob(&rec.config)?;
         let config_name = format!("{}.json", rec.config.hex());
-        append(&mut tar, &config_name, config.len() as u64, &config[..], out)?;
+        append(
+            &mut tar,
+            &config_name,
+            config.len() as u64,
+            &config[..],
+            out,
+        )?;
         let mut layers = Vec::new();
         for l in &rec.layers {
             // Uncompressed, as docker save writes them: the diff_id's bytes.
@@ -75,7 +81,8 @@ pub fn docker_archive(store: &Store, rec: &ImageRecord, out: &Path) -> Result<()
             append(&mut tar, &name, size, r, out)?;
             layers.push(name);
         }
-        let tag = Reference::parse(&rec.reference).map_or_else(|_| rec.reference.clone(), |r| r.familiar());
+        let tag = Reference::parse(&rec.reference)
+            .map_or_else(|_| rec.reference.clone(), |r| r.familiar());
         let manifest = json!([{
             "Config": config_name,
             "RepoTags": [tag],

@@ -79,9 +79,10 @@ pub fn build(
         path: path.clone(),
         source,
     })?;
-    let file = path
-        .file_name()
-        .map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
+    let file = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
     let df = dockerfile::parse(&text, &file)?;
     let ctx = Context::open(&opts.context)?;
     let mut b = Builder {
@@ -109,10 +110,7 @@ pub fn build(
     b.globals()?;
     let target = b.target()?;
     let needed = b.needed(target)?;
-    b.total = needed
-        .iter()
-        .map(|&i| b.df.stages[i].steps.len() + 1)
-        .sum();
+    b.total = needed.iter().map(|&i| b.df.stages[i].steps.len() + 1).sum();
     for &i in &needed {
         b.stage(i)?;
     }
@@ -154,7 +152,9 @@ impl Builder<'_> {
                         Some(v.clone())
                     }
                     None => match default {
-                        Some(d) => Some(self.expand(step.line, d, &|n| self.global.get(n).cloned())?),
+                        Some(d) => {
+                            Some(self.expand(step.line, d, &|n| self.global.get(n).cloned())?)
+                        }
                         None => None,
                     },
                 };
@@ -355,7 +355,11 @@ impl Builder<'_> {
         }
         for s in &c.sources {
             let s = self.expand(step.line, s, &|n| lookup(state, args, n))?;
-            for rel in self.ctx.resolve(&s)? {
+            let found = self
+                .ctx
+                .resolve(&s)
+                .map_err(|e| self.err(step.line, crate::error::chain(&e)))?;
+            for rel in found {
                 self.ctx.hash_into(&rel, &mut h)?;
             }
         }
@@ -363,7 +367,10 @@ impl Builder<'_> {
     }
 
     fn cache_path(&self, key: &str) -> PathBuf {
-        self.store.root().join(CACHE_DIR).join(format!("{key}.json"))
+        self.store
+            .root()
+            .join(CACHE_DIR)
+            .join(format!("{key}.json"))
     }
 
     fn cache_get(&self, key: &str) -> Option<ImageState> {
@@ -470,8 +477,7 @@ impl Builder<'_> {
                 state.set("WorkingDir", json!(dir));
                 let (dirs, _) = steps::layer_dirs(self.store, &state.layers, false)?;
                 let rel = context::clean(&dir);
-                let layer = if !rel.as_os_str().is_empty() && steps::lookup(&dirs, &rel).is_none()
-                {
+                let layer = if !rel.as_os_str().is_empty() && steps::lookup(&dirs, &rel).is_none() {
                     let mut w = super::layer::LayerWriter::new(self.store)?;
                     let mut p = PathBuf::new();
                     for c in rel.components() {
@@ -495,7 +501,11 @@ impl Builder<'_> {
                 let words = expand::words(ports, self.df.escape, &|n: &str| lookup(state, args, n))
                     .map_err(|e| self.err(line, e.to_string()))?;
                 for p in words {
-                    let p = if p.contains('/') { p } else { format!("{p}/tcp") };
+                    let p = if p.contains('/') {
+                        p
+                    } else {
+                        format!("{p}/tcp")
+                    };
                     state.insert("ExposedPorts", &p, json!({}));
                 }
                 state.step(&created_by, None);
@@ -517,9 +527,9 @@ impl Builder<'_> {
                     None => json!({"Test": ["NONE"]}),
                     Some(h) => {
                         let test = match &h.command {
-                            Some(Command::Exec(v)) => {
-                                std::iter::once("CMD".to_string()).chain(v.clone()).collect()
-                            }
+                            Some(Command::Exec(v)) => std::iter::once("CMD".to_string())
+                                .chain(v.clone())
+                                .collect(),
                             Some(Command::Shell(s)) => vec!["CMD-SHELL".to_string(), s.clone()],
                             None => Vec::new(),
                         };
@@ -539,7 +549,10 @@ impl Builder<'_> {
                         }
                         if let Some(r) = &h.retries {
                             let r: u64 = r.parse().map_err(|_| {
-                                self.err(line, format!("HEALTHCHECK: --retries={r}: expected a number"))
+                                self.err(
+                                    line,
+                                    format!("HEALTHCHECK: --retries={r}: expected a number"),
+                                )
                             })?;
                             v["Retries"] = json!(r);
                         }
@@ -592,8 +605,9 @@ impl Builder<'_> {
                     Some((u, g)) => (u.to_string(), Some(g.to_string())),
                     None => (spec.clone(), None),
                 };
-                let uid = steps::lookup_id(&dirs, "etc/passwd", &u)
-                    .ok_or_else(|| self.err(line, format!("--chown={spec}: no user {u:?} in the image")))?;
+                let uid = steps::lookup_id(&dirs, "etc/passwd", &u).ok_or_else(|| {
+                    self.err(line, format!("--chown={spec}: no user {u:?} in the image"))
+                })?;
                 let gid = match g {
                     Some(g) => steps::lookup_id(&dirs, "etc/group", &g).ok_or_else(|| {
                         self.err(line, format!("--chown={spec}: no group {g:?} in the image"))
@@ -612,7 +626,15 @@ impl Builder<'_> {
         let dest = if dest_raw.starts_with('/') {
             dest_raw.clone()
         } else {
-            format!("{}/{}", if cur.is_empty() { "" } else { cur.trim_end_matches('/') }, dest_raw)
+            format!(
+                "{}/{}",
+                if cur.is_empty() {
+                    ""
+                } else {
+                    cur.trim_end_matches('/')
+                },
+                dest_raw
+            )
         };
         let overrides = Overrides { owner, mode };
         let mut sources_raw = Vec::new();
@@ -632,7 +654,10 @@ impl Builder<'_> {
         let resolve = |ctx: &Context| -> Result<Vec<PathBuf>, BuildError> {
             let mut v = Vec::new();
             for s in &sources_raw {
-                v.extend(ctx.resolve(s).map_err(|e| self.err(line, crate::error::chain(&e)))?);
+                v.extend(
+                    ctx.resolve(s)
+                        .map_err(|e| self.err(line, crate::error::chain(&e)))?,
+                );
             }
             Ok(v)
         };
@@ -651,7 +676,10 @@ impl Builder<'_> {
             Some(from) => {
                 let from = x(from)?;
                 let layers = match self.stage_index(&from) {
-                    Some(j) => self.done[j].as_ref().map(|d| d.0.layers.clone()).unwrap_or_default(),
+                    Some(j) => self.done[j]
+                        .as_ref()
+                        .map(|d| d.0.layers.clone())
+                        .unwrap_or_default(),
                     None => self.image(&from)?.0.layers,
                 };
                 let (from_dirs, _) = steps::layer_dirs(self.store, &layers, false)?;

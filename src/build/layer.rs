@@ -131,7 +131,9 @@ impl LayerWriter {
             h.set_entry_type(tar::EntryType::Regular);
             h.set_size(m.len());
             let f = File::open(src).map_err(at("opening"))?;
-            self.tar.append_data(&mut h, name, f).map_err(at("archiving"))
+            self.tar
+                .append_data(&mut h, name, f)
+                .map_err(at("archiving"))
         } else if ft.is_symlink() {
             let target = fs::read_link(src).map_err(at("reading the link"))?;
             h.set_entry_type(tar::EntryType::Symlink);
@@ -254,14 +256,7 @@ fn lgetxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     let n = CString::new(name).ok()?;
     let mut buf = vec![0u8; 256];
     // SAFETY: valid NUL-terminated strings; the pointer and length describe `buf`.
-    let r = unsafe {
-        libc::lgetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     (r >= 0).then(|| {
         buf.truncate(r as usize);
         buf
