@@ -49,8 +49,9 @@ pub struct ContainerConfig {
     pub userns: userns::Mode,
     /// Guest RAM laid out for transparent huge pages (vm).
     pub huge_pages: bool,
-    /// A host directory for the writable layer (ns; `hull build` reads a
-    /// step's changes from its upper/ afterwards); a tmpfs when None.
+    /// The writable layer, for `hull build` to read a step's changes from
+    /// its upper/ afterwards: a host directory (ns), or an ext4 disk image
+    /// (vm); a tmpfs when None.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upper: Option<PathBuf>,
 }

@@ -52,6 +52,16 @@ fn find_layer_disks() -> Result<Vec<String>, String> {
     Ok(layers.into_iter().map(|(_, d)| d).collect())
 }
 
+/// The block device whose serial is `serial`, if one is attached.
+fn find_disk(serial: &str) -> Option<String> {
+    let entries = fs::read_dir("/sys/block").ok()?;
+    entries.flatten().find_map(|e| {
+        let s = fs::read_to_string(e.path().join("serial")).unwrap_or_default();
+        (s.trim_matches(|c: char| c == '\0' || c.is_whitespace()) == serial)
+            .then(|| format!("/dev/{}", e.file_name().to_string_lossy()))
+    })
+}
+
 /// Stacks `lowers` (bottom first) under a writable upper in `rw` at `root`.
 fn overlay(lowers: &[String], rw: &str, root: &str) -> Result<(), String> {
     let upper = format!("{rw}/upper");
@@ -140,6 +150,13 @@ pub fn vm_setup() -> Result<(), String> {
         lowers.push(dir);
     }
     let root = "/run/hull/root";
+    // A writable disk with serial `upper` (hull build) holds the upper and
+    // work dirs instead of the tmpfs, so the host can read them afterwards.
+    if let Some(disk) = find_disk("upper") {
+        mkdir("/run/hull/rw")?;
+        mount(&disk, "/run/hull/rw", "ext4", 0, "")
+            .map_err(|e| format!("mounting the upper disk {disk} (ext4): {e}"))?;
+    }
     overlay(&lowers, "/run/hull/rw", root)?;
     container_mounts(root, true)?;
     std::env::set_current_dir(root).map_err(|e| format!("entering {root}: {e}"))?;

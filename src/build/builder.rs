@@ -63,12 +63,7 @@ pub fn build(
     let tags = opts
         .tags
         .iter()
-        .map(|t| {
-            Reference::parse(t).map_err(|source| BuildError::Tag {
-                tag: t.clone(),
-                source,
-            })
-        })
+        .map(|t| Reference::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
     let path = opts
         .dockerfile
@@ -441,9 +436,7 @@ impl Builder<'_> {
                 let warn = |w: &str| (self.events)(Event::Warning(w.to_string()));
                 let layer = steps::run(self.store, &self.settings, &state.layers, start, &warn)
                     .map_err(|e| match e {
-                        BuildError::RunFailed { .. } | BuildError::VmRun => {
-                            self.err(line, crate::error::chain(&e))
-                        }
+                        BuildError::RunFailed { .. } => self.err(line, crate::error::chain(&e)),
                         e => e,
                     })?;
                 self.ran += 1;

@@ -50,19 +50,14 @@ pub enum BuildError {
         status: i32,
         reason: Option<String>,
     },
-    #[error(
-        "RUN steps in a microVM need a writable disk the VMM does not offer yet: use --isolation ns"
-    )]
-    VmRun,
+    #[error("{what}: {why}")]
+    Tool { what: String, why: String },
     #[error("mounting a stage's layers: {0}")]
     Mount(String),
     #[error("target stage {0:?} is not in the Dockerfile")]
     NoTarget(String),
-    #[error("invalid tag {tag:?}")]
-    Tag {
-        tag: String,
-        source: hull_images::reference::ReferenceError,
-    },
+    #[error(transparent)]
+    Tag(#[from] hull_images::reference::ReferenceError),
 }
 
 /// What `hull build` was asked for.

@@ -84,18 +84,26 @@ pub fn run(
     start: Start,
     warn: &dyn Fn(&str),
 ) -> Result<Option<LayerRecord>, BuildError> {
-    if settings.isolation == Isolation::Vm {
-        return Err(BuildError::VmRun);
-    }
-    let (mut dirs, disks) = layer_dirs(store, layers, false)?;
+    let vm = settings.isolation == Isolation::Vm;
+    let (mut dirs, disks) = layer_dirs(store, layers, vm)?;
     let work = store.temp_path("build-run");
     let rw = work.join("rw");
+    let mut mounted: Option<UpperMount> = None;
     let result = (|| {
         fs::create_dir_all(&rw).map_err(|source| BuildError::Io {
             what: "creating",
             path: rw.clone(),
             source,
         })?;
+        // ns: the upper is a host dir; vm: an ext4 disk, read back through
+        // a loop mount once the VM is gone.
+        let upper = if vm {
+            let img = work.join("upper.ext4");
+            make_ext4(&img)?;
+            img
+        } else {
+            rw.clone()
+        };
         let lower_dirs = dirs.clone();
         if dirs.is_empty() {
             let empty = work.join("empty");
@@ -119,7 +127,7 @@ pub fn run(
             // The step's files keep the ids the Dockerfile gave them.
             userns: userns::Mode::Host,
             huge_pages: true,
-            upper: Some(rw.clone()),
+            upper: Some(upper.clone()),
         };
         let mut c = Container::create(&settings.state_dir, &config)?;
         let mut times = Times::default();
@@ -155,14 +163,88 @@ pub fn run(
                 && SANDBOX_DIRS.iter().any(|d| r == Path::new(d))
                 && lookup(&lower_dirs, r).is_none()
         };
-        layer::add_upper(&mut w, &rw.join("upper"), Path::new(""), &skip)?;
+        let upper_dir = if vm {
+            let m = UpperMount::new(&upper, &rw)?;
+            let dir = m.dir.join("upper");
+            mounted = Some(m);
+            dir
+        } else {
+            rw.join("upper")
+        };
+        layer::add_upper(&mut w, &upper_dir, Path::new(""), &skip)?;
         if w.is_empty() {
             return Ok(None);
         }
         Ok(Some(w.finish(store)?))
     })();
+    drop(mounted);
     let _ = hull_images::store::remove_tree(&work);
     result
+}
+
+/// Size of the sparse ext4 disk a RUN step in a microVM writes to.
+const UPPER_DISK_BYTES: u64 = 8 << 30;
+
+fn run_tool(cmd: &mut Command, what: &str) -> Result<(), BuildError> {
+    let out = cmd.output().map_err(|e| BuildError::Tool {
+        what: what.to_string(),
+        why: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(BuildError::Tool {
+            what: what.to_string(),
+            why: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// A sparse, empty ext4 image at `img` (Debian's e2fsprogs).
+fn make_ext4(img: &Path) -> Result<(), BuildError> {
+    let f = fs::File::create(img).map_err(|source| BuildError::Io {
+        what: "creating",
+        path: img.to_path_buf(),
+        source,
+    })?;
+    f.set_len(UPPER_DISK_BYTES)
+        .map_err(|source| BuildError::Io {
+            what: "sizing",
+            path: img.to_path_buf(),
+            source,
+        })?;
+    run_tool(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-O", "^has_journal", "-E", "root_owner=0:0"])
+            .arg(img),
+        "mkfs.ext4 (apt-get install e2fsprogs)",
+    )
+}
+
+/// The upper disk of a finished VM, loop-mounted read-only; unmounted
+/// when dropped.
+struct UpperMount {
+    dir: PathBuf,
+}
+
+impl UpperMount {
+    fn new(img: &Path, dir: &Path) -> Result<UpperMount, BuildError> {
+        run_tool(
+            Command::new("mount")
+                .args(["-t", "ext4", "-o", "loop,ro"])
+                .arg(img)
+                .arg(dir),
+            "mounting the step's upper disk",
+        )?;
+        Ok(UpperMount {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for UpperMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
 }
 
 /// Where COPY/ADD take files from.

@@ -113,7 +113,8 @@ pub struct Spec<'a> {
     pub userns: userns::Mode,
     /// Guest RAM laid out for transparent huge pages (vm).
     pub huge_pages: bool,
-    /// A host directory for the writable layer (ns), instead of a tmpfs.
+    /// The writable layer instead of a tmpfs: a host directory (ns), or an
+    /// ext4 disk image (vm) whose upper/ and work/ the agent uses.
     pub upper: Option<PathBuf>,
 }
 

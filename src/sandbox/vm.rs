@@ -12,6 +12,9 @@ use crate::{initramfs, paths, sys};
 
 /// The VM's configuration, as `hull-vmm --config` reads it (in the state dir).
 pub const VM_CONFIG_FILE: &str = "vmm.json";
+/// The serial of the writable disk that holds the overlay's upper (the
+/// agent looks for it).
+const UPPER_DISK_ID: &str = "upper";
 
 pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     let kernel = match spec.kernel.clone().or_else(paths::chosen_kernel) {
@@ -99,6 +102,15 @@ fn vm_config(spec: &Spec<'_>, kernel: PathBuf, initrd: PathBuf, disks: Vec<PathB
             id: Some(format!("layer{i}")),
         })
         .collect();
+    // A writable ext4 disk the agent uses for the overlay's upper (hull build
+    // reads a RUN step's changes from it afterwards).
+    if let Some(upper) = &spec.upper {
+        config.disks.push(DiskConfig {
+            path: upper.clone(),
+            read_only: false,
+            id: Some(UPPER_DISK_ID.into()),
+        });
+    }
     config.huge_pages = spec.huge_pages;
     config
 }
