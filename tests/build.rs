@@ -11,8 +11,8 @@
 //! (scripts/install-deps.sh); fails saying what is missing, and is reported
 //! as ignored with `HULL_SKIP_NS_TESTS=1`, as the namespace suite is.
 
-#[path = "support/busybox.rs"]
-mod busybox;
+#[path = "support/build_env.rs"]
+mod build_env;
 #[path = "support/registry.rs"]
 mod registry;
 
@@ -20,118 +20,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use build_env::{Env, require, sh};
 use libtest_mimic::{Arguments, Failed, Trial};
-
-const HULL: &str = env!("CARGO_BIN_EXE_hull");
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn require(tools: &[&str]) {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert!(
-        euid == 0,
-        "the build tests need root (namespaces, overlay mounts, layer owners)"
-    );
-    for tool in tools {
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(ok, "{tool} is missing: run scripts/install-deps.sh");
-    }
-}
-
-/// A data dir with the busybox image as `busybox`, in `t`.
-struct Env {
-    t: tempfile::TempDir,
-    data: PathBuf,
-    /// A temp dir of its own: socket paths in it must stay short.
-    state: PathBuf,
-    _state: std::rc::Rc<tempfile::TempDir>,
-    layout: PathBuf,
-}
-
-impl Env {
-    fn new() -> Env {
-        require(&["umoci", "skopeo", "mkfs.erofs"]);
-        let t = tempfile::tempdir().unwrap();
-        let layout = t.path().join("busybox-oci");
-        let bundle = t.path().join("bundle");
-        let (l, b) = (layout.display(), bundle.display());
-        sh(&format!(
-            "umoci init --layout {l} && umoci new --image {l}:latest && umoci unpack --image {l}:latest {b} >/dev/null"
-        ));
-        busybox::rootfs(&bundle.join("rootfs"));
-        sh(&format!(
-            "umoci repack --image {l}:latest {b} && umoci config --image {l}:latest \
-             --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-             --config.cmd sh --os linux --architecture amd64"
-        ));
-        let data = t.path().join("data");
-        let state_dir = std::rc::Rc::new(tempfile::tempdir().unwrap());
-        let e = Env {
-            t,
-            data,
-            state: state_dir.path().to_path_buf(),
-            _state: state_dir,
-            layout,
-        };
-        let (code, _, err) = e.hull(&[
-            "import",
-            "--tag",
-            "busybox",
-            &e.layout.display().to_string(),
-        ]);
-        assert_eq!(code, 0, "importing busybox: {err}");
-        e
-    }
-
-    fn hull(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(HULL)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn build(&self, context: &Path, extra: &[&str]) -> (i32, String, String) {
-        let mut args = vec!["build", "--isolation", "ns"];
-        args.extend_from_slice(extra);
-        let ctx = context.display().to_string();
-        args.push(&ctx);
-        self.hull(&args)
-    }
-
-    /// A copy of tests/build/NAME in the temp dir.
-    fn context(&self, name: &str) -> PathBuf {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/build")
-            .join(name);
-        let dst = self.t.path().join(name);
-        sh(&format!("cp -a {} {}", src.display(), dst.display()));
-        dst
-    }
-}
 
 #[derive(Debug, PartialEq)]
 struct Node {
