@@ -354,7 +354,8 @@ fn history_save_push() -> Result<(), Failed> {
 fn main() {
     let args = Arguments::from_args();
     let skip = std::env::var_os("HULL_SKIP_NS_TESTS").is_some();
-    let tests: Vec<(&str, fn() -> Result<(), Failed>)> = vec![
+    type Test = fn() -> Result<(), Failed>;
+    let tests: Vec<(&str, Test)> = vec![
         ("build_ns_equals_buildah", same_as_buildah),
         ("build_cache", cache),
         ("build_failures_exit_1_and_store_nothing", failures),

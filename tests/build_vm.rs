@@ -7,9 +7,6 @@
 
 #[path = "support/build_env.rs"]
 mod build_env;
-#[path = "support/scenarios.rs"]
-#[allow(dead_code)]
-mod scenarios;
 #[path = "support/vmtest.rs"]
 mod vmtest;
 
@@ -107,12 +104,22 @@ fn vm_and_ns_give_the_same_layer() -> Result<(), Failed> {
     })
 }
 
+/// hull, hull-vmm and the static agent, built here where cargo is.
+fn build_runtime() {
+    vmtest::build_binaries();
+    let status = std::process::Command::new(vmtest::repo().join("agent/build-static.sh"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("running agent/build-static.sh");
+    assert!(status.success(), "agent/build-static.sh failed");
+}
+
 fn main() {
     let listing = std::env::args().any(|a| a == "--list");
     let skipping = std::env::var("HULL_SKIP_VM_TESTS").as_deref() == Ok("1");
     if std::env::var_os("HULL_IN_KVM_HOST").is_none() && !listing && !skipping {
         // Built here, where cargo is; the emulated host only runs them.
-        scenarios::build_runtime();
+        build_runtime();
     }
     vmtest::run_vm_tests(vec![Trial::test(
         "build_vm_run_equals_ns",

@@ -16,7 +16,7 @@ use std::process::Command;
 #[path = "support/registry.rs"]
 mod registry;
 
-use registry::{Registry, start_registry};
+use registry::{Registry, free_port, start_registry};
 
 const HULL: &str = env!("CARGO_BIN_EXE_hull");
 

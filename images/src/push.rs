@@ -38,7 +38,7 @@ impl Client {
         &self,
         what: &str,
         make: &dyn Fn() -> ureq::Request,
-        body: &dyn Fn(ureq::Request) -> Result<ureq::Response, ureq::Error>,
+        body: &dyn Fn(ureq::Request) -> Result<ureq::Response, Box<ureq::Error>>,
     ) -> Result<ureq::Response, PullError> {
         let mut authed = false;
         loop {
@@ -46,7 +46,7 @@ impl Client {
             if let Some(t) = lock(&self.token).clone() {
                 req = req.set("Authorization", &t);
             }
-            match body(req) {
+            match body(req).map_err(|e| *e) {
                 Ok(r) => return Ok(r),
                 Err(ureq::Error::Status(401, resp)) if !authed => {
                     authed = true;
@@ -75,7 +75,9 @@ impl Client {
     fn has_blob(&self, d: &Digest) -> Result<bool, PullError> {
         let url = format!("{}/blobs/{d}", self.base);
         let what = format!("blob {}", d.short());
-        match self.send(&what, &|| self.agent.head(&url), &|r| r.call()) {
+        match self.send(&what, &|| self.agent.head(&url), &|r| {
+            r.call().map_err(Box::new)
+        }) {
             Ok(_) => Ok(true),
             Err(PullError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e),
@@ -88,7 +90,9 @@ impl Client {
         if let Some(repo) = from {
             url.push_str(&format!("?mount={d}&from={repo}"));
         }
-        let resp = self.send(&what, &|| self.agent.post(&url), &|r| r.send_bytes(&[]))?;
+        let resp = self.send(&what, &|| self.agent.post(&url), &|r| {
+            r.send_bytes(&[]).map_err(Box::new)
+        })?;
         if resp.status() == 201 {
             return Ok(BlobPush::Mounted);
         }
@@ -111,8 +115,8 @@ impl Client {
                     .timeout(Duration::from_secs(3600))
             },
             &|r| {
-                let f = File::open(&path).map_err(ureq::Error::from)?;
-                r.send(f)
+                let f = File::open(&path).map_err(|e| Box::new(ureq::Error::from(e)))?;
+                r.send(f).map_err(Box::new)
             },
         )?;
         Ok(BlobPush::Uploaded(size))
@@ -158,7 +162,7 @@ pub fn push(
     c.send(
         &format!("manifest {}:{tag}", c.repository),
         &|| c.agent.put(&url).set("Content-Type", &media),
-        &|r| r.send_bytes(&manifest),
+        &|r| r.send_bytes(&manifest).map_err(Box::new),
     )?;
     Ok(Pushed {
         manifest: rec.manifest.clone(),

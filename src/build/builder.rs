@@ -193,7 +193,7 @@ impl Builder<'_> {
     }
 
     /// The FROM image of stage `i`, its global args expanded.
-    fn from_image(&self, stage: &Stage) -> Result<String, BuildError> {
+    fn base_image(&self, stage: &Stage) -> Result<String, BuildError> {
         let Instruction::From { image, .. } = &stage.from.instruction else {
             unreachable!("a stage starts with FROM")
         };
@@ -210,7 +210,7 @@ impl Builder<'_> {
                 continue;
             }
             let stage = &self.df.stages[i];
-            let image = self.from_image(stage)?;
+            let image = self.base_image(stage)?;
             if let Some(j) = self.stage_index(&image).filter(|j| *j < i) {
                 if stage.name() != Some(image.to_ascii_lowercase().as_str()) {
                     todo.push(j);
@@ -276,7 +276,7 @@ impl Builder<'_> {
             stage: label.clone(),
             text: stage.from.text.clone(),
         });
-        let image = self.from_image(&stage)?;
+        let image = self.base_image(&stage)?;
         let (mut state, mut key) = match self.stage_index(&image).filter(|j| *j < i) {
             Some(j) => self.done[j].clone().expect("needed stages are built first"),
             None => self.image(&image)?,

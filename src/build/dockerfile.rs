@@ -126,12 +126,17 @@ impl fmt::Display for Command {
     }
 }
 
+/// What the first pass finds: the escape character, `# syntax`, and the
+/// logical lines (first line number, text).
+struct Lines {
+    escape: char,
+    syntax: Option<String>,
+    lines: Vec<(usize, String)>,
+}
+
 /// Logical lines: (first line number, text) with comments dropped and
 /// continuations joined; plus the directives found at the top.
-fn logical_lines(
-    text: &str,
-    file: &str,
-) -> Result<(char, Option<String>, Vec<(usize, String)>), ParseError> {
+fn logical_lines(text: &str, file: &str) -> Result<Lines, ParseError> {
     let mut escape = '\\';
     let mut syntax = None;
     let mut lines = text.lines().enumerate().peekable();
@@ -202,7 +207,11 @@ fn logical_lines(
             out.push((start, acc.trim().to_string()));
         }
     }
-    Ok((escape, syntax, out))
+    Ok(Lines {
+        escape,
+        syntax,
+        lines: out,
+    })
 }
 
 /// `["a", "b"]`: the exec form, when the text is a JSON array of strings.
@@ -455,7 +464,11 @@ fn instruction(keyword: &str, rest: &str, escape: char) -> Result<Instruction, S
 
 /// Parses `text`, read from `file` (the name errors give).
 pub fn parse(text: &str, file: &str) -> Result<Dockerfile, ParseError> {
-    let (escape, syntax, lines) = logical_lines(text, file)?;
+    let Lines {
+        escape,
+        syntax,
+        lines,
+    } = logical_lines(text, file)?;
     let mut df = Dockerfile {
         escape,
         syntax,

@@ -316,10 +316,11 @@ pub fn copy(
         if m.is_dir() {
             // A directory's contents go into the destination directory.
             parents(&mut w, &dest.join("x"), &mut made)?;
-            if !dest.as_os_str().is_empty() && lookup(dirs, &dest).is_none() {
-                if made.insert(dest.clone()) {
-                    w.add_dir(&dest, 0o755, owner)?;
-                }
+            if !dest.as_os_str().is_empty()
+                && lookup(dirs, &dest).is_none()
+                && made.insert(dest.clone())
+            {
+                w.add_dir(&dest, 0o755, owner)?;
             }
             let mut entries = Vec::new();
             match &spec.from {
