@@ -68,7 +68,7 @@ impl Kind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
-    #[error("connection: {0}")]
+    #[error("connection")]
     Io(#[from] io::Error),
     #[error("frame of {0} bytes is larger than the {MAX_FRAME}-byte limit")]
     TooLarge(usize),
@@ -76,7 +76,7 @@ pub enum ProtocolError {
     Empty,
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
-    #[error("malformed {kind:?} message: {source}")]
+    #[error("malformed {kind:?} message")]
     Json {
         kind: Kind,
         source: serde_json::Error,
@@ -321,6 +321,20 @@ mod tests {
             read_frame(&mut &[0u8, 0][..]),
             Err(ProtocolError::Io(_))
         ));
+    }
+
+    #[test]
+    fn an_error_shows_its_cause_once() {
+        use std::error::Error;
+        let e = Frame::new(Kind::Start, b"{not json".to_vec())
+            .parse::<Start>()
+            .unwrap_err();
+        assert_eq!(e.to_string(), "malformed Start message");
+        let cause = e.source().unwrap().to_string();
+        assert!(cause.contains("key must be a string"), "{cause}");
+        let e = read_frame(&mut &[0u8, 0][..]).unwrap_err();
+        assert_eq!(e.to_string(), "connection");
+        assert!(e.source().unwrap().to_string().contains("end of file"));
     }
 
     #[test]

@@ -97,6 +97,18 @@ fn send(w: &Writer, f: &Frame) -> bool {
     write_frame(&mut *lock(w), f).is_ok()
 }
 
+/// An error and its causes on one line: "what failed: why: why".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 fn send_error(w: &Writer, message: String, exit_code: i32) {
     send(
         w,
@@ -118,7 +130,7 @@ pub fn serve(conn: File, ctx: &Ctx) -> Option<i32> {
     let start: Start = match read_frame(&mut reader).map(|f| f.map(|f| f.expect(Kind::Start))) {
         Ok(Some(Ok(s))) => s,
         Ok(Some(Err(e))) | Err(e) => {
-            send_error(&writer, format!("agent: {e}"), 125);
+            send_error(&writer, format!("agent: {}", chain(&e)), 125);
             return None;
         }
         Ok(None) => return None,
@@ -460,5 +472,20 @@ fn find_program(name: &str, path: &str, cwd: &str) -> Result<PathBuf, (String, i
     match not_executable {
         Some(p) => Err((format!("exec: \"{}\": permission denied", p.display()), 126)),
         None => Err(not_found()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_is_sent_with_each_cause_once() {
+        let e = Frame::new(Kind::Start, b"[1]".to_vec())
+            .parse::<Start>()
+            .unwrap_err();
+        let cause = std::error::Error::source(&e).unwrap().to_string();
+        assert!(cause.contains("invalid type"), "{cause}");
+        assert_eq!(chain(&e), format!("malformed Start message: {cause}"));
     }
 }

@@ -23,7 +23,7 @@ pub enum ImportError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Reference(#[from] ReferenceError),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: {why}")]
     Invalid { path: PathBuf, why: String },

@@ -16,7 +16,7 @@ use crate::unpack::{self, UnpackError};
 pub enum LayerError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("layer {digest}: {source}")]
+    #[error("layer {digest}")]
     Unpack { digest: Digest, source: UnpackError },
     #[error(
         "layer {digest}: uncompressed content has digest {actual}, the image config says {expected}"
@@ -26,7 +26,7 @@ pub enum LayerError {
         expected: Digest,
         actual: Digest,
     },
-    #[error("layer {digest}: {what}: {source}")]
+    #[error("layer {digest}: {what}")]
     Io {
         digest: Digest,
         what: String,

@@ -27,7 +27,7 @@ pub const MAX_JSON_BLOB: u64 = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,
@@ -49,7 +49,7 @@ pub enum StoreError {
     NoSuchImage(String),
     #[error("{0:?} matches several images: use more of the id, or the name")]
     Ambiguous(String),
-    #[error("image records {path}: {source}")]
+    #[error("image records {path}")]
     Records {
         path: PathBuf,
         source: serde_json::Error,

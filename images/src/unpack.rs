@@ -20,10 +20,10 @@ use std::path::{Component, Path, PathBuf};
 pub enum UnpackError {
     #[error("layer entry {entry:?}: {why}")]
     Unsafe { entry: String, why: &'static str },
-    #[error("layer entry {entry:?}: {source}")]
+    #[error("layer entry {entry:?}")]
     Entry { entry: String, source: io::Error },
-    #[error("reading the layer: {0}")]
-    Read(io::Error),
+    #[error("reading the layer")]
+    Read(#[source] io::Error),
 }
 
 const OPAQUE: &str = ".wh..wh..opq";

@@ -280,7 +280,7 @@ pub fn rmi(data_dir: &Path, args: RmiArgs) -> anyhow::Result<i32> {
                 }
             }
             Err(e) => {
-                eprintln!("hull: {e}");
+                eprintln!("hull: {:#}", anyhow::Error::from(e));
                 status = 1;
             }
         }

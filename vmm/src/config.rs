@@ -1,6 +1,29 @@
-//! What a VM is made of: from `hull-vmm`'s flags or a JSON file with the same
-//! fields (`--config FILE`; flags given as well override the file).
+//! What a VM is made of: from `hull-vmm`'s flags, or a [`VmConfig`] passed
+//! whole as JSON, in a file (`--config FILE`) or through an inherited file
+//! descriptor (`--config-fd N`); flags given as well override it.
+//!
+//! The JSON is the serde form of [`VmConfig`]: an object with the fields
+//! below, unknown fields rejected, absent ones taking their defaults. Only
+//! `kernel` is required:
+//! ```json
+//! {
+//!   "kernel": "/path/to/vmlinux",
+//!   "initrd": "/path/to/initrd.cpio",
+//!   "cmdline": "hull.debug=1",
+//!   "vcpus": 2,
+//!   "mem_mib": 256,
+//!   "serial": "none",
+//!   "boot_timer": false,
+//!   "disks": [{ "path": "/path/to/layer0.erofs", "read_only": true, "id": "layer0" }],
+//!   "rng": true,
+//!   "vsock": { "cid": 3, "uds": "/path/to/vsock.sock" },
+//!   "huge_pages": true
+//! }
+//! ```
 
+use std::fmt;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -27,14 +50,14 @@ pub enum ConfigError {
     Mem(u64),
     #[error("no kernel given (--kernel PATH)")]
     NoKernel,
-    #[error("reading {path}: {source}")]
+    #[error("reading the configuration from {from}")]
     Read {
-        path: PathBuf,
+        from: ConfigOrigin,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("the configuration in {from} is not a valid VmConfig")]
     Parse {
-        path: PathBuf,
+        from: ConfigOrigin,
         source: serde_json::Error,
     },
     #[error("--serial {0:?}: expected stdout, none or a file path")]
@@ -47,17 +70,36 @@ pub enum ConfigError {
     VsockCid(u64),
 }
 
+/// Where a JSON configuration came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigOrigin {
+    File(PathBuf),
+    Fd(i32),
+}
+
+impl fmt::Display for ConfigOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigOrigin::File(p) => write!(f, "{}", p.display()),
+            ConfigOrigin::Fd(n) => write!(f, "fd {n}"),
+        }
+    }
+}
+
 /// Most disks one VM may have (IRQs are the limit).
 pub const MAX_DISKS: usize = 16;
 
-/// One virtio-blk disk.
+/// One virtio-blk disk (JSON: `{"path": ..., "read_only": ..., "id": ...}`;
+/// flag: `--disk PATH[,ro][,id=NAME]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
+    /// A raw disk image file.
     pub path: PathBuf,
+    /// The guest may not write to it. Default false.
     #[serde(default)]
     pub read_only: bool,
-    /// The serial the guest sees (up to 20 bytes).
+    /// The serial the guest sees (up to 20 bytes). Default none.
     #[serde(default)]
     pub id: Option<String>,
 }
@@ -87,17 +129,19 @@ impl std::str::FromStr for DiskConfig {
     }
 }
 
-/// The vsock device and its host side.
+/// The vsock device and its host side (JSON: `{"cid": ..., "uds": ...}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VsockConfig {
+    /// The guest's context id: 3 or more (and below 2^32).
     pub cid: u64,
     /// Host connections arrive at this Unix socket; guest connections to
     /// host port P go to `UDS_P`.
     pub uds: PathBuf,
 }
 
-/// Where the guest's serial console goes.
+/// Where the guest's serial console goes. In JSON a string: `"stdout"`
+/// (the default), `"none"`, or any other string as a file path.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum SerialOutput {
@@ -139,34 +183,44 @@ fn default_huge_pages() -> bool {
     true
 }
 
-/// A VM's whole configuration.
+/// A VM's whole configuration, and the schema of hull-vmm's JSON
+/// configuration (see the module documentation for an example). The field
+/// names are a stable interface: callers such as `hull` write them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
-    /// Uncompressed ELF vmlinux.
+    /// Uncompressed ELF vmlinux. Required.
     pub kernel: PathBuf,
+    /// Initial ramdisk (a cpio archive). Default none.
     #[serde(default)]
     pub initrd: Option<PathBuf>,
-    /// Appended to [`DEFAULT_CMDLINE`].
+    /// Appended to [`DEFAULT_CMDLINE`]. Default empty.
     #[serde(default)]
     pub cmdline: String,
+    /// Number of vCPUs, 1 to [`MAX_VCPUS`]. Default 1.
     #[serde(default = "default_vcpus")]
     pub vcpus: u32,
+    /// Guest memory in MiB, [`MIN_MEM_MIB`] to [`MAX_MEM_MIB`]. Default 128.
     #[serde(default = "default_mem")]
     pub mem_mib: u64,
+    /// Where the serial console goes. Default `"stdout"`.
     #[serde(default)]
     pub serial: SerialOutput,
-    /// Print each boot-timer mark to stderr.
+    /// Print each boot-timer mark to stderr. Default false.
     #[serde(default)]
     pub boot_timer: bool,
+    /// virtio-blk disks, at most [`MAX_DISKS`], in the order the guest
+    /// sees them. Default none.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
-    /// Attach a virtio-rng device.
+    /// Attach a virtio-rng device. Default false.
     #[serde(default)]
     pub rng: bool,
+    /// The vsock device. Default none.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
     /// Back guest RAM with transparent huge pages (see kvm::memory).
+    /// Default true.
     #[serde(default = "default_huge_pages")]
     pub huge_pages: bool,
 }
@@ -191,14 +245,33 @@ impl VmConfig {
 
     /// Reads a JSON configuration file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let data = std::fs::read(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_json::from_slice(&data).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })
+        let from = ConfigOrigin::File(path.to_path_buf());
+        match std::fs::read(path) {
+            Ok(data) => Self::from_json(&data, from),
+            Err(source) => Err(ConfigError::Read { from, source }),
+        }
+    }
+
+    /// Reads a JSON configuration from `fd` up to its end of file: a pipe
+    /// whose write end the caller has closed, or a file (a memfd) read
+    /// from its current offset. The fd is closed afterwards.
+    pub fn from_fd(fd: OwnedFd) -> Result<Self, ConfigError> {
+        let from = ConfigOrigin::Fd(fd.as_raw_fd());
+        Self::from_reader(std::fs::File::from(fd), from)
+    }
+
+    /// Reads a JSON configuration from `r` up to its end; `from` names it
+    /// in errors.
+    pub fn from_reader(mut r: impl Read, from: ConfigOrigin) -> Result<Self, ConfigError> {
+        let mut data = Vec::new();
+        match r.read_to_end(&mut data) {
+            Ok(_) => Self::from_json(&data, from),
+            Err(source) => Err(ConfigError::Read { from, source }),
+        }
+    }
+
+    fn from_json(data: &[u8], from: ConfigOrigin) -> Result<Self, ConfigError> {
+        serde_json::from_slice(data).map_err(|source| ConfigError::Parse { from, source })
     }
 
     /// Checks the ranges of every field.
@@ -277,6 +350,123 @@ mod tests {
         for bad in ["", ",ro", "/a,rw", "/a,id=", "/a,foo=1"] {
             assert!(bad.parse::<DiskConfig>().is_err(), "{bad}");
         }
+    }
+
+    /// A configuration with every field away from its default.
+    fn everything() -> VmConfig {
+        VmConfig {
+            kernel: "/k/vmlinux".into(),
+            initrd: Some("/k/initrd.cpio".into()),
+            cmdline: "hull.debug=1".into(),
+            vcpus: 4,
+            mem_mib: 512,
+            serial: SerialOutput::File("/run/x/serial.log".into()),
+            boot_timer: true,
+            disks: vec![
+                "/l/0.erofs,ro,id=layer0".parse().unwrap(),
+                "/l/scratch.img".parse().unwrap(),
+            ],
+            rng: true,
+            vsock: Some(VsockConfig {
+                cid: 7,
+                uds: "/run/x/vsock.sock".into(),
+            }),
+            huge_pages: false,
+        }
+    }
+
+    #[test]
+    fn json_round_trips_every_field() {
+        let c = everything();
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), c);
+        // The field names are the interface callers write.
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "boot_timer",
+                "cmdline",
+                "disks",
+                "huge_pages",
+                "initrd",
+                "kernel",
+                "mem_mib",
+                "rng",
+                "serial",
+                "vcpus",
+                "vsock"
+            ]
+        );
+        assert_eq!(v["disks"][0]["read_only"], true);
+        assert_eq!(v["serial"], "/run/x/serial.log");
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c: VmConfig = serde_json::from_str(
+            r#"{
+              "kernel": "/path/to/vmlinux",
+              "initrd": "/path/to/initrd.cpio",
+              "cmdline": "hull.debug=1",
+              "vcpus": 2,
+              "mem_mib": 256,
+              "serial": "none",
+              "boot_timer": false,
+              "disks": [{ "path": "/path/to/layer0.erofs", "read_only": true, "id": "layer0" }],
+              "rng": true,
+              "vsock": { "cid": 3, "uds": "/path/to/vsock.sock" },
+              "huge_pages": true
+            }"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.vcpus, c.mem_mib, c.disks.len()), (2, 256, 1));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_at_every_level() {
+        for bad in [
+            r#"{"kernel": "/k", "disks": [{"path": "/d", "ro": true}]}"#,
+            r#"{"kernel": "/k", "vsock": {"cid": 3, "uds": "/u", "port": 1}}"#,
+        ] {
+            assert!(serde_json::from_str::<VmConfig>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn from_fd_reads_a_pipe_to_its_end() {
+        let (rd, wr) = std::io::pipe().unwrap();
+        let json = serde_json::to_vec(&everything()).unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut wr = wr;
+            std::io::Write::write_all(&mut wr, &json).unwrap();
+        });
+        let c = VmConfig::from_fd(OwnedFd::from(rd)).unwrap();
+        writer.join().unwrap();
+        assert_eq!(c, everything());
+    }
+
+    #[test]
+    fn a_bad_config_names_where_it_came_from_and_its_cause_once() {
+        let (rd, mut wr) = std::io::pipe().unwrap();
+        std::io::Write::write_all(&mut wr, br#"{"kernel": "/k", "cpus": 2}"#).unwrap();
+        drop(wr);
+        let e = VmConfig::from_fd(OwnedFd::from(rd)).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("the configuration in fd "), "{msg}");
+        let cause = std::error::Error::source(&e).unwrap().to_string();
+        assert!(cause.contains("unknown field `cpus`"), "{cause}");
+        assert!(!msg.contains(&cause), "{msg} repeats {cause}");
+
+        let e = VmConfig::from_file(Path::new("/nonexistent/vm.json")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "reading the configuration from /nonexistent/vm.json"
+        );
+        assert!(std::error::Error::source(&e).is_some());
     }
 
     #[test]

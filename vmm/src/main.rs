@@ -1,10 +1,16 @@
 //! `hull-vmm`: runs one microVM.
 
+#![warn(clippy::cast_possible_truncation)]
+
+use std::fs::File;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::{Context, bail};
 use clap::Parser;
-use hull_vmm::config::{DiskConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::config::{ConfigOrigin, DiskConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::vmm::Vmm;
 
 /// Boot a Linux guest (an uncompressed ELF vmlinux) in a KVM microVM.
 ///
@@ -14,10 +20,16 @@ use hull_vmm::config::{DiskConfig, SerialOutput, VmConfig, VsockConfig};
 #[derive(Debug, Parser)]
 #[command(name = "hull-vmm", version)]
 struct Args {
-    /// JSON file with the same fields as the flags (kernel, initrd, cmdline,
-    /// vcpus, mem_mib, serial, boot_timer); flags given too override it.
-    #[arg(long, value_name = "FILE")]
+    /// JSON file holding a whole VmConfig (kernel, initrd, cmdline, vcpus,
+    /// mem_mib, serial, boot_timer, disks, rng, vsock, huge_pages; see
+    /// hull_vmm::config); flags given too override it.
+    #[arg(long, value_name = "FILE", conflicts_with = "config_fd")]
     config: Option<PathBuf>,
+    /// As --config, read from inherited file descriptor N up to its end
+    /// (a pipe whose write end the caller closed, or a memfd); hull-vmm
+    /// closes it after reading.
+    #[arg(long, value_name = "N")]
+    config_fd: Option<RawFd>,
     /// Uncompressed ELF vmlinux.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
@@ -59,10 +71,36 @@ struct Args {
     vsock_uds: Option<PathBuf>,
 }
 
-fn config(args: Args) -> Result<VmConfig, hull_vmm::config::ConfigError> {
-    let mut cfg = match &args.config {
-        Some(path) => VmConfig::from_file(path)?,
-        None => VmConfig::new(args.kernel.clone().unwrap_or_default()),
+/// Takes ownership of the inherited descriptor `fd`, after checking that
+/// it is open. Standard input, output and error stay open (a copy is
+/// returned): closing one would let a later open take its number.
+fn inherited_fd(fd: RawFd) -> anyhow::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags; any int is allowed.
+    let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
+    if fd < 0 || !open {
+        bail!("--config-fd {fd}: no such open file descriptor");
+    }
+    if fd <= 2 {
+        // SAFETY: `fd` is open (checked above) and, as a standard stream,
+        // stays open for the whole process; the borrow ends at once.
+        let stdio = unsafe { BorrowedFd::borrow_raw(fd) };
+        return stdio
+            .try_clone_to_owned()
+            .with_context(|| format!("--config-fd {fd}: duplicating it"));
+    }
+    // SAFETY: `fd` is open (checked above) and nothing else in this process
+    // owns it: it was inherited for this purpose and is named only by the
+    // --config-fd flag; the OwnedFd closes it once the config is read.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn config(args: Args) -> anyhow::Result<VmConfig> {
+    let mut cfg = match (&args.config, args.config_fd) {
+        (Some(path), _) => VmConfig::from_file(path)?,
+        (None, Some(fd)) => {
+            VmConfig::from_reader(File::from(inherited_fd(fd)?), ConfigOrigin::Fd(fd))?
+        }
+        (None, None) => VmConfig::new(args.kernel.clone().unwrap_or_default()),
     };
     if let Some(k) = args.kernel {
         cfg.kernel = k;
@@ -92,17 +130,35 @@ fn config(args: Args) -> Result<VmConfig, hull_vmm::config::ConfigError> {
     Ok(cfg)
 }
 
+/// An error and its causes on one line, "what failed: why: why". A cause
+/// whose text the line already ends with is left out: hull-vmm's own errors
+/// never repeat their cause, but some it wraps (from rust-vmm crates) print
+/// their cause and return it as their source too.
+fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
 fn main() {
     let start = Instant::now();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cfg = match config(Args::parse()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("hull-vmm: {e}");
+            eprintln!("hull-vmm: {}", one_line(e.as_ref()));
             std::process::exit(1);
         }
     };
-    match hull_vmm::vmm::run(&cfg, start) {
+    match Vmm::build_since(cfg, start).and_then(Vmm::run) {
         Ok(outcome) => {
             log::info!(
                 "guest rebooted after {:?}; boot-timer marks: {:?}",
@@ -112,8 +168,38 @@ fn main() {
             std::process::exit(0);
         }
         Err(e) => {
-            eprintln!("hull-vmm: {e}");
+            eprintln!("hull-vmm: {}", one_line(&e));
             std::process::exit(e.exit_code());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Leaf {
+        #[error("disk /d: {0}")]
+        Both(#[source] std::io::Error),
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("setting up a disk")]
+    struct Outer(#[source] Leaf);
+
+    #[test]
+    fn the_chain_is_one_line_with_each_cause_once() {
+        let io = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        let e = Outer(Leaf::Both(io()));
+        assert_eq!(
+            one_line(&e),
+            "setting up a disk: disk /d: No such file or directory (os error 2)"
+        );
+        let e = hull_vmm::config::VmConfig::from_file("/nonexistent/vm.json".as_ref()).unwrap_err();
+        assert_eq!(
+            one_line(&e),
+            "reading the configuration from /nonexistent/vm.json: No such file or directory (os error 2)"
+        );
     }
 }

@@ -1,65 +1,76 @@
-//! Building and running one VM from a [`VmConfig`]: memory, kernel, initrd,
-//! command line, boot structures, devices, vCPU threads; then waiting for
-//! the first thing that ends it.
+//! One VM from a [`VmConfig`], in two steps, as rust-vmm's reference VMM
+//! and Firecracker's builder do:
+//! - [`Vmm::build`] (in `builder.rs`): guest memory, kernel, initrd, command
+//!   line, boot structures, devices and vCPUs, all created but nothing
+//!   running in the guest yet;
+//! - [`Vmm::run`]: start one thread per vCPU and wait for the first thing
+//!   that ends the VM.
+//!
+//! The seam between the two is where later work hooks in: a restore from a
+//! snapshot produces a [`Vmm`] from saved state instead of a kernel, and a
+//! jailed VMM installs its per-thread seccomp filters where `run` starts the
+//! threads (see [`crate::thread`]).
 
-use std::fs::File;
-use std::io::Write;
-use std::sync::mpsc;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use linux_loader::cmdline::Cmdline;
-use linux_loader::loader::{KernelLoader, elf::Elf, load_cmdline};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
+use kvm_ioctls::VcpuFd;
+use vm_memory::GuestMemoryMmap;
 
 use crate::VmExit;
-use crate::arch::x86_64::{self as arch, boot, cpuid, mptable, regs};
-use crate::config::{SerialOutput, VmConfig};
-use crate::device_manager::DeviceManager;
-use crate::devices::bus::Bus;
-use crate::devices::legacy::{
-    BOOT_TIMER_PORT, BootMark, BootTimer, COM1_BASE, COM1_IRQ, I8042, I8042_COMMAND, I8042_DATA,
-    PanicNote, Serial,
-};
-use crate::devices::virtio::VirtioDevice;
-use crate::devices::virtio::block::Block;
-use crate::devices::virtio::event_loop::EventLoop;
-use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::vsock::Vsock;
+use crate::arch::x86_64::{boot, mptable, regs};
+use crate::config::{ConfigError, VmConfig};
+use crate::device_manager::{DeviceManager, DeviceManagerError};
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::legacy::{BootMark, PanicNote, Serial};
+use crate::devices::virtio::block::BlockError;
+use crate::devices::virtio::vsock::VsockError;
+use crate::kvm::memory::MemoryError;
+use crate::kvm::vcpu;
 use crate::kvm::vm::{Vm, VmError};
-use crate::kvm::{KvmKind, detect_kvm_kind, vcpu};
 
-/// Marker a PVM-enabled guest kernel carries (the PVM guest entry code).
-const PVM_GUEST_MARKER: &[u8] = b"pvm_early_setup";
-
+/// Why a VM could not be built, or how it ended badly. Each variant says
+/// what failed; the cause, where there is one, is its `source` (print the
+/// chain, e.g. `{:#}` of an `anyhow::Error`, to see it).
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error("cannot read the kernel {path}: {source}")]
+    Config(#[from] ConfigError),
+    #[error("cannot read the kernel {path}")]
     KernelFile {
-        path: std::path::PathBuf,
+        path: PathBuf,
         source: std::io::Error,
     },
     #[error(
-        "{path} is not a bootable ELF vmlinux ({reason}); hull-vmm boots an uncompressed vmlinux, not a bzImage"
+        "{path} is not a bootable ELF vmlinux (hull-vmm boots an uncompressed vmlinux, not a bzImage)"
     )]
     NotElf {
-        path: std::path::PathBuf,
-        reason: String,
+        path: PathBuf,
+        source: linux_loader::loader::elf::Error,
+    },
+    #[error("loading the kernel {path} into guest memory")]
+    KernelLoad {
+        path: PathBuf,
+        source: linux_loader::loader::Error,
     },
     #[error(
         "this /dev/kvm is PVM, which cannot run a stock Linux guest (only PVM-enabled kernels); run through tests/kvm-host/run (see README) or on hardware KVM"
     )]
     PvmHost,
-    #[error("cannot read the initrd {path}: {source}")]
+    #[error("cannot read the initrd {path}")]
     InitrdFile {
-        path: std::path::PathBuf,
+        path: PathBuf,
         source: std::io::Error,
     },
-    #[error("allocating {mib} MiB of guest memory: {reason}")]
-    Memory { mib: u64, reason: String },
+    #[error("allocating {mib} MiB of guest memory")]
+    Memory { mib: u64, source: MemoryError },
+    #[error("writing {what} to guest memory")]
+    GuestMemoryWrite {
+        what: &'static str,
+        source: vm_memory::GuestMemoryError,
+    },
     #[error(transparent)]
     Vm(#[from] VmError),
     #[error(transparent)]
@@ -68,19 +79,47 @@ pub enum VmmError {
     Mptable(#[from] mptable::MptableError),
     #[error(transparent)]
     Regs(#[from] regs::RegsError),
-    #[error("kernel command line: {0}")]
-    Cmdline(String),
-    #[error("setting up devices: {0}")]
-    Devices(String),
+    #[error("kernel command line (at most {max} bytes)", max = crate::arch::x86_64::CMDLINE_MAX)]
+    Cmdline(#[from] linux_loader::cmdline::Error),
+    #[error("writing the kernel command line to guest memory")]
+    CmdlineLoad(#[source] linux_loader::loader::Error),
+    #[error("opening the serial output {path}")]
+    Serial {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("creating the eventfd of {0}")]
+    EventFd(&'static str, #[source] std::io::Error),
+    #[error("registering the irqfd of {0}")]
+    Irqfd(&'static str, #[source] kvm_ioctls::Error),
+    #[error("placing a device on the I/O port bus")]
+    Bus(#[from] BusError),
+    // BlockError and VsockError name their file in their message.
+    #[error("setting up a virtio-blk disk")]
+    Block(#[from] BlockError),
+    #[error("setting up the vsock device")]
+    Vsock(#[from] VsockError),
+    #[error("starting the virtio event loop")]
+    EventLoop(#[source] std::io::Error),
+    #[error("adding a virtio device")]
+    DeviceManager(#[from] DeviceManagerError),
+    #[error("setting the CPUID of vCPU {id}")]
+    Cpuid { id: u8, source: kvm_ioctls::Error },
+    #[error("starting the {name} thread")]
+    Thread {
+        name: String,
+        source: std::io::Error,
+    },
     #[error("the guest kernel panicked: {0}")]
     GuestPanic(String),
-    #[error("the guest failed: {0}")]
+    #[error("the VM failed: {0}")]
     Guest(String),
 }
 
 impl VmmError {
     /// hull-vmm's exit status for this error: 1 for a bad configuration or
-    /// host problem, 2 for a guest that failed, 3 for a guest kernel panic.
+    /// host problem, 2 for a guest that failed (or a VMM thread that
+    /// panicked), 3 for a guest kernel panic.
     pub fn exit_code(&self) -> i32 {
         match self {
             VmmError::GuestPanic(_) => 3,
@@ -96,161 +135,80 @@ pub struct VmOutcome {
     pub boot_marks: Vec<BootMark>,
 }
 
-/// Builds the VM and runs it until the guest resets (Ok) or fails (Err).
-pub fn run(cfg: &VmConfig, start: Instant) -> Result<VmOutcome, VmmError> {
-    cfg.validate()?;
-    let kernel_bytes = std::fs::read(&cfg.kernel).map_err(|source| VmmError::KernelFile {
-        path: cfg.kernel.clone(),
-        source,
-    })?;
-    if detect_kvm_kind() == KvmKind::Pvm && !contains(&kernel_bytes, PVM_GUEST_MARKER) {
-        return Err(VmmError::PvmHost);
-    }
-    let initrd = match &cfg.initrd {
-        Some(p) => Some(std::fs::read(p).map_err(|source| VmmError::InitrdFile {
-            path: p.clone(),
-            source,
-        })?),
-        None => None,
-    };
+/// One vCPU, created and set up for boot, not yet running.
+pub(crate) struct Vcpu {
+    pub(crate) id: u8,
+    pub(crate) fd: VcpuFd,
+}
 
-    let mem_bytes = cfg.mem_mib << 20;
-    let ram = arch::ram_ranges(mem_bytes);
-    let ranges: Vec<(GuestAddress, usize)> = ram
-        .iter()
-        .map(|&(s, l)| (GuestAddress(s), l as usize))
-        .collect();
-    let mem = crate::kvm::memory::guest_memory(&ranges, cfg.huge_pages).map_err(|reason| {
-        VmmError::Memory {
-            mib: cfg.mem_mib,
-            reason,
+/// A built VM, ready to run: what [`Vmm::build`] makes and [`Vmm::run`]
+/// consumes.
+pub struct Vmm {
+    pub(crate) vm: Vm,
+    pub(crate) mem: GuestMemoryMmap,
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) pio: Bus,
+    pub(crate) mmio: Bus,
+    /// The virtio devices, when the configuration has any.
+    pub(crate) devices: Option<DeviceManager>,
+    pub(crate) serial: Arc<Mutex<Serial>>,
+    pub(crate) panic_note: PanicNote,
+    pub(crate) boot_marks: Arc<Mutex<Vec<BootMark>>>,
+    pub(crate) exit_tx: Sender<VmExit>,
+    pub(crate) exit_rx: Receiver<VmExit>,
+}
+
+impl Vmm {
+    /// Starts the vCPUs and runs the VM until the guest resets (Ok) or
+    /// something ends it badly: a fatal exit, a guest kernel panic, a VMM
+    /// thread that panicked (Err).
+    pub fn run(self) -> Result<VmOutcome, VmmError> {
+        let Vmm {
+            vm,
+            mem,
+            vcpus,
+            pio,
+            mmio,
+            devices,
+            serial,
+            panic_note,
+            boot_marks,
+            exit_tx,
+            exit_rx,
+        } = self;
+        for Vcpu { id, fd } in vcpus {
+            let (pio, mmio, tx) = (pio.clone(), mmio.clone(), exit_tx.clone());
+            let name = format!("vcpu{id}");
+            crate::thread::spawn_named(name.clone(), exit_tx.clone(), move || {
+                vcpu::run(fd, id, pio, mmio, tx)
+            })
+            .map_err(|source| VmmError::Thread { name, source })?;
         }
-    })?;
-    let vm = Vm::new()?;
-    vm.set_memory(&mem)?;
-    let mut mmio = Bus::new();
-    let virtio_cmdline = attach_virtio(cfg, &vm, &mem, &mut mmio)?;
-
-    let mut image = std::io::Cursor::new(kernel_bytes);
-    let loaded = Elf::load(
-        &mem,
-        None,
-        &mut image,
-        Some(GuestAddress(arch::HIMEM_START)),
-    )
-    .map_err(|e| VmmError::NotElf {
-        path: cfg.kernel.clone(),
-        reason: e.to_string(),
-    })?;
-    drop(image);
-    let entry = loaded.kernel_load.0;
-
-    let initrd_loc = match &initrd {
-        Some(bytes) => {
-            let size = bytes.len() as u64;
-            let addr = boot::initrd_addr(&ram, loaded.kernel_end, size)?;
-            mem.write_slice(bytes, GuestAddress(addr))
-                .map_err(|e| VmmError::Devices(format!("writing the initrd: {e}")))?;
-            Some((addr, size))
-        }
-        None => None,
-    };
-    drop(initrd);
-
-    let mut cmdline =
-        Cmdline::new(arch::CMDLINE_MAX).map_err(|e| VmmError::Cmdline(e.to_string()))?;
-    for part in virtio_cmdline
-        .iter()
-        .map(String::as_str)
-        .chain([cfg.full_cmdline().as_str()])
-    {
-        cmdline
-            .insert_str(part)
-            .map_err(|e| VmmError::Cmdline(format!("{e} (at most {} bytes)", arch::CMDLINE_MAX)))?;
+        // Devices hold senders too (the i8042); when every vCPU has stopped
+        // without a word and no device can speak, recv fails.
+        drop(exit_tx);
+        let exit = exit_rx
+            .recv()
+            .unwrap_or_else(|_| VmExit::Error("every vCPU stopped".into()));
+        serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        let panicked = panic_note.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let boot_marks = boot_marks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // vCPUs and the device loop may still be running in guest memory:
+        // keep it mapped until the process exits.
+        std::mem::forget(mem);
+        drop((devices, vm));
+        outcome(exit, panicked, boot_marks)
     }
-    load_cmdline(&mem, GuestAddress(arch::CMDLINE_ADDR), &cmdline)
-        .map_err(|e| VmmError::Cmdline(e.to_string()))?;
-    let cmdline_len = cmdline
-        .as_cstring()
-        .map_err(|e| VmmError::Cmdline(e.to_string()))?
-        .as_bytes_with_nul()
-        .len();
+}
 
-    let params = boot::boot_params_for(&ram, cmdline_len, initrd_loc)?;
-    boot::write_boot_structures(&mem, &params)?;
-    let vcpus = cfg.vcpus as u8;
-    mem.write_slice(&mptable::build(vcpus)?, GuestAddress(arch::EBDA_START))
-        .map_err(|e| VmmError::Devices(format!("writing the MP table: {e}")))?;
-
-    // Devices.
-    let (exit_tx, exit_rx) = mpsc::channel::<VmExit>();
-    let panic_note = PanicNote::default();
-    let marks = Arc::new(Mutex::new(Vec::new()));
-    let out: Option<Box<dyn Write + Send>> = match &cfg.serial {
-        SerialOutput::Stdout => Some(Box::new(std::io::stdout())),
-        SerialOutput::None => None,
-        SerialOutput::File(p) => {
-            Some(Box::new(File::create(p).map_err(|e| {
-                VmmError::Devices(format!("--serial {}: {e}", p.display()))
-            })?))
-        }
-    };
-    let serial_irq =
-        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Devices(format!("eventfd: {e}")))?;
-    vm.fd()
-        .register_irqfd(&serial_irq, COM1_IRQ)
-        .map_err(|e| VmmError::Devices(format!("serial irqfd: {e}")))?;
-    let serial = Arc::new(Mutex::new(Serial::new(out, serial_irq, panic_note.clone())));
-    let mut pio = Bus::new();
-    let dev_err = |e: crate::devices::bus::BusError| VmmError::Devices(e.to_string());
-    pio.insert(serial.clone(), COM1_BASE, 8).map_err(dev_err)?;
-    pio.insert(
-        Arc::new(Mutex::new(I8042::new(exit_tx.clone()))),
-        I8042_DATA,
-        I8042_COMMAND - I8042_DATA + 1,
-    )
-    .map_err(dev_err)?;
-    pio.insert(
-        Arc::new(Mutex::new(BootTimer::new(
-            start,
-            cfg.boot_timer,
-            marks.clone(),
-        ))),
-        BOOT_TIMER_PORT,
-        1,
-    )
-    .map_err(dev_err)?;
-
-    // vCPUs.
-    let base_cpuid = vm.supported_cpuid()?;
-    let mut threads = Vec::new();
-    for id in 0..vcpus {
-        let fd = vm.create_vcpu(id)?;
-        let mut cpuid = base_cpuid.clone();
-        cpuid::normalize(cpuid.as_mut_slice(), id, vcpus);
-        fd.set_cpuid2(&cpuid)
-            .map_err(|e| VmmError::Devices(format!("setting CPUID of vCPU {id}: {e}")))?;
-        regs::setup(&fd, entry, id == 0)?;
-        threads.push((id, fd));
-    }
-    log::debug!("VM built in {:?}", start.elapsed());
-    for (id, fd) in threads {
-        let (pio, mmio, tx) = (pio.clone(), mmio.clone(), exit_tx.clone());
-        std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || vcpu::run(fd, id, pio, mmio, tx))
-            .map_err(|e| VmmError::Devices(format!("starting vCPU thread: {e}")))?;
-    }
-    drop(exit_tx);
-
-    let exit = exit_rx
-        .recv()
-        .unwrap_or_else(|_| VmExit::Error("every vCPU stopped".into()));
-    serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
-    let panicked = panic_note.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    // Keep guest memory alive until here: vCPUs may still be running.
-    let boot_marks = marks.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    std::mem::forget(mem);
+/// How the VM ended, from the first exit event and the guest kernel's
+/// panic line, if the console showed one (a panicking guest resets, so
+/// the panic line decides).
+fn outcome(
+    exit: VmExit,
+    panicked: Option<String>,
+    boot_marks: Vec<BootMark>,
+) -> Result<VmOutcome, VmmError> {
     match (exit, panicked) {
         (_, Some(line)) => Err(VmmError::GuestPanic(line)),
         (VmExit::Reset, None) => Ok(VmOutcome { boot_marks }),
@@ -258,40 +216,40 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<VmOutcome, VmmError> {
     }
 }
 
-/// Creates the virtio devices the configuration asks for and wires them
-/// in; returns their kernel command line entries.
-fn attach_virtio(
-    cfg: &VmConfig,
-    vm: &Vm,
-    mem: &GuestMemoryMmap,
-    mmio: &mut Bus,
-) -> Result<Vec<String>, VmmError> {
-    if cfg.disks.is_empty() && !cfg.rng && cfg.vsock.is_none() {
-        return Ok(Vec::new());
-    }
-    let event_loop = EventLoop::start()
-        .map_err(|e| VmmError::Devices(format!("starting the virtio event loop: {e}")))?;
-    let mut dm = DeviceManager::new(mem.clone(), event_loop.clone());
-    let mut add = |dev: Arc<Mutex<dyn VirtioDevice>>| {
-        dm.add(vm.fd(), mmio, dev)
-            .map_err(|e| VmmError::Devices(e.to_string()))
-    };
-    for d in &cfg.disks {
-        let disk = Block::open(&d.path, d.read_only, d.id.as_deref())
-            .map_err(|e| VmmError::Devices(e.to_string()))?;
-        add(Arc::new(Mutex::new(disk)))?;
-    }
-    if cfg.rng {
-        add(Arc::new(Mutex::new(Rng::new())))?;
-    }
-    if let Some(v) = &cfg.vsock {
-        let dev = Vsock::new(v.cid, &v.uds, event_loop.clone())
-            .map_err(|e| VmmError::Devices(e.to_string()))?;
-        add(Arc::new(Mutex::new(dev)))?;
-    }
-    Ok(dm.cmdline_entries().to_vec())
+/// Builds the VM and runs it until the guest resets (Ok) or fails (Err);
+/// boot-timer marks count from `start`.
+pub fn run(cfg: &VmConfig, start: Instant) -> Result<VmOutcome, VmmError> {
+    Vmm::build_since(cfg.clone(), start)?.run()
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn a_panic_on_a_vcpu_thread_ends_the_vm_with_exit_status_2() {
+        let (tx, rx) = mpsc::channel();
+        crate::thread::spawn_named("vcpu1".into(), tx, || panic!("bad exit state")).unwrap();
+        let exit = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let e = outcome(exit, None, Vec::new()).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(
+            e.to_string(),
+            "the VM failed: vcpu1 thread panicked: bad exit state"
+        );
+    }
+
+    #[test]
+    fn a_guest_panic_line_wins_over_the_reset_that_follows_it() {
+        let e = outcome(
+            VmExit::Reset,
+            Some("Kernel panic - not syncing".into()),
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 3);
+        assert!(outcome(VmExit::Reset, None, Vec::new()).is_ok());
+    }
 }

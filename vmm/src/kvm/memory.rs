@@ -9,51 +9,58 @@
 //! bulk work in the guest (a disk read copying through its page cache)
 //! spends its time on. QEMU does the same for its guest RAM.
 
-use vm_memory::mmap::MmapRegion;
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::mmap::{MmapRegion, MmapRegionError};
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionCollectionError, GuestRegionMmap};
 
 const HUGE: usize = 2 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("mapping {mib} MiB of host memory")]
+    Mmap { mib: usize, source: std::io::Error },
+    #[error("guest memory region at {gpa:#x}")]
+    Region { gpa: u64, source: MmapRegionError },
+    #[error("guest memory region at {0:#x} is too large")]
+    TooLarge(u64),
+    #[error("laying out the guest memory regions")]
+    Layout(#[source] GuestRegionCollectionError),
+}
 
 /// Allocates guest memory for `ranges` (guest address, length). With
 /// `huge_pages` false this is plain anonymous memory with no advice.
 pub fn guest_memory(
     ranges: &[(GuestAddress, usize)],
     huge_pages: bool,
-) -> Result<GuestMemoryMmap, String> {
-    if !huge_pages {
-        return GuestMemoryMmap::from_ranges(ranges).map_err(|e| e.to_string());
-    }
+) -> Result<GuestMemoryMmap, MemoryError> {
     let mut regions = Vec::new();
     for &(gpa, len) in ranges {
-        let region = aligned_region(gpa, len)?;
-        regions.push(
-            GuestRegionMmap::new(region, gpa)
-                .ok_or_else(|| format!("guest region at {:#x} overflows", gpa.0))?,
-        );
+        let region = if huge_pages {
+            aligned_region(gpa, len)?
+        } else {
+            MmapRegion::new(len).map_err(|source| MemoryError::Region { gpa: gpa.0, source })?
+        };
+        regions.push(GuestRegionMmap::new(region, gpa).ok_or(MemoryError::TooLarge(gpa.0))?);
     }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| e.to_string())
+    GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Layout)
 }
 
 /// An anonymous mapping of `len` bytes whose address is congruent to `gpa`
 /// modulo 2 MiB, advised for huge pages. It lives as long as the process
 /// (guest memory is shared with every device thread until the VMM exits).
-fn aligned_region(gpa: GuestAddress, len: usize) -> Result<MmapRegion, String> {
+fn aligned_region(gpa: GuestAddress, len: usize) -> Result<MmapRegion, MemoryError> {
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-    let span = len
-        .checked_add(HUGE)
-        .ok_or_else(|| format!("guest region of {len} bytes is too large"))?;
+    let span = len.checked_add(HUGE).ok_or(MemoryError::TooLarge(gpa.0))?;
     // SAFETY: a fresh anonymous mapping at an address of the kernel's choice.
     let base = unsafe { libc::mmap(std::ptr::null_mut(), span, prot, flags, -1, 0) };
     if base == libc::MAP_FAILED {
-        return Err(format!(
-            "allocating {} MiB of guest memory: {}",
-            len >> 20,
-            std::io::Error::last_os_error()
-        ));
+        return Err(MemoryError::Mmap {
+            mib: len >> 20,
+            source: std::io::Error::last_os_error(),
+        });
     }
     let base = base as usize;
-    let want = (gpa.0 as usize) % HUGE;
+    let want = crate::arch::x86_64::u64_to_usize(gpa.0) % HUGE;
     let start = base + (want + HUGE - base % HUGE) % HUGE;
     let (head, tail) = (start - base, base + span - (start + len));
     // SAFETY: both ranges lie inside the mapping made above and outside
@@ -72,7 +79,7 @@ fn aligned_region(gpa: GuestAddress, len: usize) -> Result<MmapRegion, String> {
     // SAFETY: [start, start + len) is a live anonymous mapping with exactly
     // these protection and flags, never unmapped while the process runs.
     unsafe { MmapRegion::build_raw(start as *mut u8, len, prot, flags) }
-        .map_err(|e| format!("guest memory region: {e}"))
+        .map_err(|source| MemoryError::Region { gpa: gpa.0, source })
 }
 
 #[cfg(test)]
@@ -91,7 +98,7 @@ mod tests {
             let host = r
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
                 .unwrap() as usize;
-            assert_eq!(host % HUGE, (r.start_addr().0 as usize) % HUGE);
+            assert_eq!((host % HUGE) as u64, r.start_addr().0 % HUGE as u64);
         }
         mem.write_obj(0xabcd_u32, GuestAddress(0x1_0000_0000 + 4096 + 100))
             .unwrap();

@@ -9,11 +9,11 @@ use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::{KvmKind, detect_kvm_kind};
-use crate::arch::x86_64::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
+use crate::arch::x86_64::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, u64_to_usize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("cannot open /dev/kvm ({kind}): {source}")]
+    #[error("cannot open /dev/kvm ({kind})")]
     Open {
         kind: KvmKind,
         source: kvm_ioctls::Error,
@@ -22,7 +22,7 @@ pub enum VmError {
     ApiVersion(i32),
     #[error("KVM lacks a capability hull-vmm needs: {0}")]
     MissingCap(&'static str),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Kvm {
         what: &'static str,
         source: kvm_ioctls::Error,
@@ -63,7 +63,7 @@ impl Vm {
             }
         }
         let fd = kvm.create_vm().map_err(kvm_err("creating the VM"))?;
-        fd.set_tss_address(KVM_TSS_ADDR as usize)
+        fd.set_tss_address(u64_to_usize(KVM_TSS_ADDR))
             .map_err(kvm_err("setting the TSS address"))?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
             .map_err(kvm_err("setting the identity map address"))?;
@@ -84,12 +84,12 @@ impl Vm {
 
     /// Gives every region of `mem` to the guest, one slot each.
     pub fn set_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
-        for (slot, region) in mem.iter().enumerate() {
+        for (slot, region) in (0u32..).zip(mem.iter()) {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
                 .map_err(|_| VmError::MissingCap("host address of guest memory"))?;
             let r = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot,
                 flags: 0,
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),

@@ -19,7 +19,9 @@ pub enum BootError {
         "the initrd ({size} bytes) does not fit in guest memory below {limit:#x}; give the VM more memory"
     )]
     InitrdDoesNotFit { size: u64, limit: u64 },
-    #[error("writing {what} to guest memory: {source}")]
+    #[error("{what} ({value:#x}) does not fit the 32-bit field of the boot header")]
+    HeaderField { what: &'static str, value: u64 },
+    #[error("writing {what} to guest memory")]
     Write {
         what: &'static str,
         source: vm_memory::GuestMemoryError,
@@ -68,20 +70,25 @@ pub fn boot_params_for(
     p.hdr.type_of_loader = 0xff; // "undefined" boot loader
     p.hdr.boot_flag = 0xaa55;
     p.hdr.header = 0x5372_6448; // "HdrS"
-    p.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
-    p.hdr.cmdline_size = cmdline_len as u32;
+    p.hdr.cmd_line_ptr = header_u32("the command line address", CMDLINE_ADDR)?;
+    p.hdr.cmdline_size = header_u32("the command line length", cmdline_len as u64)?;
     p.hdr.kernel_alignment = 0x0100_0000;
     if let Some((addr, size)) = initrd {
-        p.hdr.ramdisk_image = addr as u32;
-        p.hdr.ramdisk_size = size as u32;
+        p.hdr.ramdisk_image = header_u32("the initrd address", addr)?;
+        p.hdr.ramdisk_size = header_u32("the initrd size", size)?;
     }
     let map = e820_map(ram);
+    let too_many = || BootError::TooManyE820Entries(p.e820_table.len());
     if map.len() > p.e820_table.len() {
-        return Err(BootError::TooManyE820Entries(p.e820_table.len()));
+        return Err(too_many());
     }
+    p.e820_entries = u8::try_from(map.len()).map_err(|_| too_many())?;
     p.e820_table[..map.len()].copy_from_slice(&map);
-    p.e820_entries = map.len() as u8;
     Ok(BootParams(p))
+}
+
+fn header_u32(what: &'static str, value: u64) -> Result<u32, BootError> {
+    u32::try_from(value).map_err(|_| BootError::HeaderField { what, value })
 }
 
 /// Where the initrd goes: as high as possible in low RAM (below the MMIO gap
@@ -98,6 +105,9 @@ pub fn initrd_addr(ram: &[(u64, u64)], kernel_end: u64, size: u64) -> Result<u64
 }
 
 /// GDT entries: null, 64-bit code, data, TSS.
+/// The GDT's limit: its size in bytes less one.
+pub const GDT_LIMIT: u16 = 4 * 8 - 1;
+
 pub fn gdt() -> [u64; 4] {
     [
         0,
@@ -171,7 +181,7 @@ mod tests {
             .unwrap()
             .0;
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
-        assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_ADDR as u32);
+        assert_eq!(u64::from(p.hdr.cmd_line_ptr), CMDLINE_ADDR);
         assert_eq!({ p.hdr.cmdline_size }, 100);
         assert_eq!({ p.hdr.ramdisk_image }, 0x0f00_0000);
         assert_eq!(p.e820_entries, 3);
@@ -199,6 +209,7 @@ mod tests {
     #[test]
     fn gdt_entries_match_the_known_encodings() {
         let g = gdt();
+        assert_eq!(usize::from(GDT_LIMIT) + 1, std::mem::size_of_val(&g));
         assert_eq!(g[1], 0x00af_9b00_0000_ffff);
         assert_eq!(g[2], 0x00cf_9300_0000_ffff);
         assert_eq!(g[3], 0x008f_8b00_0000_ffff);

@@ -56,6 +56,19 @@ pub const MAX_VCPUS: u8 = 32;
 /// Number of IOAPIC pins (GSIs) a guest has.
 pub const IOAPIC_PINS: u32 = 24;
 
+// hull-vmm runs on x86_64 only, where usize is 64 bits wide.
+const _: () = assert!(usize::BITS == u64::BITS);
+
+/// A guest address or length as a host `usize`: lossless on x86_64 (see
+/// the assertion above), so callers need no fallible conversion.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "usize is 64 bits on x86_64, asserted at compile time"
+)]
+pub const fn u64_to_usize(v: u64) -> usize {
+    v as usize
+}
+
 /// Guest RAM ranges for `mem_bytes` of memory: below the MMIO gap, and the
 /// rest above 4 GiB.
 pub fn ram_ranges(mem_bytes: u64) -> Vec<(u64, u64)> {

@@ -8,6 +8,8 @@ use super::{EBDA_START, IOAPIC_ADDR, IOAPIC_PINS, LAPIC_ADDR, MAX_VCPUS};
 pub enum MptableError {
     #[error("{0} vCPUs: the MP table supports 1 to {MAX_VCPUS}")]
     VcpuCount(u8),
+    #[error("the MP table would be {0} bytes, more than its 16-bit length field holds")]
+    TooLarge(usize),
 }
 
 const APIC_VERSION: u8 = 0x14;
@@ -41,7 +43,7 @@ pub fn build(vcpus: u8) -> Result<Vec<u8>, MptableError> {
     entries.extend([2, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend(IOAPIC_ADDR.to_le_bytes());
     count += 1;
-    for pin in 0..IOAPIC_PINS as u8 {
+    for pin in (0u8..).take(IOAPIC_PINS as usize) {
         // ISA IRQ n arrives on IOAPIC pin n, edge-triggered, active high.
         entries.extend([3, INT_TYPE_INT, 0, 0, 0, pin, ioapic_id, pin]);
         count += 1;
@@ -53,7 +55,8 @@ pub fn build(vcpus: u8) -> Result<Vec<u8>, MptableError> {
     let table_len = 44 + entries.len();
     let mut table = Vec::with_capacity(table_len);
     table.extend(*b"PCMP");
-    table.extend((table_len as u16).to_le_bytes());
+    let len16 = u16::try_from(table_len).map_err(|_| MptableError::TooLarge(table_len))?;
+    table.extend(len16.to_le_bytes());
     table.push(4); // spec revision 1.4
     table.push(0); // checksum, below
     table.extend(*b"HULL    ");
@@ -67,6 +70,10 @@ pub fn build(vcpus: u8) -> Result<Vec<u8>, MptableError> {
     table.extend(entries);
     table[7] = checksum(&table);
 
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "EBDA_START is a constant below 1 MiB"
+    )]
     let table_addr = EBDA_START as u32 + 16;
     let mut fp = Vec::with_capacity(16 + table.len());
     fp.extend(*b"_MP_");

@@ -5,12 +5,12 @@
 use kvm_bindings::{Msrs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 
-use super::boot::gdt;
+use super::boot::{GDT_LIMIT, gdt};
 use super::{BOOT_STACK, GDT_ADDR, IDT_ADDR, PML4_ADDR, ZERO_PAGE_ADDR};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Kvm {
         what: &'static str,
         source: kvm_ioctls::Error,
@@ -36,6 +36,7 @@ fn segment(index: u16) -> kvm_segment {
     kvm_segment {
         base: ((e >> 16) & 0xff_ffff) | (((e >> 56) & 0xff) << 24),
         limit: {
+            #[allow(clippy::cast_possible_truncation, reason = "masked to 20 bits")]
             let l = ((e & 0xffff) | (((e >> 48) & 0xf) << 16)) as u32;
             if (e >> 55) & 1 == 1 {
                 (l << 12) | 0xfff // page granularity
@@ -69,7 +70,7 @@ pub fn long_mode_sregs(mut s: kvm_sregs) -> kvm_sregs {
     s.ss = data;
     s.tr = segment(3);
     s.gdt.base = GDT_ADDR;
-    s.gdt.limit = (std::mem::size_of_val(&gdt()) - 1) as u16;
+    s.gdt.limit = GDT_LIMIT;
     s.idt.base = IDT_ADDR;
     s.idt.limit = 7;
     s.cr3 = PML4_ADDR;

@@ -139,9 +139,8 @@ fn vsock_rig() -> &'static Mutex<VsockRig> {
     RIG.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("hull-fuzz-vsock-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("fuzz dir");
-        let event_loop = EventLoop::start().expect("event loop");
-        let dev = super::vsock::Vsock::new(3, &dir.join("v.sock"), event_loop.clone())
-            .expect("vsock device");
+        let event_loop = super::event_loop::test_loop();
+        let dev = super::vsock::Vsock::new(3, &dir.join("v.sock")).expect("vsock device");
         Mutex::new(VsockRig { dev, event_loop })
     })
 }

@@ -7,6 +7,11 @@
 //! with the one [`event_loop::EventLoop`] thread. Everything the guest puts
 //! in a queue is untrusted: devices answer malformed requests with an error
 //! status or drop them, and never touch memory outside the guest's.
+//!
+//! Devices own their state: each keeps its live queues (the worker serving
+//! them is reachable from the device), can pause, and saves a versioned
+//! serde state ([`persist`]) that, with guest memory, restores a fresh
+//! device that carries on.
 
 pub mod block;
 pub mod event_loop;
@@ -14,7 +19,10 @@ pub mod event_loop;
 pub mod fuzz;
 pub mod iov;
 pub mod mmio;
+pub mod persist;
 pub mod rng;
+#[cfg(test)]
+pub(crate) mod test_queue;
 pub mod vsock;
 
 use std::sync::Arc;
@@ -25,6 +33,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use event_loop::EventLoop;
+use persist::{DeviceState, PersistError};
 
 /// Device types (virtio 1.1, 5).
 pub const TYPE_NET: u32 = 1;
@@ -75,6 +84,11 @@ impl Interrupt {
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
+
+    /// Sets the status bits a snapshot saved.
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +99,11 @@ pub enum ActivateError {
     BadQueue(usize),
     #[error("registering with the event loop: {0}")]
     EventLoop(std::io::Error),
-    #[error("{0}")]
-    Device(String),
+    #[error("cloning {what}: {error}")]
+    Clone {
+        what: &'static str,
+        error: std::io::Error,
+    },
 }
 
 /// What the transport hands a device when the driver is ready.
@@ -114,6 +131,19 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, a: Activation, acked_features: u64) -> Result<(), ActivateError>;
     /// Stops serving after a driver reset; the device may be activated again.
     fn reset(&mut self) {}
+    /// Stops serving for a snapshot: once this returns the device touches
+    /// neither guest memory nor its queues. A paused device is saved, then
+    /// dropped, reset or resumed.
+    fn pause(&mut self);
+    /// Serves again after [`VirtioDevice::pause`] (a no-op otherwise).
+    fn resume(&mut self) -> Result<(), ActivateError>;
+    /// The device's state (pausing it first): with guest memory, enough for
+    /// [`VirtioDevice::restore`] on a fresh device to carry on.
+    fn save(&mut self) -> DeviceState;
+    /// Takes over `state` on a freshly created device. `a` is given when the
+    /// saved device was activated; its queues are those of the state
+    /// (`persist::queues_from`), and the device starts serving them.
+    fn restore(&mut self, state: &DeviceState, a: Option<Activation>) -> Result<(), PersistError>;
 }
 
 /// Copies the bytes of `config` at `offset` into `data` (zeros past its end).

@@ -1,9 +1,11 @@
 //! virtio-rng: fills the guest's buffers from the host's getrandom(2).
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use super::queue_worker::{self, Chain, RequestHandler};
+use super::persist::{DeviceState, PersistError, QueueSnapshot, VirtioState};
+use super::queue_worker::{self, Chain, RequestHandler, Served};
 use super::{ActivateError, Activation, F_VERSION_1, LogLimit, TYPE_RNG, VirtioDevice};
 
 /// At most this many bytes per request.
@@ -11,7 +13,14 @@ const MAX_PER_REQUEST: usize = 64 * 1024;
 
 #[derive(Default)]
 pub struct Rng {
-    token: Option<(super::event_loop::EventLoop, u64)>,
+    acked_features: u64,
+    served: Option<Served<Filler>>,
+}
+
+/// What an rng device saves: only where its queue is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    pub virtio: VirtioState,
 }
 
 impl Rng {
@@ -76,7 +85,7 @@ impl VirtioDevice for Rng {
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
-    fn activate(&mut self, mut a: Activation, _features: u64) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut a: Activation, features: u64) -> Result<(), ActivateError> {
         if a.queues.len() != 1 || a.queue_evts.len() != 1 {
             return Err(ActivateError::QueueCount {
                 got: a.queues.len(),
@@ -88,13 +97,45 @@ impl VirtioDevice for Rng {
         let filler = Filler {
             errors: LogLimit::default(),
         };
-        let token = queue_worker::spawn(&a.event_loop, a.mem, queue, evt, a.interrupt, filler)?;
-        self.token = Some((a.event_loop, token));
+        let served = queue_worker::spawn(&a.event_loop, a.mem, queue, evt, a.interrupt, filler)?;
+        self.served = Some(served);
+        self.acked_features = features;
         Ok(())
     }
     fn reset(&mut self) {
-        if let Some((el, token)) = self.token.take() {
-            el.remove(token);
+        self.served = None;
+    }
+    fn pause(&mut self) {
+        if let Some(s) = &mut self.served {
+            s.pause();
+        }
+    }
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        match &mut self.served {
+            Some(s) => s.resume(),
+            None => Ok(()),
+        }
+    }
+    fn save(&mut self) -> DeviceState {
+        self.pause();
+        let queues: Vec<QueueSnapshot> = self.served.iter().map(Served::queue).collect();
+        DeviceState::Rng(RngState {
+            virtio: VirtioState::new(self.acked_features, queues),
+        })
+    }
+    fn restore(&mut self, state: &DeviceState, a: Option<Activation>) -> Result<(), PersistError> {
+        let DeviceState::Rng(s) = state else {
+            return Err(PersistError::WrongDevice {
+                found: state.kind(),
+                want: "rng",
+            });
+        };
+        s.virtio.check_version()?;
+        match a {
+            Some(a) if s.virtio.activated() => self
+                .activate(a, s.virtio.acked_features)
+                .map_err(PersistError::Activate),
+            _ => Ok(()),
         }
     }
 }

@@ -1,0 +1,355 @@
+//! [`Vmm::build`]: everything a VM is made of, from a [`VmConfig`], before
+//! any guest code runs.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::{self, KernelLoader, elf::Elf, load_cmdline};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::VmExit;
+use crate::arch::x86_64::{self as arch, boot, cpuid, mptable, regs};
+use crate::config::{SerialOutput, VmConfig};
+use crate::device_manager::DeviceManager;
+use crate::devices::bus::Bus;
+use crate::devices::legacy::{
+    BOOT_TIMER_PORT, BootTimer, COM1_BASE, COM1_IRQ, I8042, I8042_COMMAND, I8042_DATA, PanicNote,
+    Serial,
+};
+use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::event_loop::EventLoop;
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
+use crate::kvm::vm::Vm;
+use crate::kvm::{KvmKind, detect_kvm_kind};
+use crate::vmm::{Vcpu, Vmm, VmmError};
+
+/// Marker a PVM-enabled guest kernel carries (the PVM guest entry code).
+const PVM_GUEST_MARKER: &[u8] = b"pvm_early_setup";
+
+impl Vmm {
+    /// Builds the VM `config` describes; boot-timer marks count from now.
+    pub fn build(config: VmConfig) -> Result<Vmm, VmmError> {
+        Vmm::build_since(config, Instant::now())
+    }
+
+    /// Builds the VM `config` describes; boot-timer marks count from
+    /// `start` (hull-vmm passes the moment it started).
+    pub fn build_since(cfg: VmConfig, start: Instant) -> Result<Vmm, VmmError> {
+        cfg.validate()?;
+        let kernel_bytes = read_kernel(&cfg.kernel)?;
+        if detect_kvm_kind() == KvmKind::Pvm && !contains(&kernel_bytes, PVM_GUEST_MARKER) {
+            return Err(VmmError::PvmHost);
+        }
+        let initrd = match &cfg.initrd {
+            Some(p) => Some(std::fs::read(p).map_err(|source| VmmError::InitrdFile {
+                path: p.clone(),
+                source,
+            })?),
+            None => None,
+        };
+
+        let ram = arch::ram_ranges(cfg.mem_mib << 20);
+        let mem = guest_memory(&ram, cfg.mem_mib, cfg.huge_pages)?;
+        // The kernel goes in before /dev/kvm is opened: a file that is not
+        // a vmlinux is refused without touching KVM.
+        let kernel = load_kernel(&mem, &cfg.kernel, kernel_bytes)?;
+        let entry = kernel.entry;
+
+        let vm = Vm::new()?;
+        vm.set_memory(&mem)?;
+        let mut mmio = Bus::new();
+        let (exit_tx, exit_rx) = mpsc::channel::<VmExit>();
+        let devices = attach_virtio(&cfg, &vm, &mem, &mut mmio, &exit_tx)?;
+        let virtio_cmdline = devices
+            .as_ref()
+            .map(|dm| dm.cmdline_entries().to_vec())
+            .unwrap_or_default();
+
+        let initrd_loc = match &initrd {
+            Some(bytes) => {
+                let size = bytes.len() as u64;
+                let addr = boot::initrd_addr(&ram, kernel.end, size)?;
+                mem.write_slice(bytes, GuestAddress(addr))
+                    .map_err(|source| VmmError::GuestMemoryWrite {
+                        what: "the initrd",
+                        source,
+                    })?;
+                Some((addr, size))
+            }
+            None => None,
+        };
+        drop(initrd);
+
+        let cmdline_len = write_cmdline(&mem, &virtio_cmdline, &cfg.full_cmdline())?;
+        let params = boot::boot_params_for(&ram, cmdline_len, initrd_loc)?;
+        boot::write_boot_structures(&mem, &params)?;
+        // validate() keeps vcpus within 1..=MAX_VCPUS, which fits in a u8.
+        let vcpu_count =
+            u8::try_from(cfg.vcpus).map_err(|_| crate::config::ConfigError::Vcpus(cfg.vcpus))?;
+        mem.write_slice(&mptable::build(vcpu_count)?, GuestAddress(arch::EBDA_START))
+            .map_err(|source| VmmError::GuestMemoryWrite {
+                what: "the MP table",
+                source,
+            })?;
+
+        // Legacy devices on the I/O port bus.
+        let panic_note = PanicNote::default();
+        let boot_marks = Arc::new(Mutex::new(Vec::new()));
+        let serial = Arc::new(Mutex::new(Serial::new(
+            serial_output(&cfg.serial)?,
+            serial_irq(&vm)?,
+            panic_note.clone(),
+        )));
+        let mut pio = Bus::new();
+        pio.insert(serial.clone(), COM1_BASE, 8)?;
+        pio.insert(
+            Arc::new(Mutex::new(I8042::new(exit_tx.clone()))),
+            I8042_DATA,
+            I8042_COMMAND - I8042_DATA + 1,
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(BootTimer::new(
+                start,
+                cfg.boot_timer,
+                boot_marks.clone(),
+            ))),
+            BOOT_TIMER_PORT,
+            1,
+        )?;
+
+        let vcpus = create_vcpus(&vm, vcpu_count, entry)?;
+        log::debug!("VM built in {:?}", start.elapsed());
+        Ok(Vmm {
+            vm,
+            mem,
+            vcpus,
+            pio,
+            mmio,
+            devices,
+            serial,
+            panic_note,
+            boot_marks,
+            exit_tx,
+            exit_rx,
+        })
+    }
+}
+
+/// `count` vCPUs, set up to enter the kernel at `entry`; they run in
+/// [`Vmm::run`].
+fn create_vcpus(vm: &Vm, count: u8, entry: u64) -> Result<Vec<Vcpu>, VmmError> {
+    let base_cpuid = vm.supported_cpuid()?;
+    let mut vcpus = Vec::with_capacity(usize::from(count));
+    for id in 0..count {
+        let fd = vm.create_vcpu(id)?;
+        let mut cpuid = base_cpuid.clone();
+        cpuid::normalize(cpuid.as_mut_slice(), id, count);
+        fd.set_cpuid2(&cpuid)
+            .map_err(|source| VmmError::Cpuid { id, source })?;
+        regs::setup(&fd, entry, id == 0)?;
+        vcpus.push(Vcpu { id, fd });
+    }
+    Ok(vcpus)
+}
+
+fn read_kernel(path: &Path) -> Result<Vec<u8>, VmmError> {
+    std::fs::read(path).map_err(|source| VmmError::KernelFile {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn guest_memory(ram: &[(u64, u64)], mib: u64, huge: bool) -> Result<GuestMemoryMmap, VmmError> {
+    let memory_err = |source| VmmError::Memory { mib, source };
+    let ranges = ram
+        .iter()
+        .map(|&(start, len)| {
+            let len = usize::try_from(len)
+                .map_err(|_| memory_err(crate::kvm::memory::MemoryError::TooLarge(start)))?;
+            Ok((GuestAddress(start), len))
+        })
+        .collect::<Result<Vec<_>, VmmError>>()?;
+    crate::kvm::memory::guest_memory(&ranges, huge).map_err(memory_err)
+}
+
+/// Where the kernel landed.
+#[derive(Debug)]
+struct LoadedKernel {
+    /// Its 64-bit entry point.
+    entry: u64,
+    /// The first guest address after it.
+    end: u64,
+}
+
+/// Loads the ELF vmlinux in `bytes` at the addresses its headers give.
+fn load_kernel(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    bytes: Vec<u8>,
+) -> Result<LoadedKernel, VmmError> {
+    let mut image = std::io::Cursor::new(bytes);
+    let loaded = Elf::load(mem, None, &mut image, Some(GuestAddress(arch::HIMEM_START))).map_err(
+        |e| match e {
+            loader::Error::Elf(source) => VmmError::NotElf {
+                path: path.to_path_buf(),
+                source,
+            },
+            source => VmmError::KernelLoad {
+                path: path.to_path_buf(),
+                source,
+            },
+        },
+    )?;
+    Ok(LoadedKernel {
+        entry: loaded.kernel_load.0,
+        end: loaded.kernel_end,
+    })
+}
+
+/// Writes the kernel command line (device entries first, then `rest`);
+/// returns its length with the terminating NUL.
+fn write_cmdline(mem: &GuestMemoryMmap, devices: &[String], rest: &str) -> Result<usize, VmmError> {
+    let mut cmdline = Cmdline::new(arch::CMDLINE_MAX)?;
+    for part in devices.iter().map(String::as_str).chain([rest]) {
+        cmdline.insert_str(part)?;
+    }
+    load_cmdline(mem, GuestAddress(arch::CMDLINE_ADDR), &cmdline).map_err(VmmError::CmdlineLoad)?;
+    Ok(cmdline.as_cstring()?.as_bytes_with_nul().len())
+}
+
+fn serial_output(serial: &SerialOutput) -> Result<Option<Box<dyn Write + Send>>, VmmError> {
+    Ok(match serial {
+        SerialOutput::Stdout => Some(Box::new(std::io::stdout())),
+        SerialOutput::None => None,
+        SerialOutput::File(path) => Some(Box::new(File::create(path).map_err(|source| {
+            VmmError::Serial {
+                path: path.clone(),
+                source,
+            }
+        })?)),
+    })
+}
+
+/// The serial port's interrupt: an eventfd wired to COM1's IRQ.
+fn serial_irq(vm: &Vm) -> Result<EventFd, VmmError> {
+    let irq =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::EventFd("the serial port", e))?;
+    vm.fd()
+        .register_irqfd(&irq, COM1_IRQ)
+        .map_err(|e| VmmError::Irqfd("the serial port", e))?;
+    Ok(irq)
+}
+
+/// Creates the virtio devices the configuration asks for and wires them
+/// in; None when it asks for none (then no event loop runs either).
+fn attach_virtio(
+    cfg: &VmConfig,
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    exit: &mpsc::Sender<VmExit>,
+) -> Result<Option<DeviceManager>, VmmError> {
+    if cfg.disks.is_empty() && !cfg.rng && cfg.vsock.is_none() {
+        return Ok(None);
+    }
+    // A panic on the device thread ends the VM ("device thread panicked: ...").
+    let exit = exit.clone();
+    let on_panic = move |msg: String| {
+        let _ = exit.send(VmExit::Error(msg));
+    };
+    let event_loop = EventLoop::start(on_panic).map_err(VmmError::EventLoop)?;
+    let mut dm = DeviceManager::new(mem.clone(), event_loop.clone());
+    let mut add = |dev: Arc<Mutex<dyn VirtioDevice>>| dm.add(vm.fd(), mmio, dev);
+    for d in &cfg.disks {
+        let disk = Block::open(&d.path, d.read_only, d.id.as_deref())?;
+        add(Arc::new(Mutex::new(disk)))?;
+    }
+    if cfg.rng {
+        add(Arc::new(Mutex::new(Rng::new())))?;
+    }
+    if let Some(v) = &cfg.vsock {
+        let dev = Vsock::new(v.cid, &v.uds)?;
+        add(Arc::new(Mutex::new(dev)))?;
+    }
+    Ok(Some(dm))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error;
+
+    /// Every message of the chain, outermost first.
+    fn chain(e: &dyn Error) -> Vec<String> {
+        let mut out = vec![e.to_string()];
+        let mut cur = e.source();
+        while let Some(s) = cur {
+            out.push(s.to_string());
+            cur = s.source();
+        }
+        out
+    }
+
+    /// No message in the chain contains the next one: each cause is shown
+    /// once, by itself.
+    fn assert_no_repeated_cause(e: &dyn Error) {
+        let c = chain(e);
+        for pair in c.windows(2) {
+            assert!(
+                !pair[0].contains(pair[1].as_str()),
+                "{:?} repeats its cause {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_kernel_names_the_file_and_the_cause_once() {
+        let e = read_kernel(Path::new("/nonexistent/vmlinux")).unwrap_err();
+        assert!(matches!(e, VmmError::KernelFile { .. }), "{e:?}");
+        assert_no_repeated_cause(&e);
+        let c = chain(&e);
+        assert_eq!(c[0], "cannot read the kernel /nonexistent/vmlinux");
+        assert!(c[1].contains("No such file"), "{c:?}");
+    }
+
+    #[test]
+    fn a_kernel_that_is_not_elf_is_refused_with_the_reason_once() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let e = load_kernel(&mem, Path::new("/k/bzImage"), vec![0x4d; 4096]).unwrap_err();
+        assert!(matches!(e, VmmError::NotElf { .. }), "{e:?}");
+        assert_no_repeated_cause(&e);
+        let c = chain(&e);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert!(c[0].starts_with("/k/bzImage is not a bootable ELF vmlinux"));
+        assert!(c[1].contains("Invalid Elf magic"), "{c:?}");
+    }
+
+    #[test]
+    fn a_command_line_that_is_too_long_is_an_error() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let len = write_cmdline(
+            &mem,
+            &["virtio_mmio.device=4K@0xd0000000:5".into()],
+            "quiet",
+        )
+        .unwrap();
+        assert_eq!(len, "virtio_mmio.device=4K@0xd0000000:5 quiet".len() + 1);
+        let e = write_cmdline(&mem, &[], &"x".repeat(arch::CMDLINE_MAX + 1)).unwrap_err();
+        assert!(matches!(e, VmmError::Cmdline(_)), "{e:?}");
+        assert_no_repeated_cause(&e);
+    }
+}
