@@ -228,9 +228,15 @@ struct UpperMount {
 
 impl UpperMount {
     fn new(img: &Path, dir: &Path) -> Result<UpperMount, BuildError> {
+        // The guest wrote this filesystem: the host kernel mounts it only
+        // once e2fsck finds nothing wrong with it (read-only check).
+        run_tool(
+            Command::new("e2fsck").args(["-f", "-n"]).arg(img),
+            "the step's upper disk failed e2fsck (not mounted)",
+        )?;
         run_tool(
             Command::new("mount")
-                .args(["-t", "ext4", "-o", "loop,ro"])
+                .args(["-t", "ext4", "-o", "loop,ro,nodev,nosuid,noexec"])
                 .arg(img)
                 .arg(dir),
             "mounting the step's upper disk",
