@@ -81,6 +81,8 @@ fn create_then_start_then_attach_then_delete() {
         userns: Mode::Auto,
         huge_pages: true,
         upper: None,
+        max_starting: None,
+        max_guest_memory_mib: None,
     };
 
     let mut c = Container::create(&state_dir, &config).unwrap();

@@ -128,6 +128,8 @@ pub fn run(
             userns: userns::Mode::Host,
             huge_pages: true,
             upper: Some(upper.clone()),
+            max_starting: None,
+            max_guest_memory_mib: None,
         };
         let mut c = Container::create(&settings.state_dir, &config)?;
         let mut times = Times::default();
