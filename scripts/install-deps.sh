@@ -16,6 +16,8 @@ packages=(
   # container networks: hull's nftables table; the network tests' namespaces
   # and fetches
   nftables iproute2 curl
+  # the peer hull build's output is compared with (tests/build.rs)
+  buildah
   # benchmarks
   hyperfine
 )

@@ -56,6 +56,11 @@ pub struct ContainerConfig {
     /// `lo`, the image's /etc files untouched.
     #[serde(default)]
     pub network: Option<network::Request>,
+    /// The writable layer, for `hull build` to read a step's changes from
+    /// its upper/ afterwards: a host directory (ns), or an ext4 disk image
+    /// (vm); a tmpfs when None.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper: Option<PathBuf>,
     /// Host-wide admission: sandboxes starting at once, and microVM guest
     /// memory committed in all (None: derived from the host; 0: no limit).
     #[serde(default)]
@@ -328,6 +333,7 @@ impl Container {
             huge_pages: config.huge_pages,
             netns,
             tap,
+            upper: config.upper,
         };
         let sandbox = match Sandbox::launch(&spec) {
             Ok(s) => s,
@@ -627,6 +633,7 @@ mod tests {
             userns: userns::Mode::Auto,
             huge_pages: true,
             network: None,
+            upper: None,
             max_starting: None,
             max_guest_memory_mib: None,
         }

@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod bench;
+pub mod build;
 pub mod bundle;
 pub mod cgroups;
 pub mod client;

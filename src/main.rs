@@ -28,6 +28,14 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Run a command in a new container.
     Run(Box<commands::run::RunArgs>),
+    /// Build an image from a Dockerfile.
+    Build(commands::build::BuildArgs),
+    /// Push an image to a registry.
+    Push(commands::push::PushArgs),
+    /// Write an image as a docker save tarball or an OCI layout.
+    Save(commands::push::SaveArgs),
+    /// Give an image another name.
+    Tag(commands::history::TagArgs),
     /// Pull an image from a registry.
     Pull(commands::images::PullArgs),
     /// Import an OCI image layout directory or a `docker save` tarball.
@@ -75,6 +83,10 @@ fn main() {
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Bench(args) => commands::bench::run(&cli.data_dir, args),
         Command::Run(args) => commands::run::run(&cli.state_dir, &cli.data_dir, *args),
+        Command::Build(args) => commands::build::run(&cli.state_dir, &cli.data_dir, args),
+        Command::Push(args) => commands::push::push(&cli.data_dir, args),
+        Command::Save(args) => commands::push::save(&cli.data_dir, args),
+        Command::Tag(args) => commands::history::tag(&cli.data_dir, args),
         Command::Pull(args) => commands::images::pull(&cli.data_dir, args),
         Command::Import(args) => commands::images::import(&cli.data_dir, args),
         Command::Images(args) => commands::images::images(&cli.data_dir, args),

@@ -81,6 +81,7 @@ fn create_then_start_then_attach_then_delete() {
         userns: Mode::Auto,
         huge_pages: true,
         network: None,
+        upper: None,
         max_starting: None,
         max_guest_memory_mib: None,
     };

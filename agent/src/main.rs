@@ -8,7 +8,9 @@
 //! - `hull-agent ns --listen SOCKET --scratch DIR --lower DIR...`: does the
 //!   same on the host as PID 1 of new pid, mount, uts, ipc and net
 //!   namespaces, with host directories as layers and a Unix socket instead
-//!   of vsock. With `--userns BASE:SIZE` those namespaces belong to a new
+//!   of vsock. `--upper DIR` keeps the writable upper layer in the host
+//!   directory DIR (upper/ and work/ in it) instead of the scratch tmpfs,
+//!   so that hull build reads a RUN step's changes afterwards. With `--userns BASE:SIZE` those namespaces belong to a new
 //!   user namespace whose root is host id BASE, and the layers are
 //!   id-mapped mounts into it. `--netns PATH` joins the network namespace
 //!   hull prepared instead of a new one (`--netns host`: the host's).
@@ -134,6 +136,7 @@ fn ns_main(args: &[String]) {
     let mut listen = None;
     let mut scratch = None;
     let mut lowers = Vec::new();
+    let mut upper = None;
     let mut userns = None;
     let mut optional = false;
     let mut netns = None;
@@ -149,6 +152,7 @@ fn ns_main(args: &[String]) {
             ("--scratch", Some(v)) => scratch = Some(PathBuf::from(v)),
             ("--lower", Some(v)) => lowers.push(PathBuf::from(v)),
             ("--netns", Some(v)) => netns = Some(v),
+            ("--upper", Some(v)) => upper = Some(PathBuf::from(v)),
             ("--userns", Some(v)) => match parse_userns(&v) {
                 Some(r) => userns = Some(r),
                 None => ns_fail(format!("bad --userns {v}: want BASE:SIZE")),
@@ -204,7 +208,7 @@ fn ns_main(args: &[String]) {
         Some((mounts, ns, root_id)) => (rootfs::Layers::Mapped { mounts, root_id }, Some(ns)),
         None => (rootfs::Layers::Host(&lowers), None),
     };
-    if let Err(e) = rootfs::ns_prepare(&scratch, layers) {
+    if let Err(e) = rootfs::ns_prepare(&scratch, upper.as_deref(), layers) {
         ns_fail(e);
     }
     let mut flags = libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWPID;

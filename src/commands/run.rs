@@ -393,6 +393,7 @@ fn container_config(args: &RunArgs, src: &Source) -> ContainerConfig {
         userns: args.userns,
         huge_pages: !args.no_huge_pages,
         network: None,
+        upper: None,
         max_starting: args.max_starting,
         max_guest_memory_mib: args.max_guest_memory,
     }

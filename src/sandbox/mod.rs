@@ -123,6 +123,9 @@ pub struct Spec<'a> {
     /// The tap for the microVM's virtio-net device and the guest's MAC
     /// (vm; handed to hull-vmm as an fd).
     pub tap: Option<(std::os::fd::OwnedFd, String)>,
+    /// The writable layer instead of a tmpfs: a host directory (ns), or an
+    /// ext4 disk image (vm) whose upper/ and work/ the agent uses.
+    pub upper: Option<PathBuf>,
 }
 
 /// Which network namespace an ns sandbox runs in.

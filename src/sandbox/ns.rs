@@ -48,6 +48,9 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
             cmd.arg("--netns").arg(p);
         }
     }
+    if let Some(upper) = &spec.upper {
+        cmd.arg("--upper").arg(upper);
+    }
     // A launch that fails takes back what it made: the cgroup, the range.
     let abandon = |owner: Option<&Path>| {
         let _ = cgroup.remove();

@@ -13,6 +13,9 @@ use crate::{initramfs, paths, sys};
 
 /// The VM's configuration, as `hull-vmm --config` reads it (in the state dir).
 pub const VM_CONFIG_FILE: &str = "vmm.json";
+/// The serial of the writable disk that holds the overlay's upper (the
+/// agent looks for it).
+const UPPER_DISK_ID: &str = "upper";
 
 pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     let kernel = match spec.kernel.clone().or_else(paths::chosen_kernel) {
@@ -131,6 +134,15 @@ fn vm_config(spec: &Spec<'_>, kernel: PathBuf, initrd: PathBuf, disks: Vec<PathB
             id: Some(format!("layer{i}")),
         })
         .collect();
+    // A writable ext4 disk the agent uses for the overlay's upper (hull build
+    // reads a RUN step's changes from it afterwards).
+    if let Some(upper) = &spec.upper {
+        config.disks.push(DiskConfig {
+            path: upper.clone(),
+            read_only: false,
+            id: Some(UPPER_DISK_ID.into()),
+        });
+    }
     config.huge_pages = spec.huge_pages;
     config.nets = spec
         .tap
@@ -180,6 +192,7 @@ mod tests {
             huge_pages: false,
             netns: crate::sandbox::NetNs::New,
             tap: None,
+            upper: None,
         };
         let disks = vec![t.path().join("a.erofs"), t.path().join("b.erofs")];
         let config = vm_config(&spec, "/k".into(), "/i".into(), disks.clone());
