@@ -69,6 +69,11 @@ pub fn prepare(
         std::fs::create_dir_all(dir.join("root"))?;
         std::fs::create_dir_all(&run)?;
         std::os::unix::fs::chown(&run, Some(uid), Some(gid))?;
+        // A writable disk (hull build's upper) is this container's own file:
+        // the VM's id must be able to write it.
+        for d in config.disks.iter().filter(|d| !d.read_only) {
+            std::os::unix::fs::chown(&d.path, Some(uid), Some(gid))?;
+        }
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))
     })();
     if let Err(e) = made {

@@ -122,7 +122,7 @@ pub fn enter(cfg: VmConfig, jail: &JailConfig) -> Result<Jailed, JailError> {
     cfg.vsock.as_mut().expect("checked by run_dir").uds = Path::new("/run").join(sock_name);
     cfg.serial = SerialOutput::File(Path::new("/run").join(console_name));
     pivot(&root)?;
-    limits()?;
+    limits(largest_writable_disk(&cfg))?;
     drop_privileges(jail)?;
     die_with_waiter()?;
     Ok(Jailed::Vmm(Box::new(cfg)))
@@ -316,7 +316,21 @@ fn pivot(root: &Path) -> Result<(), JailError> {
     )
 }
 
-fn limits() -> Result<(), JailError> {
+/// The length of the largest disk the guest may write (0 with none): the
+/// file-size limit must let the VMM write anywhere in it.
+fn largest_writable_disk(cfg: &VmConfig) -> u64 {
+    cfg.disks
+        .iter()
+        .filter(|d| !d.read_only)
+        .filter_map(|d| std::fs::metadata(&d.path).ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
+}
+
+/// rlimits: open files, file size (at least [`MAX_FILE_BYTES`], more only
+/// for a writable disk of that size), no core dumps.
+fn limits(writable_disk_bytes: u64) -> Result<(), JailError> {
     let set = |res, value: u64, name: &str| {
         let lim = libc::rlimit {
             rlim_cur: value,
@@ -326,7 +340,11 @@ fn limits() -> Result<(), JailError> {
         check(unsafe { libc::setrlimit(res, &lim) }).map_err(step(format!("setting {name}")))
     };
     set(libc::RLIMIT_NOFILE, MAX_OPEN_FILES, "RLIMIT_NOFILE")?;
-    set(libc::RLIMIT_FSIZE, MAX_FILE_BYTES, "RLIMIT_FSIZE")?;
+    set(
+        libc::RLIMIT_FSIZE,
+        MAX_FILE_BYTES.max(writable_disk_bytes),
+        "RLIMIT_FSIZE",
+    )?;
     set(libc::RLIMIT_CORE, 0, "RLIMIT_CORE")?;
     // SAFETY: ignoring a signal installs no handler code.
     if unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) } == libc::SIG_ERR {
