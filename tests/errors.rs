@@ -155,11 +155,11 @@ fn a_flag_hull_does_not_know_before_the_image_is_an_unknown_flag() {
     let out = hull()
         .arg("--state-dir")
         .arg(&state)
-        .args(["run", "-p", "8080:80", "busybox"])
+        .args(["run", "--publish-everything", "8080:80", "busybox"])
         .output()
         .unwrap();
     let line = error_line(&out);
-    assert_eq!(line, "hull: unknown flag: -p (see hull run --help)");
+    assert_eq!(line, "hull: unknown flag: --publish-everything (see hull run --help)");
     assert!(
         empty_dir(&state.join("containers")),
         "an unknown flag left a container"
