@@ -82,6 +82,8 @@ fn create_then_start_then_attach_then_delete() {
         huge_pages: true,
         mounts: Vec::new(),
         read_only: false,
+        network: None,
+        upper: None,
         max_starting: None,
         max_guest_memory_mib: None,
     };
@@ -123,6 +125,7 @@ fn create_then_start_then_attach_then_delete() {
         cols: 80,
         stdin: false,
         rlimits: Vec::new(),
+        network: None,
     };
     let mut times = Times::default();
     let session = Session {

@@ -12,7 +12,9 @@ fn main() {
     let args = Arguments::from_args();
     let mut trials = scenarios::trials(scenarios::Backend("ns"));
     trials.extend(scenarios::ns_trials());
-    trials.extend(scenarios::volume_trials(scenarios::Backend("ns")));
+    trials.extend(scenarios::volume_scenarios::volume_trials(
+        scenarios::Backend("ns"),
+    ));
     let skip = std::env::var("HULL_SKIP_NS_TESTS").as_deref() == Ok("1");
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;

@@ -16,6 +16,8 @@ fn main() {
         scenarios::build_runtime();
     }
     let mut trials = scenarios::trials(scenarios::Backend("vm"));
-    trials.extend(scenarios::volume_trials(scenarios::Backend("vm")));
+    trials.extend(scenarios::volume_scenarios::volume_trials(
+        scenarios::Backend("vm"),
+    ));
     vmtest::run_vm_tests(trials);
 }

@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Failed, Trial};
 
 #[path = "busybox.rs"]
-mod busybox;
+pub mod busybox;
 #[path = "volume_scenarios.rs"]
-mod volume_scenarios;
-pub use volume_scenarios::volume_trials;
+pub mod volume_scenarios;
 
 /// How long any one `hull run` may take before the test calls it a hang
 /// (a microVM boot under the emulated KVM host takes seconds).

@@ -25,6 +25,7 @@ use crate::devices::legacy::{
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::event_loop::EventLoop;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::kvm::vm::Vm;
@@ -257,7 +258,7 @@ fn attach_virtio(
     mmio: &mut Bus,
     exit: &mpsc::Sender<VmExit>,
 ) -> Result<Option<DeviceManager>, VmmError> {
-    if cfg.disks.is_empty() && !cfg.rng && cfg.vsock.is_none() {
+    if cfg.disks.is_empty() && !cfg.rng && cfg.vsock.is_none() && cfg.nets.is_empty() {
         return Ok(None);
     }
     // A panic on the device thread ends the VM ("device thread panicked: ...").
@@ -278,6 +279,9 @@ fn attach_virtio(
     if let Some(v) = &cfg.vsock {
         let dev = Vsock::new(v.cid, &v.uds)?;
         add(Arc::new(Mutex::new(dev)))?;
+    }
+    for n in &cfg.nets {
+        add(Arc::new(Mutex::new(Net::from_config(n)?)))?;
     }
     Ok(Some(dm))
 }

@@ -18,7 +18,9 @@ pub mod config;
 pub mod device_manager;
 #[allow(clippy::cast_possible_truncation)]
 pub mod devices;
+pub mod jail;
 pub mod kvm;
+pub mod seccomp;
 pub mod thread;
 pub mod vmm;
 

@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use hull_vmm::config::{ConfigOrigin, DiskConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::config::{ConfigOrigin, DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::jail::{JailConfig, Jailed};
+use hull_vmm::seccomp;
 use hull_vmm::vmm::Vmm;
 
 /// Boot a Linux guest (an uncompressed ELF vmlinux) in a KVM microVM.
@@ -21,7 +23,7 @@ use hull_vmm::vmm::Vmm;
 #[command(name = "hull-vmm", version)]
 struct Args {
     /// JSON file holding a whole VmConfig (kernel, initrd, cmdline, vcpus,
-    /// mem_mib, serial, boot_timer, disks, rng, vsock, huge_pages; see
+    /// mem_mib, serial, boot_timer, disks, rng, vsock, nets, huge_pages; see
     /// hull_vmm::config); flags given too override it.
     #[arg(long, value_name = "FILE", conflicts_with = "config_fd")]
     config: Option<PathBuf>,
@@ -54,6 +56,12 @@ struct Args {
     /// A virtio-blk disk backed by a raw file; repeatable (up to 16).
     #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME]")]
     disks: Vec<DiskConfig>,
+    /// A virtio-net device on a tap, by name (opened here: needs
+    /// CAP_NET_ADMIN where the tap lives) or an inherited fd of a tap opened
+    /// with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR; the guest sees MAC if given.
+    /// Repeatable: eth0, eth1, ...
+    #[arg(long = "net", value_name = "tap=NAME|fd=N[,mac=MAC]")]
+    nets: Vec<NetConfig>,
     /// Attach a virtio-rng device (the guest's /dev/hwrng).
     #[arg(long)]
     rng: bool,
@@ -69,6 +77,78 @@ struct Args {
     /// to reach a guest listener; guest connections to host port P go to PATH_P.
     #[arg(long, value_name = "PATH", requires = "vsock_cid")]
     vsock_uds: Option<PathBuf>,
+    /// Run without the per-thread seccomp filters (debugging only: a guest
+    /// that takes over a device model then has every system call).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Jail the VMM before it opens /dev/kvm (see hull_vmm::jail): DIR/root
+    /// becomes its root, DIR/vmm.pid gets its pid; needs --uid and --gid,
+    /// a vsock socket and a console file in one directory.
+    #[arg(long, value_name = "DIR", requires_all = ["uid", "gid"])]
+    jail: Option<PathBuf>,
+    /// The unprivileged user the jailed VMM runs as.
+    #[arg(long, value_name = "UID", requires = "jail")]
+    uid: Option<u32>,
+    /// The unprivileged group the jailed VMM runs as.
+    #[arg(long, value_name = "GID", requires = "jail")]
+    gid: Option<u32>,
+    /// A cgroup.procs file the jailed VMM joins first; repeatable (one per
+    /// cgroup v1 hierarchy).
+    #[arg(long, value_name = "FILE", requires = "jail")]
+    cgroup_procs: Vec<PathBuf>,
+}
+
+/// The jailed VMM in its jail, or the exit of its waiting parent (as the
+/// VMM ended: with its code, or killed by the same signal).
+fn jail(cfg: VmConfig, jail: &JailConfig) -> anyhow::Result<VmConfig> {
+    match hull_vmm::jail::enter(cfg, jail)? {
+        Jailed::Vmm(cfg) => Ok(*cfg),
+        Jailed::Parent(status) => {
+            if libc::WIFSIGNALED(status) {
+                let sig = libc::WTERMSIG(status);
+                let no_core = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: plain calls with valid arguments; the process then
+                // ends by the signal the VMM ended by.
+                unsafe {
+                    libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+                    libc::signal(sig, libc::SIG_DFL);
+                    libc::raise(sig);
+                }
+            }
+            std::process::exit(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                1
+            })
+        }
+    }
+}
+
+/// Test aid (documented in the README): `main`, `vcpu` or `device` makes
+/// that thread issue a forbidden system call as soon as its filter is in.
+const TEST_FORBIDDEN_ENV: &str = "HULL_VMM_TEST_FORBIDDEN_SYSCALL";
+
+/// Turns on the per-thread seccomp filters, or says loudly that they are off.
+fn seccomp(off: bool) -> anyhow::Result<()> {
+    if off {
+        eprintln!(
+            "hull-vmm warning: --no-seccomp: this VMM runs WITHOUT seccomp filters; use it only to debug"
+        );
+        return Ok(());
+    }
+    let mut filters = seccomp::Filters::compile()?;
+    if let Some(v) = std::env::var_os(TEST_FORBIDDEN_ENV) {
+        let name = v.to_string_lossy();
+        filters.test_forbidden =
+            Some(seccomp::ThreadKind::from_name(&name).with_context(|| {
+                format!("{TEST_FORBIDDEN_ENV}={name}: expected main, vcpu or device")
+            })?);
+    }
+    seccomp::enable(filters)?;
+    Ok(())
 }
 
 /// Takes ownership of the inherited descriptor `fd`, after checking that
@@ -122,6 +202,7 @@ fn config(args: Args) -> anyhow::Result<VmConfig> {
     }
     cfg.boot_timer |= args.boot_timer;
     cfg.disks.extend(args.disks);
+    cfg.nets.extend(args.nets);
     cfg.rng |= args.rng;
     cfg.huge_pages &= !args.no_huge_pages;
     if let (Some(cid), Some(uds)) = (args.vsock_cid, args.vsock_uds) {
@@ -151,7 +232,22 @@ fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
 fn main() {
     let start = Instant::now();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cfg = match config(Args::parse()) {
+    let args = Args::parse();
+    let no_seccomp = args.no_seccomp;
+    let jail_config = match (&args.jail, args.uid, args.gid) {
+        (Some(dir), Some(uid), Some(gid)) => Some(JailConfig {
+            dir: dir.clone(),
+            uid,
+            gid,
+            cgroup_procs: args.cgroup_procs.clone(),
+        }),
+        _ => None,
+    };
+    let setup = config(args).and_then(|cfg| match &jail_config {
+        Some(j) => jail(cfg, j),
+        None => Ok(cfg),
+    });
+    let cfg = match setup.and_then(|cfg| seccomp(no_seccomp).map(|()| cfg)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hull-vmm: {}", one_line(e.as_ref()));
