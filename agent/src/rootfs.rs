@@ -352,6 +352,31 @@ fn user_mount(root: &str, m: &Mount, mapped: Option<(&OwnedFd, u32)>) -> Result<
     Ok(())
 }
 
+/// The files the container's network setup writes at start (see
+/// network.rs), kept writable under a read-only root as docker keeps them:
+/// each bound onto itself, so it is a mount of its own that the root's
+/// read-only remount leaves alone. Made empty where the image has none; left
+/// as they are where /etc or the file is a symlink or not a plain file (a
+/// mount must not follow the image out of the root).
+fn writable_etc_files() -> Result<(), String> {
+    match fs::symlink_metadata("etc") {
+        Ok(md) if md.is_dir() => {}
+        _ => return Ok(()),
+    }
+    for file in ["etc/hosts", "etc/resolv.conf"] {
+        match fs::symlink_metadata(file) {
+            Ok(md) if md.is_file() => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::write(file, "").map_err(|e| format!("creating /{file}: {e}"))?;
+            }
+            _ => continue,
+        }
+        mount(file, file, "", libc::MS_BIND, "")
+            .map_err(|e| format!("binding /{file} for --read-only: {e}"))?;
+    }
+    Ok(())
+}
+
 /// As PID 1 of the new namespaces, in the root ns_prepare made: the
 /// container's mounts, then the root pivoted onto the working directory.
 /// `taken`: the container paths the user mounted something at (ns_prepare
@@ -368,6 +393,7 @@ pub fn ns_enter(taken: &[String], read_only: bool) -> Result<(), String> {
         .map_err(|e| format!("entering the root: {e}"))?;
     container_mounts(".", false, taken)?;
     if read_only {
+        writable_etc_files()?;
         // After the mount points above exist; the mounts on them stay as
         // they are (a remount changes only the root's own mount).
         let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;

@@ -216,11 +216,12 @@ fn tmpfs_and_read_only_root(b: Backend) -> Result<(), Failed> {
         &[
             "sh",
             "-c",
-            "echo a > /scratch/a && echo a > /vol/a && echo a > /tmp/a && echo writable; echo x > /etc/x",
+            "echo a > /scratch/a && echo a > /vol/a && echo a > /tmp/a && echo writable; \
+             grep -q localhost /etc/hosts && echo hosts; echo x > /etc/x",
         ],
     ))?;
-    check(o.stdout == "writable\n", || {
-        format!("tmpfs, volume and /tmp stay writable; {o}")
+    check(o.stdout == "writable\nhosts\n", || {
+        format!("tmpfs, volume and /tmp stay writable, /etc/hosts is hull's; {o}")
     })?;
     check(
         o.code != Some(0) && o.stderr.contains("Read-only file system"),
