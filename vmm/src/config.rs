@@ -223,6 +223,11 @@ pub struct VmConfig {
     /// Default true.
     #[serde(default = "default_huge_pages")]
     pub huge_pages: bool,
+    /// Pause when the guest's agent says it is ready (boot-timer mark
+    /// [`crate::snapshot::SNAPSHOT_MARK`]), write a snapshot to this
+    /// directory and end. Default none.
+    #[serde(default)]
+    pub snapshot_at_ready: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -240,6 +245,7 @@ impl VmConfig {
             rng: false,
             vsock: None,
             huge_pages: default_huge_pages(),
+            snapshot_at_ready: None,
         }
     }
 

@@ -19,6 +19,8 @@ pub mod device_manager;
 #[allow(clippy::cast_possible_truncation)]
 pub mod devices;
 pub mod kvm;
+mod restore;
+pub mod snapshot;
 pub mod thread;
 pub mod vmm;
 
@@ -30,4 +32,6 @@ pub enum VmExit {
     /// Something went wrong; the message says what. A VMM thread that
     /// panicked reports itself this way too (see [`thread::spawn_named`]).
     Error(String),
+    /// A vCPU paused for a snapshot and handed over its state.
+    Paused,
 }

@@ -10,13 +10,16 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Parser;
 use hull_vmm::config::{ConfigOrigin, DiskConfig, SerialOutput, VmConfig, VsockConfig};
-use hull_vmm::vmm::Vmm;
+use hull_vmm::snapshot::{Expected, Snapshot};
+use hull_vmm::vmm::{Vmm, VmmError};
 
 /// Boot a Linux guest (an uncompressed ELF vmlinux) in a KVM microVM.
 ///
 /// Exit status: 0 when the guest reboots (how a hull guest ends), 1 for a bad
 /// configuration or host problem, 2 when the guest fails (triple fault, KVM
-/// error), 3 when the guest kernel panics.
+/// error), 3 when the guest kernel panics, 4 when a snapshot given to
+/// --restore is refused (another version, kernel, agent, CPU model, vCPU
+/// count or memory size, truncated or corrupted); nothing was restored.
 #[derive(Debug, Parser)]
 #[command(name = "hull-vmm", version)]
 struct Args {
@@ -69,6 +72,16 @@ struct Args {
     /// to reach a guest listener; guest connections to host port P go to PATH_P.
     #[arg(long, value_name = "PATH", requires = "vsock_cid")]
     vsock_uds: Option<PathBuf>,
+    /// Pause when the guest's agent is ready (boot-timer mark 2), write a
+    /// snapshot of the whole VM to DIR and exit 0.
+    #[arg(long, value_name = "DIR", conflicts_with = "restore")]
+    snapshot_at_ready: Option<PathBuf>,
+    /// Start from the snapshot in DIR instead of booting. The devices must
+    /// be those of the snapshotted VM (their host side may differ: disk
+    /// files, vsock socket); --kernel, --initrd, --vcpus and --mem, when
+    /// given, are checked against what the snapshot was made from.
+    #[arg(long, value_name = "DIR")]
+    restore: Option<PathBuf>,
 }
 
 /// Takes ownership of the inherited descriptor `fd`, after checking that
@@ -92,6 +105,16 @@ fn inherited_fd(fd: RawFd) -> anyhow::Result<OwnedFd> {
     // owns it: it was inherited for this purpose and is named only by the
     // --config-fd flag; the OwnedFd closes it once the config is read.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What a restore checks the snapshot against: what the arguments name.
+fn expected(named: bool, vcpus: Option<u32>, mem: Option<u64>, cfg: &VmConfig) -> Expected {
+    Expected {
+        kernel: (!cfg.kernel.as_os_str().is_empty()).then(|| cfg.kernel.clone()),
+        initrd: cfg.initrd.clone(),
+        vcpus: (named || vcpus.is_some()).then_some(cfg.vcpus),
+        mem_mib: (named || mem.is_some()).then_some(cfg.mem_mib),
+    }
 }
 
 fn config(args: Args) -> anyhow::Result<VmConfig> {
@@ -127,6 +150,9 @@ fn config(args: Args) -> anyhow::Result<VmConfig> {
     if let (Some(cid), Some(uds)) = (args.vsock_cid, args.vsock_uds) {
         cfg.vsock = Some(VsockConfig { cid, uds });
     }
+    if args.snapshot_at_ready.is_some() {
+        cfg.snapshot_at_ready = args.snapshot_at_ready;
+    }
     Ok(cfg)
 }
 
@@ -151,15 +177,35 @@ fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
 fn main() {
     let start = Instant::now();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cfg = match config(Args::parse()) {
+    let args = Args::parse();
+    let restore = args.restore.clone();
+    let (named_vcpus, named_mem) = (args.vcpus, args.mem);
+    let named_config = args.config.is_some() || args.config_fd.is_some();
+    let cfg = match config(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hull-vmm: {}", one_line(e.as_ref()));
             std::process::exit(1);
         }
     };
-    match Vmm::build_since(cfg, start).and_then(Vmm::run) {
+    let vmm = match &restore {
+        Some(dir) => {
+            let expected = expected(named_config, named_vcpus, named_mem, &cfg);
+            Snapshot::open(dir, &expected)
+                .map_err(VmmError::from)
+                .and_then(|snap| Vmm::restore(cfg, snap, start))
+        }
+        None => Vmm::build_since(cfg, start),
+    };
+    match vmm.and_then(Vmm::run) {
         Ok(outcome) => {
+            if let Some(dir) = &outcome.snapshot {
+                eprintln!(
+                    "hull-vmm: snapshot written to {} after {:?}",
+                    dir.display(),
+                    start.elapsed()
+                );
+            }
             log::info!(
                 "guest rebooted after {:?}; boot-timer marks: {:?}",
                 start.elapsed(),

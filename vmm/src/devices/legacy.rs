@@ -56,6 +56,18 @@ pub struct Serial {
     panic: PanicNote,
 }
 
+/// The UART's registers, for snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialState {
+    pub ier: u8,
+    pub lcr: u8,
+    pub mcr: u8,
+    pub scr: u8,
+    pub dll: u8,
+    pub dlm: u8,
+    pub thr_interrupt: bool,
+}
+
 impl Serial {
     /// A UART writing guest output to `out` (None: discarded) and raising
     /// `irq`; a console line announcing a kernel panic is kept in `panic`.
@@ -127,6 +139,33 @@ impl Serial {
     }
 
     /// Flushes buffered output (at VM exit).
+    /// The registers the guest's driver programmed (pending input and
+    /// console bookkeeping are not part of it).
+    pub fn save(&self) -> SerialState {
+        SerialState {
+            ier: self.ier,
+            lcr: self.lcr,
+            mcr: self.mcr,
+            scr: self.scr,
+            dll: self.dll,
+            dlm: self.dlm,
+            thr_interrupt: self.thr_interrupt,
+        }
+    }
+
+    /// Takes the registers of a saved UART and raises its interrupt again
+    /// if one was pending.
+    pub fn restore(&mut self, s: &SerialState) {
+        self.ier = s.ier;
+        self.lcr = s.lcr;
+        self.mcr = s.mcr;
+        self.scr = s.scr;
+        self.dll = s.dll;
+        self.dlm = s.dlm;
+        self.thr_interrupt = s.thr_interrupt;
+        self.update_interrupt();
+    }
+
     pub fn flush(&mut self) {
         if let Some(out) = self.out.as_mut() {
             let _ = out.flush();
@@ -237,6 +276,7 @@ pub struct BootTimer {
     start: Instant,
     report: bool,
     marks: Arc<Mutex<Vec<BootMark>>>,
+    pause_at: Option<(u8, Arc<dyn Fn() + Send + Sync>)>,
 }
 
 impl BootTimer {
@@ -245,7 +285,15 @@ impl BootTimer {
             start,
             report,
             marks,
+            pause_at: None,
         }
+    }
+
+    /// Calls `pause` when the guest writes `mark` (hull-vmm's snapshot
+    /// point: the agent writes its ready mark once it listens).
+    pub fn pause_at(mut self, mark: u8, pause: Arc<dyn Fn() + Send + Sync>) -> Self {
+        self.pause_at = Some((mark, pause));
+        self
     }
 }
 
@@ -267,6 +315,12 @@ impl BusDevice for BootTimer {
         let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
         if marks.len() < 256 {
             marks.push(BootMark { value, micros });
+        }
+        drop(marks);
+        if let Some((mark, pause)) = &self.pause_at {
+            if *mark == value {
+                pause();
+            }
         }
     }
 }
