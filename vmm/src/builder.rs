@@ -26,7 +26,7 @@ use crate::devices::virtio::mmio::MmioTransportState;
 use crate::kvm::pause::Pause;
 use crate::snapshot::origin::{FileId, host_cpu};
 use crate::snapshot::vcpu_state::readable_msrs;
-use crate::snapshot::{Origin, SNAPSHOT_MARK};
+use crate::snapshot::{Origin, SNAPSHOT_LINE};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::event_loop::EventLoop;
@@ -151,8 +151,8 @@ pub(crate) struct Legacy {
     pub(crate) boot_marks: Arc<Mutex<Vec<BootMark>>>,
 }
 
-/// The serial port, the i8042 (reset) and the boot timer, which pauses the
-/// VM at the snapshot mark when `plan` asks for a snapshot.
+/// The serial port, the i8042 (reset) and the boot timer; the serial port
+/// pauses the VM at the agent's ready line when `plan` asks for a snapshot.
 pub(crate) fn legacy_devices(
     cfg: &VmConfig,
     vm: &Vm,
@@ -174,12 +174,15 @@ pub(crate) fn legacy_devices(
         I8042_DATA,
         I8042_COMMAND - I8042_DATA + 1,
     )?;
-    let mut timer = BootTimer::new(start, cfg.boot_timer, boot_marks.clone());
+    let timer = BootTimer::new(start, cfg.boot_timer, boot_marks.clone());
+    pio.insert(Arc::new(Mutex::new(timer)), BOOT_TIMER_PORT, 1)?;
     if let Some(plan) = plan {
         let pause = plan.pause.clone();
-        timer = timer.pause_at(SNAPSHOT_MARK, Arc::new(move || pause.request()));
+        serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pause_at_line(SNAPSHOT_LINE, Arc::new(move || pause.request()));
     }
-    pio.insert(Arc::new(Mutex::new(timer)), BOOT_TIMER_PORT, 1)?;
     Ok(Legacy {
         pio,
         serial,

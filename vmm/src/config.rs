@@ -223,8 +223,8 @@ pub struct VmConfig {
     /// Default true.
     #[serde(default = "default_huge_pages")]
     pub huge_pages: bool,
-    /// Pause when the guest's agent says it is ready (boot-timer mark
-    /// [`crate::snapshot::SNAPSHOT_MARK`]), write a snapshot to this
+    /// Pause when the guest's agent says it is ready (its console line
+    /// [`crate::snapshot::SNAPSHOT_LINE`]), write a snapshot to this
     /// directory and end. Default none.
     #[serde(default)]
     pub snapshot_at_ready: Option<PathBuf>,

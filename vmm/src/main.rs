@@ -72,8 +72,8 @@ struct Args {
     /// to reach a guest listener; guest connections to host port P go to PATH_P.
     #[arg(long, value_name = "PATH", requires = "vsock_cid")]
     vsock_uds: Option<PathBuf>,
-    /// Pause when the guest's agent is ready (boot-timer mark 2), write a
-    /// snapshot of the whole VM to DIR and exit 0.
+    /// Pause when the guest's agent is ready (its console line "hull-agent:
+    /// ready"), write a snapshot of the whole VM to DIR and exit 0.
     #[arg(long, value_name = "DIR", conflicts_with = "restore")]
     snapshot_at_ready: Option<PathBuf>,
     /// Start from the snapshot in DIR instead of booting. The devices must

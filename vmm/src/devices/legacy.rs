@@ -54,6 +54,7 @@ pub struct Serial {
     irq: EventFd,
     line: Vec<u8>,
     panic: PanicNote,
+    pause_at: Option<(&'static str, Arc<dyn Fn() + Send + Sync>)>,
 }
 
 /// The UART's registers, for snapshots.
@@ -85,6 +86,7 @@ impl Serial {
             irq,
             line: Vec::new(),
             panic,
+            pause_at: None,
         }
     }
 
@@ -128,6 +130,9 @@ impl Serial {
     fn watch_for_panic(&mut self, byte: u8) {
         if byte == b'\n' {
             let line = String::from_utf8_lossy(&self.line).trim().to_string();
+            if let Some((_, pause)) = self.pause_at.as_ref().filter(|(l, _)| *l == line) {
+                pause();
+            }
             if line.contains(PANIC_MARK) {
                 let mut note = self.panic.lock().unwrap_or_else(|p| p.into_inner());
                 note.get_or_insert(line);
@@ -139,6 +144,12 @@ impl Serial {
     }
 
     /// Flushes buffered output (at VM exit).
+    /// Calls `pause` when the guest writes the console line `line` (hull-vmm's
+    /// snapshot point: the agent's ready line).
+    pub fn pause_at_line(&mut self, line: &'static str, pause: Arc<dyn Fn() + Send + Sync>) {
+        self.pause_at = Some((line, pause));
+    }
+
     /// The registers the guest's driver programmed (pending input and
     /// console bookkeeping are not part of it).
     pub fn save(&self) -> SerialState {
@@ -276,7 +287,6 @@ pub struct BootTimer {
     start: Instant,
     report: bool,
     marks: Arc<Mutex<Vec<BootMark>>>,
-    pause_at: Option<(u8, Arc<dyn Fn() + Send + Sync>)>,
 }
 
 impl BootTimer {
@@ -285,15 +295,7 @@ impl BootTimer {
             start,
             report,
             marks,
-            pause_at: None,
         }
-    }
-
-    /// Calls `pause` when the guest writes `mark` (hull-vmm's snapshot
-    /// point: the agent writes its ready mark once it listens).
-    pub fn pause_at(mut self, mark: u8, pause: Arc<dyn Fn() + Send + Sync>) -> Self {
-        self.pause_at = Some((mark, pause));
-        self
     }
 }
 
@@ -315,12 +317,6 @@ impl BusDevice for BootTimer {
         let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
         if marks.len() < 256 {
             marks.push(BootMark { value, micros });
-        }
-        drop(marks);
-        if let Some((mark, pause)) = &self.pause_at {
-            if *mark == value {
-                pause();
-            }
         }
     }
 }

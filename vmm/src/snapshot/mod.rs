@@ -32,11 +32,14 @@ use vm_state::VmState;
 
 /// Version of the snapshot format; another one is refused.
 pub const SNAPSHOT_VERSION: u32 = 1;
-/// The boot-timer mark hull's agent writes once it listens for the host
-/// and before any container exists (`MARK_AGENT_READY`): the snapshot
-/// point. A port write stops the vCPU at that very instruction, so every
-/// snapshot of one kernel and agent is taken in the same guest state.
-pub const SNAPSHOT_MARK: u8 = 2;
+/// The console line hull's agent writes once it listens for the host and
+/// before any container exists (`hull_agent::protocol::READY_LINE`, which
+/// hull already waits for): the snapshot point. The UART write of its
+/// newline stops that vCPU at that very instruction, and the others are
+/// kicked out of the guest at once. (The agent's boot-timer mark would be
+/// the more direct signal, but hull's guest kernel has no ioperm(2), so
+/// user space cannot write to the port.)
+pub const SNAPSHOT_LINE: &str = "hull-agent: ready";
 const MAGIC: &str = "hull-snapshot";
 pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "memory";
@@ -44,6 +47,7 @@ pub const MEMORY_FILE: &str = "memory";
 /// for 32 vCPUs and every device).
 const MAX_STATE_BYTES: u64 = 64 << 20;
 const PAGE: usize = 4096;
+static ZERO_PAGE: [u8; PAGE] = [0; PAGE];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -147,7 +151,8 @@ pub fn write_memory(mem: &GuestMemoryMmap, path: &Path) -> Result<(), SnapshotEr
         // `mem`; every vCPU is paused, so nothing writes it meanwhile.
         let bytes = unsafe { std::slice::from_raw_parts(host.cast_const(), len) };
         for page in bytes.chunks(PAGE) {
-            if page.iter().all(|&b| b == 0) {
+            // A slice comparison is a memcmp: fast even in a debug build.
+            if page == &ZERO_PAGE[..page.len()] {
                 f.seek(SeekFrom::Current(page.len() as i64))
                     .map_err(werr)?;
             } else {
