@@ -65,7 +65,9 @@ fn template(dir: &Path) -> Result<PathBuf, Failed> {
     check(!out.contains(AFTER), || {
         format!("the template ran past its snapshot point:\n{out}")
     })?;
-    check(err.contains("snapshot written to"), || format!("stderr: {err}"))?;
+    check(err.contains("snapshot written to"), || {
+        format!("stderr: {err}")
+    })?;
     Ok(snap)
 }
 
@@ -77,7 +79,9 @@ fn snapshot_restores_twice_and_each_clone_carries_on() -> Result<(), Failed> {
         let t = Instant::now();
         let (code, out, err) = restore(&snap, &["--rng"])?;
         eprintln!("restore {i}: to the guest's reboot in {:?}", t.elapsed());
-        check(code == Some(0), || format!("restore {i}: exit {code:?}, stderr: {err}"))?;
+        check(code == Some(0), || {
+            format!("restore {i}: exit {code:?}, stderr: {err}")
+        })?;
         let line = out
             .lines()
             .find(|l| l.starts_with(AFTER))
@@ -103,10 +107,16 @@ fn snapshot_restores_twice_and_each_clone_carries_on() -> Result<(), Failed> {
 /// Runs a restore that must be refused: exit 4, one line containing `want`.
 fn refused(snap: &Path, extra: &[&str], want: &str) -> Result<(), Failed> {
     let (code, out, err) = restore(snap, extra)?;
-    check(code == Some(4), || format!("{extra:?}: exit {code:?}, stderr: {err}"))?;
+    check(code == Some(4), || {
+        format!("{extra:?}: exit {code:?}, stderr: {err}")
+    })?;
     check(err.lines().count() == 1, || format!("not one line: {err}"))?;
-    check(err.contains(want), || format!("{extra:?}: {err:?} lacks {want:?}"))?;
-    check(out.is_empty(), || format!("the refused snapshot ran:\n{out}"))
+    check(err.contains(want), || {
+        format!("{extra:?}: {err:?} lacks {want:?}")
+    })?;
+    check(out.is_empty(), || {
+        format!("the refused snapshot ran:\n{out}")
+    })
 }
 
 fn copy_snapshot(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -120,7 +130,11 @@ fn copy_snapshot(from: &Path, to: &Path) -> std::io::Result<()> {
 fn other_truncated_or_corrupted_snapshots_are_refused() -> Result<(), Failed> {
     let dir = tempfile::tempdir()?;
     let snap = template(dir.path())?;
-    refused(&snap, &["--mem", "256", "--rng"], "with 128 MiB of memory, not 256")?;
+    refused(
+        &snap,
+        &["--mem", "256", "--rng"],
+        "with 128 MiB of memory, not 256",
+    )?;
     refused(&snap, &["--vcpus", "1", "--rng"], "with 2 vCPUs, not 1")?;
     let other_kernel = dir.path().join("vmlinux");
     std::fs::write(&other_kernel, b"not the kernel")?;
@@ -129,7 +143,9 @@ fn other_truncated_or_corrupted_snapshots_are_refused() -> Result<(), Failed> {
 
     let bad = dir.path().join("truncated");
     copy_snapshot(&snap, &bad)?;
-    let mem = std::fs::OpenOptions::new().write(true).open(bad.join("memory"))?;
+    let mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open(bad.join("memory"))?;
     mem.set_len(mem.metadata()?.len() - 4096)?;
     refused(&bad, &["--rng"], "truncated")?;
 

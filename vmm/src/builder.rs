@@ -22,18 +22,18 @@ use crate::devices::legacy::{
     BOOT_TIMER_PORT, BootMark, BootTimer, COM1_BASE, COM1_IRQ, I8042, I8042_COMMAND, I8042_DATA,
     PanicNote, Serial,
 };
-use crate::devices::virtio::mmio::MmioTransportState;
-use crate::kvm::pause::Pause;
-use crate::snapshot::origin::{FileId, host_cpu};
-use crate::snapshot::vcpu_state::readable_msrs;
-use crate::snapshot::{Origin, SNAPSHOT_LINE};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::event_loop::EventLoop;
+use crate::devices::virtio::mmio::MmioTransportState;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
+use crate::kvm::pause::Pause;
 use crate::kvm::vm::Vm;
 use crate::kvm::{KvmKind, detect_kvm_kind};
+use crate::snapshot::origin::{FileId, host_cpu};
+use crate::snapshot::vcpu_state::readable_msrs;
+use crate::snapshot::{Origin, SNAPSHOT_LINE};
 use crate::vmm::{SnapshotPlan, Vcpu, Vmm, VmmError};
 
 /// Marker a PVM-enabled guest kernel carries (the PVM guest entry code).
@@ -290,7 +290,9 @@ fn write_cmdline(mem: &GuestMemoryMmap, devices: &[String], rest: &str) -> Resul
     Ok(cmdline.as_cstring()?.as_bytes_with_nul().len())
 }
 
-pub(crate) fn serial_output(serial: &SerialOutput) -> Result<Option<Box<dyn Write + Send>>, VmmError> {
+pub(crate) fn serial_output(
+    serial: &SerialOutput,
+) -> Result<Option<Box<dyn Write + Send>>, VmmError> {
     Ok(match serial {
         SerialOutput::Stdout => Some(Box::new(std::io::stdout())),
         SerialOutput::None => None,

@@ -378,6 +378,7 @@ mod tests {
                 uds: "/run/x/vsock.sock".into(),
             }),
             huge_pages: false,
+            snapshot_at_ready: Some("/var/cache/t".into()),
         }
     }
 
@@ -402,6 +403,7 @@ mod tests {
                 "mem_mib",
                 "rng",
                 "serial",
+                "snapshot_at_ready",
                 "vcpus",
                 "vsock"
             ]

@@ -61,14 +61,7 @@ impl Vmm {
 
         let mut mmio = Bus::new();
         let (exit_tx, exit_rx) = mpsc::channel::<VmExit>();
-        let devices = attach_virtio(
-            &cfg,
-            &vm,
-            &mem,
-            &mut mmio,
-            &exit_tx,
-            Some(&state.devices),
-        )?;
+        let devices = attach_virtio(&cfg, &vm, &mem, &mut mmio, &exit_tx, Some(&state.devices))?;
         let legacy = legacy_devices(&cfg, &vm, &exit_tx, start, None)?;
         legacy
             .serial

@@ -30,10 +30,10 @@ use crate::devices::virtio::vsock::VsockError;
 use crate::kvm::memory::MemoryError;
 use crate::kvm::pause::Pause;
 use crate::kvm::vcpu::{self, PauseCtl};
+use crate::kvm::vm::{Vm, VmError};
 use crate::snapshot::vcpu_state::{VcpuState, VcpuStateError};
 use crate::snapshot::vm_state::VmState;
 use crate::snapshot::{self, Origin, SnapshotState};
-use crate::kvm::vm::{Vm, VmError};
 
 /// Why a VM could not be built, or how it ended badly. Each variant says
 /// what failed; the cause, where there is one, is its `source` (print the
@@ -310,15 +310,17 @@ fn take_snapshot(
         memory: snapshot::layout(parts.mem),
         vm: VmState::save(parts.vm.fd())?,
         vcpus,
-        serial: parts.serial.lock().unwrap_or_else(|p| p.into_inner()).save(),
+        serial: parts
+            .serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .save(),
         devices,
     };
-    std::fs::create_dir_all(&plan.dir).map_err(|source| {
-        snapshot::SnapshotError::Io {
-            what: "create",
-            path: plan.dir.clone(),
-            source,
-        }
+    std::fs::create_dir_all(&plan.dir).map_err(|source| snapshot::SnapshotError::Io {
+        what: "create",
+        path: plan.dir.clone(),
+        source,
     })?;
     let state_path = plan.dir.join(snapshot::STATE_FILE);
     // A state file left from an older snapshot must not meet new memory.

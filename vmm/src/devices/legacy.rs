@@ -54,8 +54,11 @@ pub struct Serial {
     irq: EventFd,
     line: Vec<u8>,
     panic: PanicNote,
-    pause_at: Option<(&'static str, Arc<dyn Fn() + Send + Sync>)>,
+    pause_at: Option<(&'static str, PauseHook)>,
 }
+
+/// What the serial port calls when the guest writes its pause line.
+pub type PauseHook = Arc<dyn Fn() + Send + Sync>;
 
 /// The UART's registers, for snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -146,7 +149,7 @@ impl Serial {
     /// Flushes buffered output (at VM exit).
     /// Calls `pause` when the guest writes the console line `line` (hull-vmm's
     /// snapshot point: the agent's ready line).
-    pub fn pause_at_line(&mut self, line: &'static str, pause: Arc<dyn Fn() + Send + Sync>) {
+    pub fn pause_at_line(&mut self, line: &'static str, pause: PauseHook) {
         self.pause_at = Some((line, pause));
     }
 

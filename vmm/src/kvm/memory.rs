@@ -100,7 +100,16 @@ pub fn file_backed(
         // SAFETY: a fresh private mapping of an open file at an address of
         // the kernel's choice; the caller checked that the file holds
         // [offset, offset + len).
-        let base = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, file.as_raw_fd(), off) };
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                flags,
+                file.as_raw_fd(),
+                off,
+            )
+        };
         if base == libc::MAP_FAILED {
             return Err(MemoryError::Mmap {
                 mib: len >> 20,

@@ -134,11 +134,7 @@ pub fn run(
 
 /// Completes the vCPU's pending I/O exit without running guest code (one
 /// KVM_RUN with immediate_exit set), then reads its state.
-fn pause_and_save(
-    vcpu: &mut VcpuFd,
-    cpu: u8,
-    msrs: &[u32],
-) -> Result<VcpuState, VcpuStateError> {
+fn pause_and_save(vcpu: &mut VcpuFd, cpu: u8, msrs: &[u32]) -> Result<VcpuState, VcpuStateError> {
     vcpu.set_kvm_immediate_exit(1);
     // EINTR is the expected answer: KVM finished the pending exit and
     // returned before entering the guest.

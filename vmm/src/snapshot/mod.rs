@@ -73,7 +73,11 @@ pub enum SnapshotError {
     #[error(
         "snapshot {path}: its memory file is {found} bytes, the state says {want} (truncated?)"
     )]
-    MemorySize { path: PathBuf, found: u64, want: u64 },
+    MemorySize {
+        path: PathBuf,
+        found: u64,
+        want: u64,
+    },
     #[error("snapshot {path} was made {what}")]
     Origin { path: PathBuf, what: String },
     #[error("writing the snapshot's guest memory to {path}")]
@@ -153,8 +157,7 @@ pub fn write_memory(mem: &GuestMemoryMmap, path: &Path) -> Result<(), SnapshotEr
         for page in bytes.chunks(PAGE) {
             // A slice comparison is a memcmp: fast even in a debug build.
             if page == &ZERO_PAGE[..page.len()] {
-                f.seek(SeekFrom::Current(page.len() as i64))
-                    .map_err(werr)?;
+                f.seek(SeekFrom::Current(page.len() as i64)).map_err(werr)?;
             } else {
                 f.write_all(page).map_err(werr)?;
             }
@@ -185,7 +188,10 @@ pub fn write_state(state: &SnapshotState, path: &Path) -> Result<(), SnapshotErr
 /// Parses and checks a state file's bytes.
 pub fn parse_state(path: &Path, bytes: &[u8]) -> Result<SnapshotState, SnapshotError> {
     let not_ours = || SnapshotError::NotSnapshot(path.to_path_buf());
-    let nl = bytes.iter().position(|&b| b == b'\n').ok_or_else(not_ours)?;
+    let nl = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(not_ours)?;
     let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| not_ours())?;
     let mut words = header.split(' ');
     if words.next() != Some(MAGIC) {
@@ -261,7 +267,12 @@ impl SnapshotState {
                 self.origin.vcpus
             )));
         }
-        if self.vcpus.iter().enumerate().any(|(i, v)| usize::from(v.id) != i) {
+        if self
+            .vcpus
+            .iter()
+            .enumerate()
+            .any(|(i, v)| usize::from(v.id) != i)
+        {
             return Err(bad("vCPU states out of order".into()));
         }
         let expected = crate::arch::x86_64::ram_ranges(self.origin.mem_mib << 20);

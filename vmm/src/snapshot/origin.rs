@@ -82,11 +82,7 @@ pub fn host_cpu() -> String {
             .trim_matches(|c: char| c == '\0' || c.is_whitespace())
             .to_string()
     };
-    format!(
-        "{} {signature:#x} {}",
-        text(&vendor),
-        text(&brand)
-    )
+    format!("{} {signature:#x} {}", text(&vendor), text(&brand))
 }
 
 /// What a restore expects of a snapshot; None: whatever it was made with.
@@ -112,10 +108,7 @@ impl Expected {
             )));
         }
         if let Some(n) = self.vcpus.filter(|&n| n != origin.vcpus) {
-            return Err(refuse(format!(
-                "with {} vCPUs, not {n}",
-                origin.vcpus
-            )));
+            return Err(refuse(format!("with {} vCPUs, not {n}", origin.vcpus)));
         }
         if let Some(m) = self.mem_mib.filter(|&m| m != origin.mem_mib) {
             return Err(refuse(format!(
@@ -125,7 +118,10 @@ impl Expected {
         }
         let same = |id: Option<&FileId>, path: &Path| match id {
             Some(id) => id.matches(path).map_err(|e| {
-                refuse(format!("from a file {} cannot be compared with ({e})", path.display()))
+                refuse(format!(
+                    "from a file {} cannot be compared with ({e})",
+                    path.display()
+                ))
             }),
             None => Ok(false),
         };

@@ -108,16 +108,23 @@ fn a_flipped_byte_is_refused_as_corrupted() {
     let i = bytes.len() - 10;
     bytes[i] ^= 0x20;
     std::fs::write(&path, bytes).unwrap();
-    let e = Snapshot::open(dir.path(), &Expected::default()).err().unwrap();
+    let e = Snapshot::open(dir.path(), &Expected::default())
+        .err()
+        .unwrap();
     assert!(matches!(e, SnapshotError::Checksum(_)), "{e:?}");
-    assert!(e.to_string().ends_with("is corrupted (its state does not match its checksum)"));
+    assert!(
+        e.to_string()
+            .ends_with("is corrupted (its state does not match its checksum)")
+    );
 }
 
 #[test]
 fn a_truncated_memory_file_is_refused() {
     let s = state();
     let dir = written(&s, full_len(&s) - 4096);
-    let e = Snapshot::open(dir.path(), &Expected::default()).err().unwrap();
+    let e = Snapshot::open(dir.path(), &Expected::default())
+        .err()
+        .unwrap();
     assert!(matches!(e, SnapshotError::MemorySize { .. }), "{e:?}");
     assert!(e.to_string().contains("(truncated?)"), "{e}");
 }
@@ -150,7 +157,10 @@ fn another_memory_size_vcpu_count_kernel_or_cpu_is_refused() {
         mem_mib: Some(256),
         ..Default::default()
     });
-    assert!(mem.ends_with("was made with 128 MiB of memory, not 256"), "{mem}");
+    assert!(
+        mem.ends_with("was made with 128 MiB of memory, not 256"),
+        "{mem}"
+    );
     let cpus = open(Expected {
         vcpus: Some(1),
         ..Default::default()
@@ -162,13 +172,21 @@ fn another_memory_size_vcpu_count_kernel_or_cpu_is_refused() {
         kernel: Some(other.clone()),
         ..Default::default()
     });
-    assert!(kernel.contains("was made from another kernel than"), "{kernel}");
+    assert!(
+        kernel.contains("was made from another kernel than"),
+        "{kernel}"
+    );
 
     let mut elsewhere = state();
     elsewhere.origin.cpu = "GenuineIntel 0x906ea Some Other CPU".into();
     let dir = written(&elsewhere, full_len(&elsewhere));
-    let e = Snapshot::open(dir.path(), &Expected::default()).err().unwrap();
-    assert!(e.to_string().contains("was made on another CPU model"), "{e}");
+    let e = Snapshot::open(dir.path(), &Expected::default())
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("was made on another CPU model"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -176,15 +194,22 @@ fn a_state_that_disagrees_with_itself_is_refused() {
     let mut s = state();
     s.vcpus.pop();
     let dir = written(&s, full_len(&s));
-    let e = Snapshot::open(dir.path(), &Expected::default()).err().unwrap();
+    let e = Snapshot::open(dir.path(), &Expected::default())
+        .err()
+        .unwrap();
     assert_eq!(
         e.to_string(),
-        format!("snapshot {} is inconsistent: 1 vCPU states for 2 vCPUs", dir.path().display())
+        format!(
+            "snapshot {} is inconsistent: 1 vCPU states for 2 vCPUs",
+            dir.path().display()
+        )
     );
     let mut s = state();
     s.origin.mem_mib = u64::MAX;
     let dir = written(&s, full_len(&s));
-    let e = Snapshot::open(dir.path(), &Expected::default()).err().unwrap();
+    let e = Snapshot::open(dir.path(), &Expected::default())
+        .err()
+        .unwrap();
     assert!(matches!(e, SnapshotError::Inconsistent { .. }), "{e:?}");
 }
 

@@ -100,7 +100,9 @@ impl VcpuState {
             cpuid: cpuid.as_slice().to_vec(),
             mp_state: fd.get_mp_state().map_err(err("reading the MP state"))?,
             regs: fd.get_regs().map_err(err("reading the registers"))?,
-            sregs: fd.get_sregs().map_err(err("reading the special registers"))?,
+            sregs: fd
+                .get_sregs()
+                .map_err(err("reading the special registers"))?,
             xsave: fd.get_xsave().map_err(err("reading the XSAVE area"))?,
             xcrs: fd.get_xcrs().map_err(err("reading the XCRs"))?,
             debug_regs: fd
@@ -170,7 +172,12 @@ mod tests {
             index,
             ..Default::default()
         };
-        let mut msrs = vec![e(0x1b), e(MSR_IA32_TSC_DEADLINE), e(0xc0000080), e(MSR_IA32_TSC)];
+        let mut msrs = vec![
+            e(0x1b),
+            e(MSR_IA32_TSC_DEADLINE),
+            e(0xc0000080),
+            e(MSR_IA32_TSC),
+        ];
         order_msrs(&mut msrs);
         let order: Vec<u32> = msrs.iter().map(|m| m.index).collect();
         assert_eq!(

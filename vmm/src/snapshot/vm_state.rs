@@ -2,8 +2,8 @@
 //! the KVM clock.
 
 use kvm_bindings::{
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    kvm_clock_data, kvm_irqchip, kvm_pit_state2,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, kvm_clock_data, kvm_irqchip,
+    kvm_pit_state2,
 };
 use kvm_ioctls::VmFd;
 use serde::{Deserialize, Serialize};
