@@ -158,11 +158,113 @@ fn other_truncated_or_corrupted_snapshots_are_refused() -> Result<(), Failed> {
     refused(&bad, &["--rng"], "corrupted")
 }
 
+/// Proportional set size of process `pid`, in KiB.
+fn pss_kib(pid: u32) -> Result<u64, Failed> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no Pss in /proc/{pid}/smaps_rollup").into())
+}
+
+/// An idle guest: started, waited for until its console says IDLE.
+struct Idle {
+    child: std::process::Child,
+    ready_after: std::time::Duration,
+}
+
+impl Idle {
+    fn start(args: &[&std::ffi::OsStr]) -> Result<Idle, Failed> {
+        use std::io::{BufRead, BufReader};
+        let t = Instant::now();
+        let mut child = Command::new(vmtest::hull_vmm())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()?;
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(out).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("IDLE") => break,
+                Some(Ok(_)) => {}
+                _ => {
+                    let _ = child.kill();
+                    return Err("the guest ended before it was idle".into());
+                }
+            }
+        }
+        let ready_after = t.elapsed();
+        // Keep the console drained so the guest never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Idle { child, ready_after })
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn restored_clones_share_the_template_memory() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let init = "mount -t proc proc /proc\n\
+                echo hull-agent: ready\n\
+                echo IDLE\n\
+                exec sleep 100000";
+    let initrd = vmtest::busybox_initramfs(dir.path(), init);
+    let kernel = vmtest::kernel();
+    let snap = dir.path().join("snap");
+    let (code, _, err) = vmm(&[
+        "--kernel".as_ref(),
+        kernel.as_os_str(),
+        "--initrd".as_ref(),
+        initrd.as_os_str(),
+        "--snapshot-at-ready".as_ref(),
+        snap.as_os_str(),
+    ])?;
+    check(code == Some(0), || format!("template: exit {code:?}: {err}"))?;
+    let cold = Idle::start(&[
+        "--kernel".as_ref(),
+        kernel.as_os_str(),
+        "--initrd".as_ref(),
+        initrd.as_os_str(),
+        "--cmdline".as_ref(),
+        "quiet".as_ref(),
+    ])?;
+    let cold_pss = pss_kib(cold.child.id())?;
+    let cold_ready = cold.ready_after;
+    drop(cold);
+    let clones = (0..3)
+        .map(|_| Idle::start(&["--restore".as_ref(), snap.as_os_str()]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pss: Vec<u64> = clones
+        .iter()
+        .map(|c| pss_kib(c.child.id()))
+        .collect::<Result<_, _>>()?;
+    let mean = pss.iter().sum::<u64>() / pss.len() as u64;
+    let ready: Vec<_> = clones.iter().map(|c| c.ready_after).collect();
+    eprintln!(
+        "idle PSS: cold boot {cold_pss} KiB, restored clones {pss:?} KiB (mean {mean}); \
+         to IDLE: cold {cold_ready:?}, restored {ready:?}"
+    );
+    check(mean < cold_pss, || {
+        format!("restored clones use {mean} KiB PSS each, a cold boot {cold_pss} KiB")
+    })
+}
+
 fn main() {
     vmtest::run_vm_tests(vec![
         Trial::test(
             "snapshot_restores_twice_and_each_clone_carries_on",
             snapshot_restores_twice_and_each_clone_carries_on,
+        ),
+        Trial::test(
+            "restored_clones_share_the_template_memory",
+            restored_clones_share_the_template_memory,
         ),
         Trial::test(
             "other_truncated_or_corrupted_snapshots_are_refused",
