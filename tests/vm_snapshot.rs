@@ -158,6 +158,28 @@ fn other_truncated_or_corrupted_snapshots_are_refused() -> Result<(), Failed> {
     refused(&bad, &["--rng"], "corrupted")
 }
 
+fn a_guest_that_never_gets_ready_leaves_no_snapshot() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let initrd = vmtest::busybox_initramfs(dir.path(), "echo not ready; reboot -f");
+    let snap = dir.path().join("snap");
+    let kernel = vmtest::kernel();
+    let (code, _, err) = vmm(&[
+        "--kernel".as_ref(),
+        kernel.as_os_str(),
+        "--initrd".as_ref(),
+        initrd.as_os_str(),
+        "--snapshot-at-ready".as_ref(),
+        snap.as_os_str(),
+    ])?;
+    check(code == Some(1), || format!("exit {code:?}: {err}"))?;
+    check(err.contains("ended before its agent was ready"), || {
+        format!("stderr: {err}")
+    })?;
+    check(!snap.join("state").exists(), || {
+        "a state file was written".into()
+    })
+}
+
 /// Proportional set size of process `pid`, in KiB.
 fn pss_kib(pid: u32) -> Result<u64, Failed> {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
@@ -226,7 +248,9 @@ fn restored_clones_share_the_template_memory() -> Result<(), Failed> {
         "--snapshot-at-ready".as_ref(),
         snap.as_os_str(),
     ])?;
-    check(code == Some(0), || format!("template: exit {code:?}: {err}"))?;
+    check(code == Some(0), || {
+        format!("template: exit {code:?}: {err}")
+    })?;
     let cold = Idle::start(&[
         "--kernel".as_ref(),
         kernel.as_os_str(),
@@ -265,6 +289,10 @@ fn main() {
         Trial::test(
             "restored_clones_share_the_template_memory",
             restored_clones_share_the_template_memory,
+        ),
+        Trial::test(
+            "a_guest_that_never_gets_ready_leaves_no_snapshot",
+            a_guest_that_never_gets_ready_leaves_no_snapshot,
         ),
         Trial::test(
             "other_truncated_or_corrupted_snapshots_are_refused",

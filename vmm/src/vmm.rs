@@ -238,6 +238,7 @@ impl Vmm {
             }
         };
         serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        let wanted_snapshot = snapshot.is_some();
         if let (VmExit::Paused, Some(plan)) = (&exit, snapshot) {
             let parts = SnapshotParts {
                 vm: &vm,
@@ -254,6 +255,9 @@ impl Vmm {
             });
         }
         let panicked = panic_note.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if wanted_snapshot && exit == VmExit::Reset && panicked.is_none() {
+            return Err(VmmError::NoSnapshotPoint);
+        }
         let boot_marks = boot_marks.lock().unwrap_or_else(|p| p.into_inner()).clone();
         // vCPUs and the device loop may still be running in guest memory:
         // keep it mapped until the process exits.
