@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 use hull_agent::protocol::Start;
 use serde::{Deserialize, Serialize};
 
+use crate::admission::{AdmissionError, Limits, MemoryReservation, StartSlot};
 use crate::client::{self, ClientError, Outcome, RawMode, Sinks, Times};
 use crate::process::{self, ProcessId};
 use crate::sandbox::{self, Isolation, Sandbox, SandboxError, Spec};
 use crate::state::{ContainerState, STDERR_LOG, STDOUT_LOG, StateDir, StateError, Status};
+use crate::sys;
 use crate::userns;
 
 /// What a container is made of, as `create` records it (config.json in its
@@ -49,6 +51,12 @@ pub struct ContainerConfig {
     pub userns: userns::Mode,
     /// Guest RAM laid out for transparent huge pages (vm).
     pub huge_pages: bool,
+    /// Host-wide admission: sandboxes starting at once, and microVM guest
+    /// memory committed in all (None: derived from the host; 0: no limit).
+    #[serde(default)]
+    pub max_starting: Option<u32>,
+    #[serde(default)]
+    pub max_guest_memory_mib: Option<u64>,
 }
 
 /// The container's configuration, as JSON in its state dir.
@@ -89,6 +97,8 @@ pub enum ContainerError {
     SandboxEnded(String),
     #[error(transparent)]
     Session(#[from] ClientError),
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
 }
 
 /// How a session's stdio is relayed.
@@ -111,6 +121,10 @@ pub struct Container {
     state: ContainerState,
     /// The sandbox, in the process that started it, until it ended.
     sandbox: Option<Sandbox>,
+    /// A start slot, held from launch until the agent answers.
+    start_slot: Option<StartSlot>,
+    /// The microVM's guest memory, committed while its sandbox lives.
+    memory: Option<MemoryReservation>,
 }
 
 impl Container {
@@ -128,6 +142,8 @@ impl Container {
             states,
             state,
             sandbox: None,
+            start_slot: None,
+            memory: None,
         };
         let path = c.dir().join(CONFIG_FILE);
         let json = serde_json::to_vec_pretty(config).expect("a ContainerConfig serializes");
@@ -153,6 +169,8 @@ impl Container {
             states,
             state,
             sandbox: None,
+            start_slot: None,
+            memory: None,
         };
         c.reconcile()?;
         Ok(c)
@@ -167,9 +185,14 @@ impl Container {
                 states: states.clone(),
                 state,
                 sandbox: None,
+                start_slot: None,
+                memory: None,
             };
-            if let Err(e) = c.reconcile() {
-                log::warn!("{}", crate::error::chain(&e));
+            match c.reconcile() {
+                // Removed while we looked (`rm -f`): not a container any more.
+                Err(ContainerError::State(StateError::NotFound(_))) => continue,
+                Err(e) => log::warn!("{}", crate::error::chain(&e)),
+                Ok(()) => {}
             }
             all.push(c.state);
         }
@@ -209,10 +232,29 @@ impl Container {
     /// Launches the container's sandbox; this process becomes its monitor
     /// (status `running`). The sandbox launches here, for both backends.
     pub fn start(&mut self) -> Result<(), ContainerError> {
+        self.start_with(&|_| {})
+    }
+
+    /// `start`, telling `on_wait` when the host's start slots are all taken
+    /// and the launch waits for one (see [`crate::admission`]). A microVM
+    /// whose guest memory would over-commit the host is refused.
+    pub fn start_with(&mut self, on_wait: &dyn Fn(&str)) -> Result<(), ContainerError> {
         if self.state.status != Status::Created || self.sandbox.is_some() {
             return Err(ContainerError::AlreadyStarted(self.short_id().into()));
         }
         let config = self.config()?;
+        let limits = Limits::resolve(config.max_starting, config.max_guest_memory_mib);
+        let memory = (config.isolation == Isolation::Vm)
+            .then(|| MemoryReservation::acquire(&limits, config.memory_mib))
+            .transpose()?;
+        let waiting = |n, m| {
+            on_wait(&format!(
+                "waiting for a start slot ({n} starting, limit {m})"
+            ))
+        };
+        let slot = StartSlot::acquire(&limits, waiting, || {
+            sys::SignalSet::first_pending(&sandbox::STOP_SIGNALS)
+        })?;
         let dir = self.dir();
         let name = self.short_id().to_string();
         let spec = Spec {
@@ -234,6 +276,8 @@ impl Container {
         // On an error the sandbox is dropped: killed and cleaned up.
         self.states.save(&self.state)?;
         self.sandbox = Some(sandbox);
+        self.start_slot = Some(slot);
+        self.memory = memory;
         Ok(())
     }
 
@@ -251,7 +295,10 @@ impl Container {
         for w in sandbox.take_warnings() {
             (session.warn)(&w);
         }
-        let stream = sandbox.connect(CONNECT_TIMEOUT)?;
+        let connected = sandbox.connect(CONNECT_TIMEOUT);
+        // Started (or failed to): the next launch may go.
+        self.start_slot = None;
+        let stream = connected?;
         if let Some(map) = sandbox.id_map(&stream) {
             let wanted = self.config().map(|c| c.userns).ok();
             if userns::is_host_map(&map) && wanted != Some(userns::Mode::Host) {
@@ -307,6 +354,8 @@ impl Container {
     /// not simply its process exiting).
     pub fn finish(&mut self, status: i32, reason: Option<String>) -> Result<(), ContainerError> {
         self.sandbox = None;
+        self.start_slot = None;
+        self.memory = None;
         self.state.mark_exited(status, reason);
         self.states.save(&self.state)?;
         Ok(())
@@ -450,7 +499,13 @@ impl Container {
             return Ok(());
         }
         let what = self.state.isolation.process_name();
-        self.finish(137, Some(format!("{what} died unexpectedly")))
+        match self.finish(137, Some(format!("{what} died unexpectedly"))) {
+            // Removed meanwhile (`rm -f` killed it, then took its dir).
+            Err(_) if !self.dir().is_dir() => {
+                Err(StateError::NotFound(self.state.id.clone()).into())
+            }
+            r => r,
+        }
     }
 }
 
@@ -489,6 +544,8 @@ mod tests {
             kernel: None,
             userns: userns::Mode::Auto,
             huge_pages: true,
+            max_starting: None,
+            max_guest_memory_mib: None,
         }
     }
 

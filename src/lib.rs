@@ -4,6 +4,7 @@
 //! [`ContainerConfig`] and calls [`Container`]'s methods; the modules below
 //! are the parts those methods are made of.
 
+pub mod admission;
 pub mod bench;
 pub mod bundle;
 pub mod cgroups;

@@ -190,7 +190,9 @@ impl StateDir {
     /// Writes `state.json` atomically.
     pub fn save(&self, state: &ContainerState) -> Result<(), StateError> {
         let path = self.dir(&state.id).join("state.json");
-        let tmp = path.with_extension("json.tmp");
+        // One temp file per writer: a monitor and a `ps` reconciling the same
+        // container must not write into each other's file.
+        let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
         let data = serde_json::to_vec_pretty(state).expect("state serializes");
         let write = || -> io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
@@ -276,10 +278,18 @@ impl StateDir {
             fs::remove_file(&link).map_err(io_err("removing", &link))?;
         }
         let dir = self.dir(&state.id);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("removing", &dir)(e)),
+        // A reader reconciling the container (`ps`) may add a temp file
+        // while the directory is being emptied: try again.
+        let mut tries = 0;
+        loop {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && tries < 5 => {
+                    tries += 1;
+                }
+                Err(e) => return Err(io_err("removing", &dir)(e)),
+            }
         }
     }
 }

@@ -65,6 +65,20 @@ pub fn lock_exclusive(file: &File) -> io::Result<()> {
     }
 }
 
+/// Takes an exclusive `flock` on `file` if nobody holds it: Ok(false) when
+/// another open file description does (retried on EINTR).
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock on an fd `file` owns for the duration of the call.
+        match check(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) {
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Whether a byte is waiting on the socket `fd` (left unread); false at
 /// end of stream or on an error.
 pub fn peek_byte(fd: &impl AsRawFd) -> bool {

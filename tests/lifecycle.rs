@@ -80,6 +80,8 @@ fn create_then_start_then_attach_then_delete() {
         kernel: None,
         userns: Mode::Auto,
         huge_pages: true,
+        max_starting: None,
+        max_guest_memory_mib: None,
     };
 
     let mut c = Container::create(&state_dir, &config).unwrap();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 pub use fingerprint::fingerprint;
 pub use oci_runtime::OciRuntime;
-use report::{BackendReport, MemoryReport, Report, SCHEMA_VERSION};
+use report::{BackendReport, MemoryReport, Report, SCHEMA_VERSION, SweepPoint};
 use stats::Percentiles;
 
 /// The phases of one container's life, in order. A backend reports the ones
@@ -142,14 +142,17 @@ pub trait IdleInstance: Send {
 pub const IDLE_COMMAND: [&str; 3] = ["sh", "-c", "echo ready; exec sleep 3600"];
 
 /// How much to measure.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub runs: usize,
+    /// Idle instances for the memory figures (the largest of `sweep`).
     pub concurrency: usize,
+    /// Parallel workers for each throughput measurement, in order.
+    pub sweep: Vec<usize>,
 }
 
 /// Measures one backend; failures become the report's reason, never a panic.
-pub fn measure(backend: &dyn Backend, args: &[String], plan: Plan) -> BackendReport {
+pub fn measure(backend: &dyn Backend, args: &[String], plan: &Plan) -> BackendReport {
     let mut report = BackendReport {
         backend: backend.name().to_string(),
         available: false,
@@ -162,6 +165,7 @@ pub fn measure(backend: &dyn Backend, args: &[String], plan: Plan) -> BackendRep
             .collect(),
         memory: None,
         instances_per_second: None,
+        sweep: Vec::new(),
     };
     if let Some(reason) = backend.unavailable() {
         report.reason = Some(reason);
@@ -190,13 +194,19 @@ pub fn measure(backend: &dyn Backend, args: &[String], plan: Plan) -> BackendRep
         Ok(m) => report.memory = Some(m),
         Err(e) => report.reason = Some(format!("memory not measured: {}", crate::error::chain(&e))),
     }
-    match measure_throughput(backend, args, plan) {
-        Ok(r) => report.instances_per_second = Some(r),
-        Err(e) => {
-            report.reason = Some(format!(
-                "throughput not measured: {}",
-                crate::error::chain(&e)
-            ))
+    for &k in &plan.sweep {
+        match measure_throughput(backend, args, plan.runs, k) {
+            Ok(point) => {
+                report.instances_per_second = Some(point.instances_per_second);
+                report.sweep.push(point);
+            }
+            Err(e) => {
+                report.reason = Some(format!(
+                    "throughput at concurrency {k} not measured: {}",
+                    crate::error::chain(&e)
+                ));
+                break;
+            }
         }
     }
     report
@@ -236,21 +246,27 @@ fn measure_memory(backend: &dyn Backend, k: usize) -> Result<MemoryReport, Bench
     result
 }
 
+/// `k` parallel workers run `args` to completion, together at least `runs`
+/// times (one each at least): completed runs per second, and the spread of
+/// their end-to-end times at that load.
 fn measure_throughput(
     backend: &dyn Backend,
     args: &[String],
-    plan: Plan,
-) -> Result<f64, BenchError> {
-    let k = plan.concurrency.max(1);
-    let per_worker = plan.runs.div_ceil(k).max(1);
+    runs: usize,
+    k: usize,
+) -> Result<SweepPoint, BenchError> {
+    let k = k.max(1);
+    let per_worker = runs.div_ceil(k).max(1);
     let first_error: Mutex<Option<BenchError>> = Mutex::new(None);
+    let totals: Mutex<Vec<Duration>> = Mutex::new(Vec::with_capacity(k * per_worker));
     let start = Instant::now();
     std::thread::scope(|s| {
         for w in 0..k {
-            let first_error = &first_error;
+            let (first_error, totals) = (&first_error, &totals);
             s.spawn(move || {
                 for i in 0..per_worker {
-                    let id = format!("tput-{}-{w}-{i}", std::process::id());
+                    let id = format!("tput-{}-{k}-{w}-{i}", std::process::id());
+                    let t = Instant::now();
                     if let Err(e) = backend.run_once(&id, args) {
                         first_error
                             .lock()
@@ -258,6 +274,10 @@ fn measure_throughput(
                             .get_or_insert(e);
                         return;
                     }
+                    totals
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(t.elapsed());
                 }
             });
         }
@@ -265,11 +285,23 @@ fn measure_throughput(
     if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    Ok((k * per_worker) as f64 / start.elapsed().as_secs_f64())
+    let elapsed = start.elapsed().as_secs_f64();
+    let totals = totals.into_inner().unwrap_or_else(|p| p.into_inner());
+    let spread = Percentiles::of(&totals).ok_or_else(|| BenchError::Backend {
+        backend: backend.name().to_string(),
+        message: "no run completed".into(),
+    })?;
+    Ok(SweepPoint {
+        concurrency: k,
+        runs: totals.len(),
+        instances_per_second: totals.len() as f64 / elapsed,
+        total_p50_ms: spread.p50_ms,
+        total_p99_ms: spread.p99_ms,
+    })
 }
 
 /// Measures every backend and assembles the report.
-pub fn run_all(backends: &[Box<dyn Backend>], image: &str, args: &[String], plan: Plan) -> Report {
+pub fn run_all(backends: &[Box<dyn Backend>], image: &str, args: &[String], plan: &Plan) -> Report {
     Report {
         schema_version: SCHEMA_VERSION,
         host: fingerprint(),

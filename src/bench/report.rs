@@ -51,9 +51,30 @@ pub struct BackendReport {
     pub not_applicable: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryReport>,
-    /// Instances created and run to completion per second at the given concurrency.
+    /// Instances created and run to completion per second at the given
+    /// concurrency (with a sweep, at its last concurrency).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instances_per_second: Option<f64>,
+    /// Throughput and end-to-end latency at each concurrency of the sweep.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sweep: Vec<SweepPoint>,
+}
+
+/// The load at one concurrency: K workers running the command back to back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepPoint {
+    pub concurrency: usize,
+    /// Runs completed.
+    pub runs: usize,
+    pub instances_per_second: f64,
+    /// End-to-end time of one run under this load.
+    pub total_p50_ms: f64,
+    pub total_p99_ms: f64,
+}
+
+/// How many idle instances of `marginal_mib` each fit in `host_mib`.
+pub fn density(host_mib: u64, marginal_mib: f64) -> Option<u64> {
+    (marginal_mib > 0.0).then(|| (host_mib as f64 / marginal_mib).floor() as u64)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,8 +140,29 @@ impl Report {
                     "{:<8} memory: {:.1} MiB PSS per instance ({} idle), marginal {} MiB",
                     b.backend, m.per_instance_pss_mib, m.instances, marginal
                 );
+                let per = m.marginal_pss_mib.unwrap_or(m.per_instance_pss_mib);
+                if let Some(n) = density(self.host.memory_mib, per) {
+                    let _ = writeln!(
+                        out,
+                        "{:<8} density: about {n} idle instances in this host's {} MiB",
+                        b.backend, self.host.memory_mib
+                    );
+                }
             }
-            if let Some(r) = b.instances_per_second {
+            if b.sweep.len() > 1 {
+                for p in &b.sweep {
+                    let _ = writeln!(
+                        out,
+                        "{:<8} concurrency {:>3}: {:>7.2} instances/s, total p50 {:>9.1} ms, p99 {:>9.1} ms ({} runs)",
+                        b.backend,
+                        p.concurrency,
+                        p.instances_per_second,
+                        p.total_p50_ms,
+                        p.total_p99_ms,
+                        p.runs
+                    );
+                }
+            } else if let Some(r) = b.instances_per_second {
                 let _ = writeln!(out, "{:<8} throughput: {r:.2} instances/s", b.backend);
             }
             if let Some(reason) = &b.reason {
@@ -171,7 +213,9 @@ impl Report {
             .fold(0.0_f64, f64::max)
             .max(1e-3);
         let (left, width, bar_h, gap, top) = (90.0, 560.0, 26.0, 14.0, 56.0);
-        let height = top + bars.len() as f64 * (bar_h + gap) + 60.0;
+        let bars_height = top + bars.len() as f64 * (bar_h + gap) + 60.0;
+        let swept = self.backends.iter().any(|b| b.sweep.len() > 1);
+        let height = bars_height + if swept { SWEEP_PANEL_H } else { 0.0 };
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -217,7 +261,7 @@ impl Report {
                 y + bar_h * 0.65
             );
         }
-        let legend_y = height - 30.0;
+        let legend_y = bars_height - 30.0;
         for (i, phase) in Phase::ALL
             .iter()
             .filter(|p| **p != Phase::Total)
@@ -237,10 +281,97 @@ impl Report {
                 phase.name()
             );
         }
+        if swept {
+            self.sweep_panel(&mut s, bars_height, left, width);
+        }
         s.push_str("</svg>\n");
         s
     }
+
+    /// Throughput against concurrency, one line per backend, below the bars.
+    fn sweep_panel(&self, s: &mut String, y0: f64, left: f64, width: f64) {
+        const COLOURS: [&str; 4] = ["#4e79a7", "#e15759", "#59a14f", "#b07aa1"];
+        let (top, plot_h) = (y0 + 40.0, SWEEP_PANEL_H - 90.0);
+        let lines: Vec<&BackendReport> =
+            self.backends.iter().filter(|b| b.sweep.len() > 1).collect();
+        let max_k = lines
+            .iter()
+            .flat_map(|b| b.sweep.iter().map(|p| p.concurrency))
+            .max()
+            .unwrap_or(1)
+            .max(2) as f64;
+        let max_r = lines
+            .iter()
+            .flat_map(|b| b.sweep.iter().map(|p| p.instances_per_second))
+            .fold(0.0_f64, f64::max)
+            .max(1e-3);
+        // Concurrency on a log2 axis: the sweep doubles.
+        let x_of = |k: usize| left + (k.max(1) as f64).log2() / max_k.log2() * width;
+        let y_of = |r: f64| top + plot_h - r / max_r * plot_h;
+        let _ = writeln!(
+            s,
+            r#"<text x="10" y="{}" font-size="14">throughput (instances/s) against concurrency</text>"#,
+            y0 + 20.0
+        );
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{b}" x2="{r}" y2="{b}" stroke="#999"/><line x1="{left}" y1="{top}" x2="{left}" y2="{b}" stroke="#999"/>"##,
+            b = top + plot_h,
+            r = left + width
+        );
+        let _ = writeln!(s, r#"<text x="10" y="{}">{max_r:.2}/s</text>"#, top + 4.0);
+        for (i, b) in lines.iter().enumerate() {
+            let colour = COLOURS[i % COLOURS.len()];
+            let points: Vec<String> = b
+                .sweep
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{:.1},{:.1}",
+                        x_of(p.concurrency),
+                        y_of(p.instances_per_second)
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+                points.join(" ")
+            );
+            for p in &b.sweep {
+                let _ = writeln!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"><title>{} at {}: {:.2}/s, p50 {:.0} ms, p99 {:.0} ms</title></circle>"#,
+                    x_of(p.concurrency),
+                    y_of(p.instances_per_second),
+                    xml_escape(&b.backend),
+                    p.concurrency,
+                    p.instances_per_second,
+                    p.total_p50_ms,
+                    p.total_p99_ms
+                );
+            }
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" fill="{colour}">{}</text>"#,
+                left + width + 4.0,
+                top + 14.0 * (i as f64 + 1.0),
+                xml_escape(&b.backend)
+            );
+        }
+        for k in lines[0].sweep.iter().map(|p| p.concurrency) {
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{}" text-anchor="middle">{k}</text>"#,
+                x_of(k),
+                top + plot_h + 16.0
+            );
+        }
+    }
 }
+
+/// Height of the throughput panel under the phase bars.
+const SWEEP_PANEL_H: f64 = 260.0;
 
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")

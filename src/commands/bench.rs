@@ -17,9 +17,11 @@ pub struct BenchArgs {
     /// Runs per backend.
     #[arg(short = 'n', long = "runs", default_value_t = 10)]
     pub runs: usize,
-    /// Idle instances for the memory figures, and parallel runs for throughput.
-    #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
+    /// Parallel runs for throughput; a list (`1,2,4,8,16`) sweeps them, each
+    /// reported with its p50/p99 end-to-end time. The largest is also the
+    /// number of idle instances for the memory figures.
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    pub concurrency: Vec<usize>,
     /// Write the report as JSON to FILE (schema: docs/bench-schema.json).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -144,7 +146,7 @@ fn target(data_dir: &Path, args: &BenchArgs, work_dir: &Path) -> anyhow::Result<
 }
 
 pub fn run(data_dir: &Path, args: BenchArgs) -> anyhow::Result<i32> {
-    if args.runs == 0 || args.concurrency == 0 {
+    if args.runs == 0 || args.concurrency.contains(&0) {
         bail!("--runs and --concurrency must be at least 1");
     }
     let work_dir = std::env::temp_dir().join(format!("hull-bench-{}", std::process::id()));
@@ -182,9 +184,10 @@ pub fn run(data_dir: &Path, args: BenchArgs) -> anyhow::Result<i32> {
 
     let plan = Plan {
         runs: args.runs,
-        concurrency: args.concurrency,
+        concurrency: args.concurrency.iter().copied().max().unwrap_or(1),
+        sweep: args.concurrency.clone(),
     };
-    let report = bench::run_all(&backends, &t.label, &t.command, plan);
+    let report = bench::run_all(&backends, &t.label, &t.command, &plan);
     drop(backends);
     drop(t);
     let _ = std::fs::remove_dir_all(&work_dir);

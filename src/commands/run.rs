@@ -122,6 +122,14 @@ pub struct RunArgs {
     /// host's ids (root inside is root outside).
     #[arg(long, value_enum, default_value = "auto")]
     pub userns: hull::userns::Mode,
+    /// Sandboxes that may be starting at once on this host; more wait for a
+    /// slot (0: no limit; default two per CPU).
+    #[arg(long, env = "HULL_MAX_STARTING", value_name = "N")]
+    pub max_starting: Option<u32>,
+    /// MiB of guest RAM that running microVMs may commit on this host, in
+    /// all; a run past it is refused (0: no limit; default twice MemTotal).
+    #[arg(long, env = "HULL_MAX_GUEST_MEMORY", value_name = "MIB")]
+    pub max_guest_memory: Option<u64>,
     /// Run a root filesystem directory instead of an image.
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
@@ -218,7 +226,7 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
     let mut times = Times::default();
     let t_prepare = Instant::now();
     let mut t_create = t_prepare;
-    let result = container.start().and_then(|()| {
+    let result = container.start_with(&warn).and_then(|()| {
         t_create = Instant::now();
         let session = Session {
             sinks: sinks(detached.as_ref()),
@@ -271,6 +279,8 @@ fn container_config(args: &RunArgs, src: &Source) -> ContainerConfig {
         kernel: args.kernel.clone(),
         userns: args.userns,
         huge_pages: !args.no_huge_pages,
+        max_starting: args.max_starting,
+        max_guest_memory_mib: args.max_guest_memory,
     }
 }
 

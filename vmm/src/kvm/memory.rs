@@ -8,6 +8,15 @@
 //! nested page-table walks for every guest memory access, which is what
 //! bulk work in the guest (a disk read copying through its page cache)
 //! spends its time on. QEMU does the same for its guest RAM.
+//!
+//! Except where this host's own CPU is software-emulated (a KVM host under
+//! QEMU's TCG, as hull's tests use on machines without hardware KVM): there
+//! a guest whose RAM KVM maps with 2 MiB nested pages wedges the whole
+//! emulated host once a few such VMs do I/O at once (issue 19: the
+//! emulator's vCPU stops in the nested guest at one instruction, spinning
+//! in QEMU's cpu_exec, so the emulated host's own kernel never runs again).
+//! Guest RAM there is plain 4 KiB-mapped memory; `HULL_VMM_HUGE_PAGES=force`
+//! overrides that, for measuring.
 
 use vm_memory::mmap::{MmapRegion, MmapRegionError};
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionCollectionError, GuestRegionMmap};
@@ -27,8 +36,22 @@ pub enum MemoryError {
 }
 
 /// Allocates guest memory for `ranges` (guest address, length). With
-/// `huge_pages` false this is plain anonymous memory with no advice.
+/// `huge_pages` false, or on a software-emulated CPU (see the module docs),
+/// this is plain anonymous memory with no advice.
 pub fn guest_memory(
+    ranges: &[(GuestAddress, usize)],
+    huge_pages: bool,
+) -> Result<GuestMemoryMmap, MemoryError> {
+    let forced = std::env::var("HULL_VMM_HUGE_PAGES").is_ok_and(|v| v == "force");
+    mapped_memory(
+        ranges,
+        huge_pages && (forced || !cpu_is_software_emulated()),
+    )
+}
+
+/// Guest memory for `ranges`; with `huge_pages`, each region lines up with
+/// its guest address modulo 2 MiB and is advised for huge pages.
+fn mapped_memory(
     ranges: &[(GuestAddress, usize)],
     huge_pages: bool,
 ) -> Result<GuestMemoryMmap, MemoryError> {
@@ -42,6 +65,42 @@ pub fn guest_memory(
         regions.push(GuestRegionMmap::new(region, gpa).ok_or(MemoryError::TooLarge(gpa.0))?);
     }
     GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Layout)
+}
+
+/// Signatures (CPUID leaf 0x4000_0000) of hypervisors that run this host
+/// on hardware virtualization.
+const HARDWARE_HYPERVISORS: [&[u8; 12]; 6] = [
+    b"KVMKVMKVM\0\0\0",
+    b"Microsoft Hv",
+    b"VMwareVMware",
+    b"XenVMMXenVMM",
+    b"VBoxVBoxVBox",
+    b"ACRNACRNACRN",
+];
+
+/// Whether this host runs on a CPU an emulator provides: it says it is a
+/// guest (CPUID.1:ECX bit 31) but of no hardware hypervisor (QEMU's TCG
+/// gives no signature, or `TCGTCGTCGTCG`).
+pub fn cpu_is_software_emulated() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid;
+        if __cpuid(1).ecx & (1 << 31) == 0 {
+            return false; // bare metal
+        }
+        let leaf = __cpuid(0x4000_0000);
+        let mut sig = [0u8; 12];
+        sig[..4].copy_from_slice(&leaf.ebx.to_le_bytes());
+        sig[4..8].copy_from_slice(&leaf.ecx.to_le_bytes());
+        sig[8..].copy_from_slice(&leaf.edx.to_le_bytes());
+        is_emulator_signature(&sig)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+fn is_emulator_signature(sig: &[u8; 12]) -> bool {
+    !HARDWARE_HYPERVISORS.contains(&sig)
 }
 
 /// An anonymous mapping of `len` bytes whose address is congruent to `gpa`
@@ -132,12 +191,20 @@ mod tests {
     use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
     #[test]
+    fn only_hardware_hypervisors_keep_huge_pages() {
+        assert!(!is_emulator_signature(b"KVMKVMKVM\0\0\0"));
+        assert!(!is_emulator_signature(b"Microsoft Hv"));
+        assert!(is_emulator_signature(b"TCGTCGTCGTCG"));
+        assert!(is_emulator_signature(&[0; 12]));
+    }
+
+    #[test]
     fn regions_line_up_with_their_guest_addresses_modulo_2m() {
         let ranges = [
             (GuestAddress(0), 4 << 20),
             (GuestAddress(0x1_0000_0000 + 4096), 8 << 20),
         ];
-        let mem = guest_memory(&ranges, true).unwrap();
+        let mem = mapped_memory(&ranges, true).unwrap();
         for r in mem.iter() {
             let host = r
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
