@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::sys;
 use hull_agent::protocol::{
@@ -18,6 +18,35 @@ pub enum ClientError {
     Protocol(#[from] protocol::ProtocolError),
     #[error("the connection to the agent ended before the process did")]
     Lost,
+    #[error("the agent sent no {what} within {secs} s")]
+    Silent { what: &'static str, secs: u64 },
+}
+
+/// How long the agent has, once connected, to say hello, and then to say
+/// the process started (or could not): a guest that never answers ends the
+/// run with an error instead of a hang.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads one frame; a read timeout is the agent being `Silent` about `what`.
+fn read_or_silent(
+    r: &mut UnixStream,
+    what: &'static str,
+    timeout: Option<Duration>,
+) -> Result<Option<Frame>, ClientError> {
+    read_frame(r).map_err(|e| match (&e, timeout) {
+        (protocol::ProtocolError::Io(io), Some(t))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            ClientError::Silent {
+                what,
+                secs: t.as_secs(),
+            }
+        }
+        _ => e.into(),
+    })
 }
 
 /// When things happened during the session (for `hull bench`).
@@ -146,9 +175,49 @@ pub fn run_session(
     sinks: &mut Sinks,
     times: &mut Times,
 ) -> Result<Outcome, ClientError> {
+    let relay = Relay {
+        stdin,
+        signals: true,
+        answer_timeout: answer_timeout(),
+    };
+    session(stream, start, relay, sinks, times)
+}
+
+/// [`ANSWER_TIMEOUT`], or `HULL_AGENT_ANSWER_SECS` seconds (README: a test
+/// aid, so hostile-guest tests need not wait a minute each).
+fn answer_timeout() -> Duration {
+    std::env::var(ANSWER_TIMEOUT_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&s| s > 0)
+        .map_or(ANSWER_TIMEOUT, Duration::from_secs)
+}
+
+/// See [`answer_timeout`].
+pub const ANSWER_TIMEOUT_ENV: &str = "HULL_AGENT_ANSWER_SECS";
+
+/// What a session relays besides the agent's frames, and how long the
+/// agent has to answer.
+struct Relay {
+    stdin: bool,
+    signals: bool,
+    answer_timeout: Duration,
+}
+
+fn session(
+    stream: UnixStream,
+    start: &Start,
+    relay: Relay,
+    sinks: &mut Sinks,
+    times: &mut Times,
+) -> Result<Outcome, ClientError> {
     let mut reader = stream.try_clone().map_err(protocol::ProtocolError::Io)?;
+    let timeout = Some(relay.answer_timeout);
+    reader
+        .set_read_timeout(timeout)
+        .map_err(protocol::ProtocolError::Io)?;
     let writer: Shared = Arc::new(Mutex::new(stream));
-    let hello: Hello = match read_frame(&mut reader)? {
+    let hello: Hello = match read_or_silent(&mut reader, "hello", timeout)? {
         Some(f) => f.expect(Kind::Hello)?,
         None => return Err(ClientError::Lost),
     };
@@ -159,20 +228,28 @@ pub fn run_session(
     if !send(&writer, &Frame::json(Kind::Start, start)) {
         return Err(ClientError::Lost);
     }
-    if stdin {
+    if relay.stdin {
         let w = writer.clone();
         std::thread::spawn(move || relay_stdin(&w));
     }
-    {
+    if relay.signals {
         let w = writer.clone();
         std::thread::spawn(move || forward_signals(&w));
     }
+    // Until the process started, the agent has `timeout` to say so; then
+    // the process may run (and be quiet) as long as it likes.
+    let mut waiting = timeout;
     loop {
-        let Some(f) = read_frame(&mut reader)? else {
+        let Some(f) = read_or_silent(&mut reader, "word of the process starting", waiting)? else {
             return Err(ClientError::Lost);
         };
         match f.kind {
             Kind::Started => {
+                if waiting.take().is_some() {
+                    reader
+                        .set_read_timeout(None)
+                        .map_err(protocol::ProtocolError::Io)?;
+                }
                 times.started = Some(Instant::now());
                 if let Some(f) = sinks.on_started.take() {
                     f();
@@ -259,5 +336,176 @@ impl RawMode {
 impl Drop for RawMode {
     fn drop(&mut self) {
         self.restore();
+    }
+}
+
+/// The host side of one session against `data` as everything a hostile
+/// agent sends (a stream of bytes, then end of file), with no stdin and no
+/// signal relay: what the cargo-fuzz target `agent_session` (fuzz/) and the
+/// generated-input test below run. It must return (an outcome or an error),
+/// never panic, never hold more than a frame in memory.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_session(data: &[u8]) -> Result<Outcome, ClientError> {
+    let (host, mut guest) = UnixStream::pair().expect("a socket pair");
+    let data = data.to_vec();
+    let peer = std::thread::spawn(move || {
+        // The host may stop reading (an error) and close: EPIPE ends this.
+        let _ = guest.write_all(&data);
+        let _ = guest.shutdown(std::net::Shutdown::Write);
+        // Keep the host's writes (Start) from failing before it read all.
+        let _ = std::io::copy(&mut guest, &mut std::io::sink());
+    });
+    let mut sinks = Sinks {
+        stdout: vec![Box::new(std::io::sink())],
+        stderr: vec![Box::new(std::io::sink())],
+        on_started: None,
+    };
+    let relay = Relay {
+        stdin: false,
+        signals: false,
+        answer_timeout: Duration::from_secs(2),
+    };
+    let out = session(
+        host,
+        &Start::default(),
+        relay,
+        &mut sinks,
+        &mut Times::default(),
+    );
+    let _ = peer.join();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hull_agent::protocol::Started;
+
+    fn frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
+        let mut v = ((payload.len() + 1) as u32).to_be_bytes().to_vec();
+        v.push(kind as u8);
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn hello() -> Vec<u8> {
+        frame(
+            Kind::Hello,
+            &serde_json::to_vec(&Hello {
+                version: protocol::VERSION,
+                marks: Default::default(),
+            })
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_well_behaved_agent_gives_its_exit_status() {
+        let mut s = hello();
+        let started = serde_json::to_vec(&Started { pid: 1, at_ms: 0.0 }).unwrap();
+        s.extend(frame(Kind::Started, &started));
+        s.extend(frame(Kind::Stdout, b"hi\n"));
+        s.extend(frame(
+            Kind::Exit,
+            br#"{"code":3,"signal":null,"reason":null,"at_ms":1.0}"#,
+        ));
+        let out = fuzz_session(&s).unwrap();
+        assert_eq!(out.status(), 3);
+    }
+
+    #[test]
+    fn hostile_agents_end_with_one_error_each() {
+        let msg = |data: &[u8]| match fuzz_session(data) {
+            Err(e) => hull_error_line(&e),
+            Ok(o) => panic!("accepted: {}", o.status()),
+        };
+        // A 4 GiB length claim: refused before any allocation.
+        let mut huge = vec![0xff, 0xff, 0xff, 0xff];
+        huge.extend([1u8; 64]);
+        assert!(
+            msg(&huge).contains("frame of 4294967295 bytes is larger than the 1048576-byte limit"),
+            "{}",
+            msg(&huge)
+        );
+        // Garbage: an unknown kind.
+        assert!(
+            msg(&frame_raw(0xee)).contains("unknown"),
+            "{}",
+            msg(&frame_raw(0xee))
+        );
+        // Hello, then nothing: the timeout, named.
+        let t = Instant::now();
+        let (host, _guest) = UnixStream::pair().unwrap();
+        let relay = Relay {
+            stdin: false,
+            signals: false,
+            answer_timeout: Duration::from_secs(1),
+        };
+        let e = session(
+            host,
+            &Start::default(),
+            relay,
+            &mut Sinks::default(),
+            &mut Times::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "the agent sent no hello within 1 s");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // Nothing at all, then end of file.
+        assert!(matches!(fuzz_session(b""), Err(ClientError::Lost)));
+    }
+
+    fn frame_raw(kind: u8) -> Vec<u8> {
+        vec![0, 0, 0, 3, kind, 1, 2]
+    }
+
+    fn hull_error_line(e: &ClientError) -> String {
+        let mut line = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            line.push_str(": ");
+            line.push_str(&c.to_string());
+            cause = c.source();
+        }
+        line
+    }
+
+    /// The fuzz target's input, generated: valid frames, mutated and cut
+    /// (HULL_FUZZ_ITERS sets the count; 2000 by default).
+    #[test]
+    fn fuzz_session_survives_generated_input() {
+        let iters: u64 = std::env::var("HULL_FUZZ_ITERS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20_000)
+            / 10;
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let kinds = [1u8, 5, 6, 9, 10, 11, 12, 0, 200];
+        for _ in 0..iters {
+            let mut s = if next() % 4 == 0 { Vec::new() } else { hello() };
+            for _ in 0..next() % 6 {
+                let kind = kinds[(next() % kinds.len() as u64) as usize];
+                let len = (next() % 40) as usize;
+                let payload: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                let mut f = vec![0, 0, 0, 0, kind];
+                f[..4].copy_from_slice(&((len + 1) as u32).to_be_bytes());
+                f.extend(payload);
+                s.extend(f);
+            }
+            // Flip a byte, cut the tail.
+            if !s.is_empty() && next() % 2 == 0 {
+                let i = (next() % s.len() as u64) as usize;
+                s[i] ^= next() as u8;
+            }
+            let cut = (next() % (s.len() as u64 + 1)) as usize;
+            s.truncate(cut.max(s.len() / 2));
+            let _ = fuzz_session(&s);
+        }
     }
 }

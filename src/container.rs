@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admission::{AdmissionError, Limits, MemoryReservation, StartSlot};
 use crate::client::{self, ClientError, Outcome, RawMode, Sinks, Times};
+use crate::network::{self, NetworkError};
 use crate::process::{self, ProcessId};
 use crate::sandbox::{self, Isolation, Sandbox, SandboxError, Spec};
 use crate::state::{ContainerState, STDERR_LOG, STDOUT_LOG, StateDir, StateError, Status};
@@ -51,6 +52,15 @@ pub struct ContainerConfig {
     pub userns: userns::Mode,
     /// Guest RAM laid out for transparent huge pages (vm).
     pub huge_pages: bool,
+    /// The container's network; None: a namespace of its own with only
+    /// `lo`, the image's /etc files untouched.
+    #[serde(default)]
+    pub network: Option<network::Request>,
+    /// The writable layer, for `hull build` to read a step's changes from
+    /// its upper/ afterwards: a host directory (ns), or an ext4 disk image
+    /// (vm); a tmpfs when None.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper: Option<PathBuf>,
     /// Host-wide admission: sandboxes starting at once, and microVM guest
     /// memory committed in all (None: derived from the host; 0: no limit).
     #[serde(default)]
@@ -72,6 +82,8 @@ pub enum ContainerError {
     State(#[from] StateError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     #[error("reading the configuration of container {id}")]
     Config { id: String, source: std::io::Error },
     #[error("container {0} is not running")]
@@ -121,6 +133,8 @@ pub struct Container {
     state: ContainerState,
     /// The sandbox, in the process that started it, until it ended.
     sandbox: Option<Sandbox>,
+    /// What the agent sets up for the container's network (from `start`).
+    network_setup: Option<hull_agent::protocol::NetworkSetup>,
     /// A start slot, held from launch until the agent answers.
     start_slot: Option<StartSlot>,
     /// The microVM's guest memory, committed while its sandbox lives.
@@ -142,6 +156,7 @@ impl Container {
             states,
             state,
             sandbox: None,
+            network_setup: None,
             start_slot: None,
             memory: None,
         };
@@ -169,6 +184,7 @@ impl Container {
             states,
             state,
             sandbox: None,
+            network_setup: None,
             start_slot: None,
             memory: None,
         };
@@ -185,6 +201,7 @@ impl Container {
                 states: states.clone(),
                 state,
                 sandbox: None,
+                network_setup: None,
                 start_slot: None,
                 memory: None,
             };
@@ -229,6 +246,30 @@ impl Container {
         })
     }
 
+    /// Sets the network of a container not started yet (recorded in its
+    /// configuration, for `start`).
+    pub fn set_network(&mut self, request: network::Request) -> Result<(), ContainerError> {
+        if self.state.status != Status::Created {
+            return Err(ContainerError::AlreadyStarted(self.short_id().into()));
+        }
+        let mut config = self.config()?;
+        config.network = Some(request);
+        let path = self.dir().join(CONFIG_FILE);
+        let json = serde_json::to_vec_pretty(&config).expect("a ContainerConfig serializes");
+        std::fs::write(&path, json).map_err(|source| StateError::Io {
+            what: "writing",
+            path,
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// The container's network attachment (address, published ports), if
+    /// it is on a network.
+    pub fn network(&self) -> Option<network::Attachment> {
+        network::attachment(&self.dir())
+    }
+
     /// Launches the container's sandbox; this process becomes its monitor
     /// (status `running`). The sandbox launches here, for both backends.
     pub fn start(&mut self) -> Result<(), ContainerError> {
@@ -257,6 +298,28 @@ impl Container {
         })?;
         let dir = self.dir();
         let name = self.short_id().to_string();
+        let prepared = match &config.network {
+            Some(req) => Some(network::prepare(
+                self.states.root(),
+                &dir,
+                &self.state.id,
+                req,
+                config.isolation,
+            )?),
+            None => None,
+        };
+        let (netns, tap) = match prepared {
+            None => (sandbox::NetNs::New, None),
+            Some(p) => {
+                self.network_setup = Some(p.setup);
+                let netns = match (p.netns, &config.network) {
+                    (Some(path), _) => sandbox::NetNs::Path(path),
+                    (None, Some(r)) if r.mode == network::Mode::Host => sandbox::NetNs::Host,
+                    (None, _) => sandbox::NetNs::New,
+                };
+                (netns, p.tap)
+            }
+        };
         let spec = Spec {
             isolation: config.isolation,
             dir: &dir,
@@ -268,13 +331,26 @@ impl Container {
             name: &name,
             userns: config.userns,
             huge_pages: config.huge_pages,
+            netns,
+            tap,
+            upper: config.upper,
         };
-        let sandbox = Sandbox::launch(&spec)?;
+        let sandbox = match Sandbox::launch(&spec) {
+            Ok(s) => s,
+            Err(e) => {
+                network::release(self.states.root(), &dir);
+                return Err(e.into());
+            }
+        };
         self.state.status = Status::Running;
         self.state.sandbox = ProcessId::of(sandbox.pid() as i32);
         self.state.monitor = ProcessId::of(std::process::id() as i32);
         // On an error the sandbox is dropped: killed and cleaned up.
-        self.states.save(&self.state)?;
+        if let Err(e) = self.states.save(&self.state) {
+            drop(sandbox);
+            network::release(self.states.root(), &dir);
+            return Err(e.into());
+        }
         self.sandbox = Some(sandbox);
         self.start_slot = Some(slot);
         self.memory = memory;
@@ -295,6 +371,11 @@ impl Container {
         for w in sandbox.take_warnings() {
             (session.warn)(&w);
         }
+        let mut start = start.clone();
+        if start.network.is_none() {
+            start.network = self.network_setup.clone();
+        }
+        let start = &start;
         let connected = sandbox.connect(CONNECT_TIMEOUT);
         // Started (or failed to): the next launch may go.
         self.start_slot = None;
@@ -333,7 +414,7 @@ impl Container {
                     )
                 });
                 return Err(
-                    match status.and_then(|_| sandbox.error_message()).or(killed) {
+                    match status.and_then(|s| sandbox.error_message(s)).or(killed) {
                         Some(why) => ContainerError::SandboxEnded(why),
                         None => e.into(),
                     },
@@ -354,6 +435,7 @@ impl Container {
     /// not simply its process exiting).
     pub fn finish(&mut self, status: i32, reason: Option<String>) -> Result<(), ContainerError> {
         self.sandbox = None;
+        network::release(self.states.root(), &self.dir());
         self.start_slot = None;
         self.memory = None;
         self.state.mark_exited(status, reason);
@@ -498,6 +580,12 @@ impl Container {
         if process::alive(self.state.sandbox) || process::alive(self.state.monitor) {
             return Ok(());
         }
+        // The monitor may have recorded the end and exited since this state
+        // was read: never overwrite its record with "died unexpectedly".
+        self.state = self.states.load(&self.state.id)?;
+        if self.state.status != Status::Running {
+            return Ok(());
+        }
         let what = self.state.isolation.process_name();
         match self.finish(137, Some(format!("{what} died unexpectedly"))) {
             // Removed meanwhile (`rm -f` killed it, then took its dir).
@@ -544,6 +632,8 @@ mod tests {
             kernel: None,
             userns: userns::Mode::Auto,
             huge_pages: true,
+            network: None,
+            upper: None,
             max_starting: None,
             max_guest_memory_mib: None,
         }

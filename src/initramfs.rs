@@ -11,6 +11,10 @@ pub enum InitramfsError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{path} cannot be the guest's init: {why}; run agent/build-static.sh (or set HULL_AGENT to a static x86_64 hull-agent)"
+    )]
+    NotStaticAgent { path: PathBuf, why: &'static str },
     #[error("writing the initramfs {path}")]
     Write {
         path: PathBuf,
@@ -20,6 +24,42 @@ pub enum InitramfsError {
 
 /// Bumped when the layout below changes, so old cached images are not used.
 const FORMAT: u64 = 1;
+
+/// Why `elf` cannot run as a guest's PID 1, if it cannot: the guest
+/// kernel boots an x86_64 initramfs with no dynamic loader in it, so the
+/// agent must be a 64-bit x86_64 ELF without an interpreter (PT_INTERP).
+fn agent_problem(elf: &[u8]) -> Option<&'static str> {
+    const PT_INTERP: u32 = 3;
+    const EM_X86_64: u16 = 62;
+    let bytes = |o: usize, n: usize| elf.get(o..o.checked_add(n)?);
+    let u16_at = |o: usize| Some(u16::from_le_bytes(bytes(o, 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(bytes(o, 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(bytes(o, 8)?.try_into().ok()?));
+    if elf.get(..4) != Some(b"\x7fELF".as_slice()) {
+        return Some("it is not an ELF executable");
+    }
+    if elf.get(4) != Some(&2) || elf.get(5) != Some(&1) || u16_at(18) != Some(EM_X86_64) {
+        return Some("it is not built for x86_64");
+    }
+    let malformed = Some("its ELF header is malformed");
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(32), u16_at(54), u16_at(56)) else {
+        return malformed;
+    };
+    let Ok(phoff) = usize::try_from(phoff) else {
+        return malformed;
+    };
+    for i in 0..usize::from(phnum) {
+        let Some(at) = phoff.checked_add(i * usize::from(phentsize)) else {
+            return malformed;
+        };
+        match u32_at(at) {
+            Some(PT_INTERP) => return Some("it is dynamically linked"),
+            Some(_) => {}
+            None => return malformed,
+        }
+    }
+    None
+}
 
 /// One cpio entry.
 struct Entry<'a> {
@@ -35,6 +75,12 @@ pub fn for_agent(agent: &Path, cache_dir: &Path) -> Result<PathBuf, InitramfsErr
         path: agent.to_path_buf(),
         source,
     })?;
+    if let Some(why) = agent_problem(&bytes) {
+        return Err(InitramfsError::NotStaticAgent {
+            path: agent.to_path_buf(),
+            why,
+        });
+    }
     let key = fnv1a(&bytes) ^ FORMAT;
     let path = cache_dir.join(format!("initramfs-{key:016x}.cpio"));
     if path.exists() {
@@ -198,14 +244,75 @@ mod tests {
         assert_eq!((console.1, console.2), (0o020600, (5, 1)));
     }
 
+    /// A 64-bit x86_64 ELF header with one PT_LOAD program header (and
+    /// a PT_INTERP one with `interp`), then `tail`.
+    fn elf(machine: u16, interp: bool, tail: &[u8]) -> Vec<u8> {
+        let mut e = vec![0u8; 64];
+        e[..4].copy_from_slice(b"\x7fELF");
+        e[4] = 2;
+        e[5] = 1;
+        e[18..20].copy_from_slice(&machine.to_le_bytes());
+        e[32..40].copy_from_slice(&64u64.to_le_bytes());
+        e[54..56].copy_from_slice(&56u16.to_le_bytes());
+        let phdrs: &[u32] = if interp { &[1, 3] } else { &[1] };
+        e[56..58].copy_from_slice(&(phdrs.len() as u16).to_le_bytes());
+        for &t in phdrs {
+            let mut ph = vec![0u8; 56];
+            ph[..4].copy_from_slice(&t.to_le_bytes());
+            e.extend(ph);
+        }
+        e.extend_from_slice(tail);
+        e
+    }
+
+    fn static_elf(tail: &[u8]) -> Vec<u8> {
+        elf(62, false, tail)
+    }
+
+    #[test]
+    fn only_a_static_x86_64_agent_is_packed() {
+        assert_eq!(agent_problem(&static_elf(b"")), None);
+        assert_eq!(
+            agent_problem(&elf(62, true, b"")),
+            Some("it is dynamically linked")
+        );
+        assert_eq!(
+            agent_problem(&elf(183, false, b"")),
+            Some("it is not built for x86_64")
+        );
+        assert_eq!(
+            agent_problem(b"#!/bin/sh\n"),
+            Some("it is not an ELF executable")
+        );
+        // Program headers claimed past the end of the file.
+        let mut cut = static_elf(b"");
+        cut[56..58].copy_from_slice(&40u16.to_le_bytes());
+        assert_eq!(agent_problem(&cut), Some("its ELF header is malformed"));
+        let mut far = static_elf(b"");
+        far[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(agent_problem(&far), Some("its ELF header is malformed"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("hull-agent");
+        std::fs::write(&agent, elf(62, true, b"")).unwrap();
+        let e = for_agent(&agent, dir.path()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} cannot be the guest's init: it is dynamically linked; run agent/build-static.sh (or set HULL_AGENT to a static x86_64 hull-agent)",
+                agent.display()
+            )
+        );
+    }
+
     #[test]
     fn cache_is_keyed_by_content() {
         let dir = tempfile::tempdir().unwrap();
         let agent = dir.path().join("agent");
-        std::fs::write(&agent, b"one").unwrap();
+        std::fs::write(&agent, static_elf(b"one")).unwrap();
         let a = for_agent(&agent, dir.path()).unwrap();
         assert_eq!(for_agent(&agent, dir.path()).unwrap(), a);
-        std::fs::write(&agent, b"two").unwrap();
+        std::fs::write(&agent, static_elf(b"two")).unwrap();
         assert_ne!(for_agent(&agent, dir.path()).unwrap(), a);
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod bench;
+pub mod build;
 pub mod bundle;
 pub mod cgroups;
 pub mod client;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod image;
 pub mod initramfs;
 pub mod monitor;
+pub mod network;
 pub mod paths;
 pub mod process;
 pub mod sandbox;

@@ -27,7 +27,15 @@ enum Command {
     /// Measure the same image and command under several isolation backends.
     Bench(commands::bench::BenchArgs),
     /// Run a command in a new container.
-    Run(commands::run::RunArgs),
+    Run(Box<commands::run::RunArgs>),
+    /// Build an image from a Dockerfile.
+    Build(commands::build::BuildArgs),
+    /// Push an image to a registry.
+    Push(commands::push::PushArgs),
+    /// Write an image as a docker save tarball or an OCI layout.
+    Save(commands::push::SaveArgs),
+    /// Give an image another name.
+    Tag(commands::history::TagArgs),
     /// Pull an image from a registry.
     Pull(commands::images::PullArgs),
     /// Import an OCI image layout directory or a `docker save` tarball.
@@ -53,6 +61,11 @@ enum Command {
     Stop(commands::stop::StopArgs),
     /// Send a signal to containers (default: SIGKILL).
     Kill(commands::stop::KillArgs),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(commands::network::NetworkCommand),
+    /// List a container's published ports.
+    Port(commands::port::PortArgs),
 }
 
 fn main() {
@@ -69,7 +82,11 @@ fn main() {
     let result = match cli.command {
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Bench(args) => commands::bench::run(&cli.data_dir, args),
-        Command::Run(args) => commands::run::run(&cli.state_dir, &cli.data_dir, args),
+        Command::Run(args) => commands::run::run(&cli.state_dir, &cli.data_dir, *args),
+        Command::Build(args) => commands::build::run(&cli.state_dir, &cli.data_dir, args),
+        Command::Push(args) => commands::push::push(&cli.data_dir, args),
+        Command::Save(args) => commands::push::save(&cli.data_dir, args),
+        Command::Tag(args) => commands::history::tag(&cli.data_dir, args),
         Command::Pull(args) => commands::images::pull(&cli.data_dir, args),
         Command::Import(args) => commands::images::import(&cli.data_dir, args),
         Command::Images(args) => commands::images::images(&cli.data_dir, args),
@@ -82,6 +99,8 @@ fn main() {
         Command::Logs(args) => commands::logs::run(&cli.state_dir, args),
         Command::Stop(args) => commands::stop::run_stop(&cli.state_dir, args),
         Command::Kill(args) => commands::stop::run_kill(&cli.state_dir, args),
+        Command::Network(cmd) => commands::network::run(&cli.state_dir, cmd),
+        Command::Port(args) => commands::port::run(&cli.state_dir, args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -145,6 +145,11 @@ impl StateDir {
         })
     }
 
+    /// The state dir itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The directory of container `id` (sockets, logs, state.json).
     pub fn dir(&self, id: &str) -> PathBuf {
         self.root.join("containers").join(id)

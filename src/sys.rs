@@ -163,6 +163,23 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Lets the child of `cmd` start with no signal blocked (hull blocks the
+/// stop signals for itself; a daemon it starts, such as a network's
+/// dnsmasq, must still obey SIGTERM and SIGHUP).
+pub fn unblock_signals(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and calls only
+    // async-signal-safe functions (sigemptyset, sigprocmask) on a local set.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}
+
 /// The size (rows, columns) of the terminal on `fd`, if it is one.
 pub fn terminal_size(fd: RawFd) -> Option<(u16, u16)> {
     // SAFETY: winsize is plain data; TIOCGWINSZ writes one into it.
@@ -265,4 +282,61 @@ pub fn unmount_detach(target: &Path) -> io::Result<()> {
     let target = cpath(target)?;
     // SAFETY: a valid NUL-terminated string for the duration of the call.
     check(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) })
+}
+
+/// Moves the calling thread into the network namespace `ns` (an open
+/// nsfs file).
+pub fn setns_net(ns: &File) -> io::Result<()> {
+    // SAFETY: `ns` is an open fd for the duration of the call.
+    check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) })
+}
+
+/// Moves the calling thread into a new network namespace.
+pub fn unshare_net() -> io::Result<()> {
+    // SAFETY: unshare takes no pointers.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNET) })
+}
+
+/// Bind-mounts `src` onto `target` (as `mount --bind`).
+pub fn bind_mount(src: &Path, target: &Path) -> io::Result<()> {
+    let (src, target) = (cpath(src)?, cpath(target)?);
+    // SAFETY: valid NUL-terminated strings for the duration of the call; no
+    // data argument.
+    check(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// Opens /dev/net/tun as tap `name` with IFF_TAP | IFF_NO_PI |
+/// IFF_VNET_HDR, in the calling thread's network namespace.
+pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let tun = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+    // SAFETY: TUNSETIFF reads and writes `req`, valid for the call, on an
+    // fd `tun` owns.
+    check(unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) })?;
+    Ok(OwnedFd::from(tun))
+}
+
+/// Lets `fd` survive exec (clears FD_CLOEXEC), to hand it to a child.
+pub fn inherit_fd(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd the caller owns; no pointers.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) })
 }

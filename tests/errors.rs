@@ -147,3 +147,21 @@ fn no_built_kernel_says_how_to_build_one() {
 fn empty_dir(p: &Path) -> bool {
     std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none())
 }
+
+#[test]
+fn a_flag_hull_does_not_know_before_the_image_is_an_unknown_flag() {
+    let t = tempfile::Builder::new().prefix("h").tempdir().unwrap();
+    let state = t.path().join("s");
+    let out = hull()
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["run", "-p", "8080:80", "busybox"])
+        .output()
+        .unwrap();
+    let line = error_line(&out);
+    assert_eq!(line, "hull: unknown flag: -p (see hull run --help)");
+    assert!(
+        empty_dir(&state.join("containers")),
+        "an unknown flag left a container"
+    );
+}

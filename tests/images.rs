@@ -13,6 +13,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "support/registry.rs"]
+mod registry;
+
+use registry::{Registry, free_port, start_registry};
+
 const HULL: &str = env!("CARGO_BIN_EXE_hull");
 
 fn require_root_and_tools() {
@@ -472,71 +477,6 @@ fn index_without_linux_amd64_is_refused() {
 }
 
 // --- against a real registry (Debian's docker-registry on 127.0.0.1) -------
-
-/// A docker-registry on a free loopback port, stopped on drop.
-struct Registry {
-    child: std::process::Child,
-    addr: String,
-    storage: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_registry() -> Registry {
-    let ok = Command::new("docker-registry")
-        .arg("--version")
-        .output()
-        .is_ok();
-    assert!(
-        ok,
-        "docker-registry is missing: run scripts/install-deps.sh"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let storage = dir.path().join("data");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = dir.path().join("config.yml");
-    fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-            storage.display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(&addr).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    Registry {
-        child,
-        addr,
-        storage,
-        _dir: dir,
-    }
-}
 
 impl Registry {
     fn push(&self, layout: &Path, tag: &str, dest: &str, extra: &str) {

@@ -80,6 +80,8 @@ fn create_then_start_then_attach_then_delete() {
         kernel: None,
         userns: Mode::Auto,
         huge_pages: true,
+        network: None,
+        upper: None,
         max_starting: None,
         max_guest_memory_mib: None,
     };
@@ -122,6 +124,7 @@ fn create_then_start_then_attach_then_delete() {
         stdin: false,
         rlimits: Vec::new(),
         freshen: None,
+        network: None,
     };
     let mut times = Times::default();
     let session = Session {

@@ -49,6 +49,10 @@ fn bad_flags_are_one_line_errors() {
         (&["--kernel", "/k", "--vcpus", "33"][..], "--vcpus 33"),
         (&["--kernel", "/k", "--mem", "4"][..], "--mem 4"),
         (&[][..], "no kernel given"),
+        (
+            &["--kernel", "/k", "--net", "fd=4", "--net", "fd=4"][..],
+            "fd 4 is given to more than one network device",
+        ),
     ] {
         let out = Command::new(hull_vmm()).args(args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

@@ -8,9 +8,12 @@
 //! - `hull-agent ns --listen SOCKET --scratch DIR --lower DIR...`: does the
 //!   same on the host as PID 1 of new pid, mount, uts, ipc and net
 //!   namespaces, with host directories as layers and a Unix socket instead
-//!   of vsock. With `--userns BASE:SIZE` those namespaces belong to a new
+//!   of vsock. `--upper DIR` keeps the writable upper layer in the host
+//!   directory DIR (upper/ and work/ in it) instead of the scratch tmpfs,
+//!   so that hull build reads a RUN step's changes afterwards. With `--userns BASE:SIZE` those namespaces belong to a new
 //!   user namespace whose root is host id BASE, and the layers are
-//!   id-mapped mounts into it.
+//!   id-mapped mounts into it. `--netns PATH` joins the network namespace
+//!   hull prepared instead of a new one (`--netns host`: the host's).
 
 /// Step-by-step trace on stderr (the guest console) when the agent's
 /// environment has `HULL_AGENT_DEBUG` (hull passes it on when it has it).
@@ -22,6 +25,7 @@ macro_rules! debug {
     };
 }
 
+mod network;
 mod rootfs;
 mod session;
 mod sys;
@@ -133,8 +137,10 @@ fn ns_main(args: &[String]) {
     let mut listen = None;
     let mut scratch = None;
     let mut lowers = Vec::new();
+    let mut upper = None;
     let mut userns = None;
     let mut optional = false;
+    let mut netns = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--userns-optional" {
@@ -146,6 +152,8 @@ fn ns_main(args: &[String]) {
             ("--listen", Some(v)) => listen = Some(PathBuf::from(v)),
             ("--scratch", Some(v)) => scratch = Some(PathBuf::from(v)),
             ("--lower", Some(v)) => lowers.push(PathBuf::from(v)),
+            ("--netns", Some(v)) => netns = Some(v),
+            ("--upper", Some(v)) => upper = Some(PathBuf::from(v)),
             ("--userns", Some(v)) => match parse_userns(&v) {
                 Some(r) => userns = Some(r),
                 None => ns_fail(format!("bad --userns {v}: want BASE:SIZE")),
@@ -201,11 +209,22 @@ fn ns_main(args: &[String]) {
         Some((mounts, ns, root_id)) => (rootfs::Layers::Mapped { mounts, root_id }, Some(ns)),
         None => (rootfs::Layers::Host(&lowers), None),
     };
-    if let Err(e) = rootfs::ns_prepare(&scratch, layers) {
+    if let Err(e) = rootfs::ns_prepare(&scratch, upper.as_deref(), layers) {
         ns_fail(e);
     }
-    let mut flags =
-        libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET | libc::CLONE_NEWPID;
+    let mut flags = libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWPID;
+    // `--netns PATH`: the network namespace hull prepared (joined as host
+    // root, before the user namespace); `--netns host`: the host's; none:
+    // a new empty one (only lo).
+    match netns.as_deref() {
+        None => flags |= libc::CLONE_NEWNET,
+        Some("host") => {}
+        Some(path) => {
+            if let Err(e) = sys::join_netns(std::path::Path::new(path)) {
+                ns_fail(format!("joining the network namespace {path}: {e}"));
+            }
+        }
+    }
     if let Some(ns) = &userns_fd {
         if let Err(e) = sys::become_root_in(ns) {
             ns_fail(format!("entering the user namespace: {e}"));

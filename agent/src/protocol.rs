@@ -228,6 +228,10 @@ pub struct Start {
     /// pool and clock.
     #[serde(default)]
     pub freshen: Option<Freshen>,
+    /// The container's network, applied by the main process's Start before
+    /// the process runs.
+    #[serde(default)]
+    pub network: Option<NetworkSetup>,
 }
 
 /// Most entropy bytes a [`Freshen`] carries.
@@ -279,6 +283,31 @@ impl Freshen {
             wall_clock_ns,
         })
     }
+}
+
+/// The container's network as the agent sets it up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSetup {
+    /// The interface to configure (vm: the virtio-net device, which already
+    /// has the MAC); None when the host configured it (ns) or there is none
+    /// (`--network none`: only `lo`).
+    pub interface: Option<Interface>,
+    /// The contents of the container's /etc/hosts.
+    pub hosts: Option<String>,
+    /// The contents of the container's /etc/resolv.conf.
+    pub resolv_conf: Option<String>,
+}
+
+/// One IPv4 interface: address, prefix, MTU and default route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    /// The guest's name for it (`eth0`).
+    pub name: String,
+    pub address: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub mtu: u32,
+    /// The default route's gateway.
+    pub gateway: Option<std::net::Ipv4Addr>,
 }
 
 /// The process started.

@@ -52,6 +52,16 @@ fn find_layer_disks() -> Result<Vec<String>, String> {
     Ok(layers.into_iter().map(|(_, d)| d).collect())
 }
 
+/// The block device whose serial is `serial`, if one is attached.
+fn find_disk(serial: &str) -> Option<String> {
+    let entries = fs::read_dir("/sys/block").ok()?;
+    entries.flatten().find_map(|e| {
+        let s = fs::read_to_string(e.path().join("serial")).unwrap_or_default();
+        (s.trim_matches(|c: char| c == '\0' || c.is_whitespace()) == serial)
+            .then(|| format!("/dev/{}", e.file_name().to_string_lossy()))
+    })
+}
+
 /// Stacks `lowers` (bottom first) under a writable upper in `rw` at `root`.
 fn overlay(lowers: &[String], rw: &str, root: &str) -> Result<(), String> {
     let upper = format!("{rw}/upper");
@@ -76,7 +86,20 @@ fn container_mounts(root: &str, devtmpfs: bool) -> Result<(), String> {
         "",
     )?;
     let sys_flags = NOSUID_NODEV_NOEXEC | if devtmpfs { 0 } else { RDONLY };
-    mnt("sysfs", &format!("{root}/sys"), "sysfs", sys_flags, "")?;
+    let sys = format!("{root}/sys");
+    mkdir(&sys)?;
+    if let Err(e) = mount("sysfs", &sys, "sysfs", sys_flags, "") {
+        // A user namespace may not mount sysfs for a network namespace it
+        // does not own (the one hull prepared, joined before it): bind the
+        // host's /sys read-only instead, as runc does.
+        if devtmpfs || e.raw_os_error() != Some(libc::EPERM) {
+            return Err(format!("mounting sysfs on {sys}: {e}"));
+        }
+        mount("/sys", &sys, "", libc::MS_BIND | libc::MS_REC, "")
+            .map_err(|e| format!("binding /sys on {sys}: {e}"))?;
+        let ro = libc::MS_REMOUNT | libc::MS_BIND | RDONLY | NOSUID_NODEV_NOEXEC;
+        mount("", &sys, "", ro, "").map_err(|e| format!("making {sys} read-only: {e}"))?;
+    }
     let dev = format!("{root}/dev");
     if devtmpfs {
         mnt("devtmpfs", &dev, "devtmpfs", libc::MS_NOSUID, "mode=0755")?;
@@ -140,6 +163,13 @@ pub fn vm_setup() -> Result<(), String> {
         lowers.push(dir);
     }
     let root = "/run/hull/root";
+    // A writable disk with serial `upper` (hull build) holds the upper and
+    // work dirs instead of the tmpfs, so the host can read them afterwards.
+    if let Some(disk) = find_disk("upper") {
+        mkdir("/run/hull/rw")?;
+        mount(&disk, "/run/hull/rw", "ext4", 0, "")
+            .map_err(|e| format!("mounting the upper disk {disk} (ext4): {e}"))?;
+    }
     overlay(&lowers, "/run/hull/rw", root)?;
     container_mounts(root, true)?;
     std::env::set_current_dir(root).map_err(|e| format!("entering {root}: {e}"))?;
@@ -179,8 +209,9 @@ const ROOT: &str = "root";
 /// user namespace): a tmpfs at `scratch` holding the writable upper, the
 /// layers stacked under it, and the working directory moved into the result.
 /// What follows works on relative paths, so a process in a user namespace
-/// need not reach host directories it has no rights on.
-pub fn ns_prepare(scratch: &Path, layers: Layers<'_>) -> Result<(), String> {
+/// need not reach host directories it has no rights on. With `upper`, the
+/// writable layer lives in that host directory instead (upper/, work/).
+pub fn ns_prepare(scratch: &Path, upper: Option<&Path>, layers: Layers<'_>) -> Result<(), String> {
     sys::unshare(libc::CLONE_NEWNS).map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
     mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")
         .map_err(|e| format!("making mounts private: {e}"))?;
@@ -199,7 +230,10 @@ pub fn ns_prepare(scratch: &Path, layers: Layers<'_>) -> Result<(), String> {
             (lowers, Some(root_id))
         }
     };
-    let rw = format!("{s}/rw");
+    let rw = match upper {
+        Some(dir) => dir.display().to_string(),
+        None => format!("{s}/rw"),
+    };
     if let Some(id) = owner {
         // The container's root owns the upper (and so the root directory).
         let upper = format!("{rw}/upper");

@@ -212,6 +212,13 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
             return 125;
         }
     }
+    if let Some(net) = start.network.as_ref().filter(|_| start.main) {
+        debug!("network {net:?}");
+        if let Err(e) = crate::network::apply(net, &ctx.root) {
+            send_error(writer, format!("setting up the network: {e}"), 125);
+            return 125;
+        }
+    }
     debug!("resolving user {:?}", start.user);
     let id = match users::resolve(&ctx.root, &start.user.user, start.user.group.as_deref()) {
         Ok(id) => id,

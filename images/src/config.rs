@@ -93,6 +93,14 @@ pub struct RunConfig {
     pub cmd: Vec<String>,
     #[serde(rename = "WorkingDir", default, deserialize_with = "null_default")]
     pub working_dir: String,
+    /// EXPOSE entries (`80/tcp`), as the keys of the image's ExposedPorts.
+    #[serde(
+        rename = "ExposedPorts",
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    pub exposed_ports: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -2,8 +2,10 @@
 
 pub mod config;
 pub mod digest;
+pub mod export;
 pub mod import;
 pub mod layers;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod store;

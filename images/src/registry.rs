@@ -56,14 +56,14 @@ pub enum PullError {
 }
 
 /// How to reach one registry, and the credentials the user has for it.
-struct Client {
-    agent: ureq::Agent,
+pub(crate) struct Client {
+    pub(crate) agent: ureq::Agent,
     /// For messages: the registry as the user named it.
-    registry: String,
-    base: String,
-    repository: String,
+    pub(crate) registry: String,
+    pub(crate) base: String,
+    pub(crate) repository: String,
     basic: Option<String>,
-    token: Mutex<Option<String>>,
+    pub(crate) token: Mutex<Option<String>>,
 }
 
 fn insecure(host: &str) -> bool {
@@ -125,7 +125,7 @@ fn parse_challenge(h: &str) -> Option<(String, Vec<(String, String)>)> {
 }
 
 impl Client {
-    fn new(r: &Reference) -> Client {
+    pub(crate) fn new(r: &Reference) -> Client {
         let host = if r.registry == DEFAULT_REGISTRY {
             "registry-1.docker.io".to_string()
         } else {
@@ -151,7 +151,7 @@ impl Client {
         }
     }
 
-    fn authorize(&self, challenge: &str) -> Result<(), PullError> {
+    pub(crate) fn authorize(&self, challenge: &str) -> Result<(), PullError> {
         let Some((scheme, params)) = parse_challenge(challenge) else {
             return Err(self.invalid(
                 "authentication",
@@ -195,14 +195,14 @@ impl Client {
         Ok(())
     }
 
-    fn invalid(&self, what: &str, why: String) -> PullError {
+    pub(crate) fn invalid(&self, what: &str, why: String) -> PullError {
         PullError::Invalid {
             what: format!("{}: {what}", self.registry),
             why,
         }
     }
 
-    fn http_error(&self, what: &str, e: ureq::Error) -> PullError {
+    pub(crate) fn http_error(&self, what: &str, e: ureq::Error) -> PullError {
         match e {
             ureq::Error::Status(404, _) => PullError::NotFound {
                 registry: self.registry.clone(),
@@ -306,7 +306,7 @@ impl Client {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

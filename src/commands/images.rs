@@ -53,6 +53,8 @@ pub struct InspectArgs {
 pub enum ImageCommand {
     /// Manifest, config, layers, sizes and digests, as JSON.
     Inspect(InspectArgs),
+    /// The steps that made an image, newest first.
+    History(super::history::HistoryArgs),
     /// List images.
     Ls(ImagesArgs),
     /// Remove images.
@@ -93,6 +95,7 @@ pub fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
 pub fn run_image(data_dir: &Path, cmd: ImageCommand) -> anyhow::Result<i32> {
     match cmd {
         ImageCommand::Inspect(a) => inspect(data_dir, a),
+        ImageCommand::History(a) => super::history::history(data_dir, a),
         ImageCommand::Ls(a) => images(data_dir, a),
         ImageCommand::Rm(a) => rmi(data_dir, a),
         ImageCommand::Prune => prune(data_dir),

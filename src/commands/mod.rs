@@ -1,12 +1,17 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod build;
 pub mod doctor;
 pub mod exec;
+pub mod history;
 pub mod images;
 pub mod inspect;
 pub mod logs;
+pub mod network;
+pub mod port;
 pub mod ps;
+pub mod push;
 pub mod rm;
 pub mod run;
 pub mod source;

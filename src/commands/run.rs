@@ -10,7 +10,7 @@ use hull::client::{self, Outcome, Sinks, Times};
 use hull::container::Session;
 use hull::image::Source;
 use hull::monitor::{self, Notifier, Role};
-use hull::{Container, ContainerConfig, Isolation};
+use hull::{Container, ContainerConfig, Isolation, network};
 use hull_agent::protocol::{Start, User};
 use hull_images::config::RunConfig;
 
@@ -81,6 +81,7 @@ impl ProcessArgs {
             stdin: self.interactive,
             rlimits: Vec::new(),
             freshen: None,
+            network: None,
         })
     }
 }
@@ -122,6 +123,8 @@ pub struct RunArgs {
     /// host's ids (root inside is root outside).
     #[arg(long, value_enum, default_value = "auto")]
     pub userns: hull::userns::Mode,
+    #[command(flatten)]
+    pub net: NetArgs,
     /// Sandboxes that may be starting at once on this host; more wait for a
     /// slot (0: no limit; default two per CPU).
     #[arg(long, env = "HULL_MAX_STARTING", value_name = "N")]
@@ -144,6 +147,100 @@ pub struct RunArgs {
         value_name = "IMAGE|CMD"
     )]
     pub args: Vec<String>,
+}
+
+/// The container's network, as docker's flags say it.
+#[derive(Debug, Args)]
+pub struct NetArgs {
+    /// `none` (only lo), `bridge` (the default network), a network's name,
+    /// or `host` (ns only). Default: none, or HULL_NETWORK.
+    #[arg(
+        long,
+        env = "HULL_NETWORK",
+        default_value = "none",
+        value_name = "NETWORK"
+    )]
+    pub network: String,
+    /// Another name the container answers to on its network.
+    #[arg(long = "network-alias", value_name = "NAME")]
+    pub network_alias: Vec<String>,
+    /// The container's IPv4 address (inside its network's subnet).
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// The container's MAC address.
+    #[arg(long = "mac-address", value_name = "MAC")]
+    pub mac_address: Option<String>,
+    /// A DNS server for the container's /etc/resolv.conf.
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<std::net::Ipv4Addr>,
+    /// NAME:IP, added to the container's /etc/hosts.
+    #[arg(long = "add-host", value_name = "NAME:IP", value_parser = parse_add_host)]
+    pub add_host: Vec<(String, std::net::Ipv4Addr)>,
+    /// Publish a port: [HOSTIP:][HOSTPORT:]CTRPORT[/tcp|/udp], ranges too.
+    #[arg(short = 'p', long = "publish", value_name = "PORT")]
+    pub publish: Vec<String>,
+    /// Publish every port the image EXPOSEs on a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+}
+
+fn parse_add_host(s: &str) -> Result<(String, std::net::Ipv4Addr), String> {
+    let bad = || format!("invalid --add-host {s:?}: want NAME:IP");
+    let (name, ip) = s.split_once(':').ok_or_else(bad)?;
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    Ok((name.to_string(), ip.parse().map_err(|_| bad())?))
+}
+
+impl NetArgs {
+    /// The library's network request; `exposed` are the image's EXPOSE
+    /// entries (`80/tcp`), published with -P.
+    fn request(
+        &self,
+        name: &str,
+        hostname: &str,
+        exposed: &[String],
+    ) -> anyhow::Result<network::Request> {
+        let mode = network::Mode::parse(&self.network);
+        let mut ports = Vec::new();
+        for p in &self.publish {
+            ports.extend(network::ports::parse(p).map_err(anyhow::Error::msg)?);
+        }
+        if self.publish_all {
+            for e in exposed {
+                ports.extend(network::ports::parse(e).map_err(anyhow::Error::msg)?);
+            }
+        }
+        if !matches!(mode, network::Mode::Network(_))
+            && (!ports.is_empty() || self.ip.is_some() || !self.network_alias.is_empty())
+        {
+            anyhow::bail!(
+                "-p, --ip and --network-alias need a network: --network bridge or a network's name"
+            );
+        }
+        Ok(network::Request {
+            mode,
+            ip: self.ip,
+            mac: self.mac_address.clone(),
+            aliases: self.network_alias.clone(),
+            dns: self.dns.clone(),
+            extra_hosts: self.add_host.clone(),
+            ports,
+            hostname: hostname.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+/// A flag hull does not know, given before the image: clap hands it over
+/// as the first of IMAGE [CMD...] (they may start with '-' after the image),
+/// and neither an image nor a command starts with '-'. Docker reports it
+/// the same way.
+fn unknown_flag(args: &[String]) -> Option<&str> {
+    args.first()
+        .map(String::as_str)
+        .filter(|a| a.starts_with('-') && *a != "-")
 }
 
 /// `256`, `256m`, `1g`: MiB by default, as docker's suffixes otherwise.
@@ -192,6 +289,9 @@ fn env_entries(args: &ProcessArgs) -> anyhow::Result<Vec<String>> {
 }
 
 pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i32> {
+    if let Some(flag) = unknown_flag(&args.args) {
+        anyhow::bail!("unknown flag: {flag} (see hull run --help)");
+    }
     client::block_signals();
     let t0 = Instant::now();
     let src = source::source(data_dir, &args)?;
@@ -200,6 +300,20 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
         .hostname
         .clone()
         .unwrap_or_else(|| container.short_id().to_string());
+    let exposed = src
+        .config
+        .as_ref()
+        .map(|c| c.exposed_ports.keys().cloned().collect::<Vec<_>>())
+        .unwrap_or_default();
+    let name = container.state().name.clone();
+    if let Err(e) = args
+        .net
+        .request(&name, &hostname, &exposed)
+        .and_then(|r| Ok(container.set_network(r)?))
+    {
+        let _ = container.delete(true);
+        return Err(e);
+    }
     let start = match args
         .process
         .start(src.argv, true, Some(hostname), src.config.as_ref())
@@ -279,6 +393,8 @@ fn container_config(args: &RunArgs, src: &Source) -> ContainerConfig {
         kernel: args.kernel.clone(),
         userns: args.userns,
         huge_pages: !args.no_huge_pages,
+        network: None,
+        upper: None,
         max_starting: args.max_starting,
         max_guest_memory_mib: args.max_guest_memory,
     }

@@ -6,6 +6,7 @@
 
 mod ns;
 mod vm;
+pub mod vm_jail;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -86,6 +87,9 @@ pub enum SandboxError {
     SocketPath(PathBuf, usize),
 }
 
+/// How much of the console hull reads looking for the agent's ready line.
+const CONSOLE_SCAN: u64 = 1 << 20;
+
 /// Signals that end a launch while hull waits for the agent.
 pub(crate) const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
@@ -113,6 +117,27 @@ pub struct Spec<'a> {
     pub userns: userns::Mode,
     /// Guest RAM laid out for transparent huge pages (vm).
     pub huge_pages: bool,
+    /// The network namespace hull prepared (ns: the agent joins it; None:
+    /// a new empty one), or the host's (`--network host`).
+    pub netns: NetNs,
+    /// The tap for the microVM's virtio-net device and the guest's MAC
+    /// (vm; handed to hull-vmm as an fd).
+    pub tap: Option<(std::os::fd::OwnedFd, String)>,
+    /// The writable layer instead of a tmpfs: a host directory (ns), or an
+    /// ext4 disk image (vm) whose upper/ and work/ the agent uses.
+    pub upper: Option<PathBuf>,
+}
+
+/// Which network namespace an ns sandbox runs in.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NetNs {
+    /// A new one of its own, with only `lo`.
+    #[default]
+    New,
+    /// The host's (`--network host`).
+    Host,
+    /// The one held at this path.
+    Path(PathBuf),
 }
 
 /// The container's cgroup (ns), as JSON in its state dir.
@@ -133,9 +158,13 @@ fn remove_cgroup(cg: &Cgroup) {
 }
 
 /// Removes what a sandbox in state dir `dir` may have left on the host when
-/// its monitor could not clean up (killed): its cgroup, and its claim on a
-/// user namespace id range.
+/// its monitor could not clean up (killed): its network (lease, veth,
+/// namespace, port rules), its cgroup, and its claim on a user namespace id
+/// range.
 pub fn cleanup_leftovers(dir: &Path) {
+    if let Some(state_dir) = dir.parent().and_then(Path::parent) {
+        crate::network::release(state_dir, dir);
+    }
     if let Ok(json) = std::fs::read(dir.join(CGROUP_FILE)) {
         if let Ok(cg) = serde_json::from_slice::<Cgroup>(&json) {
             remove_cgroup(&cg);
@@ -251,7 +280,15 @@ impl Sandbox {
         if self.isolation == Isolation::Vm {
             // Connect once the agent says (on the guest console) that it
             // listens: earlier attempts would only be refused by the guest.
-            let console = std::fs::read(&self.console).ok()?;
+            // Only the console's first MiB: the agent says it is ready right
+            // after boot, and a guest flooding its console must not make
+            // hull read (and hold) all of it on every poll.
+            let mut console = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(std::fs::File::open(&self.console).ok()?, CONSOLE_SCAN),
+                &mut console,
+            )
+            .ok()?;
             let ready = hull_agent::protocol::READY_LINE.as_bytes();
             if !console.windows(ready.len()).any(|w| w == ready) {
                 return None;
@@ -262,6 +299,9 @@ impl Sandbox {
 
     fn failure_detail(&self, status: ExitStatus) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if let Some(why) = seccomp_death(&log, status) {
+            return format!(": {why}");
+        }
         let msg = log
             .lines()
             .rev()
@@ -282,8 +322,11 @@ impl Sandbox {
     }
 
     /// Why the sandbox ended, if it ended badly (from its log).
-    pub fn error_message(&self) -> Option<String> {
+    pub fn error_message(&self, status: ExitStatus) -> Option<String> {
         let log = std::fs::read_to_string(&self.log).ok()?;
+        if let Some(why) = seccomp_death(&log, status) {
+            return Some(why);
+        }
         log.lines()
             .rev()
             .find(|l| l.starts_with("hull-vmm: ") && !l.contains("boot-timer"))
@@ -347,6 +390,27 @@ impl Sandbox {
     }
 }
 
+/// The line hull-vmm's SIGSYS handler writes before it dies
+/// (hull_vmm::seccomp).
+const SECCOMP_LINE: &str = "hull-vmm: killed by its seccomp filter (syscall ";
+
+/// "hull-vmm was killed by its seccomp filter (syscall N)" when the VMM
+/// died of SIGSYS (the number from its last words in `log`).
+fn seccomp_death(log: &str, status: ExitStatus) -> Option<String> {
+    use std::os::unix::process::ExitStatusExt;
+    let said = log.lines().rev().find_map(|l| {
+        let rest = l.strip_prefix(SECCOMP_LINE)?.strip_suffix(')')?;
+        rest.split(',').next()?.parse::<i64>().ok()
+    });
+    match (status.signal() == Some(libc::SIGSYS), said) {
+        (_, Some(nr)) => Some(format!(
+            "hull-vmm was killed by its seccomp filter (syscall {nr})"
+        )),
+        (true, None) => Some("hull-vmm was killed by SIGSYS (a seccomp filter?)".into()),
+        (false, None) => None,
+    }
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -359,6 +423,26 @@ impl Drop for Sandbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seccomp_death_is_reported_with_the_syscall() {
+        use std::os::unix::process::ExitStatusExt;
+        let sigsys = ExitStatus::from_raw(libc::SIGSYS);
+        let log = "hull-vmm warning: x\nhull-vmm: killed by its seccomp filter (syscall 110, vcpu thread)\n";
+        assert_eq!(
+            seccomp_death(log, sigsys).as_deref(),
+            Some("hull-vmm was killed by its seccomp filter (syscall 110)")
+        );
+        assert_eq!(
+            seccomp_death("", sigsys).as_deref(),
+            Some("hull-vmm was killed by SIGSYS (a seccomp filter?)")
+        );
+        let exited = ExitStatus::from_raw(2 << 8);
+        assert_eq!(seccomp_death("hull-vmm: the VM failed: x\n", exited), None);
+        // A line with something else than a number is not the handler's.
+        let forged = "hull-vmm: killed by its seccomp filter (syscall x)\n";
+        assert_eq!(seccomp_death(forged, exited), None);
+    }
 
     #[test]
     fn isolation_reads_and_writes_as_before() {

@@ -39,6 +39,18 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     for l in &spec.layers {
         cmd.arg("--lower").arg(l);
     }
+    match &spec.netns {
+        super::NetNs::New => {}
+        super::NetNs::Host => {
+            cmd.args(["--netns", "host"]);
+        }
+        super::NetNs::Path(p) => {
+            cmd.arg("--netns").arg(p);
+        }
+    }
+    if let Some(upper) = &spec.upper {
+        cmd.arg("--upper").arg(upper);
+    }
     // A launch that fails takes back what it made: the cgroup, the range.
     let abandon = |owner: Option<&Path>| {
         let _ = cgroup.remove();

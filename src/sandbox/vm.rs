@@ -2,16 +2,20 @@
 //! initramfs, one read-only disk per layer and vsock to the agent, all in
 //! one `VmConfig` written to the container's state dir.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use hull_vmm::config::{DiskConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::config::{DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 
-use super::{GUEST_CID, Isolation, Sandbox, SandboxError, Spec, agent_socket, io};
+use super::{GUEST_CID, Isolation, Sandbox, SandboxError, Spec, agent_socket, io, vm_jail};
 use crate::{initramfs, paths, sys};
 
 /// The VM's configuration, as `hull-vmm --config` reads it (in the state dir).
 pub const VM_CONFIG_FILE: &str = "vmm.json";
+/// The serial of the writable disk that holds the overlay's upper (the
+/// agent looks for it).
+const UPPER_DISK_ID: &str = "upper";
 
 pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     let kernel = match spec.kernel.clone().or_else(paths::chosen_kernel) {
@@ -47,37 +51,68 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         config.cmdline = "HULL_AGENT_DEBUG=1".into();
     }
     let config_path = spec.dir.join(VM_CONFIG_FILE);
-    let json = serde_json::to_vec_pretty(&config).expect("a VmConfig serializes");
-    std::fs::write(&config_path, json).map_err(|source| SandboxError::VmConfig {
-        path: config_path.clone(),
-        source,
-    })?;
     let log = spec.dir.join("vmm.log");
     let logf = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
     let mut cmd = Command::new(&vmm);
+    let mut warnings = Vec::new();
+    let jail = if vm_jail::enabled() {
+        Some(vm_jail::prepare(spec, &mut config, &mut cmd)?)
+    } else {
+        warnings.push(vm_jail::warning());
+        None
+    };
+    let console = match &config.serial {
+        SerialOutput::File(p) => p.clone(),
+        _ => console,
+    };
+    let json = serde_json::to_vec_pretty(&config).expect("a VmConfig serializes");
+    let written = std::fs::write(&config_path, json).map_err(|source| SandboxError::VmConfig {
+        path: config_path.clone(),
+        source,
+    });
     cmd.arg("--config").arg(&config_path);
+    if let Some((tap, _)) = &spec.tap {
+        // The tap hull made in the container's network namespace
+        // (config.nets names its fd), inherited across exec.
+        sys::inherit_fd(tap).map_err(io("handing the tap to hull-vmm"))?;
+    }
     sys::die_with_parent(&mut cmd);
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(logf)
-        .spawn()
-        .map_err(io(format!("starting {}", vmm.display())))?;
+    let child = written.and_then(|()| {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .map_err(io(format!("starting {}", vmm.display())))
+    });
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(j) = &jail {
+                j.abandon();
+            }
+            return Err(e);
+        }
+    };
+    let (cgroup, userns_owner) = match jail {
+        Some(j) => (Some(j.cgroup), Some(j.owner)),
+        None => (None, None),
+    };
     Ok(Sandbox {
         isolation: Isolation::Vm,
         child,
         socket,
         log,
         console,
-        cgroup: None,
-        userns_owner: None,
-        warnings: Vec::new(),
+        cgroup,
+        userns_owner,
+        warnings,
     })
 }
 
 /// The VM for `spec`: its kernel and initrd, vCPUs and memory, `disks`
 /// (the layers, bottom first) read-only with ids `layer0`..., vsock to the
-/// agent's socket and the console in the state dir.
+/// agent's socket, the console in the state dir, and a virtio-net device on
+/// the container's tap (its fd, inherited) with the guest's MAC.
 fn vm_config(spec: &Spec<'_>, kernel: PathBuf, initrd: PathBuf, disks: Vec<PathBuf>) -> VmConfig {
     let mut config = VmConfig::new(kernel);
     config.initrd = Some(initrd);
@@ -99,7 +134,25 @@ fn vm_config(spec: &Spec<'_>, kernel: PathBuf, initrd: PathBuf, disks: Vec<PathB
             id: Some(format!("layer{i}")),
         })
         .collect();
+    // A writable ext4 disk the agent uses for the overlay's upper (hull build
+    // reads a RUN step's changes from it afterwards).
+    if let Some(upper) = &spec.upper {
+        config.disks.push(DiskConfig {
+            path: upper.clone(),
+            read_only: false,
+            id: Some(UPPER_DISK_ID.into()),
+        });
+    }
     config.huge_pages = spec.huge_pages;
+    config.nets = spec
+        .tap
+        .iter()
+        .map(|(tap, mac)| NetConfig {
+            tap: None,
+            fd: Some(tap.as_raw_fd()),
+            mac: mac.parse().ok(),
+        })
+        .collect();
     config
 }
 
@@ -137,6 +190,9 @@ mod tests {
             name: "c",
             userns: crate::userns::Mode::Auto,
             huge_pages: false,
+            netns: crate::sandbox::NetNs::New,
+            tap: None,
+            upper: None,
         };
         let disks = vec![t.path().join("a.erofs"), t.path().join("b.erofs")];
         let config = vm_config(&spec, "/k".into(), "/i".into(), disks.clone());
@@ -154,6 +210,24 @@ mod tests {
         assert_eq!(
             back.serial,
             SerialOutput::File(t.path().join("console.log"))
+        );
+        assert!(back.nets.is_empty(), "no network, no virtio-net");
+        // On a network: one virtio-net device on the tap's fd, the guest
+        // taking the veth's MAC.
+        let fd = std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let raw = fd.as_raw_fd();
+        let spec = Spec {
+            tap: Some((fd, "02:42:ac:11:00:02".into())),
+            ..spec
+        };
+        let config = vm_config(&spec, "/k".into(), "/i".into(), disks);
+        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let back = VmConfig::from_file(&path).unwrap();
+        assert_eq!(back.nets.len(), 1);
+        assert_eq!(back.nets[0].fd, Some(raw));
+        assert_eq!(
+            back.nets[0].mac.map(|m| m.0),
+            Some([0x02, 0x42, 0xac, 0x11, 0x00, 0x02])
         );
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Failed, Trial};
 
 #[path = "busybox.rs"]
-mod busybox;
+pub mod busybox;
 
 /// How long any one `hull run` may take before the test calls it a hang
 /// (a microVM boot under the emulated KVM host takes seconds).

@@ -26,6 +26,7 @@ use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::event_loop::EventLoop;
 use crate::devices::virtio::mmio::MmioTransportState;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::kvm::pause::Pause;
@@ -327,7 +328,8 @@ pub(crate) fn attach_virtio(
     exit: &mpsc::Sender<VmExit>,
     saved: Option<&[MmioTransportState]>,
 ) -> Result<Option<DeviceManager>, VmmError> {
-    let count = cfg.disks.len() + usize::from(cfg.rng) + usize::from(cfg.vsock.is_some());
+    let count =
+        cfg.disks.len() + usize::from(cfg.rng) + usize::from(cfg.vsock.is_some()) + cfg.nets.len();
     if let Some(saved) = saved.filter(|s| s.len() != count) {
         return Err(VmmError::DeviceCount {
             saved: saved.len(),
@@ -359,6 +361,9 @@ pub(crate) fn attach_virtio(
     if let Some(v) = &cfg.vsock {
         let dev = Vsock::new(v.cid, &v.uds)?;
         add(Arc::new(Mutex::new(dev)))?;
+    }
+    for n in &cfg.nets {
+        add(Arc::new(Mutex::new(Net::from_config(n)?)))?;
     }
     Ok(Some(dm))
 }

@@ -17,6 +17,7 @@
 //!   "disks": [{ "path": "/path/to/layer0.erofs", "read_only": true, "id": "layer0" }],
 //!   "rng": true,
 //!   "vsock": { "cid": 3, "uds": "/path/to/vsock.sock" },
+//!   "nets": [{ "tap": "tap0", "mac": "02:00:00:00:00:01" }],
 //!   "huge_pages": true
 //! }
 //! ```
@@ -68,6 +69,18 @@ pub enum ConfigError {
     TooManyDisks(usize),
     #[error("--vsock-cid {0}: guest CIDs start at 3")]
     VsockCid(u64),
+    #[error("--net {0:?}: expected tap=NAME or fd=N, then optionally ,mac=MAC")]
+    Net(String),
+    #[error(
+        "MAC address {0:?}: expected six hex bytes like 02:00:00:00:00:01, unicast and not all zero"
+    )]
+    Mac(String),
+    #[error("{0} network devices: at most {MAX_NETS}")]
+    TooManyNets(usize),
+    #[error("a network device needs exactly one of a tap name (1 to 15 bytes) or an fd")]
+    NetBackend,
+    #[error("fd {0} is given to more than one network device")]
+    NetFdTwice(i32),
 }
 
 /// Where a JSON configuration came from, for error messages.
@@ -126,6 +139,116 @@ impl std::str::FromStr for DiskConfig {
             }
         }
         Ok(disk)
+    }
+}
+
+/// Most network devices one VM may have.
+pub const MAX_NETS: usize = 8;
+
+/// An Ethernet MAC address; in JSON and on the command line
+/// `02:00:00:00:00:01`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl std::str::FromStr for MacAddr {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::Mac(s.into());
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in &mut mac {
+            let p = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        // A multicast address (low bit of the first byte) is not a NIC's.
+        if parts.next().is_some() || mac[0] & 1 != 0 || mac == [0; 6] {
+            return Err(bad());
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = ConfigError;
+    fn try_from(s: String) -> Result<Self, ConfigError> {
+        s.parse()
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(m: MacAddr) -> String {
+        m.to_string()
+    }
+}
+
+impl std::fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// One virtio-net device: a tap by name (opened by hull-vmm, which needs
+/// CAP_NET_ADMIN in the tap's network namespace) or an fd of a tap opened
+/// with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR that hull-vmm inherited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    /// The guest's MAC address (a random one, chosen by the guest, without).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = ConfigError;
+    /// `tap=NAME[,mac=MAC]` or `fd=N[,mac=MAC]`.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::Net(s.into());
+        let mut net = NetConfig {
+            tap: None,
+            fd: None,
+            mac: None,
+        };
+        for opt in s.split(',') {
+            match opt.split_once('=') {
+                Some(("tap", v)) if net.tap.is_none() && net.fd.is_none() => {
+                    net.tap = Some(v.to_string())
+                }
+                Some(("fd", v)) if net.tap.is_none() && net.fd.is_none() => {
+                    net.fd = Some(v.parse().map_err(|_| bad())?)
+                }
+                Some(("mac", v)) if net.mac.is_none() => net.mac = Some(v.parse()?),
+                _ => return Err(bad()),
+            }
+        }
+        net.validate().map_err(|_| bad())?;
+        Ok(net)
+    }
+}
+
+impl NetConfig {
+    /// Exactly one of a valid tap name or a non-negative fd.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let name_ok = |n: &str| {
+            (1..=15).contains(&n.len())
+                && !n.contains('/')
+                && !n.contains(',')
+                && !n.chars().any(|c| c.is_whitespace() || c == '\0')
+        };
+        match (&self.tap, self.fd) {
+            (Some(n), None) if name_ok(n) => Ok(()),
+            (None, Some(fd)) if fd >= 0 => Ok(()),
+            _ => Err(ConfigError::NetBackend),
+        }
     }
 }
 
@@ -219,6 +342,9 @@ pub struct VmConfig {
     /// The vsock device. Default none.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// virtio-net devices, eth0 first.
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
     /// Back guest RAM with transparent huge pages (see kvm::memory).
     /// Default true.
     #[serde(default = "default_huge_pages")]
@@ -244,6 +370,7 @@ impl VmConfig {
             disks: Vec::new(),
             rng: false,
             vsock: None,
+            nets: Vec::new(),
             huge_pages: default_huge_pages(),
             snapshot_at_ready: None,
         }
@@ -297,6 +424,17 @@ impl VmConfig {
         if let Some(v) = &self.vsock {
             if v.cid < 3 || v.cid > u64::from(u32::MAX) {
                 return Err(ConfigError::VsockCid(v.cid));
+            }
+        }
+        if self.nets.len() > MAX_NETS {
+            return Err(ConfigError::TooManyNets(self.nets.len()));
+        }
+        for (i, n) in self.nets.iter().enumerate() {
+            n.validate()?;
+            if let Some(fd) = n.fd {
+                if self.nets[..i].iter().any(|m| m.fd == Some(fd)) {
+                    return Err(ConfigError::NetFdTwice(fd));
+                }
             }
         }
         Ok(())
@@ -377,6 +515,10 @@ mod tests {
                 cid: 7,
                 uds: "/run/x/vsock.sock".into(),
             }),
+            nets: vec![
+                "tap=tap0,mac=02:00:00:00:00:01".parse().unwrap(),
+                "fd=5".parse().unwrap(),
+            ],
             huge_pages: false,
             snapshot_at_ready: Some("/var/cache/t".into()),
         }
@@ -401,6 +543,7 @@ mod tests {
                 "initrd",
                 "kernel",
                 "mem_mib",
+                "nets",
                 "rng",
                 "serial",
                 "snapshot_at_ready",
@@ -410,6 +553,7 @@ mod tests {
         );
         assert_eq!(v["disks"][0]["read_only"], true);
         assert_eq!(v["serial"], "/run/x/serial.log");
+        assert_eq!(v["nets"][0]["mac"], "02:00:00:00:00:01");
     }
 
     #[test]
@@ -426,12 +570,16 @@ mod tests {
               "disks": [{ "path": "/path/to/layer0.erofs", "read_only": true, "id": "layer0" }],
               "rng": true,
               "vsock": { "cid": 3, "uds": "/path/to/vsock.sock" },
+              "nets": [{ "tap": "tap0", "mac": "02:00:00:00:00:01" }],
               "huge_pages": true
             }"#,
         )
         .unwrap();
         c.validate().unwrap();
-        assert_eq!((c.vcpus, c.mem_mib, c.disks.len()), (2, 256, 1));
+        assert_eq!(
+            (c.vcpus, c.mem_mib, c.disks.len(), c.nets.len()),
+            (2, 256, 1, 1)
+        );
     }
 
     #[test]
@@ -475,6 +623,63 @@ mod tests {
             "reading the configuration from /nonexistent/vm.json"
         );
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn net_specs() {
+        let n: NetConfig = "tap=tap0,mac=02:00:0a:4d:00:02".parse().unwrap();
+        assert_eq!(n.tap.as_deref(), Some("tap0"));
+        assert_eq!(n.mac, Some(MacAddr([2, 0, 0x0a, 0x4d, 0, 2])));
+        assert_eq!(n.mac.unwrap().to_string(), "02:00:0a:4d:00:02");
+        let n: NetConfig = "fd=3".parse().unwrap();
+        assert_eq!((n.fd, n.tap, n.mac), (Some(3), None, None));
+        for bad in [
+            "",
+            "tap=",
+            "tap=a-name-of-16-byte",
+            "tap=a/b",
+            "fd=-1",
+            "fd=x",
+            "tap=t,fd=3",
+            "tap=t,mac=01:00:00:00:00:01",
+            "tap=t,mac=00:00:00:00:00:00",
+            "tap=t,mac=02:00:00:00:00",
+            "tap=t,mac=02:00:00:00:00:01:02",
+            "tap=t,mac=2:0:0:0:0:1",
+            "tap=t,speed=10",
+        ] {
+            assert!(bad.parse::<NetConfig>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nets_in_json() {
+        let c: VmConfig = serde_json::from_str(
+            r#"{"kernel": "/k", "nets": [{"tap": "tap0", "mac": "02:00:00:00:00:01"}, {"fd": 5}]}"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.nets.len(), 2);
+        assert_eq!(c.nets[1].fd, Some(5));
+        let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        for bad in [
+            r#"{"kernel": "/k", "nets": [{"tap": "t", "queues": 2}]}"#,
+            r#"{"kernel": "/k", "nets": [{"tap": "t", "mac": "ff:ff:ff:ff:ff:ff"}]}"#,
+        ] {
+            assert!(serde_json::from_str::<VmConfig>(bad).is_err(), "{bad}");
+        }
+        let mut c = VmConfig::new("/k".into());
+        c.nets = vec!["fd=4".parse().unwrap(), "fd=4".parse().unwrap()];
+        assert!(matches!(c.validate(), Err(ConfigError::NetFdTwice(4))));
+        c.nets = vec![NetConfig {
+            tap: Some("t".into()),
+            fd: Some(4),
+            mac: None,
+        }];
+        assert!(matches!(c.validate(), Err(ConfigError::NetBackend)));
+        c.nets = vec!["tap=t".parse().unwrap(); MAX_NETS + 1];
+        assert!(matches!(c.validate(), Err(ConfigError::TooManyNets(_))));
     }
 
     #[test]

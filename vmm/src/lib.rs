@@ -18,8 +18,10 @@ pub mod config;
 pub mod device_manager;
 #[allow(clippy::cast_possible_truncation)]
 pub mod devices;
+pub mod jail;
 pub mod kvm;
 mod restore;
+pub mod seccomp;
 pub mod snapshot;
 pub mod thread;
 pub mod vmm;

@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use hull_vmm::config::{ConfigOrigin, DiskConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::config::{ConfigOrigin, DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::jail::{JailConfig, Jailed};
+use hull_vmm::seccomp;
 use hull_vmm::snapshot::{Expected, Snapshot};
 use hull_vmm::vmm::{Vmm, VmmError};
 
@@ -24,7 +26,7 @@ use hull_vmm::vmm::{Vmm, VmmError};
 #[command(name = "hull-vmm", version)]
 struct Args {
     /// JSON file holding a whole VmConfig (kernel, initrd, cmdline, vcpus,
-    /// mem_mib, serial, boot_timer, disks, rng, vsock, huge_pages; see
+    /// mem_mib, serial, boot_timer, disks, rng, vsock, nets, huge_pages; see
     /// hull_vmm::config); flags given too override it.
     #[arg(long, value_name = "FILE", conflicts_with = "config_fd")]
     config: Option<PathBuf>,
@@ -57,6 +59,12 @@ struct Args {
     /// A virtio-blk disk backed by a raw file; repeatable (up to 16).
     #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME]")]
     disks: Vec<DiskConfig>,
+    /// A virtio-net device on a tap, by name (opened here: needs
+    /// CAP_NET_ADMIN where the tap lives) or an inherited fd of a tap opened
+    /// with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR; the guest sees MAC if given.
+    /// Repeatable: eth0, eth1, ...
+    #[arg(long = "net", value_name = "tap=NAME|fd=N[,mac=MAC]")]
+    nets: Vec<NetConfig>,
     /// Attach a virtio-rng device (the guest's /dev/hwrng).
     #[arg(long)]
     rng: bool,
@@ -73,15 +81,96 @@ struct Args {
     #[arg(long, value_name = "PATH", requires = "vsock_cid")]
     vsock_uds: Option<PathBuf>,
     /// Pause when the guest's agent is ready (its console line "hull-agent:
-    /// ready"), write a snapshot of the whole VM to DIR and exit 0.
-    #[arg(long, value_name = "DIR", conflicts_with = "restore")]
+    /// ready"), write a snapshot of the whole VM to DIR and exit 0. This run
+    /// takes no seccomp filters (it saves and exits; restored VMs have them).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["restore", "jail"])]
     snapshot_at_ready: Option<PathBuf>,
     /// Start from the snapshot in DIR instead of booting. The devices must
     /// be those of the snapshotted VM (their host side may differ: disk
     /// files, vsock socket); --kernel, --initrd, --vcpus and --mem, when
     /// given, are checked against what the snapshot was made from.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "jail")]
     restore: Option<PathBuf>,
+    /// Run without the per-thread seccomp filters (debugging only: a guest
+    /// that takes over a device model then has every system call).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Jail the VMM before it opens /dev/kvm (see hull_vmm::jail): DIR/root
+    /// becomes its root, DIR/vmm.pid gets its pid; needs --uid and --gid,
+    /// a vsock socket and a console file in one directory.
+    #[arg(long, value_name = "DIR", requires_all = ["uid", "gid"])]
+    jail: Option<PathBuf>,
+    /// The unprivileged user the jailed VMM runs as.
+    #[arg(long, value_name = "UID", requires = "jail")]
+    uid: Option<u32>,
+    /// The unprivileged group the jailed VMM runs as.
+    #[arg(long, value_name = "GID", requires = "jail")]
+    gid: Option<u32>,
+    /// A cgroup.procs file the jailed VMM joins first; repeatable (one per
+    /// cgroup v1 hierarchy).
+    #[arg(long, value_name = "FILE", requires = "jail")]
+    cgroup_procs: Vec<PathBuf>,
+}
+
+/// The jailed VMM in its jail, or the exit of its waiting parent (as the
+/// VMM ended: with its code, or killed by the same signal).
+fn jail(cfg: VmConfig, jail: &JailConfig) -> anyhow::Result<VmConfig> {
+    match hull_vmm::jail::enter(cfg, jail)? {
+        Jailed::Vmm(cfg) => Ok(*cfg),
+        Jailed::Parent(status) => {
+            if libc::WIFSIGNALED(status) {
+                let sig = libc::WTERMSIG(status);
+                let no_core = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: plain calls with valid arguments; the process then
+                // ends by the signal the VMM ended by.
+                unsafe {
+                    libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+                    libc::signal(sig, libc::SIG_DFL);
+                    libc::raise(sig);
+                }
+            }
+            std::process::exit(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                1
+            })
+        }
+    }
+}
+
+/// Test aid (documented in the README): `main`, `vcpu` or `device` makes
+/// that thread issue a forbidden system call as soon as its filter is in.
+const TEST_FORBIDDEN_ENV: &str = "HULL_VMM_TEST_FORBIDDEN_SYSCALL";
+
+/// Turns on the per-thread seccomp filters, or says loudly that they are off.
+/// A run that takes a snapshot has none: its vCPUs save their state with
+/// KVM_GET_* ioctls and the main thread writes the snapshot files, none of
+/// which the filters allow; it exits once saved. A restored VM's filters go
+/// in after every KVM_SET_* of the restore.
+fn seccomp(off: bool, taking_snapshot: bool) -> anyhow::Result<()> {
+    if taking_snapshot {
+        log::info!("--snapshot-at-ready: no seccomp filters for this run");
+        return Ok(());
+    }
+    if off {
+        eprintln!(
+            "hull-vmm warning: --no-seccomp: this VMM runs WITHOUT seccomp filters; use it only to debug"
+        );
+        return Ok(());
+    }
+    let mut filters = seccomp::Filters::compile()?;
+    if let Some(v) = std::env::var_os(TEST_FORBIDDEN_ENV) {
+        let name = v.to_string_lossy();
+        filters.test_forbidden =
+            Some(seccomp::ThreadKind::from_name(&name).with_context(|| {
+                format!("{TEST_FORBIDDEN_ENV}={name}: expected main, vcpu or device")
+            })?);
+    }
+    seccomp::enable(filters)?;
+    Ok(())
 }
 
 /// Takes ownership of the inherited descriptor `fd`, after checking that
@@ -145,6 +234,7 @@ fn config(args: Args) -> anyhow::Result<VmConfig> {
     }
     cfg.boot_timer |= args.boot_timer;
     cfg.disks.extend(args.disks);
+    cfg.nets.extend(args.nets);
     cfg.rng |= args.rng;
     cfg.huge_pages &= !args.no_huge_pages;
     if let (Some(cid), Some(uds)) = (args.vsock_cid, args.vsock_uds) {
@@ -181,7 +271,22 @@ fn main() {
     let restore = args.restore.clone();
     let (named_vcpus, named_mem) = (args.vcpus, args.mem);
     let named_config = args.config.is_some() || args.config_fd.is_some();
-    let cfg = match config(args) {
+    let no_seccomp = args.no_seccomp;
+    let taking_snapshot = args.snapshot_at_ready.is_some();
+    let jail_config = match (&args.jail, args.uid, args.gid) {
+        (Some(dir), Some(uid), Some(gid)) => Some(JailConfig {
+            dir: dir.clone(),
+            uid,
+            gid,
+            cgroup_procs: args.cgroup_procs.clone(),
+        }),
+        _ => None,
+    };
+    let setup = config(args).and_then(|cfg| match &jail_config {
+        Some(j) => jail(cfg, j),
+        None => Ok(cfg),
+    });
+    let cfg = match setup.and_then(|cfg| seccomp(no_seccomp, taking_snapshot).map(|()| cfg)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hull-vmm: {}", one_line(e.as_ref()));

@@ -8,12 +8,12 @@
 //!
 //! The seam between the two is where later work hooks in: a restore from a
 //! snapshot produces a [`Vmm`] from saved state instead of a kernel, and a
-//! jailed VMM installs its per-thread seccomp filters where `run` starts the
-//! threads (see [`crate::thread`]).
+//! VMM's per-thread seccomp filters go in where `run` starts the threads,
+//! before any of them enters the guest (see [`crate::seccomp`]).
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::Instant;
 
 use kvm_ioctls::VcpuFd;
@@ -26,11 +26,13 @@ use crate::device_manager::{DeviceManager, DeviceManagerError};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{BootMark, PanicNote, Serial};
 use crate::devices::virtio::block::BlockError;
+use crate::devices::virtio::net::TapError;
 use crate::devices::virtio::vsock::VsockError;
 use crate::kvm::memory::MemoryError;
 use crate::kvm::pause::Pause;
 use crate::kvm::vcpu::{self, PauseCtl};
 use crate::kvm::vm::{Vm, VmError};
+use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::snapshot::vcpu_state::{VcpuState, VcpuStateError};
 use crate::snapshot::vm_state::VmState;
 use crate::snapshot::{self, Origin, SnapshotState};
@@ -98,11 +100,14 @@ pub enum VmmError {
     Irqfd(&'static str, #[source] kvm_ioctls::Error),
     #[error("placing a device on the I/O port bus")]
     Bus(#[from] BusError),
-    // BlockError and VsockError name their file in their message.
+    // BlockError, VsockError and TapError name their file or tap in their
+    // message.
     #[error("setting up a virtio-blk disk")]
     Block(#[from] BlockError),
     #[error("setting up the vsock device")]
     Vsock(#[from] VsockError),
+    #[error("setting up a virtio-net device")]
+    Net(#[from] TapError),
     #[error("starting the virtio event loop")]
     EventLoop(#[source] std::io::Error),
     #[error("adding a virtio device")]
@@ -124,6 +129,8 @@ pub enum VmmError {
     VmState(#[from] crate::snapshot::vm_state::VmStateError),
     #[error("the guest ended before its agent was ready, so no snapshot was taken")]
     NoSnapshotPoint,
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     #[error("the guest kernel panicked: {0}")]
     GuestPanic(String),
     #[error("the VM failed: {0}")]
@@ -207,8 +214,15 @@ impl Vmm {
         } = self;
         let vcpu_count = vcpus.len();
         let (saved_tx, saved_rx) = mpsc::channel();
+        // Every vCPU installs its seccomp filter, then waits here until the
+        // main thread has its own: no guest instruction runs before all
+        // filters are in (see crate::seccomp). A restored VM gets here with
+        // every KVM_SET_* already done by Vmm::restore; a run that takes a
+        // snapshot has no filters (hull-vmm does not enable them for it).
+        let filtered = Arc::new(Barrier::new(vcpu_count + 1));
         for Vcpu { id, fd } in vcpus {
             let (pio, mmio, tx) = (pio.clone(), mmio.clone(), exit_tx.clone());
+            let filtered = filtered.clone();
             let pause = snapshot.as_ref().map(|p| PauseCtl {
                 pause: p.pause.clone(),
                 msrs: p.msrs.clone(),
@@ -216,11 +230,21 @@ impl Vmm {
             });
             let name = format!("vcpu{id}");
             crate::thread::spawn_named(name.clone(), exit_tx.clone(), move || {
-                vcpu::run(fd, id, pio, mmio, tx, pause)
+                let entered = seccomp::enter(ThreadKind::Vcpu);
+                filtered.wait();
+                match entered {
+                    Ok(()) => vcpu::run(fd, id, pio, mmio, tx, pause),
+                    Err(e) => {
+                        let _ = tx.send(VmExit::Error(seccomp::one_line(&e)));
+                    }
+                }
             })
             .map_err(|source| VmmError::Thread { name, source })?;
         }
         drop(saved_tx);
+        let entered = seccomp::enter(ThreadKind::Main);
+        filtered.wait();
+        entered?;
         // Devices hold senders too (the i8042); when every vCPU has stopped
         // without a word and no device can speak, recv fails.
         drop(exit_tx);

@@ -93,6 +93,12 @@ impl EventLoop {
             .name(name.into())
             .spawn(move || {
                 let hook = runner.on_panic.clone();
+                // The device thread's seccomp filter, before it serves any
+                // guest request (a no-op unless hull-vmm enabled them).
+                if let Err(e) = crate::seccomp::enter(crate::seccomp::ThreadKind::Device) {
+                    hook(crate::seccomp::one_line(&e));
+                    return;
+                }
                 if let Err(msg) = runner.run() {
                     log::error!("{msg}");
                     hook(msg);

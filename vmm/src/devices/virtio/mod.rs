@@ -19,6 +19,7 @@ pub mod event_loop;
 pub mod fuzz;
 pub mod iov;
 pub mod mmio;
+pub mod net;
 pub mod persist;
 pub mod rng;
 #[cfg(test)]

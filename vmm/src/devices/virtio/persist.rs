@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState};
 
 use super::block::BlockState;
+use super::net::NetState;
 use super::rng::RngState;
 use super::vsock::VsockState;
 
@@ -134,6 +135,7 @@ pub enum DeviceState {
     Block(BlockState),
     Rng(RngState),
     Vsock(VsockState),
+    Net(NetState),
 }
 
 impl DeviceState {
@@ -142,6 +144,7 @@ impl DeviceState {
             DeviceState::Block(s) => &s.virtio,
             DeviceState::Rng(s) => &s.virtio,
             DeviceState::Vsock(s) => &s.virtio,
+            DeviceState::Net(s) => &s.virtio,
         }
     }
 
@@ -150,6 +153,7 @@ impl DeviceState {
             DeviceState::Block(_) => "block",
             DeviceState::Rng(_) => "rng",
             DeviceState::Vsock(_) => "vsock",
+            DeviceState::Net(_) => "net",
         }
     }
 }

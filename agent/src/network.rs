@@ -1,0 +1,41 @@
+//! The container's network, from the main process's Start: `lo` up, the
+//! interface's address, MTU and default route (vm; the ns backend's host
+//! side configured its interface already), and the container's /etc/hosts
+//! and /etc/resolv.conf.
+
+use std::path::Path;
+
+use hull_agent::protocol::NetworkSetup;
+
+use crate::sys;
+
+/// Applies `net` in the container whose root is `root`; says what failed.
+pub fn apply(net: &NetworkSetup, root: &Path) -> Result<(), String> {
+    // lo may be missing or up already (ns: the host brought it up); a
+    // failure here only matters if the interface below fails too.
+    let _ = sys::link_up("lo");
+    if let Some(i) = &net.interface {
+        let name = &i.name;
+        sys::set_mtu(name, i.mtu).map_err(|e| format!("setting the MTU of {name}: {e}"))?;
+        sys::set_ipv4(name, i.address, i.prefix_len)
+            .map_err(|e| format!("setting the address of {name}: {e}"))?;
+        sys::link_up(name).map_err(|e| format!("setting {name} up: {e}"))?;
+        if let Some(gw) = i.gateway {
+            sys::add_default_route(gw)
+                .map_err(|e| format!("adding the default route via {gw}: {e}"))?;
+        }
+    }
+    let etc = root.join("etc");
+    if net.hosts.is_some() || net.resolv_conf.is_some() {
+        std::fs::create_dir_all(&etc).map_err(|e| format!("creating /etc: {e}"))?;
+    }
+    for (file, content) in [("hosts", &net.hosts), ("resolv.conf", &net.resolv_conf)] {
+        if let Some(c) = content {
+            let path = etc.join(file);
+            // A symlink in the image must not send the write elsewhere.
+            let _ = std::fs::remove_file(&path);
+            std::fs::write(&path, c).map_err(|e| format!("writing /etc/{file}: {e}"))?;
+        }
+    }
+    Ok(())
+}

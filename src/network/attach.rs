@@ -1,0 +1,354 @@
+//! Attaching a container to a network and detaching it: its namespace,
+//! lease, veth (and tap for a microVM), published ports and the files the
+//! agent writes; [`attach_netns`] is the attach step alone.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use hull_agent::protocol::{Interface, NetworkSetup};
+
+use super::link::{self, LinkError, Netlink};
+use super::{
+    ATTACHMENT_FILE, Attachment, GUEST_IFNAME, MTU, Mode, NETNS_FILE, Network, NetworkError,
+    Networks, PortMapping, Prepared, Proto, Request, TAP_IFNAME, io_err, mac_for, parse_mac,
+};
+use crate::sandbox::Isolation;
+
+/// The bridge of network `n` up with its gateway address, forwarding on.
+fn ensure_bridge(nl: &Netlink, n: &Network) -> Result<(), NetworkError> {
+    nl.ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len)?;
+    for (path, what) in [
+        (
+            "/proc/sys/net/ipv4/ip_forward".to_string(),
+            "enabling IP forwarding in",
+        ),
+        (
+            format!("/proc/sys/net/ipv4/conf/{}/route_localnet", n.bridge),
+            "enabling route_localnet in",
+        ),
+    ] {
+        std::fs::write(&path, "1").map_err(|source| NetworkError::Io {
+            what,
+            path: path.into(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Which backend an attachment serves: the ns backend's processes use the
+/// veth peer directly; a microVM gets a tap redirected to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Ns,
+    Vm,
+}
+
+/// The attach step alone, on an existing network namespace `netns` (made
+/// by hull, or by podman/dockerd for the OCI runtime): a veth from
+/// `network`'s bridge into it, named eth0 there with `mac`, `ip` and the
+/// bridge's MTU. For `Backend::Ns` eth0 gets the address and the default
+/// route; for `Backend::Vm` eth0 stays without an address and a tap is
+/// made beside it, tied to it by tc redirects both ways; its fd is
+/// returned for the VMM (the guest takes `ip` and `mac`).
+pub fn attach_netns(
+    netns: &Path,
+    network: &Network,
+    host_veth: &str,
+    ip: Ipv4Addr,
+    mac: [u8; 6],
+    backend: Backend,
+) -> Result<Option<OwnedFd>, LinkError> {
+    let nl = Netlink::open()?;
+    let ns = File::open(netns).map_err(|source| LinkError::Io {
+        what: format!("opening {}", netns.display()),
+        source,
+    })?;
+    let peer = format!("{host_veth}p");
+    nl.veth_into(host_veth, &peer, &network.bridge, MTU, &ns)?;
+    let prefix_len = network.subnet.prefix_len;
+    // An --internal network has no way out: no default route (as docker).
+    let gateway = (!network.internal).then_some(network.gateway);
+    link::in_netns(netns, move || {
+        // As docker does: the container's root (in a user namespace of its
+        // own, without privilege over this namespace) may bind low ports
+        // and ping.
+        for (key, value) in [
+            ("ipv4/ip_unprivileged_port_start", "0"),
+            ("ipv4/ping_group_range", "0 2147483647"),
+        ] {
+            std::fs::write(format!("/proc/sys/net/{key}"), value).map_err(|source| {
+                LinkError::Io {
+                    what: format!(
+                        "setting net.{} in the container's namespace",
+                        key.replace('/', ".")
+                    ),
+                    source,
+                }
+            })?;
+        }
+        let nl = Netlink::open()?;
+        let eth = nl.rename(&peer, GUEST_IFNAME, mac)?;
+        nl.set_up(eth, GUEST_IFNAME)?;
+        if let Some(lo) = nl.index("lo")? {
+            nl.set_up(lo, "lo")?;
+        }
+        match backend {
+            Backend::Ns => {
+                nl.address_and_route(eth, ip, prefix_len, gateway)?;
+                Ok(None)
+            }
+            Backend::Vm => {
+                let tap = link::create_tap(TAP_IFNAME)?;
+                let t = nl
+                    .index(TAP_IFNAME)?
+                    .ok_or_else(|| LinkError::NoLink(TAP_IFNAME.into()))?;
+                nl.set_up(t, TAP_IFNAME)?;
+                nl.redirect_both_ways((eth, GUEST_IFNAME), (t, TAP_IFNAME))?;
+                Ok(Some(tap))
+            }
+        }
+    })
+}
+
+pub(super) fn hosts_file(req: &Request, ip: Option<Ipv4Addr>, peers: &[Attachment]) -> String {
+    let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if let Some(ip) = ip {
+        s.push_str(&format!("{ip}\t{}\n", req.hostname));
+    }
+    for p in peers {
+        let mut names = vec![p.name.clone()];
+        names.extend(p.aliases.iter().cloned());
+        s.push_str(&format!("{}\t{}\n", p.ip, names.join(" ")));
+    }
+    for (name, ip) in &req.extra_hosts {
+        s.push_str(&format!("{ip}\t{name}\n"));
+    }
+    s
+}
+
+fn resolv_conf(req: &Request) -> Option<String> {
+    if req.dns.is_empty() {
+        // The host's resolvers, as docker copies them (minus loopback ones,
+        // which a container cannot reach).
+        let host = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+        let kept: String = host
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("nameserver 127."))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        return Some(kept);
+    }
+    Some(
+        req.dns
+            .iter()
+            .map(|d| format!("nameserver {d}\n"))
+            .collect(),
+    )
+}
+
+/// Prepares the network of the container whose state dir is `dir` (id
+/// `id`) in state dir `state_dir`: its namespace, address, veth (and tap
+/// for a microVM), published ports; records it in network.json. On an
+/// error nothing of it remains.
+pub fn prepare(
+    state_dir: &Path,
+    dir: &Path,
+    id: &str,
+    req: &Request,
+    isolation: Isolation,
+) -> Result<Prepared, NetworkError> {
+    let name = match &req.mode {
+        Mode::Host if isolation == Isolation::Vm => return Err(NetworkError::HostForVm),
+        Mode::Host => {
+            return Ok(Prepared {
+                netns: None,
+                tap: None,
+                setup: NetworkSetup::default(),
+            });
+        }
+        Mode::None => None,
+        Mode::Network(n) => Some(n.clone()),
+    };
+    let nets = Networks::open(state_dir)?;
+    nets.reclaim();
+    let netns = dir.join(NETNS_FILE);
+    let Some(name) = name else {
+        link::create_netns(&netns)?;
+        return Ok(Prepared {
+            netns: Some(netns),
+            tap: None,
+            setup: NetworkSetup {
+                interface: None,
+                hosts: Some(hosts_file(req, None, &[])),
+                resolv_conf: None,
+            },
+        });
+    };
+    let network = nets.get(&name)?;
+    let attached = nets.attachments();
+    let leases = nets.leases(&name);
+    let ip = match req.ip {
+        Some(ip) if !network.subnet.usable(ip) || ip == network.gateway => {
+            return Err(NetworkError::OutsideSubnet {
+                ip,
+                network: name,
+                subnet: network.subnet,
+            });
+        }
+        Some(ip) if leases.holder(ip).is_some() => return Err(NetworkError::AddressInUse(ip)),
+        Some(ip) => ip,
+        None => leases
+            .next_free(&network.subnet, network.gateway)
+            .ok_or_else(|| NetworkError::Full(name.clone()))?,
+    };
+    let mut ports = req.ports.clone();
+    for p in &mut ports {
+        let clash = attached.iter().find(|a| {
+            a.ports.iter().any(|q| {
+                q.proto == p.proto
+                    && q.host_port == p.host_port
+                    && (q.host_ip.is_none() || p.host_ip.is_none() || q.host_ip == p.host_ip)
+            })
+        });
+        if let Some(a) = clash.filter(|_| p.host_port != 0) {
+            return Err(NetworkError::PortInUse(
+                p.host_port,
+                p.proto.name(),
+                a.name.clone(),
+            ));
+        }
+        if p.host_port == 0 {
+            p.host_port = free_port(p.proto, &attached, &ports_snapshot(&req.ports))
+                .ok_or_else(|| NetworkError::Invalid("no free host port left".into()))?;
+        }
+    }
+    let mac_text = req.mac.clone().unwrap_or_else(|| mac_for(ip));
+    let mac = parse_mac(&mac_text)
+        .ok_or_else(|| NetworkError::Invalid(format!("invalid MAC address {mac_text:?}")))?;
+    let att = Attachment {
+        container: id.to_string(),
+        name: req.name.clone(),
+        network: name.clone(),
+        ip,
+        mac: mac_text.clone(),
+        host_veth: format!("hv{}", &id[..id.len().min(10)]),
+        ports,
+        aliases: req.aliases.clone(),
+    };
+    leases
+        .take(ip, id)
+        .map_err(io_err("writing a lease in", &nets.dir))?;
+    let undo = |nets: &Networks| {
+        leases.free(ip, id);
+        if let Ok(nl) = Netlink::open() {
+            let _ = nl.delete(&att.host_veth);
+        }
+        link::remove_netns(&netns);
+        let _ = std::fs::remove_file(dir.join(ATTACHMENT_FILE));
+        let _ = nets.sync();
+    };
+    let backend = match isolation {
+        Isolation::Ns => Backend::Ns,
+        Isolation::Vm => Backend::Vm,
+    };
+    let made = (|| -> Result<Option<OwnedFd>, NetworkError> {
+        ensure_bridge(&Netlink::open()?, &network)?;
+        link::create_netns(&netns)?;
+        let tap = attach_netns(&netns, &network, &att.host_veth, ip, mac, backend)?;
+        let path = dir.join(ATTACHMENT_FILE);
+        let json = serde_json::to_vec_pretty(&att).expect("an Attachment serializes");
+        std::fs::write(&path, json).map_err(io_err("writing", &path))?;
+        nets.sync()?;
+        Ok(tap)
+    })();
+    let tap = match made {
+        Ok(t) => t,
+        Err(e) => {
+            undo(&nets);
+            return Err(e);
+        }
+    };
+    let peers: Vec<Attachment> = if network.resolves_names() {
+        attached.into_iter().filter(|a| a.network == name).collect()
+    } else {
+        Vec::new()
+    };
+    let interface = (backend == Backend::Vm).then(|| Interface {
+        name: GUEST_IFNAME.into(),
+        address: ip,
+        prefix_len: network.subnet.prefix_len,
+        mtu: MTU,
+        gateway: (!network.internal).then_some(network.gateway),
+    });
+    Ok(Prepared {
+        netns: Some(netns),
+        tap: tap.map(|t| (t, mac_text)),
+        setup: NetworkSetup {
+            interface,
+            hosts: Some(hosts_file(req, Some(ip), &peers)),
+            resolv_conf: if network.resolves_names() && req.dns.is_empty() {
+                Some(format!("nameserver {}\n", network.gateway))
+            } else if network.internal {
+                None
+            } else {
+                resolv_conf(req)
+            },
+        },
+    })
+}
+
+fn ports_snapshot(p: &[PortMapping]) -> Vec<u16> {
+    p.iter().map(|m| m.host_port).filter(|&x| x != 0).collect()
+}
+
+/// A host port for `proto` that neither a container nor this request
+/// publishes and that nothing listens on, from docker's ephemeral range.
+fn free_port(proto: Proto, attached: &[Attachment], own: &[u16]) -> Option<u16> {
+    (32768..60999u16).find(|&port| {
+        !own.contains(&port)
+            && !attached.iter().any(|a| {
+                a.ports
+                    .iter()
+                    .any(|q| q.proto == proto && q.host_port == port)
+            })
+            && match proto {
+                Proto::Tcp => std::net::TcpListener::bind(("0.0.0.0", port)).is_ok(),
+                Proto::Udp => std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok(),
+            }
+    })
+}
+
+/// The attachment of the container in `dir`, if it has one.
+pub fn attachment(dir: &Path) -> Option<Attachment> {
+    serde_json::from_slice(&std::fs::read(dir.join(ATTACHMENT_FILE)).ok()?).ok()
+}
+
+/// Undoes `prepare` for the container in `dir` (state dir `state_dir`):
+/// its lease, veth, namespace and port rules. Safe to call again, and
+/// after a crash at any point.
+pub fn release(state_dir: &Path, dir: &Path) {
+    let att = attachment(dir);
+    let netns = dir.join(NETNS_FILE);
+    if att.is_none() && !netns.exists() {
+        return;
+    }
+    let Ok(nets) = Networks::open(state_dir) else {
+        return;
+    };
+    if let Some(a) = &att {
+        nets.leases(&a.network).free(a.ip, &a.container);
+        if let Ok(nl) = Netlink::open() {
+            let _ = nl.delete(&a.host_veth);
+        }
+        let _ = std::fs::remove_file(dir.join(ATTACHMENT_FILE));
+    }
+    link::remove_netns(&netns);
+    if att.is_some() {
+        if let Err(e) = nets.sync() {
+            log::warn!("{}", crate::error::chain(&e));
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Links, addresses, routes and tc redirects through netlink (rtnetlink),
+//! in the host's network namespace or inside a container's. A netlink
+//! socket belongs to the namespace of the thread that opened it, so work
+//! inside a container's namespace runs on a short-lived thread that joined
+//! it first.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::sys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("{what}")]
+    Netlink {
+        what: String,
+        source: rtnetlink::Error,
+    },
+    #[error("{what}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("no network interface {0}")]
+    NoLink(String),
+    #[error("the thread working in the network namespace {0} panicked")]
+    Thread(PathBuf),
+}
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> LinkError {
+    let what = what.into();
+    move |source| LinkError::Netlink { what, source }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LinkError {
+    let what = what.into();
+    move |source| LinkError::Io { what, source }
+}
+
+/// A netlink connection in the calling thread's network namespace, with a
+/// single-threaded runtime to drive it (no thread of its own: hull forks
+/// its monitor after network setup in some paths).
+pub struct Netlink {
+    rt: tokio::runtime::Runtime,
+    handle: Handle,
+}
+
+impl Netlink {
+    pub fn open() -> Result<Netlink, LinkError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(io("starting the netlink runtime"))?;
+        let (conn, handle, _) = {
+            let _guard = rt.enter();
+            rtnetlink::new_connection().map_err(io("opening a netlink socket"))?
+        };
+        rt.spawn(conn);
+        Ok(Netlink { rt, handle })
+    }
+
+    /// The index of link `name`, None when there is none.
+    pub fn index(&self, name: &str) -> Result<Option<u32>, LinkError> {
+        let mut req = std::pin::pin!(
+            self.handle
+                .link()
+                .get()
+                .match_name(name.to_string())
+                .execute()
+        );
+        match self.rt.block_on(req.try_next()) {
+            Ok(Some(m)) => Ok(Some(m.header.index)),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(nl(format!("looking up link {name}"))(e)),
+        }
+    }
+
+    fn must_index(&self, name: &str) -> Result<u32, LinkError> {
+        self.index(name)?
+            .ok_or_else(|| LinkError::NoLink(name.to_string()))
+    }
+
+    /// Makes bridge `name` with `addr`/`prefix_len`, up; an existing one is
+    /// kept as it is.
+    pub fn ensure_bridge(
+        &self,
+        name: &str,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), LinkError> {
+        if self.index(name)?.is_some() {
+            return Ok(());
+        }
+        let msg = LinkBridge::new(name).build();
+        self.rt
+            .block_on(self.handle.link().add(msg).execute())
+            .map_err(nl(format!("creating bridge {name}")))?;
+        let idx = self.must_index(name)?;
+        self.rt
+            .block_on(
+                self.handle
+                    .address()
+                    .add(idx, addr.into(), prefix_len)
+                    .execute(),
+            )
+            .map_err(nl(format!("adding {addr}/{prefix_len} to {name}")))?;
+        self.set_up(idx, name)
+    }
+
+    pub fn set_up(&self, idx: u32, name: &str) -> Result<(), LinkError> {
+        let msg = LinkUnspec::new_with_index(idx).up().build();
+        self.rt
+            .block_on(self.handle.link().set(msg).execute())
+            .map_err(nl(format!("setting {name} up")))
+    }
+
+    /// Deletes link `name` if it exists.
+    pub fn delete(&self, name: &str) -> Result<(), LinkError> {
+        let Some(idx) = self.index(name)? else {
+            return Ok(());
+        };
+        match self.rt.block_on(self.handle.link().del(idx).execute()) {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+            r => r.map_err(nl(format!("deleting {name}"))),
+        }
+    }
+
+    /// A veth pair: `host` on `bridge`, up, with MTU `mtu`; its peer moved
+    /// into the network namespace `netns` under the name `peer`.
+    pub fn veth_into(
+        &self,
+        host: &str,
+        peer: &str,
+        bridge: &str,
+        mtu: u32,
+        netns: &std::fs::File,
+    ) -> Result<(), LinkError> {
+        let msg = LinkVeth::new(host, peer).mtu(mtu).build();
+        self.rt
+            .block_on(self.handle.link().add(msg).execute())
+            .map_err(nl(format!("creating veth {host}")))?;
+        let (h, p, b) = (
+            self.must_index(host)?,
+            self.must_index(peer)?,
+            self.must_index(bridge)?,
+        );
+        let msg = LinkUnspec::new_with_index(p)
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        self.rt
+            .block_on(self.handle.link().set(msg).execute())
+            .map_err(nl(format!("moving {peer} into the container's namespace")))?;
+        let msg = LinkUnspec::new_with_index(h).controller(b).up().build();
+        self.rt
+            .block_on(self.handle.link().set(msg).execute())
+            .map_err(nl(format!("attaching {host} to {bridge}")))
+    }
+
+    /// Renames link `from` to `to` and gives it `mac` (down, as renaming
+    /// needs).
+    pub fn rename(&self, from: &str, to: &str, mac: [u8; 6]) -> Result<u32, LinkError> {
+        let idx = self.must_index(from)?;
+        let msg = LinkUnspec::new_with_index(idx)
+            .name(to)
+            .address(mac.to_vec())
+            .build();
+        self.rt
+            .block_on(self.handle.link().set(msg).execute())
+            .map_err(nl(format!("renaming {from} to {to}")))?;
+        Ok(idx)
+    }
+
+    /// `addr`/`prefix_len` on link `idx`, and the default route via
+    /// `gateway` when there is one.
+    pub fn address_and_route(
+        &self,
+        idx: u32,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+        gateway: Option<Ipv4Addr>,
+    ) -> Result<(), LinkError> {
+        self.rt
+            .block_on(
+                self.handle
+                    .address()
+                    .add(idx, addr.into(), prefix_len)
+                    .execute(),
+            )
+            .map_err(nl(format!("adding {addr}/{prefix_len}")))?;
+        let Some(gateway) = gateway else {
+            return Ok(());
+        };
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(idx)
+            .build();
+        self.rt
+            .block_on(self.handle.route().add(route).execute())
+            .map_err(nl(format!("adding the default route via {gateway}")))
+    }
+
+    /// Every packet arriving on `from` leaves through `to`, and back (an
+    /// ingress qdisc and a match-all u32 filter with a mirred redirect on
+    /// each: Kata's tcfilter).
+    pub fn redirect_both_ways(&self, a: (u32, &str), b: (u32, &str)) -> Result<(), LinkError> {
+        for ((from, from_name), (to, _)) in [(a, b), (b, a)] {
+            self.rt
+                .block_on(self.handle.qdisc().add(from as i32).ingress().execute())
+                .map_err(nl(format!("adding an ingress qdisc to {from_name}")))?;
+            let filter = self
+                .handle
+                .traffic_filter(from as i32)
+                .add()
+                .parent(0xffff_0000)
+                .protocol((libc::ETH_P_ALL as u16).to_be())
+                .redirect(to)
+                .map_err(nl(format!("building the redirect from {from_name}")))?;
+            self.rt
+                .block_on(filter.execute())
+                .map_err(nl(format!("redirecting {from_name}'s ingress")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f` on a thread that joined the network namespace at `netns`.
+pub fn in_netns<T: Send>(
+    netns: &Path,
+    f: impl FnOnce() -> Result<T, LinkError> + Send,
+) -> Result<T, LinkError> {
+    let file = std::fs::File::open(netns).map_err(io(format!("opening {}", netns.display())))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            sys::setns_net(&file).map_err(io(format!("joining {}", netns.display())))?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(LinkError::Thread(netns.to_path_buf())))
+    })
+}
+
+/// A new, empty network namespace held by a bind mount at `path` (a file
+/// it creates), with `lo` up.
+pub fn create_netns(path: &Path) -> Result<(), LinkError> {
+    std::fs::File::create(path).map_err(io(format!("creating {}", path.display())))?;
+    let made = std::thread::scope(|s| {
+        s.spawn(|| -> Result<(), LinkError> {
+            sys::unshare_net().map_err(io("creating a network namespace"))?;
+            sys::bind_mount(Path::new("/proc/thread-self/ns/net"), path).map_err(io(format!(
+                "holding the network namespace at {}",
+                path.display()
+            )))?;
+            let nl = Netlink::open()?;
+            let lo = nl.must_index("lo")?;
+            nl.set_up(lo, "lo")
+        })
+        .join()
+        .unwrap_or_else(|_| Err(LinkError::Thread(path.to_path_buf())))
+    });
+    if made.is_err() {
+        remove_netns(path);
+    }
+    made
+}
+
+/// Releases the network namespace held at `path` (its links go with it
+/// once nothing else holds it) and removes the file.
+pub fn remove_netns(path: &Path) {
+    let _ = sys::unmount_detach(path);
+    let _ = std::fs::remove_file(path);
+}
+
+/// Creates tap `name` (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) in the calling
+/// thread's network namespace and returns its fd.
+pub fn create_tap(name: &str) -> Result<OwnedFd, LinkError> {
+    sys::open_tap(name).map_err(io(format!("creating tap {name}")))
+}

@@ -1,0 +1,369 @@
+//! `hull build` end to end, RUN steps in the `ns` backend: the Dockerfile
+//! under tests/build/compare built by hull and by buildah (Debian's, with a
+//! root of its own, vfs storage, chroot isolation) from the same context
+//! must give the same file tree and config; the layer cache; a failing RUN
+//! and a syntax error; history, save, tag and push to a local registry
+//! (Debian's docker-registry on 127.0.0.1) read back by skopeo and pulled
+//! into an empty data dir.
+//!
+//! Needs root, the static agent (HULL_AGENT or agent/build-static.sh),
+//! busybox-static, umoci, skopeo, buildah and docker-registry
+//! (scripts/install-deps.sh); fails saying what is missing, and is reported
+//! as ignored with `HULL_SKIP_NS_TESTS=1`, as the namespace suite is.
+
+#[path = "support/build_env.rs"]
+mod build_env;
+#[path = "support/registry.rs"]
+mod registry;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use build_env::{Env, require, sh};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+#[derive(Debug, PartialEq)]
+struct Node {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    content: Option<Vec<u8>>,
+    target: Option<PathBuf>,
+}
+
+fn walk(root: &Path) -> BTreeMap<PathBuf, Node> {
+    fn go(root: &Path, p: &Path, out: &mut BTreeMap<PathBuf, Node>) {
+        for e in fs::read_dir(p).unwrap() {
+            let e = e.unwrap();
+            let path = e.path();
+            let m = fs::symlink_metadata(&path).unwrap();
+            let ft = m.file_type();
+            let kind = if ft.is_dir() {
+                "dir"
+            } else if ft.is_symlink() {
+                "symlink"
+            } else if ft.is_file() {
+                "file"
+            } else {
+                "other"
+            };
+            out.insert(
+                path.strip_prefix(root).unwrap().to_path_buf(),
+                Node {
+                    kind,
+                    mode: m.mode() & 0o7777,
+                    uid: m.uid(),
+                    gid: m.gid(),
+                    size: if ft.is_file() { m.len() } else { 0 },
+                    content: ft.is_file().then(|| fs::read(&path).unwrap()),
+                    target: ft.is_symlink().then(|| fs::read_link(&path).unwrap()),
+                },
+            );
+            if ft.is_dir() {
+                go(root, &path, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    go(root, root, &mut out);
+    out
+}
+
+/// The config fields both builders must agree on.
+fn config_fields(layout: &Path, tag: &str) -> serde_json::Value {
+    let json = sh(&format!(
+        "skopeo inspect --config oci:{}:{tag}",
+        layout.display()
+    ));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let c = &v["config"];
+    let mut labels = c["Labels"].clone();
+    if let Some(m) = labels.as_object_mut() {
+        m.remove("io.buildah.version");
+    }
+    serde_json::json!({
+        "Env": c["Env"], "Cmd": c["Cmd"], "Entrypoint": c["Entrypoint"],
+        "WorkingDir": c["WorkingDir"], "User": c["User"],
+        "ExposedPorts": c["ExposedPorts"], "Labels": labels,
+        "Volumes": c["Volumes"], "StopSignal": c["StopSignal"],
+    })
+}
+
+/// data.tar.gz for ADD: a directory, a file and a symlink.
+fn write_tarball(ctx: &Path) {
+    let f = fs::File::create(ctx.join("data.tar.gz")).unwrap();
+    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::default());
+    let mut b = tar::Builder::new(gz);
+    let mut entry = |path: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        if let Some(l) = link {
+            h.set_link_name(l).unwrap();
+        }
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    entry("pkg/", tar::EntryType::Directory, b"", None);
+    entry(
+        "pkg/readme",
+        tar::EntryType::Regular,
+        b"from a tarball\n",
+        None,
+    );
+    entry("pkg/current", tar::EntryType::Symlink, b"", Some("readme"));
+    b.into_inner().unwrap().finish().unwrap();
+}
+
+fn same_as_buildah() -> Result<(), Failed> {
+    require(&["buildah"]);
+    let env = Env::new();
+    let ctx = env.context("compare");
+    write_tarball(&ctx);
+    let (code, out, err) = env.build(&ctx, &["-t", "compare:latest"]);
+    assert_eq!(code, 0, "hull build failed: {out}{err}");
+    let hull_oci = env.t.path().join("hull-oci");
+    let (code, _, err) = env.hull(&[
+        "save",
+        "--format",
+        "oci",
+        "-o",
+        &hull_oci.display().to_string(),
+        "compare:latest",
+    ]);
+    assert_eq!(code, 0, "{err}");
+
+    // buildah, with storage of its own under the temp dir.
+    let root = env.t.path().join("buildah");
+    let b = format!(
+        "buildah --root {r}/root --runroot {r}/run --storage-driver vfs",
+        r = root.display()
+    );
+    sh(&format!(
+        "skopeo copy --quiet oci:{}:latest 'containers-storage:[vfs@{r}/root+{r}/run]localhost/busybox:latest'",
+        env.layout.display(),
+        r = root.display()
+    ));
+    sh(&format!(
+        "{b} bud --quiet --isolation chroot --pull-never --build-arg BASE=localhost/busybox \
+         -t compare {} >/dev/null",
+        ctx.display()
+    ));
+    let buildah_oci = env.t.path().join("buildah-oci");
+    sh(&format!(
+        "{b} push --quiet compare oci:{}:latest",
+        buildah_oci.display()
+    ));
+    let trees: Vec<BTreeMap<PathBuf, Node>> = [&hull_oci, &buildah_oci]
+        .iter()
+        .map(|layout| {
+            let bundle = layout.with_extension("bundle");
+            sh(&format!(
+                "umoci unpack --image {}:latest {} >/dev/null",
+                layout.display(),
+                bundle.display()
+            ));
+            walk(&bundle.join("rootfs"))
+        })
+        .collect();
+    let (h, b) = (&trees[0], &trees[1]);
+    let mut diffs = Vec::new();
+    for (p, n) in h {
+        match b.get(p) {
+            None => diffs.push(format!("only in hull's: {}", p.display())),
+            Some(m) if m != n => diffs.push(format!("{}: hull {n:?} buildah {m:?}", p.display())),
+            _ => {}
+        }
+    }
+    // buildah (chroot isolation) leaves the mount points it made for RUN
+    // steps in the image, empty; docker's builder does not, nor does hull.
+    let buildah_mounts = ["etc/hostname", "etc/hosts", "etc/resolv.conf", "run"];
+    for (p, n) in b.iter().filter(|(p, _)| !h.contains_key(*p)) {
+        let empty = n.size == 0 && (n.kind == "dir" || n.kind == "file");
+        if !(empty && buildah_mounts.iter().any(|m| p == Path::new(m))) {
+            diffs.push(format!("only in buildah's: {}", p.display()));
+        }
+    }
+    assert!(diffs.is_empty(), "trees differ:\n{}", diffs.join("\n"));
+    // The steps the Dockerfile is about, as a user would check them.
+    assert!(h.contains_key(Path::new("home/user/fresh/file")));
+    assert!(!h.contains_key(Path::new("etc/group")));
+    let who = h.get(Path::new("srv/app/data/who")).unwrap();
+    assert_eq!(
+        who.content.as_deref(),
+        Some(&b"hello world from 1000\n"[..])
+    );
+    assert_eq!((who.uid, who.gid), (1000, 1000));
+    let listing = h.get(Path::new("srv/app/listing")).unwrap();
+    assert_eq!(
+        listing.content.as_deref(),
+        Some(&b"1.txt\n2.txt\n"[..]),
+        ".dockerignore left notes.md out"
+    );
+    assert!(!h.keys().any(|p| p.starts_with("build")));
+    assert_eq!(
+        config_fields(&hull_oci, "latest"),
+        config_fields(&buildah_oci, "latest")
+    );
+    Ok(())
+}
+
+fn cache() -> Result<(), Failed> {
+    let env = Env::new();
+    let ctx = env.context("cache");
+    let (code, out, err) = env.build(&ctx, &["-t", "cached"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("3 RUN executed"), "{err}");
+    let id = out.trim().to_string();
+    let t = std::time::Instant::now();
+    let (code, out, err) = env.build(&ctx, &["-t", "cached"]);
+    let rebuild = t.elapsed();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        id,
+        "a fully cached rebuild gives the same image"
+    );
+    assert_eq!(err.matches("CACHED").count(), 5, "{err}");
+    assert!(err.contains("0 RUN executed"), "{err}");
+    eprintln!("fully cached rebuild: {} ms", rebuild.as_millis());
+    // A changed file: its COPY and what follows rebuild, not what precedes.
+    fs::write(ctx.join("files/b"), "B\n").unwrap();
+    let (code, _, err) = env.build(&ctx, &["-t", "cached"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.matches("CACHED").count(), 3, "{err}");
+    assert!(err.contains("1 RUN executed"), "{err}");
+    let (_, out, _) = env.hull(&["run", "--rm", "--isolation", "ns", "cached", "cat", "/both"]);
+    assert_eq!(out, "a\nB\n");
+    // --no-cache runs everything.
+    let (code, _, err) = env.build(&ctx, &["--no-cache", "-t", "cached"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.matches("CACHED").count(), 0, "{err}");
+    assert!(err.contains("3 RUN executed"), "{err}");
+    Ok(())
+}
+
+fn failures() -> Result<(), Failed> {
+    let env = Env::new();
+    let ctx = env.t.path().join("bad");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN true\nFROBNICATE x\n",
+    )
+    .unwrap();
+    let (code, _, err) = env.build(&ctx, &["-t", "bad"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("Dockerfile:3: unknown instruction FROBNICATE"),
+        "{err}"
+    );
+    assert!(!err.contains("[1/"), "nothing ran: {err}");
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN echo about to fail; exit 3\nRUN echo never\n",
+    )
+    .unwrap();
+    let (code, out, err) = env.build(&ctx, &["-t", "bad"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        out.contains("about to fail"),
+        "the step's output is shown: {out}"
+    );
+    assert!(
+        err.contains("Dockerfile:2: RUN") && err.contains("exited with status 3"),
+        "{err}"
+    );
+    assert!(!out.contains("never"));
+    let (_, images, _) = env.hull(&["images", "-q"]);
+    assert_eq!(
+        images.lines().count(),
+        1,
+        "only busybox is stored: {images}"
+    );
+    fs::write(ctx.join("Dockerfile"), "FROM busybox\nCOPY missing /x\n").unwrap();
+    let (code, _, err) = env.build(&ctx, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("Dockerfile:2: missing: no such file or directory in the build context"),
+        "{err}"
+    );
+    Ok(())
+}
+
+fn history_save_push() -> Result<(), Failed> {
+    require(&["docker-registry"]);
+    let env = Env::new();
+    let ctx = env.context("cache");
+    let (code, _, err) = env.build(&ctx, &["-t", "app:v1"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, hist, _) = env.hull(&["image", "history", "--no-trunc", "app:v1"]);
+    let lines: Vec<&str> = hist.lines().collect();
+    assert!(lines[1].contains("RUN cat /a /b > /both"), "{hist}");
+    assert!(lines[2].contains("COPY files/b /b"), "{hist}");
+    // docker save: skopeo reads it.
+    let tar = env.t.path().join("app.tar");
+    let (code, _, err) = env.hull(&["save", "-o", &tar.display().to_string(), "app:v1"]);
+    assert_eq!(code, 0, "{err}");
+    let info = sh(&format!("skopeo inspect docker-archive:{}", tar.display()));
+    assert!(info.contains("\"Layers\""), "{info}");
+
+    let reg = registry::start_registry();
+    let dest = format!("{}/test/app:v1", reg.addr);
+    let (code, _, err) = env.hull(&["tag", "app:v1", &dest]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = env.hull(&["push", &dest]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("pushed"), "{err}");
+    let digest = out.trim().to_string();
+    let info = sh(&format!(
+        "skopeo inspect --tls-verify=false docker://{dest}"
+    ));
+    assert!(info.contains(&digest), "skopeo sees {digest}: {info}");
+    // A second push uploads nothing.
+    let (code, _, err) = env.hull(&["push", &dest]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("pushed"), "{err}");
+    assert_eq!(err.matches("already in the registry").count(), 7, "{err}");
+    // Pulled into an empty data dir, it runs.
+    let other = Env {
+        t: tempfile::tempdir().unwrap(),
+        data: env.t.path().join("data2"),
+        state: env.state.clone(),
+        _state: env._state.clone(),
+        layout: env.layout.clone(),
+    };
+    let (code, _, err) = other.hull(&["pull", "-q", &dest]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = other.hull(&["run", "--rm", "--isolation", "ns", &dest, "cat", "/both"]);
+    assert_eq!((code, out.as_str()), (0, "a\nb\n"), "{err}");
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let skip = std::env::var_os("HULL_SKIP_NS_TESTS").is_some();
+    type Test = fn() -> Result<(), Failed>;
+    let tests: Vec<(&str, Test)> = vec![
+        ("build_ns_equals_buildah", same_as_buildah),
+        ("build_cache", cache),
+        ("build_failures_exit_1_and_store_nothing", failures),
+        ("build_history_save_push", history_save_push),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| Trial::test(name, f).with_ignored_flag(skip))
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}

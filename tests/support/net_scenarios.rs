@@ -1,0 +1,735 @@
+//! Network scenarios for `hull run`, one suite for both backends
+//! (tests/net_ns.rs on this host, tests/net_vm.rs through real KVM).
+//!
+//! Every trial re-runs this test binary for itself alone under
+//! `unshare --net`: the bridges, veths, taps, nftables rules and sysctls
+//! hull makes live and die in a network namespace the trial created, and
+//! no packet leaves it. The "outside world" is an interface in that
+//! namespace (192.0.2.1, TEST-NET-1, on a veth) with a TCP service of the test's own.
+#![allow(dead_code)] // each test target uses its own subset
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Failed, Trial};
+
+#[path = "scenarios.rs"]
+mod scenarios;
+
+pub use scenarios::build_runtime;
+use scenarios::busybox;
+
+/// Set in the re-run of a trial inside its own network namespace.
+const INNER: &str = "HULL_NET_TEST_INNER";
+/// How long one hull command may take (a microVM under the emulated KVM
+/// host boots in seconds).
+const HANG: Duration = Duration::from_secs(240);
+/// How long a detached server has to start answering.
+const READY: Duration = Duration::from_secs(120);
+/// What the containers' httpd serves.
+const PAGE: &str = "hello from hull\n";
+/// The test's "outside" address (a dummy interface in the trial's netns).
+const OUTSIDE: &str = "192.0.2.1";
+
+/// The `hull` binary beside the test binary (target/PROFILE/hull).
+pub fn hull_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/PROFILE/deps/...")
+        .join("hull")
+}
+
+/// A busybox rootfs with a page for httpd and a UDP echo server.
+fn rootfs() -> &'static Path {
+    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let d = tempfile::tempdir().expect("tempdir");
+        busybox::rootfs(d.path());
+        std::fs::create_dir_all(d.path().join("www")).unwrap();
+        std::fs::write(d.path().join("www/index.html"), PAGE).unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/udp_echo.c");
+        let status = Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(d.path().join("bin/udp_echo"))
+            .arg(&src)
+            .status()
+            .expect("gcc (and Debian's libc6-dev) is needed to build the UDP echo server");
+        assert!(status.success(), "building tests/support/udp_echo.c failed");
+        d
+    })
+    .path()
+}
+
+/// What a command printed and how it ended.
+pub struct Out {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn wait_output(child: Child, limit: Duration) -> Result<Output, Failed> {
+    let pid = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // SAFETY: kill(2) of a process this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let out = child.wait_with_output();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    Ok(out.map_err(|e| format!("waiting for a child: {e}"))?)
+}
+
+fn run(mut cmd: Command) -> Result<Out, Failed> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {cmd:?}: {e}"))?;
+    let out = wait_output(child, HANG)?;
+    Ok(Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
+    if ok { Ok(()) } else { Err(msg().into()) }
+}
+
+/// One trial's hull: a state dir of its own, one backend.
+struct Hull {
+    backend: &'static str,
+    state: tempfile::TempDir,
+}
+
+impl Hull {
+    fn new(backend: &'static str) -> Hull {
+        Hull {
+            backend,
+            state: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn hull(&self, args: &[&str]) -> Result<Out, Failed> {
+        let mut c = Command::new(hull_bin());
+        c.arg("--state-dir").arg(self.state.path()).args(args);
+        run(c)
+    }
+
+    /// `hull run --isolation B --rootfs R FLAGS CMD`.
+    fn run(&self, flags: &[&str], cmd: &[&str]) -> Result<Out, Failed> {
+        let mut c = Command::new(hull_bin());
+        c.arg("--state-dir")
+            .arg(self.state.path())
+            .args(["run", "--isolation", self.backend, "--rootfs"])
+            .arg(rootfs())
+            .args(flags)
+            .args(cmd);
+        run(c)
+    }
+
+    /// `run -d`, which must succeed; the container's id.
+    fn detach(&self, flags: &[&str], cmd: &[&str]) -> Result<String, Failed> {
+        let mut all = vec!["-d"];
+        all.extend_from_slice(flags);
+        let o = self.run(&all, cmd)?;
+        check(o.code == Some(0), || format!("run -d {flags:?}: {o}"))?;
+        Ok(o.stdout.trim().to_string())
+    }
+
+    /// A detached httpd serving PAGE on port 80.
+    fn httpd(&self, flags: &[&str]) -> Result<String, Failed> {
+        self.detach(flags, &["httpd", "-f", "-p", "80", "-h", "/www"])
+    }
+
+    /// Leases held in the state dir's networks.
+    fn leases(&self) -> Vec<String> {
+        let mut all = Vec::new();
+        let dir = self.state.path().join("networks");
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".leases") {
+                for l in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                    all.push(l.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        all
+    }
+}
+
+impl Drop for Hull {
+    fn drop(&mut self) {
+        let dir = self.state.path().join("containers");
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let _ = self.hull(&["rm", "-f", &id]);
+        }
+    }
+}
+
+/// The links of the trial's network namespace (`ip -o link`).
+fn links() -> Vec<String> {
+    let out = Command::new("ip").args(["-o", "link", "show"]).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    text.unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let name = l.split(": ").nth(1)?;
+            Some(name.split('@').next()?.to_string())
+        })
+        .collect()
+}
+
+/// hull's nftables table, as `nft list` shows it ("" when there is none).
+fn hull_rules() -> String {
+    Command::new("nft")
+        .args(["list", "table", "ip", "hull"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// An HTTP GET of / at `addr`; the body, or why not.
+fn http_get(addr: &str) -> Result<String, String> {
+    let sa: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(3))
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| format!("sending to {addr}: {e}"))?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .map_err(|e| format!("reading from {addr}: {e}"))?;
+    Ok(resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+/// Retries `http_get` until it serves PAGE or READY passes.
+fn wait_page(addr: &str) -> Result<(), Failed> {
+    let deadline = Instant::now() + READY;
+    loop {
+        match http_get(addr) {
+            Ok(body) if body == PAGE => return Ok(()),
+            r if Instant::now() > deadline => {
+                return Err(format!("{addr} never served the page: last {r:?}").into());
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// A shell line for a container that fetches / from `host` port 80 with
+/// busybox nc (busybox wget crashes in Debian's static build).
+fn fetch_cmd(host: &str) -> String {
+    format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 {host} 80")
+}
+
+/// Waits until container `name` resolves `host` and gets the page from
+/// it; the last output otherwise.
+fn container_fetches(h: &Hull, network: &str, host: &str) -> Result<bool, Failed> {
+    let o = h.run(
+        &["--rm", "--network", network],
+        &["sh", "-c", &fetch_cmd(host)],
+    )?;
+    Ok(o.code == Some(0) && o.stdout.ends_with(PAGE))
+}
+
+/// The test's outside world: a veth (the host kernel may lack `dummy`)
+/// with OUTSIDE and a TCP service on port 9 that says "outside".
+fn outside_service() -> Result<(), Failed> {
+    for args in [
+        &[
+            "link", "add", "outside0", "type", "veth", "peer", "name", "outside1",
+        ][..],
+        &["addr", "add", "192.0.2.1/24", "dev", "outside0"],
+        &["link", "set", "outside0", "up"],
+        &["link", "set", "outside1", "up"],
+    ] {
+        let o = Command::new("ip").args(args).output()?;
+        check(o.status.success(), || {
+            format!("ip {args:?}: {}", String::from_utf8_lossy(&o.stderr))
+        })?;
+    }
+    let l = TcpListener::bind((OUTSIDE, 9))?;
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(b"outside\n");
+        }
+    });
+    Ok(())
+}
+
+// --- scenarios -----------------------------------------------------------
+
+fn published_port_answers_on_host_addresses(b: &'static str) -> Result<(), Failed> {
+    let h = Hull::new(b);
+    let id = h.httpd(&["--name", "web", "--network", "bridge", "-p", "18080:80"])?;
+    wait_page("127.0.0.1:18080")?;
+    let o = h.hull(&["network", "inspect", "bridge"])?;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).map_err(|e| format!("{e}: {o}"))?;
+    let gw = v[0]["gateway"].as_str().ok_or("no gateway in inspect")?;
+    let ip = v[0]["containers"][0]["ip"]
+        .as_str()
+        .ok_or("no container in inspect")?;
+    wait_page(&format!("{gw}:18080"))?;
+    wait_page(&format!("{ip}:80"))?;
+    let o = h.hull(&["port", "web"])?;
+    check(o.stdout == "80/tcp -> 0.0.0.0:18080\n", || {
+        format!("hull port: {o}")
+    })?;
+    let o = h.hull(&["rm", "-f", &id])?;
+    check(o.code == Some(0), || format!("rm -f: {o}"))?;
+    check(http_get("127.0.0.1:18080").is_err(), || {
+        "the port still answers after rm -f".into()
+    })?;
+    let left: Vec<String> = links()
+        .into_iter()
+        .filter(|l| l.starts_with("hv"))
+        .collect();
+    check(left.is_empty(), || {
+        format!("veths left after rm -f: {left:?}")
+    })?;
+    check(!hull_rules().contains("dnat"), || {
+        format!("port rules left after rm -f:\n{}", hull_rules())
+    })?;
+    check(h.leases().is_empty(), || {
+        format!("leases left after rm -f: {:?}", h.leases())
+    })
+}
+
+fn published_udp_port_echoes(b: &'static str) -> Result<(), Failed> {
+    let h = Hull::new(b);
+    h.detach(
+        &["--network", "bridge", "-p", "127.0.0.1:15353:53/udp"],
+        &["udp_echo", "53"],
+    )?;
+    let s = UdpSocket::bind("127.0.0.1:0")?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let deadline = Instant::now() + READY;
+    let mut buf = [0u8; 64];
+    loop {
+        s.send_to(b"are you there", "127.0.0.1:15353")?;
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            check(&buf[..n] == b"are you there", || {
+                format!("echo came back as {:?}", String::from_utf8_lossy(&buf[..n]))
+            })?;
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("no UDP echo through -p 127.0.0.1:15353:53/udp".into());
+        }
+    }
+}
+
+fn containers_reach_each_other_by_name_and_alias(b: &'static str) -> Result<(), Failed> {
+    let h = Hull::new(b);
+    let o = h.hull(&["network", "create", "appnet"])?;
+    check(o.code == Some(0), || format!("network create: {o}"))?;
+    // Started before db: it must still find db by name (the network's
+    // resolver answers, not a copy of the names taken at its start).
+    h.detach(
+        &["--name", "early", "--network", "appnet"],
+        &["sleep", "1000"],
+    )?;
+    h.httpd(&[
+        "--name",
+        "db",
+        "--network",
+        "appnet",
+        "--network-alias",
+        "database",
+    ])?;
+    let o = h.hull(&["network", "inspect", "appnet"])?;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).map_err(|e| format!("{e}: {o}"))?;
+    let ip = v[0]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "db"))
+        .and_then(|c| c["ip"].as_str())
+        .ok_or_else(|| format!("db not in inspect: {o}"))?;
+    wait_page(&format!("{ip}:80"))?;
+    for name in ["db", "database"] {
+        check(container_fetches(&h, "appnet", name)?, || {
+            format!("a container on appnet could not fetch from {name}")
+        })?;
+    }
+    let o = h.hull(&["exec", "early", "sh", "-c", &fetch_cmd("database")])?;
+    check(o.code == Some(0) && o.stdout.ends_with(PAGE), || {
+        format!("a container started before db could not fetch from database: {o}")
+    })?;
+    // The network's resolver goes with its last container.
+    let pid_file = h.state.path().join("networks/appnet.dnsmasq.pid");
+    let pid = std::fs::read_to_string(&pid_file).map_err(|e| format!("no resolver pid: {e}"))?;
+    let o = h.hull(&["rm", "-f", "early", "db"])?;
+    check(o.code == Some(0), || format!("rm -f: {o}"))?;
+    check(
+        !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+        || {
+            format!(
+                "appnet's resolver (pid {}) outlived its containers",
+                pid.trim()
+            )
+        },
+    )?;
+    // The default network resolves no names, as docker's.
+    h.httpd(&["--name", "plain", "--network", "bridge"])?;
+    let o = h.run(
+        &["--rm", "--network", "bridge"],
+        &["sh", "-c", &fetch_cmd("plain")],
+    )?;
+    check(o.code != Some(0), || format!("bridge resolved a name: {o}"))
+}
+
+fn networks_are_isolated_and_internal_stays_inside(b: &'static str) -> Result<(), Failed> {
+    outside_service()?;
+    let h = Hull::new(b);
+    for args in [
+        &["network", "create", "--subnet", "10.77.1.0/24", "one"][..],
+        &["network", "create", "--subnet", "10.77.2.0/24", "two"],
+        &[
+            "network",
+            "create",
+            "--internal",
+            "--subnet",
+            "10.77.3.0/24",
+            "closed",
+        ],
+    ] {
+        let o = h.hull(args)?;
+        check(o.code == Some(0), || format!("{args:?}: {o}"))?;
+    }
+    h.httpd(&["--network", "one", "--ip", "10.77.1.10"])?;
+    wait_page("10.77.1.10:80")?;
+    check(container_fetches(&h, "one", "10.77.1.10")?, || {
+        "a container could not reach another on its own network".into()
+    })?;
+    check(!container_fetches(&h, "two", "10.77.1.10")?, || {
+        "a container on network two reached one on network one".into()
+    })?;
+    let reach_outside = |net: &str| -> Result<Out, Failed> {
+        h.run(
+            &["--rm", "--network", net],
+            &["sh", "-c", &format!("nc -w 5 {OUTSIDE} 9 </dev/null")],
+        )
+    };
+    let o = reach_outside("two")?;
+    check(o.stdout == "outside\n", || {
+        format!("a container on a plain network must reach the outside: {o}")
+    })?;
+    let o = reach_outside("closed")?;
+    check(o.stdout.is_empty() && o.code != Some(0), || {
+        format!("a container on an --internal network reached the outside: {o}")
+    })?;
+    h.httpd(&["--network", "closed", "--ip", "10.77.3.10"])?;
+    wait_page("10.77.3.10:80")?;
+    check(container_fetches(&h, "closed", "10.77.3.10")?, || {
+        "containers on one --internal network must reach each other".into()
+    })
+}
+
+fn network_none_has_only_lo(b: &'static str) -> Result<(), Failed> {
+    let h = Hull::new(b);
+    let o = h.run(&["--rm", "--network", "none"], &["ip", "-o", "link"])?;
+    check(o.code == Some(0), || format!("{o}"))?;
+    // lo, up; nothing else that could carry a packet (the guest kernel's
+    // own sit0 tunnel may be listed, down and without an address).
+    let up: Vec<&str> = o
+        .stdout
+        .lines()
+        .filter(|l| l.contains(",UP") || l.contains("<UP"))
+        .filter_map(|l| l.split(": ").nth(1))
+        .collect();
+    check(up == ["lo"], || format!("want only lo up; {o}"))?;
+    check(!o.stdout.contains("link/ether"), || {
+        format!("an ethernet device with --network none; {o}")
+    })
+}
+
+fn bad_input_is_one_line_and_leaves_nothing(b: &'static str) -> Result<(), Failed> {
+    let h = Hull::new(b);
+    let o = h.hull(&["network", "create", "--subnet", "10.88.0.0/16", "first"])?;
+    check(o.code == Some(0), || format!("network create: {o}"))?;
+    h.httpd(&["--network", "first", "-p", "18081:80"])?;
+    let (veths, leases) = (links(), h.leases());
+    let one_line = |o: &Out, what: &str| {
+        check(
+            o.code == Some(125) && o.stderr.trim().lines().count() == 1 && o.stderr.contains(what),
+            || format!("want exit 125 and one line with {what:?}; {o}"),
+        )
+    };
+    let o = h.run(&["--rm", "--network", "first", "-p", "18081:80"], &["true"])?;
+    one_line(&o, "already published")?;
+    let o = h.run(
+        &["--rm", "--network", "first", "--ip", "10.99.0.5"],
+        &["true"],
+    )?;
+    one_line(&o, "outside")?;
+    let o = h.hull(&["network", "create", "--subnet", "10.88.5.0/24", "second"])?;
+    one_line(&o, "overlaps")?;
+    let o = h.run(&["--rm", "--network", "nosuch"], &["true"])?;
+    one_line(&o, "not found")?;
+    check(links() == veths, || {
+        format!("links changed: {veths:?} -> {:?}", links())
+    })?;
+    check(h.leases() == leases, || {
+        format!("leases changed: {leases:?} -> {:?}", h.leases())
+    })
+}
+
+fn kill_9_then_ps_reclaims(b: &'static str) -> Result<(), Failed> {
+    let h = Hull::new(b);
+    let id = h.httpd(&["--network", "bridge", "-p", "18082:80"])?;
+    wait_page("127.0.0.1:18082")?;
+    let o = h.hull(&["inspect", &id])?;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).map_err(|e| format!("{e}: {o}"))?;
+    for who in ["monitor", "sandbox"] {
+        if let Some(pid) = v[0][who]["pid"].as_i64() {
+            // SAFETY: kill(2) of a process of the container this test made.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let o = h.hull(&["ps", "-a"])?;
+    check(o.code == Some(0) && o.stdout.contains("Exited"), || {
+        format!("ps: {o}")
+    })?;
+    check(h.leases().is_empty(), || {
+        format!("the lease survived kill -9 and ps: {:?}", h.leases())
+    })?;
+    check(!hull_rules().contains("18082"), || {
+        format!("the port survived kill -9 and ps:\n{}", hull_rules())
+    })?;
+    // The port is free again for another container.
+    h.httpd(&["--network", "bridge", "-p", "18082:80"])?;
+    wait_page("127.0.0.1:18082")
+}
+
+fn many_containers_with_published_ports(b: &'static str) -> Result<(), Failed> {
+    let h = Hull::new(b);
+    let n = if b == "vm" { 4 } else { 20 };
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let p = format!("{}:80", 19000 + i);
+        ids.push(h.httpd(&["--network", "bridge", "-p", &p])?);
+    }
+    for i in 0..n {
+        wait_page(&format!("127.0.0.1:{}", 19000 + i))?;
+    }
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(ids.iter().map(String::as_str));
+    let o = h.hull(&rm)?;
+    check(o.code == Some(0), || format!("rm -f: {o}"))?;
+    let left: Vec<String> = links()
+        .into_iter()
+        .filter(|l| l.starts_with("hv"))
+        .collect();
+    check(left.is_empty(), || format!("veths left: {left:?}"))?;
+    check(hull_rules().is_empty(), || {
+        format!("hull's table left with no container:\n{}", hull_rules())
+    })?;
+    check(h.leases().is_empty(), || {
+        format!("leases left: {:?}", h.leases())
+    })
+}
+
+fn network_host(b: &'static str) -> Result<(), Failed> {
+    outside_service()?;
+    let h = Hull::new(b);
+    let o = h.run(&["--rm", "--network", "host"], &["ip", "-o", "addr"])?;
+    if b == "vm" {
+        check(
+            o.code == Some(125) && o.stderr.contains("--network host"),
+            || format!("a microVM with --network host: want 125 and why; {o}"),
+        )
+    } else {
+        check(o.stdout.contains(OUTSIDE), || {
+            format!("--network host must see the host's addresses; {o}")
+        })
+    }
+}
+
+fn network_commands(b: &'static str) -> Result<(), Failed> {
+    let h = Hull::new(b);
+    let o = h.hull(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.66.0.0/24",
+        "--gateway",
+        "10.66.0.254",
+        "mine",
+    ])?;
+    check(o.code == Some(0) && o.stdout.trim().len() == 64, || {
+        format!("create: {o}")
+    })?;
+    let o = h.hull(&["network", "ls", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).map_err(|e| format!("{e}: {o}"))?;
+    let names: Vec<&str> = v
+        .as_array()
+        .ok_or("ls --json: not an array")?
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    check(names == ["bridge", "mine"], || format!("ls: {o}"))?;
+    let o = h.run(
+        &["--rm", "--network", "mine"],
+        &["ip", "-o", "-4", "addr", "show", "eth0"],
+    )?;
+    check(o.stdout.contains("10.66.0.1/24"), || {
+        format!("first address: {o}")
+    })?;
+    let o = h.run(&["--rm", "--network", "mine"], &["ip", "route"])?;
+    check(o.stdout.contains("default via 10.66.0.254"), || {
+        format!("route: {o}")
+    })?;
+    let o = h.run(
+        &[
+            "--rm",
+            "--network",
+            "mine",
+            "--hostname",
+            "box",
+            "--add-host",
+            "extra.test:10.1.2.3",
+            "--dns",
+            "10.66.0.53",
+        ],
+        &["sh", "-c", "cat /etc/hosts /etc/resolv.conf; hostname"],
+    )?;
+    for want in ["box", "10.1.2.3\textra.test", "nameserver 10.66.0.53"] {
+        check(o.stdout.contains(want), || format!("want {want:?}; {o}"))?;
+    }
+    let o = h.run(
+        &[
+            "--rm",
+            "--network",
+            "mine",
+            "--mac-address",
+            "02:00:00:00:00:42",
+        ],
+        &["cat", "/sys/class/net/eth0/address"],
+    )?;
+    let o2 = h.run(
+        &[
+            "--rm",
+            "--network",
+            "mine",
+            "--mac-address",
+            "02:00:00:00:00:42",
+        ],
+        &["ip", "-o", "link", "show", "eth0"],
+    )?;
+    check(
+        o.stdout.contains("02:00:00:00:00:42") || o2.stdout.contains("02:00:00:00:00:42"),
+        || format!("--mac-address: {o}\n{o2}"),
+    )?;
+    let o = h.hull(&["network", "rm", "mine"])?;
+    check(o.code == Some(0), || format!("rm: {o}"))?;
+    let o = h.hull(&["network", "rm", "bridge"])?;
+    check(
+        o.code == Some(1) && o.stderr.contains("cannot be removed"),
+        || format!("rm bridge: {o}"),
+    )?;
+    h.hull(&["network", "create", "spare"])?;
+    let o = h.hull(&["network", "prune"])?;
+    check(o.stdout == "spare\n", || format!("prune: {o}"))
+}
+
+/// The scenarios for `backend`; each runs in a network namespace of its
+/// own (see the module docs).
+pub fn trials(backend: &'static str) -> Vec<Trial> {
+    type Scenario = fn(&'static str) -> Result<(), Failed>;
+    let all: [(&str, Scenario); 10] = [
+        (
+            "published_port_answers_on_host_addresses",
+            published_port_answers_on_host_addresses,
+        ),
+        ("published_udp_port_echoes", published_udp_port_echoes),
+        (
+            "containers_reach_each_other_by_name_and_alias",
+            containers_reach_each_other_by_name_and_alias,
+        ),
+        (
+            "networks_are_isolated_and_internal_stays_inside",
+            networks_are_isolated_and_internal_stays_inside,
+        ),
+        ("network_none_has_only_lo", network_none_has_only_lo),
+        (
+            "bad_input_is_one_line_and_leaves_nothing",
+            bad_input_is_one_line_and_leaves_nothing,
+        ),
+        ("kill_9_then_ps_reclaims", kill_9_then_ps_reclaims),
+        (
+            "many_containers_with_published_ports",
+            many_containers_with_published_ports,
+        ),
+        ("network_host", network_host),
+        ("network_commands", network_commands),
+    ];
+    all.into_iter()
+        .map(|(name, f)| {
+            let full = format!("{backend}::{name}");
+            let exact = full.clone();
+            Trial::test(full, move || {
+                if std::env::var_os(INNER).is_some() {
+                    inner_setup()?;
+                    f(backend)
+                } else {
+                    in_own_netns(&exact)
+                }
+            })
+        })
+        .collect()
+}
+
+/// Inside the trial's namespace: loopback up.
+fn inner_setup() -> Result<(), Failed> {
+    let o = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .output()?;
+    check(o.status.success(), || {
+        format!("ip link set lo up: {}", String::from_utf8_lossy(&o.stderr))
+    })
+}
+
+/// Runs trial `name` alone in this binary, under `unshare --net`.
+fn in_own_netns(name: &str) -> Result<(), Failed> {
+    let exe = std::env::current_exe()?;
+    let mut c = Command::new("unshare");
+    c.args(["--net", "--"])
+        .arg(exe)
+        .args([name, "--exact", "--test-threads", "1"])
+        .env(INNER, "1");
+    let o = run(c)?;
+    let passed = o.code == Some(0) && o.stdout.contains("1 passed");
+    check(passed, || {
+        format!(
+            "in its own network namespace:\n{}\n{}",
+            o.stdout.trim(),
+            o.stderr.trim()
+        )
+    })
+}

@@ -1,0 +1,423 @@
+//! The jail `hull-vmm --jail DIR --uid U --gid G` enters before it opens
+//! /dev/kvm's VM (DESIGN.md, "The VMM's jail"). In order, each step and
+//! what it protects:
+//! 1. joins the cgroups it is given (`--cgroup-procs`): memory, pids and
+//!    CPU are bounded for everything the VMM does;
+//! 2. new mount, pid, ipc, uts and network namespaces: the VMM sees no
+//!    other process, no host network, no host IPC;
+//! 3. forks: the child is PID 1 of the new pid namespace and runs the VM
+//!    (it dies with the parent: SIGKILL as its parent-death signal);
+//!    the parent only waits and exits as the child did (the caller sees the
+//!    VMM's own status, a SIGSYS included), and writes the child's pid to
+//!    `DIR/vmm.pid`;
+//! 4. a fresh tmpfs on `DIR/root` holding only the kernel, the initrd and
+//!    the disks (bind-mounted, read-only unless a disk is writable), its own
+//!    /dev/kvm and /dev/urandom nodes, and the run directory (the vsock
+//!    socket and the console file, which the host reaches from outside);
+//!    `pivot_root` into it, the old root detached: no other host file is
+//!    reachable;
+//! 5. rlimits: open files, file size (the console cannot fill the disk;
+//!    SIGXFSZ is ignored, so a write past it fails instead of killing the
+//!    VMM) and no core dumps (guest memory never lands on disk);
+//! 6. drops to the unprivileged `U:G` with no supplementary groups, every
+//!    capability gone (bounding and ambient sets too) and `no_new_privs`.
+//!
+//! The seccomp filters (crate::seccomp) come after, per thread.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::config::{SerialOutput, VmConfig};
+
+/// Where and as whom the VMM is jailed.
+#[derive(Debug, Clone)]
+pub struct JailConfig {
+    /// The per-VM directory: `root/` becomes the VMM's `/`, `vmm.pid` gets
+    /// the VMM's pid.
+    pub dir: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    /// `cgroup.procs` files of the VMM's own cgroup(s), joined first.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+/// Open files a jailed VMM may have (disks, eventfds, sockets).
+const MAX_OPEN_FILES: u64 = 1024;
+/// Largest file a jailed VMM may write (the console log; disks it writes
+/// are preallocated and do not grow).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// A jail step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    #[error("jail: {what}")]
+    Step {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "jail: the vsock socket and the console file must be in one directory (the run dir), not {0} and {1}"
+    )]
+    RunDir(PathBuf, PathBuf),
+    #[error("jail: {0} needs a vsock socket and a console file")]
+    Incomplete(&'static str),
+}
+
+fn step(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> JailError {
+    let what = what.into();
+    move |source| JailError::Step { what, source }
+}
+
+/// -1 from a libc call becomes the error of errno.
+fn check(rc: libc::c_int) -> std::io::Result<()> {
+    if rc == -1 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn cstr(p: &Path) -> std::io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// What [`enter`] returns in each process after the fork.
+pub enum Jailed {
+    /// In the jail: run this VM (its paths rewritten to the jail's).
+    Vmm(Box<VmConfig>),
+    /// The waiting parent: the VMM ended with this wait status.
+    Parent(libc::c_int),
+}
+
+/// Enters the jail for `cfg` (see the module's steps). Call it while the
+/// process is still single-threaded.
+pub fn enter(cfg: VmConfig, jail: &JailConfig) -> Result<Jailed, JailError> {
+    let (run_dir, sock_name, console_name) = run_dir(&cfg)?;
+    for procs in &jail.cgroup_procs {
+        std::fs::write(procs, "0").map_err(step(format!("joining {}", procs.display())))?;
+    }
+    let kvm = device("/dev/kvm")?;
+    let urandom = device("/dev/urandom")?;
+    let flags = libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWNET;
+    // SAFETY: unshare only changes this process's namespaces.
+    check(unsafe { libc::unshare(flags) }).map_err(step("unsharing namespaces"))?;
+    // SAFETY: the process is single-threaded here (the caller's contract),
+    // so the child may run ordinary Rust code.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => return Err(step("forking into the pid namespace")(last())),
+        0 => {}
+        child => return Ok(Jailed::Parent(wait_for(child, &jail.dir))),
+    }
+    let root = jail.dir.join("root");
+    let mut cfg = cfg;
+    build_root(&root, &mut cfg, jail, kvm, urandom, &run_dir)?;
+    cfg.vsock.as_mut().expect("checked by run_dir").uds = Path::new("/run").join(sock_name);
+    cfg.serial = SerialOutput::File(Path::new("/run").join(console_name));
+    pivot(&root)?;
+    limits(largest_writable_disk(&cfg))?;
+    drop_privileges(jail)?;
+    die_with_waiter()?;
+    Ok(Jailed::Vmm(Box::new(cfg)))
+}
+
+/// The VMM ends when its waiter does (hull kills the waiter, its child).
+/// Set after the uid changes: a credential change clears the parent-death
+/// signal. (Sent from outside its pid namespace, SIGKILL reaches the
+/// namespace's init.)
+fn die_with_waiter() -> Result<(), JailError> {
+    // SAFETY: prctl with constant arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) })
+        .map_err(step("PR_SET_PDEATHSIG"))
+}
+
+fn last() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+/// The run dir (holding the vsock socket and the console) and the two
+/// names in it.
+fn run_dir(cfg: &VmConfig) -> Result<(PathBuf, PathBuf, PathBuf), JailError> {
+    let sock = &cfg
+        .vsock
+        .as_ref()
+        .ok_or(JailError::Incomplete("the VM"))?
+        .uds;
+    let SerialOutput::File(console) = &cfg.serial else {
+        return Err(JailError::Incomplete("the VM"));
+    };
+    let (Some(sd), Some(cd), Some(sn), Some(cn)) = (
+        sock.parent(),
+        console.parent(),
+        sock.file_name(),
+        console.file_name(),
+    ) else {
+        return Err(JailError::RunDir(sock.clone(), console.clone()));
+    };
+    if sd != cd {
+        return Err(JailError::RunDir(sock.clone(), console.clone()));
+    }
+    Ok((sd.to_path_buf(), sn.into(), cn.into()))
+}
+
+/// The device number of a character device.
+fn device(path: &str) -> Result<libc::dev_t, JailError> {
+    let m = std::fs::metadata(path).map_err(step(format!("stat {path}")))?;
+    if !m.file_type().is_char_device() {
+        return Err(step(format!("{path} is not a character device"))(
+            std::io::Error::from_raw_os_error(libc::ENODEV),
+        ));
+    }
+    Ok(m.rdev())
+}
+
+/// The waiter: records the VMM's pid, waits for it, returns its status.
+fn wait_for(child: libc::pid_t, dir: &Path) -> libc::c_int {
+    let _ = std::fs::write(dir.join("vmm.pid"), child.to_string());
+    loop {
+        let mut status = 0;
+        // SAFETY: waiting for our own child into a local.
+        let r = unsafe { libc::waitpid(child, &mut status, 0) };
+        if r == child {
+            return status;
+        }
+        if r == -1 && last().raw_os_error() != Some(libc::EINTR) {
+            return 1 << 8;
+        }
+    }
+}
+
+fn mount(
+    src: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), JailError> {
+    let what = || format!("mounting {}", target.display());
+    let c = |p: &Path| cstr(p).map_err(step(what()));
+    let src = src.map(c).transpose()?;
+    let target_c = c(target)?;
+    let fstype = fstype.map(|s| CString::new(s).expect("no NUL"));
+    let data = data.map(|s| CString::new(s).expect("no NUL"));
+    let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: every pointer is a NUL-terminated string alive for the call,
+    // or null where mount(2) allows it.
+    let rc = unsafe {
+        libc::mount(
+            ptr(&src),
+            target_c.as_ptr(),
+            ptr(&fstype),
+            flags,
+            ptr(&data).cast(),
+        )
+    };
+    check(rc).map_err(step(what()))
+}
+
+/// A file of the VM, bind-mounted at `/name` in the jail.
+fn bind_file(root: &Path, src: &Path, name: &str, read_only: bool) -> Result<PathBuf, JailError> {
+    let target = root.join(name);
+    std::fs::write(&target, b"").map_err(step(format!("creating {}", target.display())))?;
+    mount(Some(src), &target, None, libc::MS_BIND, None)?;
+    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV;
+    if read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    mount(None, &target, None, flags, None)?;
+    Ok(Path::new("/").join(name))
+}
+
+/// A device node only the jail's user may open.
+fn node(path: &Path, dev: libc::dev_t, jail: &JailConfig) -> Result<(), JailError> {
+    let what = || format!("making {}", path.display());
+    let c = cstr(path).map_err(step(what()))?;
+    // SAFETY: c is a NUL-terminated path alive for both calls.
+    check(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, dev) }).map_err(step(what()))?;
+    // SAFETY: as above.
+    check(unsafe { libc::chown(c.as_ptr(), jail.uid, jail.gid) }).map_err(step(what()))
+}
+
+fn build_root(
+    root: &Path,
+    cfg: &mut VmConfig,
+    jail: &JailConfig,
+    kvm: libc::dev_t,
+    urandom: libc::dev_t,
+    run_dir: &Path,
+) -> Result<(), JailError> {
+    // Nothing mounted from here on propagates back to the host.
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )?;
+    std::fs::create_dir_all(root).map_err(step(format!("creating {}", root.display())))?;
+    mount(
+        Some(Path::new("tmpfs")),
+        root,
+        Some("tmpfs"),
+        libc::MS_NOSUID,
+        Some("size=1m,mode=0755"),
+    )?;
+    for d in ["dev", "run", "old"] {
+        let p = root.join(d);
+        std::fs::create_dir(&p).map_err(step(format!("creating {}", p.display())))?;
+    }
+    cfg.kernel = bind_file(root, &cfg.kernel, "kernel", true)?;
+    if let Some(i) = &cfg.initrd {
+        cfg.initrd = Some(bind_file(root, i, "initrd", true)?);
+    }
+    for (n, d) in cfg.disks.iter_mut().enumerate() {
+        d.path = bind_file(root, &d.path, &format!("disk{n}"), d.read_only)?;
+    }
+    node(&root.join("dev/kvm"), kvm, jail)?;
+    node(&root.join("dev/urandom"), urandom, jail)?;
+    let run = root.join("run");
+    mount(Some(run_dir), &run, None, libc::MS_BIND, None)?;
+    mount(
+        None,
+        &run,
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )
+}
+
+/// pivot_root into `root`, the old root detached and gone; `/` read-only.
+fn pivot(root: &Path) -> Result<(), JailError> {
+    let new = cstr(root).map_err(step("pivot_root"))?;
+    let old = cstr(&root.join("old")).map_err(step("pivot_root"))?;
+    // SAFETY: two NUL-terminated paths alive for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, new.as_ptr(), old.as_ptr()) };
+    check(if rc == -1 { -1 } else { 0 })
+        .map_err(step(format!("pivot_root into {}", root.display())))?;
+    std::env::set_current_dir("/").map_err(step("chdir /"))?;
+    let old = c"/old";
+    // SAFETY: a NUL-terminated literal.
+    check(unsafe { libc::umount2(old.as_ptr(), libc::MNT_DETACH) })
+        .map_err(step("detaching the old root"))?;
+    std::fs::remove_dir("/old").map_err(step("removing /old"))?;
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID,
+        None,
+    )
+}
+
+/// The length of the largest disk the guest may write (0 with none): the
+/// file-size limit must let the VMM write anywhere in it.
+fn largest_writable_disk(cfg: &VmConfig) -> u64 {
+    cfg.disks
+        .iter()
+        .filter(|d| !d.read_only)
+        .filter_map(|d| std::fs::metadata(&d.path).ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
+}
+
+/// rlimits: open files, file size (at least [`MAX_FILE_BYTES`], more only
+/// for a writable disk of that size), no core dumps.
+fn limits(writable_disk_bytes: u64) -> Result<(), JailError> {
+    let set = |res, value: u64, name: &str| {
+        let lim = libc::rlimit {
+            rlim_cur: value,
+            rlim_max: value,
+        };
+        // SAFETY: setrlimit reads a valid rlimit.
+        check(unsafe { libc::setrlimit(res, &lim) }).map_err(step(format!("setting {name}")))
+    };
+    set(libc::RLIMIT_NOFILE, MAX_OPEN_FILES, "RLIMIT_NOFILE")?;
+    set(
+        libc::RLIMIT_FSIZE,
+        MAX_FILE_BYTES.max(writable_disk_bytes),
+        "RLIMIT_FSIZE",
+    )?;
+    set(libc::RLIMIT_CORE, 0, "RLIMIT_CORE")?;
+    // SAFETY: ignoring a signal installs no handler code.
+    if unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) } == libc::SIG_ERR {
+        return Err(step("ignoring SIGXFSZ")(last()));
+    }
+    Ok(())
+}
+
+fn drop_privileges(jail: &JailConfig) -> Result<(), JailError> {
+    // Empty the bounding set while we still may (CAP_SETPCAP); EINVAL ends
+    // the list of capabilities this kernel knows.
+    for cap in 0..64 {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } == -1 {
+            if last().raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(step(format!("dropping capability {cap}"))(last()));
+        }
+    }
+    // SAFETY: setgroups with an empty list.
+    check(unsafe { libc::setgroups(0, std::ptr::null()) }).map_err(step("setgroups"))?;
+    let (u, g) = (jail.uid, jail.gid);
+    // SAFETY: integer arguments.
+    check(unsafe { libc::setresgid(g, g, g) }).map_err(step(format!("setresgid {g}")))?;
+    // SAFETY: integer arguments. From root to a non-zero uid, the kernel
+    // clears the permitted, effective and ambient capability sets.
+    check(unsafe { libc::setresuid(u, u, u) }).map_err(step(format!("setresuid {u}")))?;
+    // SAFETY: prctl with integer arguments.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    })
+    .map_err(step("clearing ambient capabilities"))?;
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+        .map_err(step("no_new_privs"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::VsockConfig;
+
+    #[test]
+    fn the_socket_and_the_console_share_the_run_dir() {
+        let mut cfg = VmConfig::new("/k".into());
+        cfg.vsock = Some(VsockConfig {
+            cid: 3,
+            uds: "/s/run/vsock.sock".into(),
+        });
+        cfg.serial = SerialOutput::File("/s/run/console.log".into());
+        let (dir, s, c) = run_dir(&cfg).unwrap();
+        assert_eq!(
+            (dir.as_path(), s.as_path(), c.as_path()),
+            (
+                Path::new("/s/run"),
+                Path::new("vsock.sock"),
+                Path::new("console.log")
+            )
+        );
+        cfg.serial = SerialOutput::File("/elsewhere/console.log".into());
+        let e = run_dir(&cfg).unwrap_err();
+        assert!(matches!(e, JailError::RunDir(..)), "{e}");
+        cfg.vsock = None;
+        assert!(matches!(
+            run_dir(&cfg).unwrap_err(),
+            JailError::Incomplete(_)
+        ));
+    }
+}
