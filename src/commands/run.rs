@@ -80,6 +80,7 @@ impl ProcessArgs {
             cols,
             stdin: self.interactive,
             rlimits: Vec::new(),
+            freshen: None,
             network: None,
         })
     }
