@@ -159,7 +159,10 @@ fn a_flag_hull_does_not_know_before_the_image_is_an_unknown_flag() {
         .output()
         .unwrap();
     let line = error_line(&out);
-    assert_eq!(line, "hull: unknown flag: --publish-everything (see hull run --help)");
+    assert_eq!(
+        line,
+        "hull: unknown flag: --publish-everything (see hull run --help)"
+    );
     assert!(
         empty_dir(&state.join("containers")),
         "an unknown flag left a container"
