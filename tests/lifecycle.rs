@@ -125,6 +125,7 @@ fn create_then_start_then_attach_then_delete() {
         cols: 80,
         stdin: false,
         rlimits: Vec::new(),
+        freshen: None,
         network: None,
     };
     let mut times = Times::default();

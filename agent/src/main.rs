@@ -85,6 +85,7 @@ fn vm_init() -> ! {
         },
         root: PathBuf::from("/"),
         setup_error: setup.err(),
+        in_vm: true,
     });
     sys::boot_mark(MARK_AGENT_READY);
     // The console line hull waits for before it connects (see hull's sandbox).
@@ -282,6 +283,7 @@ fn ns_main(args: &[String]) {
         },
         root: PathBuf::from("/"),
         setup_error: setup.err(),
+        in_vm: false,
     });
     serve_forever(&listener, ctx, ns_end)
 }

@@ -248,10 +248,66 @@ pub struct Start {
     pub stdin: bool,
     #[serde(default)]
     pub rlimits: Vec<Rlimit>,
+    /// Makes a guest restored from a snapshot its own (main process, VM
+    /// only): every clone of a template starts with the template's entropy
+    /// pool and clock.
+    #[serde(default)]
+    pub freshen: Option<Freshen>,
     /// The container's network, applied by the main process's Start before
     /// the process runs.
     #[serde(default)]
     pub network: Option<NetworkSetup>,
+}
+
+/// Most entropy bytes a [`Freshen`] carries.
+pub const MAX_ENTROPY: usize = 512;
+
+/// What a restored guest takes from the host before its container starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freshen {
+    /// Fresh random bytes from the host (at most [`MAX_ENTROPY`]), mixed
+    /// into the guest kernel's pool, which is then reseeded (RNDADDENTROPY
+    /// and RNDRESEEDCRNG: VMGenID, which would tell the kernel itself,
+    /// needs ACPI, which hull's microVMs do not have).
+    pub entropy: Vec<u8>,
+    /// The host's wall clock, nanoseconds since the epoch: the guest's is
+    /// stepped to it (the template's clock stopped when it was saved).
+    pub wall_clock_ns: u64,
+}
+
+impl Freshen {
+    /// Fresh bytes and the current time, on the host.
+    pub fn now() -> io::Result<Freshen> {
+        let mut entropy = vec![0u8; 64];
+        let mut filled = 0;
+        while filled < entropy.len() {
+            // SAFETY: the pointer and length describe the unfilled tail.
+            let n = unsafe {
+                libc::getrandom(
+                    entropy[filled..].as_mut_ptr().cast(),
+                    entropy.len() - filled,
+                    0,
+                )
+            };
+            match n {
+                n if n > 0 => filled += n as usize,
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(io::Error::other)?;
+        let wall_clock_ns = u64::try_from(since.as_nanos()).map_err(io::Error::other)?;
+        Ok(Freshen {
+            entropy,
+            wall_clock_ns,
+        })
+    }
 }
 
 /// The container's network as the agent sets it up.
@@ -333,6 +389,33 @@ pub struct ErrorMsg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn freshen_carries_fresh_bytes_and_the_time_and_old_starts_still_parse() {
+        let a = Freshen::now().unwrap();
+        let b = Freshen::now().unwrap();
+        assert_eq!(a.entropy.len(), 64);
+        assert_ne!(a.entropy, b.entropy);
+        let host = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        assert!(host - a.wall_clock_ns < 2_000_000_000);
+        let start = Start {
+            main: true,
+            freshen: Some(a.clone()),
+            ..Default::default()
+        };
+        let back: Start = serde_json::from_slice(&serde_json::to_vec(&start).unwrap()).unwrap();
+        assert_eq!(back.freshen, Some(a));
+        // A host that predates Freshen sends none.
+        let old: Start = serde_json::from_str(
+            r#"{"main":true,"argv":["sh"],"env":[],"cwd":"/","user":{"user":"0","group":null},
+                "hostname":null,"tty":false,"rows":24,"cols":80,"stdin":false}"#,
+        )
+        .unwrap();
+        assert_eq!(old.freshen, None);
+    }
 
     #[test]
     fn frames_round_trip() {

@@ -89,6 +89,9 @@ pub struct Ctx {
     pub root: PathBuf,
     /// Why the container could not be set up, told to every session.
     pub setup_error: Option<String>,
+    /// The agent is a microVM's PID 1 (it may step the clock and feed the
+    /// entropy pool: in a namespace sandbox those are the host's).
+    pub in_vm: bool,
 }
 
 type Writer = Arc<Mutex<File>>;
@@ -153,6 +156,21 @@ pub fn serve(conn: File, ctx: &Ctx) -> Option<i32> {
     main.then_some(status)
 }
 
+/// Makes a restored guest its own: the host's entropy, then its clock.
+fn freshen(f: &protocol::Freshen) -> Result<(), String> {
+    if f.entropy.is_empty() || f.entropy.len() > protocol::MAX_ENTROPY {
+        return Err(format!(
+            "the host sent {} entropy bytes (1 to {} expected)",
+            f.entropy.len(),
+            protocol::MAX_ENTROPY
+        ));
+    }
+    sys::add_entropy(&f.entropy).map_err(|e| format!("reseeding the entropy pool: {e}"))?;
+    sys::set_wall_clock(f.wall_clock_ns).map_err(|e| format!("setting the clock: {e}"))?;
+    debug!("entropy reseeded, clock stepped");
+    Ok(())
+}
+
 /// Reads (and drops) until the peer closes the connection, or `limit`.
 fn wait_for_close(conn: &File, limit: Duration) {
     let deadline = std::time::Instant::now() + limit;
@@ -181,6 +199,12 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
     if start.argv.is_empty() {
         send_error(writer, "no command given".into(), 125);
         return 125;
+    }
+    if let Some(f) = start.freshen.as_ref().filter(|_| start.main && ctx.in_vm) {
+        if let Err(e) = freshen(f) {
+            send_error(writer, e, 125);
+            return 125;
+        }
     }
     if let Some(h) = start.hostname.as_deref().filter(|_| start.main) {
         if let Err(e) = sys::set_hostname(h) {
@@ -484,6 +508,23 @@ fn find_program(name: &str, path: &str, cwd: &str) -> Result<PathBuf, (String, i
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn freshen_refuses_no_or_too_much_entropy_before_touching_the_kernel() {
+        let none = protocol::Freshen {
+            entropy: Vec::new(),
+            wall_clock_ns: 0,
+        };
+        assert_eq!(
+            freshen(&none).unwrap_err(),
+            "the host sent 0 entropy bytes (1 to 512 expected)"
+        );
+        let flood = protocol::Freshen {
+            entropy: vec![7; protocol::MAX_ENTROPY + 1],
+            wall_clock_ns: 0,
+        };
+        assert!(freshen(&flood).unwrap_err().contains("513 entropy bytes"));
+    }
     use super::*;
 
     #[test]

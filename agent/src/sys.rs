@@ -95,6 +95,44 @@ pub fn set_hostname(name: &str) -> io::Result<()> {
     check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
 }
 
+/// Mixes `bytes` into the kernel's entropy pool, credited in full, and
+/// reseeds the CRNG from it at once (RNDADDENTROPY, RNDRESEEDCRNG), so
+/// /dev/urandom and getrandom no longer follow a snapshot's pool.
+pub fn add_entropy(bytes: &[u8]) -> io::Result<()> {
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203; // _IOW('R', 3, int[2])
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207; // _IO('R', 7)
+    let len = libc::c_int::try_from(bytes.len())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info: Vec<u32> = vec![0; 2 + bytes.len().div_ceil(4)];
+    info[0] = (len * 8) as u32;
+    info[1] = len as u32;
+    for (word, chunk) in info[2..].iter_mut().zip(bytes.chunks(4)) {
+        let mut w = [0u8; 4];
+        w[..chunk.len()].copy_from_slice(chunk);
+        *word = u32::from_ne_bytes(w);
+    }
+    let random = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
+    // SAFETY: `info` is a rand_pool_info header followed by buf_size bytes,
+    // valid for the call; the kernel only reads it.
+    check(unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) })?;
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    check(unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG as _) })
+}
+
+/// Steps the wall clock (CLOCK_REALTIME) to `ns` since the epoch.
+pub fn set_wall_clock(ns: u64) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(ns / 1_000_000_000)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `ts` is a valid timespec for the call.
+    check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) })
+}
+
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.

@@ -481,6 +481,7 @@ pub fn start(argv: Vec<String>, env: Vec<String>, cwd: String, user: &str) -> St
         cols: 80,
         stdin: false,
         rlimits: Vec::new(),
+        freshen: None,
         network: None,
     }
 }

@@ -81,6 +81,7 @@ impl ProcessArgs {
             cols,
             stdin: self.interactive,
             rlimits: Vec::new(),
+            freshen: None,
             network: None,
         })
     }

@@ -19,18 +19,23 @@ use crate::config::{SerialOutput, VmConfig};
 use crate::device_manager::DeviceManager;
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{
-    BOOT_TIMER_PORT, BootTimer, COM1_BASE, COM1_IRQ, I8042, I8042_COMMAND, I8042_DATA, PanicNote,
-    Serial,
+    BOOT_TIMER_PORT, BootMark, BootTimer, COM1_BASE, COM1_IRQ, I8042, I8042_COMMAND, I8042_DATA,
+    PanicNote, Serial,
 };
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::event_loop::EventLoop;
+use crate::devices::virtio::mmio::MmioTransportState;
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
+use crate::kvm::pause::Pause;
 use crate::kvm::vm::Vm;
 use crate::kvm::{KvmKind, detect_kvm_kind};
-use crate::vmm::{Vcpu, Vmm, VmmError};
+use crate::snapshot::origin::{FileId, host_cpu};
+use crate::snapshot::vcpu_state::readable_msrs;
+use crate::snapshot::{Origin, SNAPSHOT_LINE};
+use crate::vmm::{SnapshotPlan, Vcpu, Vmm, VmmError};
 
 /// Marker a PVM-enabled guest kernel carries (the PVM guest entry code).
 const PVM_GUEST_MARKER: &[u8] = b"pvm_early_setup";
@@ -68,7 +73,7 @@ impl Vmm {
         vm.set_memory(&mem)?;
         let mut mmio = Bus::new();
         let (exit_tx, exit_rx) = mpsc::channel::<VmExit>();
-        let devices = attach_virtio(&cfg, &vm, &mem, &mut mmio, &exit_tx)?;
+        let devices = attach_virtio(&cfg, &vm, &mem, &mut mmio, &exit_tx, None)?;
         let virtio_cmdline = devices
             .as_ref()
             .map(|dm| dm.cmdline_entries().to_vec())
@@ -102,46 +107,106 @@ impl Vmm {
             })?;
 
         // Legacy devices on the I/O port bus.
-        let panic_note = PanicNote::default();
-        let boot_marks = Arc::new(Mutex::new(Vec::new()));
-        let serial = Arc::new(Mutex::new(Serial::new(
-            serial_output(&cfg.serial)?,
-            serial_irq(&vm)?,
-            panic_note.clone(),
-        )));
-        let mut pio = Bus::new();
-        pio.insert(serial.clone(), COM1_BASE, 8)?;
-        pio.insert(
-            Arc::new(Mutex::new(I8042::new(exit_tx.clone()))),
-            I8042_DATA,
-            I8042_COMMAND - I8042_DATA + 1,
-        )?;
-        pio.insert(
-            Arc::new(Mutex::new(BootTimer::new(
-                start,
-                cfg.boot_timer,
-                boot_marks.clone(),
-            ))),
-            BOOT_TIMER_PORT,
-            1,
-        )?;
+        let plan = match &cfg.snapshot_at_ready {
+            Some(dir) => Some(SnapshotPlan {
+                dir: dir.clone(),
+                origin: origin_of(&cfg)?,
+                pause: Arc::new(Pause::new()),
+                msrs: Vec::new(),
+            }),
+            None => None,
+        };
+        let legacy = legacy_devices(&cfg, &vm, &exit_tx, start, plan.as_ref())?;
 
         let vcpus = create_vcpus(&vm, vcpu_count, entry)?;
+        let plan = match plan {
+            Some(mut p) => {
+                p.msrs = readable_msrs(&vcpus[0].fd, &vm.msr_index_list()?);
+                Some(p)
+            }
+            None => None,
+        };
         log::debug!("VM built in {:?}", start.elapsed());
         Ok(Vmm {
             vm,
             mem,
             vcpus,
-            pio,
+            pio: legacy.pio,
             mmio,
             devices,
-            serial,
-            panic_note,
-            boot_marks,
+            serial: legacy.serial,
+            panic_note: legacy.panic_note,
+            boot_marks: legacy.boot_marks,
             exit_tx,
             exit_rx,
+            snapshot: plan,
         })
     }
+}
+
+/// The legacy devices on the I/O port bus, and what the VMM keeps of them.
+pub(crate) struct Legacy {
+    pub(crate) pio: Bus,
+    pub(crate) serial: Arc<Mutex<Serial>>,
+    pub(crate) panic_note: PanicNote,
+    pub(crate) boot_marks: Arc<Mutex<Vec<BootMark>>>,
+}
+
+/// The serial port, the i8042 (reset) and the boot timer; the serial port
+/// pauses the VM at the agent's ready line when `plan` asks for a snapshot.
+pub(crate) fn legacy_devices(
+    cfg: &VmConfig,
+    vm: &Vm,
+    exit_tx: &mpsc::Sender<VmExit>,
+    start: Instant,
+    plan: Option<&SnapshotPlan>,
+) -> Result<Legacy, VmmError> {
+    let panic_note = PanicNote::default();
+    let boot_marks = Arc::new(Mutex::new(Vec::new()));
+    let serial = Arc::new(Mutex::new(Serial::new(
+        serial_output(&cfg.serial)?,
+        serial_irq(vm)?,
+        panic_note.clone(),
+    )));
+    let mut pio = Bus::new();
+    pio.insert(serial.clone(), COM1_BASE, 8)?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(exit_tx.clone()))),
+        I8042_DATA,
+        I8042_COMMAND - I8042_DATA + 1,
+    )?;
+    let timer = BootTimer::new(start, cfg.boot_timer, boot_marks.clone());
+    pio.insert(Arc::new(Mutex::new(timer)), BOOT_TIMER_PORT, 1)?;
+    if let Some(plan) = plan {
+        let pause = plan.pause.clone();
+        serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pause_at_line(SNAPSHOT_LINE, Arc::new(move || pause.request()));
+    }
+    Ok(Legacy {
+        pio,
+        serial,
+        panic_note,
+        boot_marks,
+    })
+}
+
+/// What the snapshot will say it was made from.
+fn origin_of(cfg: &VmConfig) -> Result<Origin, VmmError> {
+    let id = |path: &Path| {
+        FileId::of(path).map_err(|source| VmmError::KernelFile {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    Ok(Origin {
+        kernel: id(&cfg.kernel)?,
+        initrd: cfg.initrd.as_deref().map(id).transpose()?,
+        cpu: host_cpu(),
+        vcpus: cfg.vcpus,
+        mem_mib: cfg.mem_mib,
+    })
 }
 
 /// `count` vCPUs, set up to enter the kernel at `entry`; they run in
@@ -226,7 +291,9 @@ fn write_cmdline(mem: &GuestMemoryMmap, devices: &[String], rest: &str) -> Resul
     Ok(cmdline.as_cstring()?.as_bytes_with_nul().len())
 }
 
-fn serial_output(serial: &SerialOutput) -> Result<Option<Box<dyn Write + Send>>, VmmError> {
+pub(crate) fn serial_output(
+    serial: &SerialOutput,
+) -> Result<Option<Box<dyn Write + Send>>, VmmError> {
     Ok(match serial {
         SerialOutput::Stdout => Some(Box::new(std::io::stdout())),
         SerialOutput::None => None,
@@ -240,7 +307,7 @@ fn serial_output(serial: &SerialOutput) -> Result<Option<Box<dyn Write + Send>>,
 }
 
 /// The serial port's interrupt: an eventfd wired to COM1's IRQ.
-fn serial_irq(vm: &Vm) -> Result<EventFd, VmmError> {
+pub(crate) fn serial_irq(vm: &Vm) -> Result<EventFd, VmmError> {
     let irq =
         EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::EventFd("the serial port", e))?;
     vm.fd()
@@ -250,15 +317,26 @@ fn serial_irq(vm: &Vm) -> Result<EventFd, VmmError> {
 }
 
 /// Creates the virtio devices the configuration asks for and wires them
-/// in; None when it asks for none (then no event loop runs either).
-fn attach_virtio(
+/// in; None when it asks for none (then no event loop runs either). With
+/// `saved`, each device carries on from its saved state instead (the
+/// configuration must name the same devices in the same order).
+pub(crate) fn attach_virtio(
     cfg: &VmConfig,
     vm: &Vm,
     mem: &GuestMemoryMmap,
     mmio: &mut Bus,
     exit: &mpsc::Sender<VmExit>,
+    saved: Option<&[MmioTransportState]>,
 ) -> Result<Option<DeviceManager>, VmmError> {
-    if cfg.disks.is_empty() && !cfg.rng && cfg.vsock.is_none() && cfg.nets.is_empty() {
+    let count =
+        cfg.disks.len() + usize::from(cfg.rng) + usize::from(cfg.vsock.is_some()) + cfg.nets.len();
+    if let Some(saved) = saved.filter(|s| s.len() != count) {
+        return Err(VmmError::DeviceCount {
+            saved: saved.len(),
+            configured: count,
+        });
+    }
+    if count == 0 {
         return Ok(None);
     }
     // A panic on the device thread ends the VM ("device thread panicked: ...").
@@ -268,7 +346,11 @@ fn attach_virtio(
     };
     let event_loop = EventLoop::start(on_panic).map_err(VmmError::EventLoop)?;
     let mut dm = DeviceManager::new(mem.clone(), event_loop.clone());
-    let mut add = |dev: Arc<Mutex<dyn VirtioDevice>>| dm.add(vm.fd(), mmio, dev);
+    let mut states = saved.unwrap_or_default().iter();
+    let mut add = |dev: Arc<Mutex<dyn VirtioDevice>>| match states.next() {
+        Some(state) => dm.restore(vm.fd(), mmio, dev, state),
+        None => dm.add(vm.fd(), mmio, dev),
+    };
     for d in &cfg.disks {
         let disk = Block::open(&d.path, d.read_only, d.id.as_deref())?;
         add(Arc::new(Mutex::new(disk)))?;

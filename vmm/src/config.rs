@@ -349,6 +349,11 @@ pub struct VmConfig {
     /// Default true.
     #[serde(default = "default_huge_pages")]
     pub huge_pages: bool,
+    /// Pause when the guest's agent says it is ready (its console line
+    /// [`crate::snapshot::SNAPSHOT_LINE`]), write a snapshot to this
+    /// directory and end. Default none.
+    #[serde(default)]
+    pub snapshot_at_ready: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -367,6 +372,7 @@ impl VmConfig {
             vsock: None,
             nets: Vec::new(),
             huge_pages: default_huge_pages(),
+            snapshot_at_ready: None,
         }
     }
 
@@ -514,6 +520,7 @@ mod tests {
                 "fd=5".parse().unwrap(),
             ],
             huge_pages: false,
+            snapshot_at_ready: Some("/var/cache/t".into()),
         }
     }
 
@@ -539,6 +546,7 @@ mod tests {
                 "nets",
                 "rng",
                 "serial",
+                "snapshot_at_ready",
                 "vcpus",
                 "vsock"
             ]

@@ -106,6 +106,15 @@ impl DeviceManager {
         state: &MmioTransportState,
     ) -> Result<(), DeviceManagerError> {
         let slot = self.wire(vm, &device)?;
+        // Process every queue once after restore: under EVENT_IDX the
+        // guest notifies only past the avail_event it last saw, so buffers
+        // it queued before the snapshot would otherwise wait forever.
+        let kicks = slot
+            .queue_evts
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(setup_err("queue eventfd"))?;
         let transport = MmioTransport::restore(
             device,
             self.mem.clone(),
@@ -115,7 +124,11 @@ impl DeviceManager {
             state,
         )
         .map_err(DeviceManagerError::Restore)?;
-        self.place(mmio, transport, slot.addr, slot.irq)
+        self.place(mmio, transport, slot.addr, slot.irq)?;
+        for k in kicks {
+            k.write(1).map_err(setup_err("queue eventfd"))?;
+        }
+        Ok(())
     }
 
     /// Pauses every device and saves it with its transport, in the order

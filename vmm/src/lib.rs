@@ -20,7 +20,9 @@ pub mod device_manager;
 pub mod devices;
 pub mod jail;
 pub mod kvm;
+mod restore;
 pub mod seccomp;
+pub mod snapshot;
 pub mod thread;
 pub mod vmm;
 
@@ -32,4 +34,6 @@ pub enum VmExit {
     /// Something went wrong; the message says what. A VMM thread that
     /// panicked reports itself this way too (see [`thread::spawn_named`]).
     Error(String),
+    /// A vCPU paused for a snapshot and handed over its state.
+    Paused,
 }

@@ -12,13 +12,16 @@ use clap::Parser;
 use hull_vmm::config::{ConfigOrigin, DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 use hull_vmm::jail::{JailConfig, Jailed};
 use hull_vmm::seccomp;
-use hull_vmm::vmm::Vmm;
+use hull_vmm::snapshot::{Expected, Snapshot};
+use hull_vmm::vmm::{Vmm, VmmError};
 
 /// Boot a Linux guest (an uncompressed ELF vmlinux) in a KVM microVM.
 ///
 /// Exit status: 0 when the guest reboots (how a hull guest ends), 1 for a bad
 /// configuration or host problem, 2 when the guest fails (triple fault, KVM
-/// error), 3 when the guest kernel panics.
+/// error), 3 when the guest kernel panics, 4 when a snapshot given to
+/// --restore is refused (another version, kernel, agent, CPU model, vCPU
+/// count or memory size, truncated or corrupted); nothing was restored.
 #[derive(Debug, Parser)]
 #[command(name = "hull-vmm", version)]
 struct Args {
@@ -77,6 +80,17 @@ struct Args {
     /// to reach a guest listener; guest connections to host port P go to PATH_P.
     #[arg(long, value_name = "PATH", requires = "vsock_cid")]
     vsock_uds: Option<PathBuf>,
+    /// Pause when the guest's agent is ready (its console line "hull-agent:
+    /// ready"), write a snapshot of the whole VM to DIR and exit 0. This run
+    /// takes no seccomp filters (it saves and exits; restored VMs have them).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["restore", "jail"])]
+    snapshot_at_ready: Option<PathBuf>,
+    /// Start from the snapshot in DIR instead of booting. The devices must
+    /// be those of the snapshotted VM (their host side may differ: disk
+    /// files, vsock socket); --kernel, --initrd, --vcpus and --mem, when
+    /// given, are checked against what the snapshot was made from.
+    #[arg(long, value_name = "DIR", conflicts_with = "jail")]
+    restore: Option<PathBuf>,
     /// Run without the per-thread seccomp filters (debugging only: a guest
     /// that takes over a device model then has every system call).
     #[arg(long)]
@@ -132,7 +146,15 @@ fn jail(cfg: VmConfig, jail: &JailConfig) -> anyhow::Result<VmConfig> {
 const TEST_FORBIDDEN_ENV: &str = "HULL_VMM_TEST_FORBIDDEN_SYSCALL";
 
 /// Turns on the per-thread seccomp filters, or says loudly that they are off.
-fn seccomp(off: bool) -> anyhow::Result<()> {
+/// A run that takes a snapshot has none: its vCPUs save their state with
+/// KVM_GET_* ioctls and the main thread writes the snapshot files, none of
+/// which the filters allow; it exits once saved. A restored VM's filters go
+/// in after every KVM_SET_* of the restore.
+fn seccomp(off: bool, taking_snapshot: bool) -> anyhow::Result<()> {
+    if taking_snapshot {
+        log::info!("--snapshot-at-ready: no seccomp filters for this run");
+        return Ok(());
+    }
     if off {
         eprintln!(
             "hull-vmm warning: --no-seccomp: this VMM runs WITHOUT seccomp filters; use it only to debug"
@@ -174,6 +196,16 @@ fn inherited_fd(fd: RawFd) -> anyhow::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// What a restore checks the snapshot against: what the arguments name.
+fn expected(named: bool, vcpus: Option<u32>, mem: Option<u64>, cfg: &VmConfig) -> Expected {
+    Expected {
+        kernel: (!cfg.kernel.as_os_str().is_empty()).then(|| cfg.kernel.clone()),
+        initrd: cfg.initrd.clone(),
+        vcpus: (named || vcpus.is_some()).then_some(cfg.vcpus),
+        mem_mib: (named || mem.is_some()).then_some(cfg.mem_mib),
+    }
+}
+
 fn config(args: Args) -> anyhow::Result<VmConfig> {
     let mut cfg = match (&args.config, args.config_fd) {
         (Some(path), _) => VmConfig::from_file(path)?,
@@ -208,6 +240,9 @@ fn config(args: Args) -> anyhow::Result<VmConfig> {
     if let (Some(cid), Some(uds)) = (args.vsock_cid, args.vsock_uds) {
         cfg.vsock = Some(VsockConfig { cid, uds });
     }
+    if args.snapshot_at_ready.is_some() {
+        cfg.snapshot_at_ready = args.snapshot_at_ready;
+    }
     Ok(cfg)
 }
 
@@ -233,7 +268,11 @@ fn main() {
     let start = Instant::now();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = Args::parse();
+    let restore = args.restore.clone();
+    let (named_vcpus, named_mem) = (args.vcpus, args.mem);
+    let named_config = args.config.is_some() || args.config_fd.is_some();
     let no_seccomp = args.no_seccomp;
+    let taking_snapshot = args.snapshot_at_ready.is_some();
     let jail_config = match (&args.jail, args.uid, args.gid) {
         (Some(dir), Some(uid), Some(gid)) => Some(JailConfig {
             dir: dir.clone(),
@@ -247,15 +286,31 @@ fn main() {
         Some(j) => jail(cfg, j),
         None => Ok(cfg),
     });
-    let cfg = match setup.and_then(|cfg| seccomp(no_seccomp).map(|()| cfg)) {
+    let cfg = match setup.and_then(|cfg| seccomp(no_seccomp, taking_snapshot).map(|()| cfg)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hull-vmm: {}", one_line(e.as_ref()));
             std::process::exit(1);
         }
     };
-    match Vmm::build_since(cfg, start).and_then(Vmm::run) {
+    let vmm = match &restore {
+        Some(dir) => {
+            let expected = expected(named_config, named_vcpus, named_mem, &cfg);
+            Snapshot::open(dir, &expected)
+                .map_err(VmmError::from)
+                .and_then(|snap| Vmm::restore(cfg, snap, start))
+        }
+        None => Vmm::build_since(cfg, start),
+    };
+    match vmm.and_then(Vmm::run) {
         Ok(outcome) => {
+            if let Some(dir) = &outcome.snapshot {
+                eprintln!(
+                    "hull-vmm: snapshot written to {} after {:?}",
+                    dir.display(),
+                    start.elapsed()
+                );
+            }
             log::info!(
                 "guest rebooted after {:?}; boot-timer marks: {:?}",
                 start.elapsed(),

@@ -12,7 +12,7 @@
 //! before any of them enters the guest (see [`crate::seccomp`]).
 
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Instant;
 
@@ -29,9 +29,13 @@ use crate::devices::virtio::block::BlockError;
 use crate::devices::virtio::net::TapError;
 use crate::devices::virtio::vsock::VsockError;
 use crate::kvm::memory::MemoryError;
-use crate::kvm::vcpu;
+use crate::kvm::pause::Pause;
+use crate::kvm::vcpu::{self, PauseCtl};
 use crate::kvm::vm::{Vm, VmError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
+use crate::snapshot::vcpu_state::{VcpuState, VcpuStateError};
+use crate::snapshot::vm_state::VmState;
+use crate::snapshot::{self, Origin, SnapshotState};
 
 /// Why a VM could not be built, or how it ended badly. Each variant says
 /// what failed; the cause, where there is one, is its `source` (print the
@@ -115,6 +119,16 @@ pub enum VmmError {
         name: String,
         source: std::io::Error,
     },
+    #[error("the snapshot has {saved} virtio devices, the configuration {configured}")]
+    DeviceCount { saved: usize, configured: usize },
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error("saving or restoring a vCPU")]
+    VcpuState(#[from] crate::snapshot::vcpu_state::VcpuStateError),
+    #[error("saving or restoring the VM")]
+    VmState(#[from] crate::snapshot::vm_state::VmStateError),
+    #[error("the guest ended before its agent was ready, so no snapshot was taken")]
+    NoSnapshotPoint,
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
     #[error("the guest kernel panicked: {0}")]
@@ -126,9 +140,11 @@ pub enum VmmError {
 impl VmmError {
     /// hull-vmm's exit status for this error: 1 for a bad configuration or
     /// host problem, 2 for a guest that failed (or a VMM thread that
-    /// panicked), 3 for a guest kernel panic.
+    /// panicked), 3 for a guest kernel panic, 4 for a snapshot refused
+    /// before anything of it was restored.
     pub fn exit_code(&self) -> i32 {
         match self {
+            VmmError::Snapshot(_) => 4,
             VmmError::GuestPanic(_) => 3,
             VmmError::Guest(_) => 2,
             _ => 1,
@@ -140,6 +156,17 @@ impl VmmError {
 #[derive(Debug)]
 pub struct VmOutcome {
     pub boot_marks: Vec<BootMark>,
+    /// Where the snapshot went, when the VM was paused for one.
+    pub snapshot: Option<PathBuf>,
+}
+
+/// A snapshot to take when the guest reaches the snapshot mark.
+pub(crate) struct SnapshotPlan {
+    pub(crate) dir: PathBuf,
+    pub(crate) origin: Origin,
+    pub(crate) pause: Arc<Pause>,
+    /// The MSRs to save, those KVM lists that the vCPU lets us read.
+    pub(crate) msrs: Vec<u32>,
 }
 
 /// One vCPU, created and set up for boot, not yet running.
@@ -163,6 +190,7 @@ pub struct Vmm {
     pub(crate) boot_marks: Arc<Mutex<Vec<BootMark>>>,
     pub(crate) exit_tx: Sender<VmExit>,
     pub(crate) exit_rx: Receiver<VmExit>,
+    pub(crate) snapshot: Option<SnapshotPlan>,
 }
 
 impl Vmm {
@@ -182,20 +210,30 @@ impl Vmm {
             boot_marks,
             exit_tx,
             exit_rx,
+            snapshot,
         } = self;
+        let vcpu_count = vcpus.len();
+        let (saved_tx, saved_rx) = mpsc::channel();
         // Every vCPU installs its seccomp filter, then waits here until the
         // main thread has its own: no guest instruction runs before all
-        // filters are in (see crate::seccomp).
-        let filtered = Arc::new(Barrier::new(vcpus.len() + 1));
+        // filters are in (see crate::seccomp). A restored VM gets here with
+        // every KVM_SET_* already done by Vmm::restore; a run that takes a
+        // snapshot has no filters (hull-vmm does not enable them for it).
+        let filtered = Arc::new(Barrier::new(vcpu_count + 1));
         for Vcpu { id, fd } in vcpus {
             let (pio, mmio, tx) = (pio.clone(), mmio.clone(), exit_tx.clone());
             let filtered = filtered.clone();
+            let pause = snapshot.as_ref().map(|p| PauseCtl {
+                pause: p.pause.clone(),
+                msrs: p.msrs.clone(),
+                saved: saved_tx.clone(),
+            });
             let name = format!("vcpu{id}");
             crate::thread::spawn_named(name.clone(), exit_tx.clone(), move || {
                 let entered = seccomp::enter(ThreadKind::Vcpu);
                 filtered.wait();
                 match entered {
-                    Ok(()) => vcpu::run(fd, id, pio, mmio, tx),
+                    Ok(()) => vcpu::run(fd, id, pio, mmio, tx, pause),
                     Err(e) => {
                         let _ = tx.send(VmExit::Error(seccomp::one_line(&e)));
                     }
@@ -203,17 +241,47 @@ impl Vmm {
             })
             .map_err(|source| VmmError::Thread { name, source })?;
         }
+        drop(saved_tx);
         let entered = seccomp::enter(ThreadKind::Main);
         filtered.wait();
         entered?;
         // Devices hold senders too (the i8042); when every vCPU has stopped
         // without a word and no device can speak, recv fails.
         drop(exit_tx);
-        let exit = exit_rx
-            .recv()
-            .unwrap_or_else(|_| VmExit::Error("every vCPU stopped".into()));
+        let mut paused = 0;
+        let exit = loop {
+            match exit_rx.recv() {
+                Ok(VmExit::Paused) => {
+                    paused += 1;
+                    if paused == vcpu_count {
+                        break VmExit::Paused;
+                    }
+                }
+                Ok(other) => break other,
+                Err(_) => break VmExit::Error("every vCPU stopped".into()),
+            }
+        };
         serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        let wanted_snapshot = snapshot.is_some();
+        if let (VmExit::Paused, Some(plan)) = (&exit, snapshot) {
+            let parts = SnapshotParts {
+                vm: &vm,
+                mem: &mem,
+                devices: devices.as_ref(),
+                serial: &serial,
+            };
+            let dir = take_snapshot(plan, &parts, saved_rx, vcpu_count)?;
+            let boot_marks = boot_marks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            std::mem::forget(mem);
+            return Ok(VmOutcome {
+                boot_marks,
+                snapshot: Some(dir),
+            });
+        }
         let panicked = panic_note.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if wanted_snapshot && exit == VmExit::Reset && panicked.is_none() {
+            return Err(VmmError::NoSnapshotPoint);
+        }
         let boot_marks = boot_marks.lock().unwrap_or_else(|p| p.into_inner()).clone();
         // vCPUs and the device loop may still be running in guest memory:
         // keep it mapped until the process exits.
@@ -233,9 +301,61 @@ fn outcome(
 ) -> Result<VmOutcome, VmmError> {
     match (exit, panicked) {
         (_, Some(line)) => Err(VmmError::GuestPanic(line)),
-        (VmExit::Reset, None) => Ok(VmOutcome { boot_marks }),
+        (VmExit::Reset, None) => Ok(VmOutcome {
+            boot_marks,
+            snapshot: None,
+        }),
         (VmExit::Error(msg), None) => Err(VmmError::Guest(msg)),
+        (VmExit::Paused, None) => Err(VmmError::Guest("paused with no snapshot to take".into())),
     }
+}
+
+/// What of a paused VM goes into its snapshot besides the vCPUs.
+struct SnapshotParts<'a> {
+    vm: &'a Vm,
+    mem: &'a GuestMemoryMmap,
+    devices: Option<&'a DeviceManager>,
+    serial: &'a Arc<Mutex<Serial>>,
+}
+
+/// Writes the snapshot of a VM whose vCPUs are all paused (their states
+/// arrive on `saved`): memory first, the state file last, so a state file
+/// is there only when its memory is complete.
+fn take_snapshot(
+    plan: SnapshotPlan,
+    parts: &SnapshotParts<'_>,
+    saved: Receiver<Result<VcpuState, VcpuStateError>>,
+    vcpu_count: usize,
+) -> Result<PathBuf, VmmError> {
+    let mut vcpus = saved
+        .iter()
+        .take(vcpu_count)
+        .collect::<Result<Vec<_>, _>>()?;
+    vcpus.sort_by_key(|v| v.id);
+    let devices = parts.devices.map(DeviceManager::save).unwrap_or_default();
+    let state = SnapshotState {
+        origin: plan.origin,
+        memory: snapshot::layout(parts.mem),
+        vm: VmState::save(parts.vm.fd())?,
+        vcpus,
+        serial: parts
+            .serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .save(),
+        devices,
+    };
+    std::fs::create_dir_all(&plan.dir).map_err(|source| snapshot::SnapshotError::Io {
+        what: "create",
+        path: plan.dir.clone(),
+        source,
+    })?;
+    let state_path = plan.dir.join(snapshot::STATE_FILE);
+    // A state file left from an older snapshot must not meet new memory.
+    let _ = std::fs::remove_file(&state_path);
+    snapshot::write_memory(parts.mem, &plan.dir.join(snapshot::MEMORY_FILE))?;
+    snapshot::write_state(&state, &state_path)?;
+    Ok(plan.dir)
 }
 
 /// Builds the VM and runs it until the guest resets (Ok) or fails (Err);

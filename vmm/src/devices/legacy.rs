@@ -54,6 +54,22 @@ pub struct Serial {
     irq: EventFd,
     line: Vec<u8>,
     panic: PanicNote,
+    pause_at: Option<(&'static str, PauseHook)>,
+}
+
+/// What the serial port calls when the guest writes its pause line.
+pub type PauseHook = Arc<dyn Fn() + Send + Sync>;
+
+/// The UART's registers, for snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialState {
+    pub ier: u8,
+    pub lcr: u8,
+    pub mcr: u8,
+    pub scr: u8,
+    pub dll: u8,
+    pub dlm: u8,
+    pub thr_interrupt: bool,
 }
 
 impl Serial {
@@ -73,6 +89,7 @@ impl Serial {
             irq,
             line: Vec::new(),
             panic,
+            pause_at: None,
         }
     }
 
@@ -116,6 +133,9 @@ impl Serial {
     fn watch_for_panic(&mut self, byte: u8) {
         if byte == b'\n' {
             let line = String::from_utf8_lossy(&self.line).trim().to_string();
+            if let Some((_, pause)) = self.pause_at.as_ref().filter(|(l, _)| *l == line) {
+                pause();
+            }
             if line.contains(PANIC_MARK) {
                 let mut note = self.panic.lock().unwrap_or_else(|p| p.into_inner());
                 note.get_or_insert(line);
@@ -127,6 +147,39 @@ impl Serial {
     }
 
     /// Flushes buffered output (at VM exit).
+    /// Calls `pause` when the guest writes the console line `line` (hull-vmm's
+    /// snapshot point: the agent's ready line).
+    pub fn pause_at_line(&mut self, line: &'static str, pause: PauseHook) {
+        self.pause_at = Some((line, pause));
+    }
+
+    /// The registers the guest's driver programmed (pending input and
+    /// console bookkeeping are not part of it).
+    pub fn save(&self) -> SerialState {
+        SerialState {
+            ier: self.ier,
+            lcr: self.lcr,
+            mcr: self.mcr,
+            scr: self.scr,
+            dll: self.dll,
+            dlm: self.dlm,
+            thr_interrupt: self.thr_interrupt,
+        }
+    }
+
+    /// Takes the registers of a saved UART and raises its interrupt again
+    /// if one was pending.
+    pub fn restore(&mut self, s: &SerialState) {
+        self.ier = s.ier;
+        self.lcr = s.lcr;
+        self.mcr = s.mcr;
+        self.scr = s.scr;
+        self.dll = s.dll;
+        self.dlm = s.dlm;
+        self.thr_interrupt = s.thr_interrupt;
+        self.update_interrupt();
+    }
+
     pub fn flush(&mut self) {
         if let Some(out) = self.out.as_mut() {
             let _ = out.flush();

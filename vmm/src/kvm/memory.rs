@@ -141,6 +141,50 @@ fn aligned_region(gpa: GuestAddress, len: usize) -> Result<MmapRegion, MemoryErr
         .map_err(|source| MemoryError::Region { gpa: gpa.0, source })
 }
 
+/// Guest memory for `ranges` (guest address, length, offset in `file`)
+/// mapped private from `file`: copy on write, so every VM restored from one
+/// snapshot shares the file's pages (through the page cache) until it
+/// writes them. Note that MADV_DONTNEED on such a mapping brings back the
+/// file's bytes, not zeros.
+pub fn file_backed(
+    ranges: &[(GuestAddress, usize, u64)],
+    file: &std::fs::File,
+) -> Result<GuestMemoryMmap, MemoryError> {
+    use std::os::fd::AsRawFd;
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags = libc::MAP_PRIVATE | libc::MAP_NORESERVE;
+    let mut regions = Vec::new();
+    for &(gpa, len, offset) in ranges {
+        let off = libc::off_t::try_from(offset).map_err(|_| MemoryError::TooLarge(gpa.0))?;
+        // SAFETY: a fresh private mapping of an open file at an address of
+        // the kernel's choice; the caller checked that the file holds
+        // [offset, offset + len).
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                flags,
+                file.as_raw_fd(),
+                off,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(MemoryError::Mmap {
+                mib: len >> 20,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: [base, base + len) is the live mapping made above with
+        // exactly these protection and flags, never unmapped while the
+        // process runs.
+        let region = unsafe { MmapRegion::build_raw(base.cast::<u8>(), len, prot, flags) }
+            .map_err(|source| MemoryError::Region { gpa: gpa.0, source })?;
+        regions.push(GuestRegionMmap::new(region, gpa).ok_or(MemoryError::TooLarge(gpa.0))?);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Layout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

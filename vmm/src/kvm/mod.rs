@@ -2,6 +2,7 @@
 
 mod detect;
 pub mod memory;
+pub mod pause;
 pub mod vcpu;
 pub mod vm;
 

@@ -3,7 +3,12 @@
 
 use std::sync::mpsc::Sender;
 
+use std::sync::Arc;
+
 use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use super::pause::Pause;
+use crate::snapshot::vcpu_state::{VcpuState, VcpuStateError};
 
 use crate::VmExit;
 use crate::devices::bus::Bus;
@@ -79,20 +84,65 @@ pub fn handle_exit(exit: VcpuExit<'_>, cpu: u8, pio: &Bus, mmio: &Bus) -> Next {
     Next::Continue
 }
 
+/// What a vCPU does when a pause is requested: its saved state goes to
+/// `saved`, then it reports [`VmExit::Paused`] and parks for good (the
+/// process ends once the snapshot is written).
+pub struct PauseCtl {
+    pub pause: Arc<Pause>,
+    pub msrs: Vec<u32>,
+    pub saved: Sender<Result<VcpuState, VcpuStateError>>,
+}
+
 /// Runs the vCPU until something ends the VM, then reports it. The process
 /// exits when the VM ends, which ends the other vCPU threads too.
-pub fn run(mut vcpu: VcpuFd, cpu: u8, pio: Bus, mmio: Bus, exit: Sender<VmExit>) {
+pub fn run(
+    mut vcpu: VcpuFd,
+    cpu: u8,
+    pio: Bus,
+    mmio: Bus,
+    exit: Sender<VmExit>,
+    pause: Option<PauseCtl>,
+) {
+    if let Some(p) = &pause {
+        p.pause
+            .enter(std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit));
+    }
     loop {
+        if let Some(p) = pause.as_ref().filter(|p| p.pause.requested()) {
+            let saved = pause_and_save(&mut vcpu, cpu, &p.msrs);
+            p.pause.leave();
+            let _ = p.saved.send(saved);
+            let _ = exit.send(VmExit::Paused);
+            loop {
+                std::thread::park();
+            }
+        }
         let next = match vcpu.run() {
             Ok(e) => handle_exit(e, cpu, &pio, &mmio),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Next::Continue,
             Err(e) => Next::Stop(VmExit::Error(format!("vCPU {cpu}: KVM_RUN failed: {e}"))),
         };
         if let Next::Stop(reason) = next {
+            if let Some(p) = &pause {
+                p.pause.leave();
+            }
             let _ = exit.send(reason);
             return;
         }
     }
+}
+
+/// Completes the vCPU's pending I/O exit without running guest code (one
+/// KVM_RUN with immediate_exit set), then reads its state.
+fn pause_and_save(vcpu: &mut VcpuFd, cpu: u8, msrs: &[u32]) -> Result<VcpuState, VcpuStateError> {
+    vcpu.set_kvm_immediate_exit(1);
+    // EINTR is the expected answer: KVM finished the pending exit and
+    // returned before entering the guest.
+    if let Ok(e) = vcpu.run() {
+        log::warn!("vCPU {cpu}: exit {e:?} while pausing");
+    }
+    vcpu.set_kvm_immediate_exit(0);
+    VcpuState::save(vcpu, cpu, msrs)
 }
 
 #[cfg(test)]

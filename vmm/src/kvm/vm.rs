@@ -112,6 +112,14 @@ impl Vm {
             .map_err(kvm_err("reading the supported CPUID"))
     }
 
+    /// The MSRs KVM saves and restores for a vCPU.
+    pub fn msr_index_list(&self) -> Result<Vec<u32>, VmError> {
+        self.kvm
+            .get_msr_index_list()
+            .map(|l| l.as_slice().to_vec())
+            .map_err(kvm_err("reading the MSR index list"))
+    }
+
     pub fn create_vcpu(&self, id: u8) -> Result<VcpuFd, VmError> {
         self.fd
             .create_vcpu(u64::from(id))

@@ -1,0 +1,248 @@
+use super::origin::FileId;
+use super::*;
+
+fn file_id() -> FileId {
+    FileId {
+        sha256: "00".repeat(32),
+        size: 1,
+        ino: 1,
+        mtime_ns: 1,
+    }
+}
+
+fn vcpu(id: u8) -> VcpuState {
+    VcpuState {
+        id,
+        cpuid: Vec::new(),
+        mp_state: Default::default(),
+        regs: Default::default(),
+        sregs: Default::default(),
+        xsave: Default::default(),
+        xcrs: Default::default(),
+        debug_regs: Default::default(),
+        lapic: Default::default(),
+        msrs: Vec::new(),
+        events: Default::default(),
+    }
+}
+
+/// A state as a 2-vCPU, 128 MiB VM on this host would save it.
+fn state() -> SnapshotState {
+    let memory = crate::arch::x86_64::ram_ranges(128 << 20)
+        .iter()
+        .scan(0, |offset, &(gpa, len)| {
+            let r = MemoryRange {
+                gpa,
+                len,
+                offset: *offset,
+            };
+            *offset += len;
+            Some(r)
+        })
+        .collect();
+    SnapshotState {
+        origin: Origin {
+            kernel: file_id(),
+            initrd: None,
+            cpu: origin::host_cpu(),
+            vcpus: 2,
+            mem_mib: 128,
+        },
+        memory,
+        vm: VmState {
+            pic_master: Default::default(),
+            pic_slave: Default::default(),
+            ioapic: Default::default(),
+            pit: Default::default(),
+            clock: Default::default(),
+        },
+        vcpus: vec![vcpu(0), vcpu(1)],
+        serial: SerialState {
+            ier: 2,
+            lcr: 3,
+            mcr: 8,
+            scr: 0,
+            dll: 12,
+            dlm: 0,
+            thr_interrupt: true,
+        },
+        devices: Vec::new(),
+    }
+}
+
+/// Writes `state` and a memory file of `mem_len` bytes into a fresh dir.
+fn written(state: &SnapshotState, mem_len: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_state(state, &dir.path().join(STATE_FILE)).unwrap();
+    let mem = File::create(dir.path().join(MEMORY_FILE)).unwrap();
+    mem.set_len(mem_len).unwrap();
+    dir
+}
+
+fn full_len(s: &SnapshotState) -> u64 {
+    s.memory.iter().map(|r| r.len).sum()
+}
+
+#[test]
+fn a_written_snapshot_opens_with_its_state_intact() {
+    let s = state();
+    let dir = written(&s, full_len(&s));
+    let snap = Snapshot::open(dir.path(), &Expected::default()).unwrap();
+    assert_eq!(snap.state.vcpus.len(), 2);
+    assert_eq!(snap.state.serial, s.serial);
+    assert_eq!(snap.state.memory, s.memory);
+    let exact = Expected {
+        vcpus: Some(2),
+        mem_mib: Some(128),
+        ..Default::default()
+    };
+    assert!(Snapshot::open(dir.path(), &exact).is_ok());
+}
+
+#[test]
+fn a_flipped_byte_is_refused_as_corrupted() {
+    let s = state();
+    let dir = written(&s, full_len(&s));
+    let path = dir.path().join(STATE_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let i = bytes.len() - 10;
+    bytes[i] ^= 0x20;
+    std::fs::write(&path, bytes).unwrap();
+    let e = Snapshot::open(dir.path(), &Expected::default())
+        .err()
+        .unwrap();
+    assert!(matches!(e, SnapshotError::Checksum(_)), "{e:?}");
+    assert!(
+        e.to_string()
+            .ends_with("is corrupted (its state does not match its checksum)")
+    );
+}
+
+#[test]
+fn a_truncated_memory_file_is_refused() {
+    let s = state();
+    let dir = written(&s, full_len(&s) - 4096);
+    let e = Snapshot::open(dir.path(), &Expected::default())
+        .err()
+        .unwrap();
+    assert!(matches!(e, SnapshotError::MemorySize { .. }), "{e:?}");
+    assert!(e.to_string().contains("(truncated?)"), "{e}");
+}
+
+#[test]
+fn another_version_or_no_header_is_refused() {
+    let p = Path::new("/s/state");
+    let e = parse_state(p, b"hull-snapshot 9 sha256=00\n{}").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("snapshot /s/state has format version 9, this hull-vmm reads {SNAPSHOT_VERSION}")
+    );
+    let e = parse_state(p, b"{\"origin\": 1}").unwrap_err();
+    assert_eq!(e.to_string(), "/s/state is not a hull snapshot state file");
+    let e = parse_state(p, &[0xff; 64]).unwrap_err();
+    assert!(matches!(e, SnapshotError::NotSnapshot(_)), "{e:?}");
+}
+
+#[test]
+fn another_memory_size_vcpu_count_kernel_or_cpu_is_refused() {
+    let s = state();
+    let dir = written(&s, full_len(&s));
+    let open = |e: Expected| {
+        Snapshot::open(dir.path(), &e)
+            .err()
+            .expect("refused")
+            .to_string()
+    };
+    let mem = open(Expected {
+        mem_mib: Some(256),
+        ..Default::default()
+    });
+    assert!(
+        mem.ends_with("was made with 128 MiB of memory, not 256"),
+        "{mem}"
+    );
+    let cpus = open(Expected {
+        vcpus: Some(1),
+        ..Default::default()
+    });
+    assert!(cpus.ends_with("was made with 2 vCPUs, not 1"), "{cpus}");
+    let other = dir.path().join("vmlinux");
+    std::fs::write(&other, b"another kernel").unwrap();
+    let kernel = open(Expected {
+        kernel: Some(other.clone()),
+        ..Default::default()
+    });
+    assert!(
+        kernel.contains("was made from another kernel than"),
+        "{kernel}"
+    );
+
+    let mut elsewhere = state();
+    elsewhere.origin.cpu = "GenuineIntel 0x906ea Some Other CPU".into();
+    let dir = written(&elsewhere, full_len(&elsewhere));
+    let e = Snapshot::open(dir.path(), &Expected::default())
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("was made on another CPU model"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_state_that_disagrees_with_itself_is_refused() {
+    let mut s = state();
+    s.vcpus.pop();
+    let dir = written(&s, full_len(&s));
+    let e = Snapshot::open(dir.path(), &Expected::default())
+        .err()
+        .unwrap();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "snapshot {} is inconsistent: 1 vCPU states for 2 vCPUs",
+            dir.path().display()
+        )
+    );
+    let mut s = state();
+    s.origin.mem_mib = u64::MAX;
+    let dir = written(&s, full_len(&s));
+    let e = Snapshot::open(dir.path(), &Expected::default())
+        .err()
+        .unwrap();
+    assert!(matches!(e, SnapshotError::Inconsistent { .. }), "{e:?}");
+}
+
+#[test]
+fn a_file_id_matches_the_same_bytes_even_after_a_touch() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("k");
+    std::fs::write(&k, b"kernel bytes").unwrap();
+    let id = FileId::of(&k).unwrap();
+    let touched = FileId {
+        mtime_ns: id.mtime_ns - 1,
+        ..id.clone()
+    };
+    let expected = Expected {
+        kernel: Some(k.clone()),
+        ..Default::default()
+    };
+    let origin = |kernel| Origin {
+        kernel,
+        initrd: None,
+        cpu: origin::host_cpu(),
+        vcpus: 1,
+        mem_mib: 128,
+    };
+    assert!(expected.check(&origin(id), dir.path()).is_ok());
+    assert!(expected.check(&origin(touched), dir.path()).is_ok());
+    std::fs::write(&k, b"kernel bytez").unwrap();
+    let fresh = FileId::of(&k).unwrap();
+    std::fs::write(&k, b"kernel bytes").unwrap();
+    let stale = FileId {
+        mtime_ns: 0,
+        ..fresh
+    };
+    let e = expected.check(&origin(stale), dir.path()).unwrap_err();
+    assert!(e.to_string().contains("another kernel"), "{e}");
+}
