@@ -598,8 +598,9 @@ impl Container {
         }
         let what = self.state.isolation.process_name();
         match self.finish(137, Some(format!("{what} died unexpectedly"))) {
-            // Removed meanwhile (`rm -f` killed it, then took its dir).
-            Err(_) if !self.dir().is_dir() => {
+            // Removed meanwhile (`rm -f` killed it and is taking its dir:
+            // state.json goes before the directory does).
+            Err(_) if !self.dir().join("state.json").is_file() => {
                 Err(StateError::NotFound(self.state.id.clone()).into())
             }
             r => r,
