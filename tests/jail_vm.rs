@@ -12,7 +12,10 @@
 //!   and records the container as exited;
 //! - a jailed VMM (the default) seen from the host: an unprivileged uid, no
 //!   capabilities, NoNewPrivs 1, Seccomp 2, a mount namespace with only the
-//!   jail's files, a cgroup with the stated limits.
+//!   jail's files, a cgroup with the stated limits; and its waiter (the
+//!   hull-vmm process outside the VMM's pid namespace): the same ids, no
+//!   capabilities, NoNewPrivs 1, Seccomp 2, the jail's mount namespace, no
+//!   files beyond stdio.
 
 #[path = "support/busybox.rs"]
 mod busybox;
@@ -247,6 +250,37 @@ fn jailed_vmm_is_confined() -> Result<(), Failed> {
             status.clone()
         })?;
         check(status_field(&status, "Seccomp") == "2", || status.clone())?;
+        // Its waiter (the parent outside its pid namespace): the same
+        // unprivileged ids, nothing else either, its own filter, and the
+        // jail's mount namespace.
+        let waiter = status_field(&status, "PPid");
+        let wproc = PathBuf::from(format!("/proc/{waiter}"));
+        let wstatus = std::fs::read_to_string(wproc.join("status"))
+            .map_err(|e| format!("the waiter {waiter}: {e}"))?;
+        for f in ["Uid", "Gid"] {
+            check(status_field(&wstatus, f) == status_field(&status, f), || {
+                format!("waiter's {f} is not the VMM's:\n{wstatus}")
+            })?;
+        }
+        for f in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            check(status_field(&wstatus, f) == "0000000000000000", || {
+                format!("waiter's {f}:\n{wstatus}")
+            })?;
+        }
+        check(
+            status_field(&wstatus, "Groups").is_empty()
+                && status_field(&wstatus, "NoNewPrivs") == "1"
+                && status_field(&wstatus, "Seccomp") == "2",
+            || format!("the waiter:\n{wstatus}"),
+        )?;
+        let ns = |p: &Path| std::fs::read_link(p.join("ns/mnt")).map_err(|e| e.to_string());
+        check(ns(&wproc)? == ns(&proc)?, || {
+            "the waiter is not in the VMM's mount namespace".to_string()
+        })?;
+        let fds = std::fs::read_dir(wproc.join("fd"))
+            .map_err(|e| e.to_string())?
+            .count();
+        check(fds <= 3, || format!("the waiter holds {fds} files"))?;
         // Its mount namespace: the jail's tmpfs root and what it put there.
         let mounts = std::fs::read_to_string(proc.join("mountinfo")).map_err(|e| e.to_string())?;
         let mut points: Vec<&str> = mounts

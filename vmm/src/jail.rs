@@ -7,9 +7,15 @@
 //!    other process, no host network, no host IPC;
 //! 3. forks: the child is PID 1 of the new pid namespace and runs the VM
 //!    (it dies with the parent: SIGKILL as its parent-death signal);
-//!    the parent only waits and exits as the child did (the caller sees the
-//!    VMM's own status, a SIGSYS included), and writes the child's pid to
-//!    `DIR/vmm.pid`;
+//!    the parent, the waiter, writes the child's pid to `DIR/vmm.pid`,
+//!    then gives up everything it had: its files (0-2 kept), its root
+//!    (the same uid/gid as the VMM, no groups, no capabilities in any set,
+//!    `no_new_privs`, no core dumps) and all but ten system calls (its own
+//!    seccomp filter, crate::seccomp::waiter_rules: wait, signals, exit);
+//!    it shares the VMM's mount namespace, so after the pivot it sees only
+//!    the jail too. It then waits and ends as the child did (the caller
+//!    sees the VMM's own status, a SIGSYS included). It runs outside the
+//!    VMM's pid namespace, so the VMM cannot signal or trace it;
 //! 4. a fresh tmpfs on `DIR/root` holding only the kernel, the initrd and
 //!    the disks (bind-mounted, read-only unless a disk is writable), its own
 //!    /dev/kvm and /dev/urandom nodes, and the run directory (the vsock
@@ -63,6 +69,8 @@ pub enum JailError {
     RunDir(PathBuf, PathBuf),
     #[error("jail: {0} needs a vsock socket and a console file")]
     Incomplete(&'static str),
+    #[error("jail: the waiter's seccomp filter")]
+    Seccomp(#[source] crate::seccomp::SeccompError),
 }
 
 fn step(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> JailError {
@@ -84,23 +92,24 @@ fn cstr(p: &Path) -> std::io::Result<CString> {
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// What [`enter`] returns in each process after the fork.
-pub enum Jailed {
-    /// In the jail: run this VM (its paths rewritten to the jail's).
-    Vmm(Box<VmConfig>),
-    /// The waiting parent: the VMM ended with this wait status.
-    Parent(libc::c_int),
-}
-
-/// Enters the jail for `cfg` (see the module's steps). Call it while the
-/// process is still single-threaded.
-pub fn enter(cfg: VmConfig, jail: &JailConfig) -> Result<Jailed, JailError> {
+/// Enters the jail for `cfg` (see the module's steps) and returns, in the
+/// jailed child, the VM to run (its paths rewritten to the jail's); the
+/// parent becomes the waiter and never returns. Call it while the process
+/// is still single-threaded.
+pub fn enter(cfg: VmConfig, jail: &JailConfig) -> Result<VmConfig, JailError> {
     let (run_dir, sock_name, console_name) = run_dir(&cfg)?;
     for procs in &jail.cgroup_procs {
         std::fs::write(procs, "0").map_err(step(format!("joining {}", procs.display())))?;
     }
     let kvm = device("/dev/kvm")?;
     let urandom = device("/dev/urandom")?;
+    // Made before the fork: the waiter writes the pid to it whether or not
+    // the child has pivoted away from the host's files, and installs this
+    // filter without allocating.
+    let pid_path = jail.dir.join("vmm.pid");
+    let pid_file =
+        std::fs::File::create(&pid_path).map_err(step(format!("creating {}", pid_path.display())))?;
+    let waiter_filter = crate::seccomp::compile_waiter().map_err(JailError::Seccomp)?;
     let flags = libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWIPC
@@ -113,8 +122,8 @@ pub fn enter(cfg: VmConfig, jail: &JailConfig) -> Result<Jailed, JailError> {
     let pid = unsafe { libc::fork() };
     match pid {
         -1 => return Err(step("forking into the pid namespace")(last())),
-        0 => {}
-        child => return Ok(Jailed::Parent(wait_for(child, &jail.dir))),
+        0 => drop(pid_file),
+        child => waiter(child, pid_file, &waiter_filter, jail),
     }
     let root = jail.dir.join("root");
     let mut cfg = cfg;
@@ -125,7 +134,7 @@ pub fn enter(cfg: VmConfig, jail: &JailConfig) -> Result<Jailed, JailError> {
     limits(largest_writable_disk(&cfg))?;
     drop_privileges(jail)?;
     die_with_waiter()?;
-    Ok(Jailed::Vmm(Box::new(cfg)))
+    Ok(cfg)
 }
 
 /// The VMM ends when its waiter does (hull kills the waiter, its child).
@@ -178,20 +187,93 @@ fn device(path: &str) -> Result<libc::dev_t, JailError> {
     Ok(m.rdev())
 }
 
-/// The waiter: records the VMM's pid, waits for it, returns its status.
-fn wait_for(child: libc::pid_t, dir: &Path) -> libc::c_int {
-    let _ = std::fs::write(dir.join("vmm.pid"), child.to_string());
-    loop {
+/// The waiter (step 3): records the VMM's pid, drops everything it holds,
+/// waits for the VMM and ends as it did. Never returns.
+fn waiter(
+    child: libc::pid_t,
+    mut pid_file: std::fs::File,
+    filter: &seccompiler::BpfProgram,
+    jail: &JailConfig,
+) -> ! {
+    use std::io::Write;
+    let dropped = pid_file
+        .write_all(child.to_string().as_bytes())
+        .map_err(step("writing vmm.pid"))
+        .and_then(|()| {
+            drop(pid_file);
+            shed(jail)
+        })
+        .and_then(|()| {
+            seccompiler::apply_filter(filter)
+                .map_err(|e| JailError::Seccomp(crate::seccomp::SeccompError::Install("waiter", e)))
+        });
+    if let Err(e) = dropped {
+        eprintln!("hull-vmm: the jail's waiter: {}", one_line(&e));
+        // SAFETY: killing and reaping our own child; then ending at once.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+            libc::_exit(1)
+        }
+    }
+    let status = loop {
         let mut status = 0;
         // SAFETY: waiting for our own child into a local.
         let r = unsafe { libc::waitpid(child, &mut status, 0) };
         if r == child {
-            return status;
+            break status;
         }
         if r == -1 && last().raw_os_error() != Some(libc::EINTR) {
-            return 1 << 8;
+            break 1 << 8;
+        }
+    };
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        // SAFETY: restoring a signal's default action and raising it (core
+        // dumps are off): the process ends by the signal the VMM ended by.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
         }
     }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        1
+    };
+    // SAFETY: ends the process; nothing is left to flush (stdio unused).
+    unsafe { libc::_exit(code) }
+}
+
+/// What the waiter gives up before it waits: every file but stdio, its
+/// working directory in the host's tree, core dumps, root and capabilities.
+fn shed(jail: &JailConfig) -> Result<(), JailError> {
+    // SAFETY: closes this process's files from 3 on; none is used after.
+    check(unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) } as libc::c_int)
+        .map_err(step("closing the waiter's files"))?;
+    // "/" is the host's root until the child pivots, then the jail's: in
+    // either order, pivot_root leaves the waiter's root and cwd in the jail.
+    std::env::set_current_dir("/").map_err(step("chdir /"))?;
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads a valid rlimit.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) })
+        .map_err(step("setting RLIMIT_CORE"))?;
+    drop_privileges(jail)
+}
+
+/// `e` and its causes on one line.
+fn one_line(e: &JailError) -> String {
+    let mut line = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
 }
 
 fn mount(

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Parser;
 use hull_vmm::config::{ConfigOrigin, DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
-use hull_vmm::jail::{JailConfig, Jailed};
+use hull_vmm::jail::JailConfig;
 use hull_vmm::seccomp;
 use hull_vmm::snapshot::{Expected, Snapshot};
 use hull_vmm::vmm::{Vmm, VmmError};
@@ -112,33 +112,10 @@ struct Args {
     cgroup_procs: Vec<PathBuf>,
 }
 
-/// The jailed VMM in its jail, or the exit of its waiting parent (as the
-/// VMM ended: with its code, or killed by the same signal).
+/// The jailed VMM in its jail (its waiting parent never returns from
+/// `enter`: it ends as the VMM did, with its code or by the same signal).
 fn jail(cfg: VmConfig, jail: &JailConfig) -> anyhow::Result<VmConfig> {
-    match hull_vmm::jail::enter(cfg, jail)? {
-        Jailed::Vmm(cfg) => Ok(*cfg),
-        Jailed::Parent(status) => {
-            if libc::WIFSIGNALED(status) {
-                let sig = libc::WTERMSIG(status);
-                let no_core = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                // SAFETY: plain calls with valid arguments; the process then
-                // ends by the signal the VMM ended by.
-                unsafe {
-                    libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-                    libc::signal(sig, libc::SIG_DFL);
-                    libc::raise(sig);
-                }
-            }
-            std::process::exit(if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                1
-            })
-        }
-    }
+    Ok(hull_vmm::jail::enter(cfg, jail)?)
 }
 
 /// Test aid (documented in the README): `main`, `vcpu` or `device` makes

@@ -218,6 +218,45 @@ pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         .map_err(|e| SeccompError::Compile(kind.name(), e))
 }
 
+/// The allowlist of the jail's waiter (hull_vmm::jail): the process
+/// outside the VMM's pid namespace that only waits for the VMM and then ends
+/// as it did (its code, or the same signal raised again).
+pub fn waiter_rules() -> Rules {
+    let mut r = Rules::new();
+    allow(
+        &mut r,
+        &[
+            libc::SYS_wait4,
+            libc::SYS_rt_sigaction,
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_rt_sigreturn,
+            libc::SYS_restart_syscall,
+            libc::SYS_getpid,
+            libc::SYS_gettid,
+            libc::SYS_tgkill,
+            libc::SYS_exit,
+            libc::SYS_exit_group,
+        ],
+    );
+    r
+}
+
+/// The waiter's BPF program: anything not in [`waiter_rules`] kills it
+/// (it has no SIGSYS handler and nothing to report with: its VMM, the
+/// child, then dies of its parent-death signal and hull sees the kill).
+pub fn compile_waiter() -> Result<BpfProgram, SeccompError> {
+    let filter = SeccompFilter::new(
+        waiter_rules(),
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|e| SeccompError::Compile("waiter", e))?;
+    filter
+        .try_into()
+        .map_err(|e| SeccompError::Compile("waiter", e))
+}
+
 /// The compiled filters of every thread kind, and the test hook.
 pub struct Filters {
     main: BpfProgram,
@@ -412,6 +451,27 @@ mod tests {
             ] {
                 assert!(!r.contains_key(&nr), "{kind:?} allows {nr}");
             }
+        }
+    }
+
+    #[test]
+    fn the_waiter_only_waits_signals_and_exits() {
+        assert!(!compile_waiter().unwrap().is_empty());
+        let r = waiter_rules();
+        assert_eq!(r.len(), 10);
+        for nr in [
+            libc::SYS_open,
+            libc::SYS_openat,
+            libc::SYS_write,
+            libc::SYS_ioctl,
+            libc::SYS_kill,
+            libc::SYS_ptrace,
+            libc::SYS_execve,
+            libc::SYS_clone,
+            libc::SYS_socket,
+            libc::SYS_mmap,
+        ] {
+            assert!(!r.contains_key(&nr), "the waiter allows {nr}");
         }
     }
 
