@@ -20,6 +20,8 @@ pub enum ClientError {
     Lost,
     #[error("the agent sent no {what} within {secs} s")]
     Silent { what: &'static str, secs: u64 },
+    #[error("keeping the step's changes the agent sent")]
+    Layer(#[source] std::io::Error),
 }
 
 /// How long the agent has, once connected, to say hello, and then to say
@@ -122,6 +124,10 @@ pub struct Sinks {
     pub stderr: Vec<Box<dyn Write>>,
     /// Called once, when the agent says the process started.
     pub on_started: Option<Box<dyn FnOnce()>>,
+    /// Where the tar of a build step's changes goes (`Start.export_upper`);
+    /// without it, Layer frames are dropped. A write that fails (the
+    /// sink's bound) ends the session with [`ClientError::Layer`].
+    pub layer: Option<Box<dyn Write>>,
 }
 
 impl Sinks {
@@ -131,6 +137,7 @@ impl Sinks {
             stdout: vec![Box::new(std::io::stdout())],
             stderr: vec![Box::new(std::io::stderr())],
             on_started: None,
+            layer: None,
         }
     }
 
@@ -259,6 +266,11 @@ fn session(
                 times.first_output.get_or_insert_with(Instant::now);
                 sinks.write(f.kind, &f.payload);
             }
+            Kind::Layer => {
+                if let Some(w) = sinks.layer.as_mut() {
+                    w.write_all(&f.payload).map_err(ClientError::Layer)?;
+                }
+            }
             Kind::Exit => {
                 times.exit = Some(Instant::now());
                 last_frame_read(&reader);
@@ -344,6 +356,24 @@ impl Drop for RawMode {
 /// signal relay: what the cargo-fuzz target `agent_session` (fuzz/) and the
 /// generated-input test below run. It must return (an outcome or an error),
 /// never panic, never hold more than a frame in memory.
+/// A sink that takes `.0` bytes, then fails (the fuzz session's layer).
+#[cfg(any(test, fuzzing))]
+struct Capped(usize);
+
+#[cfg(any(test, fuzzing))]
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.0 {
+            return Err(std::io::Error::other("full"));
+        }
+        self.0 -= buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(any(test, fuzzing))]
 pub fn fuzz_session(data: &[u8]) -> Result<Outcome, ClientError> {
     let (host, mut guest) = UnixStream::pair().expect("a socket pair");
@@ -359,6 +389,8 @@ pub fn fuzz_session(data: &[u8]) -> Result<Outcome, ClientError> {
         stdout: vec![Box::new(std::io::sink())],
         stderr: vec![Box::new(std::io::sink())],
         on_started: None,
+        // Bounded as a build's is, far smaller: the fuzzer's inputs are.
+        layer: Some(Box::new(Capped(1 << 20))),
     };
     let relay = Relay {
         stdin: false,

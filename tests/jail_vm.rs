@@ -258,9 +258,10 @@ fn jailed_vmm_is_confined() -> Result<(), Failed> {
         let wstatus = std::fs::read_to_string(wproc.join("status"))
             .map_err(|e| format!("the waiter {waiter}: {e}"))?;
         for f in ["Uid", "Gid"] {
-            check(status_field(&wstatus, f) == status_field(&status, f), || {
-                format!("waiter's {f} is not the VMM's:\n{wstatus}")
-            })?;
+            check(
+                status_field(&wstatus, f) == status_field(&status, f),
+                || format!("waiter's {f} is not the VMM's:\n{wstatus}"),
+            )?;
         }
         for f in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
             check(status_field(&wstatus, f) == "0000000000000000", || {

@@ -127,6 +127,7 @@ fn create_then_start_then_attach_then_delete() {
         rlimits: Vec::new(),
         freshen: None,
         network: None,
+        export_upper: false,
     };
     let mut times = Times::default();
     let session = Session {
@@ -134,6 +135,7 @@ fn create_then_start_then_attach_then_delete() {
             stdout: vec![Box::new(out.clone())],
             stderr: Vec::new(),
             on_started: None,
+            layer: None,
         },
         stdin: false,
         raw_terminal: false,

@@ -25,6 +25,7 @@ macro_rules! debug {
     };
 }
 
+mod export;
 mod network;
 mod rootfs;
 mod session;

@@ -43,6 +43,10 @@ pub enum Kind {
     Error = 10,
     Started = 11,
     Shutdown = 12,
+    /// A piece of the tar of a RUN step's changes (raw bytes; agent to
+    /// host, after the process ended and before its Exit, when the Start
+    /// asked for it with `export_upper`).
+    Layer = 13,
 }
 
 impl Kind {
@@ -61,6 +65,7 @@ impl Kind {
             10 => Error,
             11 => Started,
             12 => Shutdown,
+            13 => Layer,
             _ => return None,
         })
     }
@@ -257,6 +262,12 @@ pub struct Start {
     /// the process runs.
     #[serde(default)]
     pub network: Option<NetworkSetup>,
+    /// hull build in a microVM: once the main process ended, send the
+    /// writable layer's changes as a tar in [`Kind::Layer`] frames before
+    /// the Exit (whiteouts as `.wh.NAME`, opaque directories with
+    /// `.wh..wh..opq`), so the host never mounts the guest's disk.
+    #[serde(default)]
+    pub export_upper: bool,
 }
 
 /// Most entropy bytes a [`Freshen`] carries.

@@ -170,13 +170,17 @@ pub fn vm_setup() -> Result<(), String> {
     }
     let root = "/run/hull/root";
     // A writable disk with serial `upper` (hull build) holds the upper and
-    // work dirs instead of the tmpfs, so the host can read them afterwards.
+    // work dirs instead of the tmpfs (a step may write more than guest RAM);
+    // the agent sends the upper's changes to the host as a tar (export.rs).
     if let Some(disk) = find_disk("upper") {
         mkdir("/run/hull/rw")?;
         mount(&disk, "/run/hull/rw", "ext4", 0, "")
             .map_err(|e| format!("mounting the upper disk {disk} (ext4): {e}"))?;
     }
     overlay(&lowers, "/run/hull/rw", root)?;
+    if find_disk("upper").is_some() {
+        crate::export::keep_upper("/run/hull/rw/upper")?;
+    }
     container_mounts(root, true, &[])?;
     std::env::set_current_dir(root).map_err(|e| format!("entering {root}: {e}"))?;
     // The initramfs cannot be pivoted away from: move the new root over it.

@@ -196,6 +196,7 @@ fn wait_for_close(conn: &File, limit: Duration) {
 }
 
 fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
+    let export = start.export_upper && start.main && ctx.in_vm;
     if start.argv.is_empty() {
         send_error(writer, "no command given".into(), 125);
         return 125;
@@ -432,6 +433,9 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
     debug!("pid {pid} ended with status {status:#x}");
     let exit = sys::exit_from_status(pid, status, oom_kills_before);
     let code = exit.status();
+    if export {
+        export_upper(writer);
+    }
     send(
         writer,
         &Frame::json(
@@ -443,6 +447,18 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
         ),
     );
     code
+}
+
+/// The step's changes as a tar in Layer frames (hull build). A failure
+/// is said on stderr and ends the tar early, which the host reports.
+fn export_upper(w: &Writer) {
+    let mut sink =
+        crate::export::FrameSink::new(|b: &[u8]| send(w, &Frame::new(Kind::Layer, b.to_vec())));
+    let done = crate::export::write_upper(&mut sink).and_then(|()| sink.flush());
+    if let Err(e) = done {
+        let line = format!("hull-agent: sending the step's changes: {e}\n");
+        send(w, &Frame::new(Kind::Stderr, line.into_bytes()));
+    }
 }
 
 fn relay_output(mut src: File, kind: Kind, w: &Writer) {

@@ -199,6 +199,33 @@ impl LayerWriter {
         self.tar.append_data(&mut h, name, &mut e).map_err(at)
     }
 
+    /// One entry whose header the caller made (`name` is set here), with
+    /// its data (hull build's reader of a microVM's changes).
+    pub fn append(
+        &mut self,
+        h: &mut tar::Header,
+        name: &Path,
+        data: impl io::Read,
+    ) -> Result<(), LayerError> {
+        self.entries += 1;
+        self.tar
+            .append_data(h, name, data)
+            .map_err(io_at("archiving", name))
+    }
+
+    /// A symlink or hard link entry (its type already in `h`) to `target`.
+    pub fn append_link(
+        &mut self,
+        h: &mut tar::Header,
+        name: &Path,
+        target: &Path,
+    ) -> Result<(), LayerError> {
+        self.entries += 1;
+        self.tar
+            .append_link(h, name, target)
+            .map_err(io_at("archiving", name))
+    }
+
     /// A whiteout: `name` is deleted by this layer.
     pub fn whiteout(&mut self, name: &Path) -> Result<(), LayerError> {
         let file = name.file_name().unwrap_or_default().as_bytes();

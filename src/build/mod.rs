@@ -8,6 +8,7 @@ pub mod expand;
 pub mod image;
 pub mod layer;
 pub mod steps;
+pub mod upper_tar;
 
 use std::path::PathBuf;
 
@@ -36,6 +37,8 @@ pub enum BuildError {
     Context(#[from] context::ContextError),
     #[error(transparent)]
     Layer(#[from] layer::LayerError),
+    #[error(transparent)]
+    UpperTar(#[from] upper_tar::UpperTarError),
     #[error(transparent)]
     Store(#[from] hull_images::store::StoreError),
     #[error(transparent)]

@@ -16,6 +16,7 @@ use hull_images::{LayerRecord, Store};
 use super::BuildError;
 use super::context::Context;
 use super::layer::{self, LayerWriter, Overrides};
+use super::upper_tar;
 use crate::client::{Sinks, Times};
 use crate::container::Session;
 use crate::{Container, ContainerConfig, Isolation, userns};
@@ -88,15 +89,17 @@ pub fn run(
     let (mut dirs, disks) = layer_dirs(store, layers, vm)?;
     let work = store.temp_path("build-run");
     let rw = work.join("rw");
-    let mut mounted: Option<UpperMount> = None;
+    let mut start = start;
+    start.export_upper = vm;
     let result = (|| {
         fs::create_dir_all(&rw).map_err(|source| BuildError::Io {
             what: "creating",
             path: rw.clone(),
             source,
         })?;
-        // ns: the upper is a host dir; vm: an ext4 disk, read back through
-        // a loop mount once the VM is gone.
+        // ns: the upper is a host dir; vm: an ext4 disk, the guest's own
+        // scratch space: the agent sends its changes as a tar, which hull
+        // reads with upper_tar's checks (the host never mounts it).
         let upper = if vm {
             let img = work.join("upper.ext4");
             make_ext4(&img)?;
@@ -136,11 +139,21 @@ pub fn run(
         };
         let mut c = Container::create(&settings.state_dir, &config)?;
         let mut times = Times::default();
+        let tar_path = work.join("upper.tar");
+        let mut sinks = Sinks::terminal();
+        if vm {
+            let file = fs::File::create(&tar_path).map_err(|source| BuildError::Io {
+                what: "creating",
+                path: tar_path.clone(),
+                source,
+            })?;
+            sinks.layer = Some(Box::new(upper_tar::BoundedFile { file, written: 0 }));
+        }
         let outcome = c.start().and_then(|()| {
             c.attach(
                 &start,
                 Session {
-                    sinks: Sinks::terminal(),
+                    sinks,
                     stdin: false,
                     raw_terminal: false,
                     times: &mut times,
@@ -168,21 +181,21 @@ pub fn run(
                 && SANDBOX_DIRS.iter().any(|d| r == Path::new(d))
                 && lookup(&lower_dirs, r).is_none()
         };
-        let upper_dir = if vm {
-            let m = UpperMount::new(&upper, &rw)?;
-            let dir = m.dir.join("upper");
-            mounted = Some(m);
-            dir
+        if vm {
+            let f = fs::File::open(&tar_path).map_err(|source| BuildError::Io {
+                what: "opening",
+                path: tar_path.clone(),
+                source,
+            })?;
+            upper_tar::add_upper_tar(&mut w, std::io::BufReader::new(f), &skip)?;
         } else {
-            rw.join("upper")
-        };
-        layer::add_upper(&mut w, &upper_dir, Path::new(""), &skip)?;
+            layer::add_upper(&mut w, &rw.join("upper"), Path::new(""), &skip)?;
+        }
         if w.is_empty() {
             return Ok(None);
         }
         Ok(Some(w.finish(store)?))
     })();
-    drop(mounted);
     let _ = hull_images::store::remove_tree(&work);
     result
 }
@@ -223,39 +236,6 @@ fn make_ext4(img: &Path) -> Result<(), BuildError> {
             .arg(img),
         "mkfs.ext4 (apt-get install e2fsprogs)",
     )
-}
-
-/// The upper disk of a finished VM, loop-mounted read-only; unmounted
-/// when dropped.
-struct UpperMount {
-    dir: PathBuf,
-}
-
-impl UpperMount {
-    fn new(img: &Path, dir: &Path) -> Result<UpperMount, BuildError> {
-        // The guest wrote this filesystem: the host kernel mounts it only
-        // once e2fsck finds nothing wrong with it (read-only check).
-        run_tool(
-            Command::new("e2fsck").args(["-f", "-n"]).arg(img),
-            "the step's upper disk failed e2fsck (not mounted)",
-        )?;
-        run_tool(
-            Command::new("mount")
-                .args(["-t", "ext4", "-o", "loop,ro,nodev,nosuid,noexec"])
-                .arg(img)
-                .arg(dir),
-            "mounting the step's upper disk",
-        )?;
-        Ok(UpperMount {
-            dir: dir.to_path_buf(),
-        })
-    }
-}
-
-impl Drop for UpperMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-    }
 }
 
 /// Where COPY/ADD take files from.
@@ -483,5 +463,6 @@ pub fn start(argv: Vec<String>, env: Vec<String>, cwd: String, user: &str) -> St
         rlimits: Vec::new(),
         freshen: None,
         network: None,
+        export_upper: false,
     }
 }

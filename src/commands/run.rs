@@ -83,6 +83,7 @@ impl ProcessArgs {
             rlimits: Vec::new(),
             freshen: None,
             network: None,
+            export_upper: false,
         })
     }
 }

@@ -107,8 +107,8 @@ pub fn enter(cfg: VmConfig, jail: &JailConfig) -> Result<VmConfig, JailError> {
     // the child has pivoted away from the host's files, and installs this
     // filter without allocating.
     let pid_path = jail.dir.join("vmm.pid");
-    let pid_file =
-        std::fs::File::create(&pid_path).map_err(step(format!("creating {}", pid_path.display())))?;
+    let pid_file = std::fs::File::create(&pid_path)
+        .map_err(step(format!("creating {}", pid_path.display())))?;
     let waiter_filter = crate::seccomp::compile_waiter().map_err(JailError::Seccomp)?;
     let flags = libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
