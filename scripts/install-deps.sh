@@ -18,6 +18,7 @@ packages=(
   nftables iproute2 curl
   # the peer hull build's output is compared with (tests/build.rs)
   buildah
+  podman
   # benchmarks
   hyperfine
 )

@@ -351,6 +351,141 @@ fn history_save_push() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A TCP proxy to `target` on a free loopback port that passes everything
+/// through, except that it cuts the connection carrying the `nth` PATCH
+/// request (counted over all connections) once it forwarded the request's
+/// head: a chunk upload that fails before its data arrived. Runs until the
+/// test process ends.
+fn cutting_proxy(target: String, nth: usize) -> String {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let patches = Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let Ok(mut server) = TcpStream::connect(&target) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(Shutdown::Write);
+            });
+            let patches = patches.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match client.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    // Request lines start a read in practice (ureq writes
+                    // the head in one go): count PATCHes there.
+                    if buf[..n].starts_with(b"PATCH ")
+                        && patches.fetch_add(1, Ordering::SeqCst) + 1 == nth
+                    {
+                        let head = buf[..n]
+                            .windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .map_or(n, |i| i + 4);
+                        let _ = server.write_all(&buf[..head]);
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        let _ = client.shutdown(Shutdown::Both);
+                        let _ = server.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    if server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = server.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// podman with its own root, run root and config (storage on vfs, cgroups
+/// through cgroupfs, events in a file), runc, no network of its own.
+fn podman(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new("podman");
+    cmd.arg("--root")
+        .arg(dir.join("root"))
+        .arg("--runroot")
+        .arg(dir.join("runroot"))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+            "--runtime",
+            "runc",
+        ])
+        .args(args)
+        .env("TMPDIR", dir);
+    let out = cmd
+        .output()
+        .expect("podman is missing: run scripts/install-deps.sh");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A push in chunks, one of them cut half-way and resumed; the registry
+/// then holds the image whole: podman pulls it and runs it.
+fn chunked_push_podman_runs() -> Result<(), Failed> {
+    require(&["docker-registry", "podman", "runc"]);
+    let env = Env::new();
+    let ctx = env.context("cache");
+    let (code, _, err) = env.build(&ctx, &["-t", "app:v1"]);
+    assert_eq!(code, 0, "{err}");
+    let reg = registry::start_registry();
+    let proxy = cutting_proxy(reg.addr.clone(), 3);
+    let dest = format!("{proxy}/test/chunked:v1");
+    let (code, _, err) = env.hull(&["tag", "app:v1", &dest]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = env.hull(&["push", "--chunk-size", "65536", &dest]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(" chunks, 1 resumed after a failure)"), "{err}");
+    eprintln!("{err}");
+    let digest = out.trim().to_string();
+    let direct = format!("{}/test/chunked:v1", reg.addr);
+    let info = sh(&format!(
+        "skopeo inspect --tls-verify=false docker://{direct}"
+    ));
+    assert!(info.contains(&digest), "skopeo sees {digest}: {info}");
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = podman(dir.path(), &["pull", "-q", "--tls-verify=false", &direct]);
+    assert!(ok, "podman pull: {err}");
+    let (ok, out, err) = podman(
+        dir.path(),
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            &direct,
+            "cat",
+            "/both",
+        ],
+    );
+    assert!(ok, "podman run: {err}");
+    assert_eq!(out, "a\nb\n", "podman run's output");
+    Ok(())
+}
+
 fn main() {
     let args = Arguments::from_args();
     let skip = std::env::var_os("HULL_SKIP_NS_TESTS").is_some();
@@ -360,6 +495,7 @@ fn main() {
         ("build_cache", cache),
         ("build_failures_exit_1_and_store_nothing", failures),
         ("build_history_save_push", history_save_push),
+        ("build_chunked_push_podman_runs", chunked_push_podman_runs),
     ];
     let trials = tests
         .into_iter()

@@ -14,6 +14,11 @@ pub struct PushArgs {
     /// No per-layer progress.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Blobs larger than this many bytes are uploaded in chunks of this
+    /// size (PATCH requests, each resumed after a failure); 0 sends every
+    /// blob in one request.
+    #[arg(long, value_name = "BYTES", default_value_t = hull_images::push::DEFAULT_CHUNK_BYTES)]
+    pub chunk_size: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -48,9 +53,22 @@ pub fn push(data_dir: &Path, args: PushArgs) -> anyhow::Result<i32> {
             BlobPush::Exists => eprintln!("{}: already in the registry", d.short()),
             BlobPush::Mounted => eprintln!("{}: mounted from another repository", d.short()),
             BlobPush::Uploaded(n) => eprintln!("{}: pushed ({n} bytes)", d.short()),
+            BlobPush::Chunked {
+                bytes,
+                chunks,
+                resent,
+            } => eprintln!(
+                "{}: pushed ({bytes} bytes in {chunks} chunks{})",
+                d.short(),
+                if resent > 0 {
+                    format!(", {resent} resumed after a failure")
+                } else {
+                    String::new()
+                }
+            ),
         }
     };
-    let pushed = hull_images::push::push(&store, &rec, &dest, &progress)?;
+    let pushed = hull_images::push::push(&store, &rec, &dest, args.chunk_size, &progress)?;
     println!("{}", pushed.manifest);
     Ok(0)
 }
