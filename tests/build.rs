@@ -198,6 +198,8 @@ fn same_as_buildah() -> Result<(), Failed> {
     assert!(diffs.is_empty(), "trees differ:\n{}", diffs.join("\n"));
     // The steps the Dockerfile is about, as a user would check them.
     assert!(h.contains_key(Path::new("home/user/fresh/file")));
+    // /tmp is the image's own in a RUN step, as in buildah's (no tmpfs).
+    assert!(h.contains_key(Path::new("tmp/left-by-run")));
     assert!(!h.contains_key(Path::new("etc/group")));
     let who = h.get(Path::new("srv/app/data/who")).unwrap();
     assert_eq!(

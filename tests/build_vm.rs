@@ -82,6 +82,7 @@ fn vm_and_ns_give_the_same_layer() -> Result<(), Failed> {
         "home/user/.wh..wh..opq",
         "data/sub/file",
         "data/link",
+        "tmp/kept",
     ] {
         check(vm.contains_key(want), || {
             format!("{want} not in the layer: {vm:#?}")

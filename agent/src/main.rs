@@ -271,7 +271,12 @@ fn ns_main(args: &[String]) {
     // namespace, so it goes when the sandbox's holder does (a killed hull
     // leaves nothing running).
     sys::die_with_parent();
-    let taken: Vec<String> = mounts.iter().map(|m| m.target.clone()).collect();
+    let mut taken: Vec<String> = mounts.iter().map(|m| m.target.clone()).collect();
+    if upper.is_some() {
+        // A build step (hull reads its upper back): /tmp is the image's
+        // own, as in docker's and buildah's RUN, not a tmpfs.
+        taken.push("/tmp".into());
+    }
     let setup = rootfs::ns_enter(&taken, read_only);
     if let Err(e) = &setup {
         eprintln!("hull-agent ns: {e}");

@@ -178,10 +178,14 @@ pub fn vm_setup() -> Result<(), String> {
             .map_err(|e| format!("mounting the upper disk {disk} (ext4): {e}"))?;
     }
     overlay(&lowers, "/run/hull/rw", root)?;
+    let mut taken = Vec::new();
     if find_disk("upper").is_some() {
         crate::export::keep_upper("/run/hull/rw/upper")?;
+        // A build step: /tmp is the image's own, as in docker's and
+        // buildah's RUN, not a tmpfs.
+        taken.push("/tmp".to_string());
     }
-    container_mounts(root, true, &[])?;
+    container_mounts(root, true, &taken)?;
     std::env::set_current_dir(root).map_err(|e| format!("entering {root}: {e}"))?;
     // The initramfs cannot be pivoted away from: move the new root over it.
     mount(".", "/", "", libc::MS_MOVE, "").map_err(|e| format!("moving the root: {e}"))?;

@@ -73,8 +73,10 @@ pub fn lookup(dirs: &[PathBuf], rel: &Path) -> Option<fs::Metadata> {
 }
 
 /// The mount points the sandbox makes at the top of the root: left out of a
-/// RUN's layer when the image did not have them.
-const SANDBOX_DIRS: [&str; 5] = ["proc", "sys", "dev", "run", "tmp"];
+/// RUN's layer when the image did not have them. Not `tmp`: a RUN writes to
+/// the image's own /tmp (no tmpfs there, as in docker's and buildah's RUN),
+/// and what it leaves there is in its layer.
+const SANDBOX_DIRS: [&str; 4] = ["proc", "sys", "dev", "run"];
 
 /// Runs `argv` as a RUN step over `layers`; its changes as a layer (None
 /// when it changed nothing).
