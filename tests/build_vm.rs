@@ -1,9 +1,10 @@
 //! `hull build --isolation vm`: a RUN step in a microVM of its own, its
-//! changes read back from the VM's upper disk, gives the same layer entries
-//! (paths, types, modes, owners, contents, link targets, whiteouts and the
-//! opaque marker) as the same step in namespaces. Through real KVM: directly
-//! on hardware KVM, inside tests/kvm-host elsewhere (tests/support/vmtest.rs);
-//! one trial, to keep CI's run short.
+//! changes sent back by the guest's agent as a tar, gives the same layer
+//! entries (paths, types, modes, owners, contents, link targets, whiteouts
+//! and the opaque marker) as the same step in namespaces; a guest that
+//! sends a tar with a path out of the layer fails the build. Through real
+//! KVM: directly on hardware KVM, inside tests/kvm-host elsewhere
+//! (tests/support/vmtest.rs); two trials in one emulated-host boot.
 
 #[path = "support/build_env.rs"]
 mod build_env;
@@ -105,6 +106,46 @@ fn vm_and_ns_give_the_same_layer() -> Result<(), Failed> {
     })
 }
 
+/// A guest that sends, as its step's changes, a tar whose entry is named
+/// `../../escape` (tests/support/hostile_agent.c, mode 5): the build fails
+/// with one line saying what was refused, and stores no image.
+fn a_hostile_tar_is_refused() -> Result<(), Failed> {
+    let env = Env::new();
+    let ctx = env.t.path().join("hostile");
+    std::fs::create_dir_all(&ctx).map_err(|e| e.to_string())?;
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN true\n").map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(vmtest::bin_dir().join("hull"))
+        .arg("--data-dir")
+        .arg(&env.data)
+        .arg("--state-dir")
+        .arg(&env.state)
+        .args(["build", "--isolation", "vm", "-t", "hostile"])
+        .arg(&ctx)
+        .env("HULL_AGENT", hostile_agent())
+        .output()
+        .map_err(|e| format!("running hull: {e}"))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    check(
+        out.status.code() == Some(1)
+            && err.contains(
+                "the step's changes sent by the microVM were refused: the path \"../../escape\"",
+            ),
+        || format!("exit {:?}, stderr:\n{err}", out.status.code()),
+    )?;
+    let (_, images, _) = env.hull(&["images"]);
+    check(!images.contains("hostile"), || {
+        format!("an image was stored:\n{images}")
+    })?;
+    let escaped = ["escape", "../escape"].map(|p| env.t.path().join(p));
+    check(escaped.iter().all(|p| !p.exists()), || {
+        "a file named escape appeared".into()
+    })
+}
+
+fn hostile_agent() -> std::path::PathBuf {
+    vmtest::bin_dir().join("hostile_agent_5")
+}
+
 /// hull, hull-vmm and the static agent, built here where cargo is.
 fn build_runtime() {
     vmtest::build_binaries();
@@ -113,6 +154,14 @@ fn build_runtime() {
         .status()
         .expect("running agent/build-static.sh");
     assert!(status.success(), "agent/build-static.sh failed");
+    let src = vmtest::repo().join("tests/support/hostile_agent.c");
+    let status = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-DMODE=5", "-o"])
+        .arg(hostile_agent())
+        .arg(&src)
+        .status()
+        .expect("gcc (and Debian's libc6-dev) is needed to build the hostile agent");
+    assert!(status.success(), "building {} failed", src.display());
 }
 
 fn main() {
@@ -122,8 +171,8 @@ fn main() {
         // Built here, where cargo is; the emulated host only runs them.
         build_runtime();
     }
-    vmtest::run_vm_tests(vec![Trial::test(
-        "build_vm_run_equals_ns",
-        vm_and_ns_give_the_same_layer,
-    )]);
+    vmtest::run_vm_tests(vec![
+        Trial::test("build_vm_run_equals_ns", vm_and_ns_give_the_same_layer),
+        Trial::test("build_vm_hostile_tar_is_refused", a_hostile_tar_is_refused),
+    ]);
 }

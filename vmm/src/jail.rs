@@ -249,8 +249,8 @@ fn waiter(
 /// working directory in the host's tree, core dumps, root and capabilities.
 fn shed(jail: &JailConfig) -> Result<(), JailError> {
     // SAFETY: closes this process's files from 3 on; none is used after.
-    check(unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) } as libc::c_int)
-        .map_err(step("closing the waiter's files"))?;
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) };
+    check(if rc == -1 { -1 } else { 0 }).map_err(step("closing the waiter's files"))?;
     // "/" is the host's root until the child pivots, then the jail's: in
     // either order, pivot_root leaves the waiter's root and cwd in the jail.
     std::env::set_current_dir("/").map_err(step("chdir /"))?;
