@@ -433,7 +433,8 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
     debug!("pid {pid} ended with status {status:#x}");
     let exit = sys::exit_from_status(pid, status, oom_kills_before);
     let code = exit.status();
-    if export {
+    // A failed step's changes are not kept: nothing to send.
+    if export && code == 0 {
         export_upper(writer);
     }
     send(
