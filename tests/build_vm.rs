@@ -113,7 +113,8 @@ fn a_hostile_tar_is_refused() -> Result<(), Failed> {
     let env = Env::new();
     let ctx = env.t.path().join("hostile");
     std::fs::create_dir_all(&ctx).map_err(|e| e.to_string())?;
-    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN true\n").map_err(|e| e.to_string())?;
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN true\n")
+        .map_err(|e| e.to_string())?;
     let out = std::process::Command::new(vmtest::bin_dir().join("hull"))
         .arg("--data-dir")
         .arg(&env.data)
