@@ -254,6 +254,11 @@ impl LayerWriter {
             .map_err(io_at("archiving", path))
     }
 
+    /// Drops the layer being written, and its temporary file.
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+
     /// Ends the tar, and stores it as a blob: the layer's record.
     pub fn finish(self, store: &Store) -> Result<LayerRecord, LayerError> {
         let tmp = self.tmp.clone();

@@ -183,15 +183,25 @@ pub fn run(
                 && SANDBOX_DIRS.iter().any(|d| r == Path::new(d))
                 && lookup(&lower_dirs, r).is_none()
         };
-        if vm {
-            let f = fs::File::open(&tar_path).map_err(|source| BuildError::Io {
-                what: "opening",
-                path: tar_path.clone(),
-                source,
-            })?;
-            upper_tar::add_upper_tar(&mut w, std::io::BufReader::new(f), &skip)?;
+        let read = if vm {
+            fs::File::open(&tar_path)
+                .map_err(|source| BuildError::Io {
+                    what: "opening",
+                    path: tar_path.clone(),
+                    source,
+                })
+                .and_then(|f| {
+                    upper_tar::add_upper_tar(&mut w, std::io::BufReader::new(f), &skip)
+                        .map_err(BuildError::from)
+                })
+                .map(drop)
         } else {
-            layer::add_upper(&mut w, &rw.join("upper"), Path::new(""), &skip)?;
+            layer::add_upper(&mut w, &rw.join("upper"), Path::new(""), &skip)
+                .map_err(BuildError::from)
+        };
+        if let Err(e) = read {
+            w.discard();
+            return Err(e);
         }
         if w.is_empty() {
             return Ok(None);

@@ -375,6 +375,22 @@ pub fn add_upper_tar(
     }
 }
 
+/// The reader against `data` as the tar a hostile guest sends, into a
+/// layer of a store under the temp dir (made once per process): what the
+/// cargo-fuzz target `upper_tar` (fuzz/) runs. It must return, never panic.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_read(data: &[u8]) -> Result<u64, UpperTarError> {
+    static STORE: std::sync::OnceLock<hull_images::Store> = std::sync::OnceLock::new();
+    let store = STORE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("hull-fuzz-upper-tar-{}", std::process::id()));
+        hull_images::Store::open(&dir).expect("a store in the temp dir")
+    });
+    let mut w = LayerWriter::new(store)?;
+    let n = add_upper_tar(&mut w, data, &|p| p == Path::new("proc"));
+    w.discard();
+    n
+}
+
 /// Counts what was read through it.
 struct Counted<R> {
     inner: R,
@@ -544,8 +560,6 @@ mod tests {
         entry(&mut good, b"big", b'0', b"", &[1u8; 300]);
         entry(&mut good, b".wh.x", b'0', b"", b"");
         end(&mut good);
-        let t = tempfile::tempdir().unwrap();
-        let store = Store::open(&t.path().join("data")).unwrap();
         let iters: usize = std::env::var("HULL_FUZZ_ITERS")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -588,9 +602,11 @@ mod tests {
             if next() % 4 == 0 {
                 t.truncate((next() % t.len() as u64) as usize);
             }
-            let mut w = LayerWriter::new(&store).unwrap();
-            let _ = add_upper_tar(&mut w, &t[..], &|_| false);
+            let _ = fuzz_read(&t);
         }
+        let store =
+            std::env::temp_dir().join(format!("hull-fuzz-upper-tar-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(store);
     }
 
     #[test]
