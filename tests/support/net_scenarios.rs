@@ -135,16 +135,22 @@ impl Hull {
         }
     }
 
+    /// hull with this trial's state dir; HULL_NETWORK is cleared, so `run`
+    /// without `--network` takes hull's own default.
     fn hull(&self, args: &[&str]) -> Result<Out, Failed> {
         let mut c = Command::new(hull_bin());
-        c.arg("--state-dir").arg(self.state.path()).args(args);
+        c.env_remove("HULL_NETWORK")
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .args(args);
         run(c)
     }
 
     /// `hull run --isolation B --rootfs R FLAGS CMD`.
     fn run(&self, flags: &[&str], cmd: &[&str]) -> Result<Out, Failed> {
         let mut c = Command::new(hull_bin());
-        c.arg("--state-dir")
+        c.env_remove("HULL_NETWORK")
+            .arg("--state-dir")
             .arg(self.state.path())
             .args(["run", "--isolation", self.backend, "--rootfs"])
             .arg(rootfs())
@@ -323,10 +329,8 @@ fn published_port_answers_on_host_addresses(b: &'static str) -> Result<(), Faile
 
 fn published_udp_port_echoes(b: &'static str) -> Result<(), Failed> {
     let h = Hull::new(b);
-    h.detach(
-        &["--network", "bridge", "-p", "127.0.0.1:15353:53/udp"],
-        &["udp_echo", "53"],
-    )?;
+    // -p without --network: the default network, as docker's.
+    h.detach(&["-p", "127.0.0.1:15353:53/udp"], &["udp_echo", "53"])?;
     let s = UdpSocket::bind("127.0.0.1:0")?;
     s.set_read_timeout(Some(Duration::from_millis(500)))?;
     let deadline = Instant::now() + READY;
@@ -450,7 +454,7 @@ fn networks_are_isolated_and_internal_stays_inside(b: &'static str) -> Result<()
     })
 }
 
-fn network_none_has_only_lo(b: &'static str) -> Result<(), Failed> {
+fn network_none_has_only_lo_and_the_default_is_bridge(b: &'static str) -> Result<(), Failed> {
     let h = Hull::new(b);
     let o = h.run(&["--rm", "--network", "none"], &["ip", "-o", "link"])?;
     check(o.code == Some(0), || format!("{o}"))?;
@@ -465,7 +469,21 @@ fn network_none_has_only_lo(b: &'static str) -> Result<(), Failed> {
     check(up == ["lo"], || format!("want only lo up; {o}"))?;
     check(!o.stdout.contains("link/ether"), || {
         format!("an ethernet device with --network none; {o}")
-    })
+    })?;
+    // Without --network: the default network `bridge`, as docker's.
+    let o = h.run(&["--rm"], &["ip", "-o", "-4", "addr", "show", "eth0"])?;
+    check(o.code == Some(0), || format!("run without --network: {o}"))?;
+    let v = h.hull(&["network", "inspect", "bridge"])?;
+    let inspect: serde_json::Value =
+        serde_json::from_str(&v.stdout).map_err(|e| format!("{e}: {v}"))?;
+    let subnet = inspect[0]["subnet"]
+        .as_str()
+        .ok_or("no subnet in inspect")?;
+    let net: Vec<&str> = subnet.split(['.', '/']).take(2).collect();
+    check(
+        o.stdout.contains(&format!("inet {}.{}.", net[0], net[1])),
+        || format!("run without --network is not on bridge ({subnet}): {o}"),
+    )
 }
 
 fn bad_input_is_one_line_and_leaves_nothing(b: &'static str) -> Result<(), Failed> {
@@ -676,7 +694,10 @@ pub fn trials(backend: &'static str) -> Vec<Trial> {
             "networks_are_isolated_and_internal_stays_inside",
             networks_are_isolated_and_internal_stays_inside,
         ),
-        ("network_none_has_only_lo", network_none_has_only_lo),
+        (
+            "network_none_has_only_lo_and_the_default_is_bridge",
+            network_none_has_only_lo_and_the_default_is_bridge,
+        ),
         (
             "bad_input_is_one_line_and_leaves_nothing",
             bad_input_is_one_line_and_leaves_nothing,
