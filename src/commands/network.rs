@@ -2,8 +2,10 @@
 
 use std::path::Path;
 
+use std::net::IpAddr;
+
 use clap::{Args, Subcommand};
-use hull::network::{Network, NetworkSpec, Networks, Subnet};
+use hull::network::{Network, NetworkSpec, Networks, Subnet, Subnet6};
 
 #[derive(Debug, Subcommand)]
 pub enum NetworkCommand {
@@ -23,16 +25,63 @@ pub enum NetworkCommand {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// The subnet, A.B.C.D/N (default: a free one from docker's pools).
-    #[arg(long, value_parser = |s: &str| s.parse::<Subnet>())]
-    pub subnet: Option<Subnet>,
-    /// The bridge's address (default: the subnet's first).
+    /// The subnet, A.B.C.D/N (default: a free one from docker's pools); with
+    /// --ipv6 once more for the IPv6 one, ADDR/N (default: a unique local /64).
+    #[arg(long, value_parser = parse_subnet)]
+    pub subnet: Vec<AnySubnet>,
+    /// The bridge's address (default: the subnet's first); with --ipv6 once
+    /// more for the IPv6 one.
     #[arg(long)]
-    pub gateway: Option<std::net::Ipv4Addr>,
+    pub gateway: Vec<IpAddr>,
     /// No traffic in or out of the network, only between its containers.
     #[arg(long)]
     pub internal: bool,
+    /// Dual stack: containers get an IPv6 address too.
+    #[arg(long)]
+    pub ipv6: bool,
     pub name: String,
+}
+
+/// An IPv4 or an IPv6 `--subnet`.
+#[derive(Debug, Clone, Copy)]
+pub enum AnySubnet {
+    V4(Subnet),
+    V6(Subnet6),
+}
+
+fn parse_subnet(s: &str) -> Result<AnySubnet, String> {
+    if s.contains(':') {
+        s.parse().map(AnySubnet::V6)
+    } else {
+        s.parse().map(AnySubnet::V4)
+    }
+}
+
+impl CreateArgs {
+    /// The library's spec: at most one subnet and one gateway per family.
+    fn spec(self) -> anyhow::Result<NetworkSpec> {
+        let mut spec = NetworkSpec {
+            name: self.name,
+            internal: self.internal,
+            ipv6: self.ipv6,
+            ..Default::default()
+        };
+        for s in self.subnet {
+            let twice = match s {
+                AnySubnet::V4(s) => spec.subnet.replace(s).is_some(),
+                AnySubnet::V6(s) => spec.subnet6.replace(s).is_some(),
+            };
+            anyhow::ensure!(!twice, "one --subnet per address family");
+        }
+        for g in self.gateway {
+            let twice = match g {
+                IpAddr::V4(g) => spec.gateway.replace(g).is_some(),
+                IpAddr::V6(g) => spec.gateway6.replace(g).is_some(),
+            };
+            anyhow::ensure!(!twice, "one --gateway per address family");
+        }
+        Ok(spec)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -52,12 +101,7 @@ pub fn run(state_dir: &Path, cmd: NetworkCommand) -> anyhow::Result<i32> {
     let nets = Networks::open(state_dir)?;
     match cmd {
         NetworkCommand::Create(a) => {
-            let n = nets.create(&NetworkSpec {
-                name: a.name,
-                subnet: a.subnet,
-                gateway: a.gateway,
-                internal: a.internal,
-            })?;
+            let n = nets.create(&a.spec()?)?;
             println!("{}", n.id);
             Ok(0)
         }
@@ -67,16 +111,17 @@ pub fn run(state_dir: &Path, cmd: NetworkCommand) -> anyhow::Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
                 println!(
-                    "{:<14}{:<20}{:<20}{:<10}",
+                    "{:<14}{:<20}{:<20}{:<10}IPV6 SUBNET",
                     "NETWORK ID", "NAME", "SUBNET", "INTERNAL"
                 );
                 for n in &all {
                     println!(
-                        "{:<14}{:<20}{:<20}{:<10}",
+                        "{:<14}{:<20}{:<20}{:<10}{}",
                         &n.id[..12],
                         n.name,
                         n.subnet.to_string(),
-                        n.internal
+                        n.internal,
+                        n.subnet6.map(|s| s.to_string()).unwrap_or_default()
                     );
                 }
             }

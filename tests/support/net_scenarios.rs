@@ -407,6 +407,72 @@ fn containers_reach_each_other_by_name_and_alias(b: &'static str) -> Result<(), 
     check(o.code != Some(0), || format!("bridge resolved a name: {o}"))
 }
 
+fn containers_reach_each_other_over_ipv6_by_name(b: &'static str) -> Result<(), Failed> {
+    let h = Hull::new(b);
+    let o = h.hull(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd00:77::/64",
+        "dual",
+    ])?;
+    check(o.code == Some(0), || format!("network create --ipv6: {o}"))?;
+    // Started before db: it finds db's IPv6 address through the network's
+    // resolver (AAAA), not through its /etc/hosts.
+    h.detach(
+        &["--name", "early", "--network", "dual"],
+        &["sleep", "1000"],
+    )?;
+    h.httpd(&["--name", "db", "--network", "dual", "-p", "18081:80"])?;
+    let o = h.hull(&["network", "inspect", "dual"])?;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).map_err(|e| format!("{e}: {o}"))?;
+    let gw6 = v[0]["gateway6"].as_str().ok_or("no gateway6 in inspect")?;
+    let ip6 = v[0]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "db"))
+        .and_then(|c| c["ip6"].as_str())
+        .ok_or_else(|| format!("db has no ip6 in inspect: {o}"))?
+        .to_string();
+    check(gw6 == "fd00:77::1" && ip6.starts_with("fd00:77::"), || {
+        format!("addresses outside fd00:77::/64: {o}")
+    })?;
+    // From the host: the container's address, and the published port on
+    // the host's IPv6 address (DNAT in ip6 hull, as docker with ip6tables).
+    wait_page(&format!("[{ip6}]:80"))?;
+    wait_page(&format!("[{gw6}]:18081"))?;
+    // A container started later has db's IPv6 address in its /etc/hosts.
+    let o = h.run(
+        &["--rm", "--network", "dual"],
+        &["grep", &format!("^{ip6}[[:space:]]db$"), "/etc/hosts"],
+    )?;
+    check(o.code == Some(0), || {
+        format!("db's IPv6 address is not in a later container's /etc/hosts: {o}")
+    })?;
+    // busybox's nc takes the name's IPv4 address first (RFC 6724 ranks a
+    // unique local address below IPv4): look up AAAA, then connect to it.
+    let by_name = format!(
+        "a=$(nslookup -type=aaaa db | sed -n 's/^Address: *\\(fd00:77:[0-9a-f:]*\\)$/\\1/p'); \
+         echo \"db is $a\" >&2; [ \"$a\" = {ip6} ] && {}",
+        fetch_cmd("$a")
+    );
+    let o = h.hull(&["exec", "early", "sh", "-c", &by_name])?;
+    check(o.code == Some(0) && o.stdout.ends_with(PAGE), || {
+        format!("a container started before db could not fetch from it over IPv6 by name: {o}")
+    })?;
+    let o = h.hull(&["rm", "-f", "early", "db"])?;
+    check(o.code == Some(0), || format!("rm -f: {o}"))?;
+    let left = Command::new("nft")
+        .args(["list", "table", "ip6", "hull"])
+        .output()?;
+    check(!left.status.success(), || {
+        format!(
+            "ip6 hull left after the last container went:\n{}",
+            String::from_utf8_lossy(&left.stdout)
+        )
+    })
+}
+
 fn networks_are_isolated_and_internal_stays_inside(b: &'static str) -> Result<(), Failed> {
     outside_service()?;
     let h = Hull::new(b);
@@ -680,7 +746,7 @@ fn network_commands(b: &'static str) -> Result<(), Failed> {
 /// own (see the module docs).
 pub fn trials(backend: &'static str) -> Vec<Trial> {
     type Scenario = fn(&'static str) -> Result<(), Failed>;
-    let all: [(&str, Scenario); 10] = [
+    let all: [(&str, Scenario); 11] = [
         (
             "published_port_answers_on_host_addresses",
             published_port_answers_on_host_addresses,
@@ -689,6 +755,10 @@ pub fn trials(backend: &'static str) -> Vec<Trial> {
         (
             "containers_reach_each_other_by_name_and_alias",
             containers_reach_each_other_by_name_and_alias,
+        ),
+        (
+            "containers_reach_each_other_over_ipv6_by_name",
+            containers_reach_each_other_over_ipv6_by_name,
         ),
         (
             "networks_are_isolated_and_internal_stays_inside",
