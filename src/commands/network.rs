@@ -1,11 +1,14 @@
-//! `hull network create|ls|inspect|rm|prune`: networks as docker has them.
+//! `hull network create|ls|inspect|rm|prune|connect|disconnect`: networks
+//! as docker has them.
 
 use std::path::Path;
 
 use std::net::IpAddr;
 
 use clap::{Args, Subcommand};
-use hull::network::{Network, NetworkSpec, Networks, Subnet, Subnet6};
+use hull::Container;
+use hull::network::{self, Network, NetworkSpec, Networks, Subnet, Subnet6};
+use hull::state::Status;
 
 #[derive(Debug, Subcommand)]
 pub enum NetworkCommand {
@@ -21,6 +24,27 @@ pub enum NetworkCommand {
     Rm(NamesArgs),
     /// Remove every network no container uses.
     Prune,
+    /// Join a running container to a network (ns; not a microVM).
+    Connect(ConnectArgs),
+    /// Take a running container off a network.
+    Disconnect(DisconnectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Another name the container answers to on the network.
+    #[arg(long = "alias", value_name = "NAME")]
+    pub alias: Vec<String>,
+    pub network: String,
+    /// A container name, id or unique id prefix.
+    pub container: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DisconnectArgs {
+    pub network: String,
+    /// A container name, id or unique id prefix.
+    pub container: String,
 }
 
 #[derive(Debug, Args)]
@@ -97,9 +121,48 @@ pub struct NamesArgs {
     pub names: Vec<String>,
 }
 
+/// The running container `key` names.
+fn running(state_dir: &Path, key: &str) -> anyhow::Result<Container> {
+    let c = Container::load(state_dir, key)?;
+    anyhow::ensure!(
+        c.state().status == Status::Running,
+        "container {} is not running",
+        c.state().name
+    );
+    Ok(c)
+}
+
 pub fn run(state_dir: &Path, cmd: NetworkCommand) -> anyhow::Result<i32> {
+    // Connect and disconnect take the networks lock themselves.
+    match cmd {
+        NetworkCommand::Connect(a) => {
+            let c = running(state_dir, &a.container)?;
+            let s = c.state();
+            network::connect(
+                state_dir,
+                &c.dir(),
+                &s.id,
+                &s.name,
+                s.isolation,
+                &a.network,
+                &a.alias,
+            )?;
+            Ok(0)
+        }
+        NetworkCommand::Disconnect(a) => {
+            let c = running(state_dir, &a.container)?;
+            network::disconnect(state_dir, &c.dir(), &c.state().name, &a.network)?;
+            Ok(0)
+        }
+        other => manage(state_dir, other),
+    }
+}
+
+/// The commands on networks themselves, under the networks lock.
+fn manage(state_dir: &Path, cmd: NetworkCommand) -> anyhow::Result<i32> {
     let nets = Networks::open(state_dir)?;
     match cmd {
+        NetworkCommand::Connect(_) | NetworkCommand::Disconnect(_) => Ok(0),
         NetworkCommand::Create(a) => {
             let n = nets.create(&a.spec()?)?;
             println!("{}", n.id);

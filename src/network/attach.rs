@@ -18,7 +18,7 @@ use crate::sandbox::Isolation;
 
 /// The bridge of network `n` up with its gateway address(es), forwarding
 /// on (IPv6 forwarding too on a dual-stack network, as docker sets it).
-fn ensure_bridge(nl: &Netlink, n: &Network) -> Result<(), NetworkError> {
+pub(super) fn ensure_bridge(nl: &Netlink, n: &Network) -> Result<(), NetworkError> {
     let v6 = n.subnet6.zip(n.gateway6).map(|(s, g)| (g, s.prefix_len));
     nl.ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len, v6)?;
     let forward6 = v6.map(|_| {
@@ -74,6 +74,36 @@ pub fn attach_netns(
     mac: [u8; 6],
     backend: Backend,
 ) -> Result<Option<OwnedFd>, LinkError> {
+    let link = VethLink {
+        host_veth,
+        ifname: GUEST_IFNAME,
+        ip,
+        mac,
+        default_route: true,
+    };
+    attach_veth(netns, network, &link, backend)
+}
+
+/// One veth into a container's namespace: its names, address and MAC.
+pub(super) struct VethLink<'a> {
+    pub host_veth: &'a str,
+    /// Its name in the container's namespace.
+    pub ifname: &'a str,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// Whether the container's default routes go through it (its first
+    /// network; not one joined later with `hull network connect`).
+    pub default_route: bool,
+}
+
+/// [`attach_netns`] for any interface name in the namespace.
+pub(super) fn attach_veth(
+    netns: &Path,
+    network: &Network,
+    link: &VethLink<'_>,
+    backend: Backend,
+) -> Result<Option<OwnedFd>, LinkError> {
+    let (host_veth, ifname, ip, mac) = (link.host_veth, link.ifname, link.ip, link.mac);
     let nl = Netlink::open()?;
     let ns = File::open(netns).map_err(|source| LinkError::Io {
         what: format!("opening {}", netns.display()),
@@ -83,13 +113,14 @@ pub fn attach_netns(
     nl.veth_into(host_veth, &peer, &network.bridge, MTU, &ns)?;
     let prefix_len = network.subnet.prefix_len;
     // An --internal network has no way out: no default route (as docker).
-    let gateway = (!network.internal).then_some(network.gateway);
+    let routed = link.default_route && !network.internal;
+    let gateway = routed.then_some(network.gateway);
     let v6 = match (network.subnet6, network.gateway6) {
         (Some(s), Some(g)) => {
             let ip6 = network
                 .ip6_for(ip)
                 .ok_or_else(|| LinkError::NoAddress6(ip, s.to_string()))?;
-            Some((ip6, s.prefix_len, (!network.internal).then_some(g)))
+            Some((ip6, s.prefix_len, routed.then_some(g)))
         }
         _ => None,
     };
@@ -112,8 +143,8 @@ pub fn attach_netns(
             })?;
         }
         let nl = Netlink::open()?;
-        let eth = nl.rename(&peer, GUEST_IFNAME, mac)?;
-        nl.set_up(eth, GUEST_IFNAME)?;
+        let eth = nl.rename(&peer, ifname, mac)?;
+        nl.set_up(eth, ifname)?;
         if let Some(lo) = nl.index("lo")? {
             nl.set_up(lo, "lo")?;
         }
@@ -144,7 +175,7 @@ pub fn attach_netns(
                     }
                 }
                 nl.set_up(t, TAP_IFNAME)?;
-                nl.redirect_both_ways((eth, GUEST_IFNAME), (t, TAP_IFNAME))?;
+                nl.redirect_both_ways((eth, ifname), (t, TAP_IFNAME))?;
                 Ok(Some(tap))
             }
         }
@@ -393,23 +424,19 @@ pub fn attachment(dir: &Path) -> Option<Attachment> {
 /// its lease, veth, namespace and port rules. Safe to call again, and
 /// after a crash at any point.
 pub fn release(state_dir: &Path, dir: &Path) {
-    let att = attachment(dir);
+    let all = super::connect::all_attachments(dir);
     let netns = dir.join(NETNS_FILE);
-    if att.is_none() && !netns.exists() {
+    if all.is_empty() && !netns.exists() {
         return;
     }
     let Ok(nets) = Networks::open(state_dir) else {
         return;
     };
-    if let Some(a) = &att {
-        nets.leases(&a.network).free(a.ip, &a.container);
-        if let Ok(nl) = Netlink::open() {
-            let _ = nl.delete(&a.host_veth);
-        }
-        let _ = std::fs::remove_file(dir.join(ATTACHMENT_FILE));
+    for (file, a) in &all {
+        super::connect::undo(&nets, file, a);
     }
     link::remove_netns(&netns);
-    if att.is_some() {
+    if !all.is_empty() {
         if let Err(e) = nets.sync() {
             log::warn!("{}", crate::error::chain(&e));
         }

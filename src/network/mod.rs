@@ -14,6 +14,7 @@
 //! setup.
 
 mod attach;
+mod connect;
 pub mod dns;
 pub mod firewall;
 pub mod ipam;
@@ -29,6 +30,7 @@ use hull_agent::protocol::NetworkSetup;
 use serde::{Deserialize, Serialize};
 
 pub use attach::{Backend, attach_netns, attachment, prepare, release};
+pub use connect::{connect, disconnect};
 pub use ipam::{Subnet, Subnet6};
 use link::{LinkError, Netlink};
 pub use ports::{PortMapping, Proto};
@@ -88,6 +90,16 @@ pub enum NetworkError {
     },
     #[error("port {0}/{1} is already published by container {2}")]
     PortInUse(u16, &'static str, String),
+    #[error(
+        "a running microVM cannot join another network: hull-vmm cannot hot-plug a second network device (start the container with --network NAME instead)"
+    )]
+    ConnectVm,
+    #[error("container {0} has no network namespace of its own (--network host, or not running)")]
+    NoNamespace(String),
+    #[error("container {0} is already on network {1}")]
+    AlreadyOn(String, String),
+    #[error("container {0} is not on network {1}")]
+    NotOn(String, String),
     #[error("network {0} has active endpoints: {1}")]
     InUse(String, String),
     #[error("the default network {0} cannot be removed")]
@@ -476,16 +488,15 @@ impl Networks {
         Ok((Some(subnet6), Some(gateway6)))
     }
 
-    /// Every attachment of a container, from the containers' state dirs.
+    /// Every attachment of a container (its first network's and those
+    /// `hull network connect` added), from the containers' state dirs.
     pub fn attachments(&self) -> Vec<Attachment> {
         let Ok(rd) = std::fs::read_dir(&self.containers) else {
             return Vec::new();
         };
         rd.flatten()
-            .filter_map(|e| {
-                let data = std::fs::read(e.path().join(ATTACHMENT_FILE)).ok()?;
-                serde_json::from_slice(&data).ok()
-            })
+            .flat_map(|e| connect::all_attachments(&e.path()))
+            .map(|(_, a)| a)
             .collect()
     }
 

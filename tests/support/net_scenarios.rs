@@ -473,6 +473,52 @@ fn containers_reach_each_other_over_ipv6_by_name(b: &'static str) -> Result<(), 
     })
 }
 
+fn network_connect_and_disconnect(b: &'static str) -> Result<(), Failed> {
+    let h = Hull::new(b);
+    let o = h.hull(&["network", "create", "other"])?;
+    check(o.code == Some(0), || format!("network create: {o}"))?;
+    if b == "vm" {
+        h.detach(&["--name", "v"], &["sleep", "1000"])?;
+        let o = h.hull(&["network", "connect", "other", "v"])?;
+        return check(
+            o.code == Some(125) && o.stderr.contains("hot-plug") && o.stderr.lines().count() == 1,
+            || format!("connect of a microVM must be refused in one line: {o}"),
+        );
+    }
+    h.httpd(&["--name", "web"])?;
+    let o = h.hull(&["network", "connect", "--alias", "www", "other", "web"])?;
+    check(o.code == Some(0), || format!("network connect: {o}"))?;
+    let o = h.hull(&["network", "inspect", "other"])?;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).map_err(|e| format!("{e}: {o}"))?;
+    let ip = v[0]["containers"][0]["ip"]
+        .as_str()
+        .ok_or_else(|| format!("web is not on other after connect: {o}"))?
+        .to_string();
+    wait_page(&format!("{ip}:80"))?;
+    check(container_fetches(&h, "other", "www")?, || {
+        "a container on other could not fetch from web by its alias after connect".into()
+    })?;
+    let o = h.hull(&["network", "connect", "other", "web"])?;
+    check(
+        o.code == Some(125) && o.stderr.contains("already on network other"),
+        || format!("a second connect: {o}"),
+    )?;
+    let o = h.hull(&["network", "disconnect", "other", "web"])?;
+    check(o.code == Some(0), || format!("network disconnect: {o}"))?;
+    check(http_get(&format!("{ip}:80")).is_err(), || {
+        format!("web still answers on other's address {ip} after disconnect")
+    })?;
+    let veths = links().into_iter().filter(|l| l.starts_with("hv")).count();
+    check(veths == 1, || {
+        format!("want web's first veth only after disconnect: {:?}", links())
+    })?;
+    let o = h.hull(&["rm", "-f", "web"])?;
+    check(o.code == Some(0), || format!("rm -f: {o}"))?;
+    check(h.leases().is_empty(), || {
+        format!("leases left after rm -f: {:?}", h.leases())
+    })
+}
+
 fn networks_are_isolated_and_internal_stays_inside(b: &'static str) -> Result<(), Failed> {
     outside_service()?;
     let h = Hull::new(b);
@@ -746,7 +792,7 @@ fn network_commands(b: &'static str) -> Result<(), Failed> {
 /// own (see the module docs).
 pub fn trials(backend: &'static str) -> Vec<Trial> {
     type Scenario = fn(&'static str) -> Result<(), Failed>;
-    let all: [(&str, Scenario); 11] = [
+    let all: [(&str, Scenario); 12] = [
         (
             "published_port_answers_on_host_addresses",
             published_port_answers_on_host_addresses,
@@ -779,6 +825,10 @@ pub fn trials(backend: &'static str) -> Vec<Trial> {
         ),
         ("network_host", network_host),
         ("network_commands", network_commands),
+        (
+            "network_connect_and_disconnect",
+            network_connect_and_disconnect,
+        ),
     ];
     all.into_iter()
         .map(|(name, f)| {
