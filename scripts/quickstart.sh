@@ -34,7 +34,10 @@ HULL="$hull" images/build-samples.sh
 step "hull doctor"
 "$hull" doctor || true
 
-cmd=("$hull" run --rm busybox sh -c 'echo "hello from $(hostname), kernel $(uname -r), $(nproc) CPU(s)"')
+# --network none: the greeting needs no network, and the script leaves the
+# machine's network as it is (without it, hull run joins the default network
+# `bridge`, as docker run does, and sets up its bridge and nftables table).
+cmd=("$hull" run --rm --network none busybox sh -c 'echo "hello from $(hostname), kernel $(uname -r), $(nproc) CPU(s)"')
 step "${cmd[*]#"$PWD/"}"
 hardware_kvm() {
     [[ -e /dev/kvm && ! -e /sys/module/kvm_pvm ]] &&

@@ -10,8 +10,11 @@ use std::process::{Command, Output};
 
 fn hull() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hull"));
+    // No network: `run` defaults to the bridge network, which must not be
+    // built on the machine's own network.
     c.env_remove("HULL_STATE_DIR")
         .env_remove("HULL_KERNEL")
+        .env("HULL_NETWORK", "none")
         .env("RUST_LOG", "off");
     c
 }

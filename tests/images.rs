@@ -45,7 +45,10 @@ fn sh(cmd: &str) {
 fn hull(data: &Path, args: &[&str]) -> (i32, String, String) {
     // Its own short state dir (container sockets live in it).
     let state = tempfile::tempdir().unwrap();
+    // No network: `run` defaults to the bridge network, which must not be
+    // built on the machine's own network.
     let out = Command::new(HULL)
+        .env("HULL_NETWORK", "none")
         .arg("--data-dir")
         .arg(data)
         .arg("--state-dir")

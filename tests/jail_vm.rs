@@ -80,6 +80,7 @@ fn hull_run(state: &Path, env: &[(&str, &Path)]) -> Result<Run, Failed> {
         .args(["run", "--isolation", "vm", "--memory", "128", "--rootfs"])
         .arg(rootfs())
         .arg("true")
+        .env("HULL_NETWORK", "none")
         .env("HULL_AGENT_ANSWER_SECS", ANSWER_SECS)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -196,6 +197,7 @@ fn jailed_vmm_is_confined() -> Result<(), Failed> {
     let state = tempfile::tempdir().map_err(|e| e.to_string())?;
     let hull = |args: &[&str]| {
         Command::new(vmtest::bin_dir().join("hull"))
+            .env("HULL_NETWORK", "none")
             .arg("--state-dir")
             .arg(state.path())
             .args(args)

@@ -24,6 +24,17 @@ pub fn apply(net: &NetworkSetup, root: &Path) -> Result<(), String> {
             sys::add_default_route(gw)
                 .map_err(|e| format!("adding the default route via {gw}: {e}"))?;
         }
+        if let Some(v6) = &i.ipv6 {
+            // hull hands out each address once: no duplicate address
+            // detection holding it tentative (unusable) for a second.
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_dad"), "0");
+            sys::set_ipv6(name, v6.address, v6.prefix_len)
+                .map_err(|e| format!("setting the IPv6 address of {name}: {e}"))?;
+            if let Some(gw) = v6.gateway {
+                sys::add_default_route6(name, gw)
+                    .map_err(|e| format!("adding the IPv6 default route via {gw}: {e}"))?;
+            }
+        }
     }
     let etc = root.join("etc");
     if net.hosts.is_some() || net.resolv_conf.is_some() {

@@ -344,6 +344,18 @@ pub struct Interface {
     pub mtu: u32,
     /// The default route's gateway.
     pub gateway: Option<std::net::Ipv4Addr>,
+    /// On a dual-stack network, the IPv6 address and route too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Interface6>,
+}
+
+/// An interface's IPv6 address, prefix and default route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface6 {
+    pub address: std::net::Ipv6Addr,
+    pub prefix_len: u8,
+    /// The IPv6 default route's gateway.
+    pub gateway: Option<std::net::Ipv6Addr>,
 }
 
 /// The process started.

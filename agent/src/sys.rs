@@ -684,10 +684,110 @@ pub fn add_default_route(gateway: std::net::Ipv4Addr) -> io::Result<()> {
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &route) })
 }
 
+/// The kernel's `struct in6_ifreq` (SIOCSIFADDR on an AF_INET6 socket).
+#[repr(C)]
+struct In6Ifreq {
+    ifr6_addr: libc::in6_addr,
+    ifr6_prefixlen: u32,
+    ifr6_ifindex: libc::c_int,
+}
+
+/// The kernel's `struct in6_rtmsg` (SIOCADDRT on an AF_INET6 socket).
+#[repr(C)]
+struct In6Rtmsg {
+    rtmsg_dst: libc::in6_addr,
+    rtmsg_src: libc::in6_addr,
+    rtmsg_gateway: libc::in6_addr,
+    rtmsg_type: u32,
+    rtmsg_dst_len: u16,
+    rtmsg_src_len: u16,
+    rtmsg_metric: u32,
+    rtmsg_info: libc::c_ulong,
+    rtmsg_flags: u32,
+    rtmsg_ifindex: libc::c_int,
+}
+
+fn inet6_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The index of interface `name`.
+fn if_index(sock: &OwnedFd, name: &str) -> io::Result<libc::c_int> {
+    let mut req = ifreq(name)?;
+    // SAFETY: SIOCGIFINDEX reads the name and writes the index of `req`,
+    // which outlives the call.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) })?;
+    // SAFETY: the kernel just filled in ifru_ifindex.
+    Ok(unsafe { req.ifr_ifru.ifru_ifindex })
+}
+
+/// Gives interface `name` the IPv6 address `addr`/`prefix_len`.
+pub fn set_ipv6(name: &str, addr: std::net::Ipv6Addr, prefix_len: u8) -> io::Result<()> {
+    if prefix_len > 128 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let sock = inet6_socket()?;
+    let req = In6Ifreq {
+        ifr6_addr: libc::in6_addr {
+            s6_addr: addr.octets(),
+        },
+        ifr6_prefixlen: u32::from(prefix_len),
+        ifr6_ifindex: if_index(&sock, name)?,
+    };
+    // SAFETY: SIOCSIFADDR on an AF_INET6 socket reads a struct in6_ifreq,
+    // which In6Ifreq lays out; it is valid for the call.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &req) })
+}
+
+/// Adds the IPv6 default route through `gateway` on interface `name`.
+pub fn add_default_route6(name: &str, gateway: std::net::Ipv6Addr) -> io::Result<()> {
+    let sock = inet6_socket()?;
+    let any = libc::in6_addr { s6_addr: [0; 16] };
+    let route = In6Rtmsg {
+        rtmsg_dst: any,
+        rtmsg_src: any,
+        rtmsg_gateway: libc::in6_addr {
+            s6_addr: gateway.octets(),
+        },
+        rtmsg_type: 0,
+        rtmsg_dst_len: 0,
+        rtmsg_src_len: 0,
+        rtmsg_metric: 1,
+        rtmsg_info: 0,
+        rtmsg_flags: (libc::RTF_UP | libc::RTF_GATEWAY) as u32,
+        rtmsg_ifindex: if_index(&sock, name)?,
+    };
+    // SAFETY: SIOCADDRT on an AF_INET6 socket reads a struct in6_rtmsg,
+    // which In6Rtmsg lays out; it is valid for the call.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &route) })
+}
+
 /// Moves this process into the network namespace held at `path` (an nsfs
 /// bind mount, or /proc/PID/ns/net).
 pub fn join_netns(path: &std::path::Path) -> io::Result<()> {
     let f = std::fs::File::open(path)?;
     // SAFETY: f is an open namespace fd for the duration of the call.
     check(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) })
+}
+
+#[cfg(test)]
+mod ipv6_layout_tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_ioctl_structs_have_the_kernels_x86_64_layout() {
+        // struct in6_ifreq: 16-byte address, u32 prefix length, int index.
+        assert_eq!(std::mem::size_of::<In6Ifreq>(), 24);
+        // struct in6_rtmsg: three addresses, type, two lengths, metric,
+        // unsigned long info, flags, ifindex.
+        assert_eq!(std::mem::size_of::<In6Rtmsg>(), 80);
+        assert_eq!(std::mem::offset_of!(In6Rtmsg, rtmsg_info), 64);
+        assert_eq!(std::mem::offset_of!(In6Rtmsg, rtmsg_ifindex), 76);
+    }
 }

@@ -59,7 +59,10 @@ impl HullCli {
 
     fn spawn(&self, args: &[String], timings: Option<&PathBuf>) -> Result<Child, BenchError> {
         let mut c = Command::new(&self.hull);
+        // No network, as the runc and crun baselines have none (and the
+        // benchmark leaves the machine's network alone).
         c.args(["run", "--rm", "--isolation", self.isolation.name()])
+            .args(["--network", "none"])
             .args(&self.target)
             .args(args);
         if let Some(t) = timings {

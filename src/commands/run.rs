@@ -169,11 +169,11 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct NetArgs {
     /// `none` (only lo), `bridge` (the default network), a network's name,
-    /// or `host` (ns only). Default: none, or HULL_NETWORK.
+    /// or `host` (ns only). Default: bridge, as docker's (or HULL_NETWORK).
     #[arg(
         long,
         env = "HULL_NETWORK",
-        default_value = "none",
+        default_value = network::DEFAULT_NETWORK,
         value_name = "NETWORK"
     )]
     pub network: String,
@@ -232,7 +232,7 @@ impl NetArgs {
             && (!ports.is_empty() || self.ip.is_some() || !self.network_alias.is_empty())
         {
             anyhow::bail!(
-                "-p, --ip and --network-alias need a network: --network bridge or a network's name"
+                "-p, --ip and --network-alias need a network: --network bridge (the default) or a network's name"
             );
         }
         Ok(network::Request {

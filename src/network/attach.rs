@@ -3,11 +3,11 @@
 //! agent writes; [`attach_netns`] is the attach step alone.
 
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use hull_agent::protocol::{Interface, NetworkSetup};
+use hull_agent::protocol::{Interface, Interface6, NetworkSetup};
 
 use super::link::{self, LinkError, Netlink};
 use super::{
@@ -16,9 +16,17 @@ use super::{
 };
 use crate::sandbox::Isolation;
 
-/// The bridge of network `n` up with its gateway address, forwarding on.
-fn ensure_bridge(nl: &Netlink, n: &Network) -> Result<(), NetworkError> {
-    nl.ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len)?;
+/// The bridge of network `n` up with its gateway address(es), forwarding
+/// on (IPv6 forwarding too on a dual-stack network, as docker sets it).
+pub(super) fn ensure_bridge(nl: &Netlink, n: &Network) -> Result<(), NetworkError> {
+    let v6 = n.subnet6.zip(n.gateway6).map(|(s, g)| (g, s.prefix_len));
+    nl.ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len, v6)?;
+    let forward6 = v6.map(|_| {
+        (
+            "/proc/sys/net/ipv6/conf/all/forwarding".to_string(),
+            "enabling IPv6 forwarding in",
+        )
+    });
     for (path, what) in [
         (
             "/proc/sys/net/ipv4/ip_forward".to_string(),
@@ -28,7 +36,10 @@ fn ensure_bridge(nl: &Netlink, n: &Network) -> Result<(), NetworkError> {
             format!("/proc/sys/net/ipv4/conf/{}/route_localnet", n.bridge),
             "enabling route_localnet in",
         ),
-    ] {
+    ]
+    .into_iter()
+    .chain(forward6)
+    {
         std::fs::write(&path, "1").map_err(|source| NetworkError::Io {
             what,
             path: path.into(),
@@ -50,9 +61,11 @@ pub enum Backend {
 /// by hull, or by podman/dockerd for the OCI runtime): a veth from
 /// `network`'s bridge into it, named eth0 there with `mac`, `ip` and the
 /// bridge's MTU. For `Backend::Ns` eth0 gets the address and the default
-/// route; for `Backend::Vm` eth0 stays without an address and a tap is
-/// made beside it, tied to it by tc redirects both ways; its fd is
-/// returned for the VMM (the guest takes `ip` and `mac`).
+/// route; for `Backend::Vm` eth0 stays without an address (IPv6 off on
+/// it) and a tap is made beside it, tied to it by tc redirects both ways;
+/// its fd is returned for the VMM (the guest takes `ip` and `mac`). On a
+/// dual-stack network eth0 (ns) also gets the IPv6 address that goes with
+/// `ip` ([`Network::ip6_for`]) and the IPv6 default route.
 pub fn attach_netns(
     netns: &Path,
     network: &Network,
@@ -61,6 +74,36 @@ pub fn attach_netns(
     mac: [u8; 6],
     backend: Backend,
 ) -> Result<Option<OwnedFd>, LinkError> {
+    let link = VethLink {
+        host_veth,
+        ifname: GUEST_IFNAME,
+        ip,
+        mac,
+        default_route: true,
+    };
+    attach_veth(netns, network, &link, backend)
+}
+
+/// One veth into a container's namespace: its names, address and MAC.
+pub(super) struct VethLink<'a> {
+    pub host_veth: &'a str,
+    /// Its name in the container's namespace.
+    pub ifname: &'a str,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// Whether the container's default routes go through it (its first
+    /// network; not one joined later with `hull network connect`).
+    pub default_route: bool,
+}
+
+/// [`attach_netns`] for any interface name in the namespace.
+pub(super) fn attach_veth(
+    netns: &Path,
+    network: &Network,
+    link: &VethLink<'_>,
+    backend: Backend,
+) -> Result<Option<OwnedFd>, LinkError> {
+    let (host_veth, ifname, ip, mac) = (link.host_veth, link.ifname, link.ip, link.mac);
     let nl = Netlink::open()?;
     let ns = File::open(netns).map_err(|source| LinkError::Io {
         what: format!("opening {}", netns.display()),
@@ -70,7 +113,17 @@ pub fn attach_netns(
     nl.veth_into(host_veth, &peer, &network.bridge, MTU, &ns)?;
     let prefix_len = network.subnet.prefix_len;
     // An --internal network has no way out: no default route (as docker).
-    let gateway = (!network.internal).then_some(network.gateway);
+    let routed = link.default_route && !network.internal;
+    let gateway = routed.then_some(network.gateway);
+    let v6 = match (network.subnet6, network.gateway6) {
+        (Some(s), Some(g)) => {
+            let ip6 = network
+                .ip6_for(ip)
+                .ok_or_else(|| LinkError::NoAddress6(ip, s.to_string()))?;
+            Some((ip6, s.prefix_len, routed.then_some(g)))
+        }
+        _ => None,
+    };
     link::in_netns(netns, move || {
         // As docker does: the container's root (in a user namespace of its
         // own, without privilege over this namespace) may bind low ports
@@ -90,14 +143,17 @@ pub fn attach_netns(
             })?;
         }
         let nl = Netlink::open()?;
-        let eth = nl.rename(&peer, GUEST_IFNAME, mac)?;
-        nl.set_up(eth, GUEST_IFNAME)?;
+        let eth = nl.rename(&peer, ifname, mac)?;
+        nl.set_up(eth, ifname)?;
         if let Some(lo) = nl.index("lo")? {
             nl.set_up(lo, "lo")?;
         }
         match backend {
             Backend::Ns => {
                 nl.address_and_route(eth, ip, prefix_len, gateway)?;
+                if let Some((ip6, len6, gw6)) = v6 {
+                    nl.address6_and_route(eth, ip6, len6, gw6)?;
+                }
                 Ok(None)
             }
             Backend::Vm => {
@@ -105,23 +161,47 @@ pub fn attach_netns(
                 let t = nl
                     .index(TAP_IFNAME)?
                     .ok_or_else(|| LinkError::NoLink(TAP_IFNAME.into()))?;
+                // The guest owns the link's IPv6 addresses: this side sends
+                // no neighbour or router solicitation of its own.
+                for name in [GUEST_IFNAME, TAP_IFNAME] {
+                    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+                    if std::path::Path::new(&path).exists() {
+                        std::fs::write(&path, "1").map_err(|source| LinkError::Io {
+                            what: format!(
+                                "turning IPv6 off on {name} in the container's namespace"
+                            ),
+                            source,
+                        })?;
+                    }
+                }
                 nl.set_up(t, TAP_IFNAME)?;
-                nl.redirect_both_ways((eth, GUEST_IFNAME), (t, TAP_IFNAME))?;
+                nl.redirect_both_ways((eth, ifname), (t, TAP_IFNAME))?;
                 Ok(Some(tap))
             }
         }
     })
 }
 
-pub(super) fn hosts_file(req: &Request, ip: Option<Ipv4Addr>, peers: &[Attachment]) -> String {
+pub(super) fn hosts_file(
+    req: &Request,
+    ip: Option<Ipv4Addr>,
+    ip6: Option<Ipv6Addr>,
+    peers: &[Attachment],
+) -> String {
     let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     if let Some(ip) = ip {
         s.push_str(&format!("{ip}\t{}\n", req.hostname));
+    }
+    if let Some(ip6) = ip6 {
+        s.push_str(&format!("{ip6}\t{}\n", req.hostname));
     }
     for p in peers {
         let mut names = vec![p.name.clone()];
         names.extend(p.aliases.iter().cloned());
         s.push_str(&format!("{}\t{}\n", p.ip, names.join(" ")));
+        if let Some(ip6) = p.ip6 {
+            s.push_str(&format!("{ip6}\t{}\n", names.join(" ")));
+        }
     }
     for (name, ip) in &req.extra_hosts {
         s.push_str(&format!("{ip}\t{name}\n"));
@@ -182,7 +262,7 @@ pub fn prepare(
             tap: None,
             setup: NetworkSetup {
                 interface: None,
-                hosts: Some(hosts_file(req, None, &[])),
+                hosts: Some(hosts_file(req, None, None, &[])),
                 resolv_conf: None,
             },
         });
@@ -225,6 +305,14 @@ pub fn prepare(
                 .ok_or_else(|| NetworkError::Invalid("no free host port left".into()))?;
         }
     }
+    let ip6 = match network.subnet6 {
+        Some(_) => Some(
+            network
+                .ip6_for(ip)
+                .ok_or_else(|| NetworkError::Full(name.clone()))?,
+        ),
+        None => None,
+    };
     let mac_text = req.mac.clone().unwrap_or_else(|| mac_for(ip));
     let mac = parse_mac(&mac_text)
         .ok_or_else(|| NetworkError::Invalid(format!("invalid MAC address {mac_text:?}")))?;
@@ -233,6 +321,7 @@ pub fn prepare(
         name: req.name.clone(),
         network: name.clone(),
         ip,
+        ip6,
         mac: mac_text.clone(),
         host_veth: format!("hv{}", &id[..id.len().min(10)]),
         ports,
@@ -282,13 +371,18 @@ pub fn prepare(
         prefix_len: network.subnet.prefix_len,
         mtu: MTU,
         gateway: (!network.internal).then_some(network.gateway),
+        ipv6: ip6.zip(network.subnet6).map(|(address, s)| Interface6 {
+            address,
+            prefix_len: s.prefix_len,
+            gateway: network.gateway6.filter(|_| !network.internal),
+        }),
     });
     Ok(Prepared {
         netns: Some(netns),
         tap: tap.map(|t| (t, mac_text)),
         setup: NetworkSetup {
             interface,
-            hosts: Some(hosts_file(req, Some(ip), &peers)),
+            hosts: Some(hosts_file(req, Some(ip), ip6, &peers)),
             resolv_conf: if network.resolves_names() && req.dns.is_empty() {
                 Some(format!("nameserver {}\n", network.gateway))
             } else if network.internal {
@@ -330,23 +424,19 @@ pub fn attachment(dir: &Path) -> Option<Attachment> {
 /// its lease, veth, namespace and port rules. Safe to call again, and
 /// after a crash at any point.
 pub fn release(state_dir: &Path, dir: &Path) {
-    let att = attachment(dir);
+    let all = super::connect::all_attachments(dir);
     let netns = dir.join(NETNS_FILE);
-    if att.is_none() && !netns.exists() {
+    if all.is_empty() && !netns.exists() {
         return;
     }
     let Ok(nets) = Networks::open(state_dir) else {
         return;
     };
-    if let Some(a) = &att {
-        nets.leases(&a.network).free(a.ip, &a.container);
-        if let Ok(nl) = Netlink::open() {
-            let _ = nl.delete(&a.host_veth);
-        }
-        let _ = std::fs::remove_file(dir.join(ATTACHMENT_FILE));
+    for (file, a) in &all {
+        super::connect::undo(&nets, file, a);
     }
     link::remove_netns(&netns);
-    if att.is_some() {
+    if !all.is_empty() {
         if let Err(e) = nets.sync() {
             log::warn!("{}", crate::error::chain(&e));
         }

@@ -3,7 +3,9 @@
 //! the network's containers (names and aliases, from a hosts file hull
 //! rewrites on every attach and release, then SIGHUPs it) and forwards
 //! every other name to the host's resolvers. microVMs reach it like any
-//! other address on the bridge. Started by the first container that joins
+//! other address on the bridge. On a dual-stack network the hosts file
+//! holds each container's IPv6 address too, so AAAA queries for its
+//! names are answered. Started by the first container that joins
 //! the network, stopped (by its pid) when the last one leaves.
 
 use std::path::{Path, PathBuf};
@@ -53,7 +55,12 @@ pub fn serve(dir: &Path, n: &Network, attached: &[&Attachment]) -> Result<(), Dn
         .map(|a| {
             let mut names = vec![a.name.clone()];
             names.extend(a.aliases.iter().cloned());
-            format!("{} {}\n", a.ip, names.join(" "))
+            let names = names.join(" ");
+            // A dual-stack container answers AAAA queries too.
+            match a.ip6 {
+                Some(ip6) => format!("{} {names}\n{ip6} {names}\n", a.ip),
+                None => format!("{} {names}\n", a.ip),
+            }
         })
         .collect();
     std::fs::write(&hosts, text).map_err(|e| DnsError::Write(hosts.clone(), e))?;

@@ -1,8 +1,11 @@
 //! Addresses: IPv4 subnets, the default subnet chosen as docker does
 //! (skipping ranges the host routes already), and leases, one file per
 //! address under the network's directory, taken under the networks lock.
+//! A dual-stack network's IPv6 subnet ([`Subnet6`]) gives each container
+//! the host number of its IPv4 lease ([`Subnet6::for_lease`]), so the one
+//! lease holds both addresses.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -117,6 +120,104 @@ pub fn pick_subnet(taken: &[Subnet]) -> Option<Subnet> {
         .find(|s| !taken.iter().chain(&routed).any(|t| t.overlaps(s)))
 }
 
+/// An IPv6 subnet, `ADDR/N` with N from 48 to 124.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Subnet6 {
+    pub addr: Ipv6Addr,
+    pub prefix_len: u8,
+}
+
+impl Subnet6 {
+    fn mask(&self) -> u128 {
+        u128::MAX
+            .checked_shl(128 - u32::from(self.prefix_len))
+            .unwrap_or(0)
+    }
+
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & self.mask() == u128::from(self.addr) & self.mask()
+    }
+
+    pub fn overlaps(&self, other: &Subnet6) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
+
+    /// Host number `n` of the subnet (1 is the gateway by default); the
+    /// subnet-router anycast address (host 0) is never one.
+    pub fn host(&self, n: u32) -> Option<Ipv6Addr> {
+        let n = u128::from(n);
+        (n > 0 && n & self.mask() == 0)
+            .then(|| Ipv6Addr::from((u128::from(self.addr) & self.mask()) | n))
+    }
+
+    /// A container's IPv6 address for its IPv4 lease `ip` in `v4`: the same
+    /// host number, or, for the one lease whose number is the IPv6
+    /// gateway's, the number just past the IPv4 subnet (never leased).
+    pub fn for_lease(&self, v4: &Subnet, ip: Ipv4Addr, gateway: Ipv6Addr) -> Option<Ipv6Addr> {
+        let n = u32::from(ip) & !v4.mask();
+        let own = self.host(n)?;
+        if own != gateway {
+            return Some(own);
+        }
+        let past = (!v4.mask()).checked_add(1)?;
+        self.host(past).filter(|a| *a != gateway)
+    }
+}
+
+impl std::fmt::Display for Subnet6 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl std::str::FromStr for Subnet6 {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Subnet6, String> {
+        let bad = || format!("invalid IPv6 subnet {s:?}: want ADDR/N, N from 48 to 124");
+        let (a, n) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv6Addr = a.parse().map_err(|_| bad())?;
+        let prefix_len: u8 = n.parse().map_err(|_| bad())?;
+        if !(48..=124).contains(&prefix_len) {
+            return Err(bad());
+        }
+        let s = Subnet6 { addr, prefix_len };
+        Ok(Subnet6 {
+            addr: Ipv6Addr::from(u128::from(addr) & s.mask()),
+            prefix_len,
+        })
+    }
+}
+
+impl TryFrom<String> for Subnet6 {
+    type Error = String;
+    fn try_from(s: String) -> Result<Subnet6, String> {
+        s.parse()
+    }
+}
+
+impl From<Subnet6> for String {
+    fn from(s: Subnet6) -> String {
+        s.to_string()
+    }
+}
+
+/// A unique local /64 (RFC 4193: fd00::/8 and a random 40-bit global ID)
+/// that overlaps none of `taken`, for `--ipv6` without an IPv6 subnet.
+pub fn pick_subnet6(taken: &[Subnet6], random: impl Fn() -> [u8; 5]) -> Option<Subnet6> {
+    (0..16).find_map(|_| {
+        let id = random();
+        let mut octets = [0u8; 16];
+        octets[0] = 0xfd;
+        octets[1..6].copy_from_slice(&id);
+        let s = Subnet6 {
+            addr: Ipv6Addr::from(octets),
+            prefix_len: 64,
+        };
+        (!taken.iter().any(|t| t.overlaps(&s))).then_some(s)
+    })
+}
+
 /// Leases of one network: a file per address, holding the container id.
 pub struct Leases {
     dir: PathBuf,
@@ -194,6 +295,40 @@ mod tests {
         for bad in ["10.0.0.0", "10.0.0.0/33", "10.0.0.0/31", "x/8", "10.0.0/8"] {
             assert!(bad.parse::<Subnet>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn ipv6_subnets_parse_and_follow_the_ipv4_lease() {
+        let s: Subnet6 = "fd00:1:2:3::9/64".parse().unwrap();
+        assert_eq!(s.to_string(), "fd00:1:2:3::/64");
+        assert!(s.contains("fd00:1:2:3::ffff".parse().unwrap()));
+        assert!(!s.contains("fd00:1:2:4::1".parse().unwrap()));
+        assert!(s.overlaps(&"fd00:1:2::/48".parse().unwrap()));
+        assert!(!s.overlaps(&"fd00:1::/48".parse().unwrap()));
+        for bad in ["fd00::/47", "fd00::/125", "10.0.0.0/8", "fd00::"] {
+            assert!(bad.parse::<Subnet6>().is_err(), "{bad}");
+        }
+        let v4: Subnet = "10.9.0.0/24".parse().unwrap();
+        let gw = s.host(1).unwrap();
+        let ip = "10.9.0.7".parse().unwrap();
+        assert_eq!(
+            s.for_lease(&v4, ip, gw),
+            Some("fd00:1:2:3::7".parse().unwrap())
+        );
+        // The lease whose number is the IPv6 gateway's (an IPv4 gateway
+        // elsewhere) takes the number past the IPv4 subnet.
+        let one = "10.9.0.1".parse().unwrap();
+        assert_eq!(
+            s.for_lease(&v4, one, gw),
+            Some("fd00:1:2:3::100".parse().unwrap())
+        );
+        let tiny: Subnet6 = "fd00::/124".parse().unwrap();
+        assert_eq!(tiny.host(16), None);
+        assert_eq!(tiny.host(0), None);
+        let picked = pick_subnet6(&[s], || [1, 2, 3, 4, 5]).unwrap();
+        assert_eq!(picked.to_string(), "fd01:203:405::/64");
+        let clash: Subnet6 = "fd01:203:405::/48".parse().unwrap();
+        assert_eq!(pick_subnet6(&[clash], || [1, 2, 3, 4, 5]), None);
     }
 
     #[test]

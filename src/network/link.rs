@@ -4,11 +4,12 @@
 //! inside a container's namespace runs on a short-lived thread that joined
 //! it first.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::sys;
@@ -27,6 +28,8 @@ pub enum LinkError {
     },
     #[error("no network interface {0}")]
     NoLink(String),
+    #[error("no IPv6 address in {1} goes with {0}: the IPv6 subnet is too small")]
+    NoAddress6(Ipv4Addr, String),
     #[error("the thread working in the network namespace {0} panicked")]
     Thread(PathBuf),
 }
@@ -85,13 +88,14 @@ impl Netlink {
             .ok_or_else(|| LinkError::NoLink(name.to_string()))
     }
 
-    /// Makes bridge `name` with `addr`/`prefix_len`, up; an existing one is
-    /// kept as it is.
+    /// Makes bridge `name` with `addr`/`prefix_len` (and the IPv6 `v6`), up;
+    /// an existing one is kept as it is.
     pub fn ensure_bridge(
         &self,
         name: &str,
         addr: Ipv4Addr,
         prefix_len: u8,
+        v6: Option<(Ipv6Addr, u8)>,
     ) -> Result<(), LinkError> {
         if self.index(name)?.is_some() {
             return Ok(());
@@ -109,7 +113,46 @@ impl Netlink {
                     .execute(),
             )
             .map_err(nl(format!("adding {addr}/{prefix_len} to {name}")))?;
+        if let Some((addr6, len6)) = v6 {
+            self.add_address6(idx, addr6, len6)?;
+        }
         self.set_up(idx, name)
+    }
+
+    /// `addr`/`prefix_len` on link `idx` without duplicate address
+    /// detection (hull's IPAM hands out each address once; DAD would hold
+    /// it tentative, unusable, for a second or more).
+    fn add_address6(&self, idx: u32, addr: Ipv6Addr, prefix_len: u8) -> Result<(), LinkError> {
+        let mut req = self.handle.address().add(idx, addr.into(), prefix_len);
+        let msg = req.message_mut();
+        msg.header.flags = AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        self.rt
+            .block_on(req.execute())
+            .map_err(nl(format!("adding {addr}/{prefix_len}")))
+    }
+
+    /// `addr`/`prefix_len` on link `idx`, and the IPv6 default route via
+    /// `gateway` when there is one.
+    pub fn address6_and_route(
+        &self,
+        idx: u32,
+        addr: Ipv6Addr,
+        prefix_len: u8,
+        gateway: Option<Ipv6Addr>,
+    ) -> Result<(), LinkError> {
+        self.add_address6(idx, addr, prefix_len)?;
+        let Some(gateway) = gateway else {
+            return Ok(());
+        };
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(gateway)
+            .output_interface(idx)
+            .build();
+        self.rt
+            .block_on(self.handle.route().add(route).execute())
+            .map_err(nl(format!("adding the IPv6 default route via {gateway}")))
     }
 
     pub fn set_up(&self, idx: u32, name: &str) -> Result<(), LinkError> {

@@ -14,6 +14,7 @@
 //! setup.
 
 mod attach;
+mod connect;
 pub mod dns;
 pub mod firewall;
 pub mod ipam;
@@ -21,7 +22,7 @@ pub mod link;
 pub mod ports;
 
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -29,7 +30,8 @@ use hull_agent::protocol::NetworkSetup;
 use serde::{Deserialize, Serialize};
 
 pub use attach::{Backend, attach_netns, attachment, prepare, release};
-pub use ipam::Subnet;
+pub use connect::{connect, disconnect};
+pub use ipam::{Subnet, Subnet6};
 use link::{LinkError, Netlink};
 pub use ports::{PortMapping, Proto};
 
@@ -62,6 +64,12 @@ pub enum NetworkError {
     Invalid(String),
     #[error("subnet {0} overlaps with network {1} ({2})")]
     Overlap(Subnet, String, Subnet),
+    #[error("IPv6 subnet {0} overlaps with network {1} ({2})")]
+    Overlap6(Subnet6, String, Subnet6),
+    #[error("an IPv6 --subnet or --gateway needs --ipv6")]
+    Ipv6Off,
+    #[error("no free unique local IPv6 subnet found: pass an IPv6 --subnet")]
+    NoSubnet6,
     #[error("no free subnet left in the default pools: pass --subnet")]
     NoSubnet,
     #[error("no free address left in network {0}")]
@@ -74,8 +82,24 @@ pub enum NetworkError {
     },
     #[error("address {0} is already in use")]
     AddressInUse(Ipv4Addr),
+    #[error("IPv6 address {ip} is outside network {network}'s subnet {subnet}")]
+    OutsideSubnet6 {
+        ip: Ipv6Addr,
+        network: String,
+        subnet: Subnet6,
+    },
     #[error("port {0}/{1} is already published by container {2}")]
     PortInUse(u16, &'static str, String),
+    #[error(
+        "a running microVM cannot join another network: hull-vmm cannot hot-plug a second network device (start the container with --network NAME instead)"
+    )]
+    ConnectVm,
+    #[error("container {0} has no network namespace of its own (--network host, or not running)")]
+    NoNamespace(String),
+    #[error("container {0} is already on network {1}")]
+    AlreadyOn(String, String),
+    #[error("container {0} is not on network {1}")]
+    NotOn(String, String),
     #[error("network {0} has active endpoints: {1}")]
     InUse(String, String),
     #[error("the default network {0} cannot be removed")]
@@ -111,6 +135,11 @@ pub struct Network {
     pub subnet: Subnet,
     pub gateway: Ipv4Addr,
     pub internal: bool,
+    /// A dual-stack network's IPv6 subnet (`--ipv6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Subnet6>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
     /// The Linux bridge on the host.
     pub bridge: String,
     /// Seconds since the Unix epoch.
@@ -123,6 +152,13 @@ impl Network {
     pub fn resolves_names(&self) -> bool {
         self.name != DEFAULT_NETWORK
     }
+
+    /// The IPv6 address that goes with IPv4 lease `ip` on a dual-stack
+    /// network (None on an IPv4-only one, or when the IPv6 subnet is too
+    /// small for the lease's host number).
+    pub fn ip6_for(&self, ip: Ipv4Addr) -> Option<Ipv6Addr> {
+        self.subnet6?.for_lease(&self.subnet, ip, self.gateway6?)
+    }
 }
 
 /// What `hull network create` asks for.
@@ -132,6 +168,10 @@ pub struct NetworkSpec {
     pub subnet: Option<Subnet>,
     pub gateway: Option<Ipv4Addr>,
     pub internal: bool,
+    /// Dual stack: an IPv6 subnet too (`subnet6`, or a unique local /64).
+    pub ipv6: bool,
+    pub subnet6: Option<Subnet6>,
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 /// How a container is networked (`--network`).
@@ -197,6 +237,9 @@ pub struct Attachment {
     pub name: String,
     pub network: String,
     pub ip: Ipv4Addr,
+    /// On a dual-stack network, the IPv6 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub mac: String,
     pub host_veth: String,
     pub ports: Vec<PortMapping>,
@@ -316,6 +359,8 @@ impl Networks {
                     subnet,
                     gateway: subnet.host(1).ok_or(NetworkError::NoSubnet)?,
                     internal: false,
+                    subnet6: None,
+                    gateway6: None,
                     bridge: DEFAULT_BRIDGE.into(),
                     created: now(),
                 };
@@ -379,6 +424,7 @@ impl Networks {
             Some(g) => g,
             None => subnet.host(1).ok_or(NetworkError::NoSubnet)?,
         };
+        let (subnet6, gateway6) = self.pick6(spec, &existing)?;
         let id = random_hex(32);
         let n = Network {
             name: spec.name.clone(),
@@ -387,22 +433,70 @@ impl Networks {
             subnet,
             gateway,
             internal: spec.internal,
+            subnet6,
+            gateway6,
             created: now(),
         };
         self.save(&n)?;
         Ok(n)
     }
 
-    /// Every attachment of a container, from the containers' state dirs.
+    /// The IPv6 subnet and gateway `spec` asks for (none without `--ipv6`).
+    fn pick6(
+        &self,
+        spec: &NetworkSpec,
+        existing: &[Network],
+    ) -> Result<(Option<Subnet6>, Option<Ipv6Addr>), NetworkError> {
+        if !spec.ipv6 {
+            if spec.subnet6.is_some() || spec.gateway6.is_some() {
+                return Err(NetworkError::Ipv6Off);
+            }
+            return Ok((None, None));
+        }
+        let taken: Vec<(&str, Subnet6)> = existing
+            .iter()
+            .filter_map(|n| Some((n.name.as_str(), n.subnet6?)))
+            .collect();
+        let subnet6 = match spec.subnet6 {
+            Some(s) => {
+                if let Some((name, o)) = taken.iter().find(|(_, o)| o.overlaps(&s)) {
+                    return Err(NetworkError::Overlap6(s, name.to_string(), *o));
+                }
+                s
+            }
+            None => {
+                let all: Vec<Subnet6> = taken.iter().map(|(_, s)| *s).collect();
+                ipam::pick_subnet6(&all, || {
+                    let mut id = [0u8; 5];
+                    let _ = sys::getrandom(&mut id);
+                    id
+                })
+                .ok_or(NetworkError::NoSubnet6)?
+            }
+        };
+        let gateway6 = match spec.gateway6 {
+            Some(g) if !subnet6.contains(g) || g == subnet6.addr => {
+                return Err(NetworkError::OutsideSubnet6 {
+                    ip: g,
+                    network: spec.name.clone(),
+                    subnet: subnet6,
+                });
+            }
+            Some(g) => g,
+            None => subnet6.host(1).ok_or(NetworkError::NoSubnet6)?,
+        };
+        Ok((Some(subnet6), Some(gateway6)))
+    }
+
+    /// Every attachment of a container (its first network's and those
+    /// `hull network connect` added), from the containers' state dirs.
     pub fn attachments(&self) -> Vec<Attachment> {
         let Ok(rd) = std::fs::read_dir(&self.containers) else {
             return Vec::new();
         };
         rd.flatten()
-            .filter_map(|e| {
-                let data = std::fs::read(e.path().join(ATTACHMENT_FILE)).ok()?;
-                serde_json::from_slice(&data).ok()
-            })
+            .flat_map(|e| connect::all_attachments(&e.path()))
+            .map(|(_, a)| a)
             .collect()
     }
 
@@ -543,14 +637,22 @@ mod tests {
             name: "db".into(),
             network: "n".into(),
             ip: "10.1.0.3".parse().unwrap(),
+            ip6: Some("fd00::3".parse().unwrap()),
             mac: mac_for("10.1.0.3".parse().unwrap()),
             host_veth: "hvc".into(),
             ports: Vec::new(),
             aliases: vec!["database".into()],
         };
-        let h = hosts_file(&req, Some("10.1.0.2".parse().unwrap()), &[peer]);
+        let h = hosts_file(
+            &req,
+            Some("10.1.0.2".parse().unwrap()),
+            Some("fd00::2".parse().unwrap()),
+            &[peer],
+        );
         assert!(h.contains("10.1.0.2\tweb\n"), "{h}");
         assert!(h.contains("10.1.0.3\tdb database\n"), "{h}");
+        assert!(h.contains("fd00::2\tweb\n"), "{h}");
+        assert!(h.contains("fd00::3\tdb database\n"), "{h}");
         assert!(h.contains("10.0.0.9\tdb.local\n"), "{h}");
         assert_eq!(mac_for("10.1.0.3".parse().unwrap()), "02:42:0a:01:00:03");
         assert_eq!(parse_mac("02:42:0a:01:00:03"), Some([2, 0x42, 10, 1, 0, 3]));

@@ -84,7 +84,10 @@ impl Env {
     }
 
     pub fn hull(&self, args: &[&str]) -> (i32, String, String) {
+        // No network: `run` defaults to the bridge network, which must not
+        // be built on the machine's own network.
         let out = Command::new(HULL)
+            .env("HULL_NETWORK", "none")
             .arg("--data-dir")
             .arg(&self.data)
             .arg("--state-dir")

@@ -59,7 +59,10 @@ impl World {
 
     pub fn hull(&self, args: &[&str]) -> Command {
         let mut c = Command::new(hull_bin());
+        // No network: `run` defaults to the bridge network, which must not
+        // be built on the machine's own network.
         c.env("HULL_ADMISSION_DIR", self.admission.path())
+            .env("HULL_NETWORK", "none")
             .arg("--state-dir")
             .arg(self.state.path())
             .args(args)

@@ -135,16 +135,22 @@ impl Hull {
         }
     }
 
+    /// hull with this trial's state dir; HULL_NETWORK is cleared, so `run`
+    /// without `--network` takes hull's own default.
     fn hull(&self, args: &[&str]) -> Result<Out, Failed> {
         let mut c = Command::new(hull_bin());
-        c.arg("--state-dir").arg(self.state.path()).args(args);
+        c.env_remove("HULL_NETWORK")
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .args(args);
         run(c)
     }
 
     /// `hull run --isolation B --rootfs R FLAGS CMD`.
     fn run(&self, flags: &[&str], cmd: &[&str]) -> Result<Out, Failed> {
         let mut c = Command::new(hull_bin());
-        c.arg("--state-dir")
+        c.env_remove("HULL_NETWORK")
+            .arg("--state-dir")
             .arg(self.state.path())
             .args(["run", "--isolation", self.backend, "--rootfs"])
             .arg(rootfs())
@@ -323,10 +329,8 @@ fn published_port_answers_on_host_addresses(b: &'static str) -> Result<(), Faile
 
 fn published_udp_port_echoes(b: &'static str) -> Result<(), Failed> {
     let h = Hull::new(b);
-    h.detach(
-        &["--network", "bridge", "-p", "127.0.0.1:15353:53/udp"],
-        &["udp_echo", "53"],
-    )?;
+    // -p without --network: the default network, as docker's.
+    h.detach(&["-p", "127.0.0.1:15353:53/udp"], &["udp_echo", "53"])?;
     let s = UdpSocket::bind("127.0.0.1:0")?;
     s.set_read_timeout(Some(Duration::from_millis(500)))?;
     let deadline = Instant::now() + READY;
@@ -403,6 +407,122 @@ fn containers_reach_each_other_by_name_and_alias(b: &'static str) -> Result<(), 
     check(o.code != Some(0), || format!("bridge resolved a name: {o}"))
 }
 
+fn containers_reach_each_other_over_ipv6_by_name(b: &'static str) -> Result<(), Failed> {
+    let h = Hull::new(b);
+    let o = h.hull(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd00:77::/64",
+        "dual",
+    ])?;
+    check(o.code == Some(0), || format!("network create --ipv6: {o}"))?;
+    // Started before db: it finds db's IPv6 address through the network's
+    // resolver (AAAA), not through its /etc/hosts.
+    h.detach(
+        &["--name", "early", "--network", "dual"],
+        &["sleep", "1000"],
+    )?;
+    h.httpd(&["--name", "db", "--network", "dual", "-p", "18081:80"])?;
+    let o = h.hull(&["network", "inspect", "dual"])?;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).map_err(|e| format!("{e}: {o}"))?;
+    let gw6 = v[0]["gateway6"].as_str().ok_or("no gateway6 in inspect")?;
+    let ip6 = v[0]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "db"))
+        .and_then(|c| c["ip6"].as_str())
+        .ok_or_else(|| format!("db has no ip6 in inspect: {o}"))?
+        .to_string();
+    check(gw6 == "fd00:77::1" && ip6.starts_with("fd00:77::"), || {
+        format!("addresses outside fd00:77::/64: {o}")
+    })?;
+    // From the host: the container's address, and the published port on
+    // the host's IPv6 address (DNAT in ip6 hull, as docker with ip6tables).
+    wait_page(&format!("[{ip6}]:80"))?;
+    wait_page(&format!("[{gw6}]:18081"))?;
+    // db's /etc/hosts names it by its IPv6 address too (a later peer's
+    // lines: the hosts_file unit test; no extra microVM boot here).
+    let o = h.hull(&[
+        "exec",
+        "db",
+        "grep",
+        &format!("^{ip6}[[:space:]]"),
+        "/etc/hosts",
+    ])?;
+    check(o.code == Some(0), || {
+        format!("db's /etc/hosts lacks its IPv6 address: {o}")
+    })?;
+    // busybox's nc takes the name's IPv4 address first (RFC 6724 ranks a
+    // unique local address below IPv4): look up AAAA, then connect to it.
+    let by_name = format!(
+        "a=$(nslookup -type=aaaa db | sed -n 's/^Address: *\\(fd00:77:[0-9a-f:]*\\)$/\\1/p'); \
+         echo \"db is $a\" >&2; [ \"$a\" = {ip6} ] && {}",
+        fetch_cmd("$a")
+    );
+    let o = h.hull(&["exec", "early", "sh", "-c", &by_name])?;
+    check(o.code == Some(0) && o.stdout.ends_with(PAGE), || {
+        format!("a container started before db could not fetch from it over IPv6 by name: {o}")
+    })?;
+    let o = h.hull(&["rm", "-f", "early", "db"])?;
+    check(o.code == Some(0), || format!("rm -f: {o}"))?;
+    let left = Command::new("nft")
+        .args(["list", "table", "ip6", "hull"])
+        .output()?;
+    check(!left.status.success(), || {
+        format!(
+            "ip6 hull left after the last container went:\n{}",
+            String::from_utf8_lossy(&left.stdout)
+        )
+    })
+}
+
+fn network_connect_and_disconnect(b: &'static str) -> Result<(), Failed> {
+    let h = Hull::new(b);
+    let o = h.hull(&["network", "create", "other"])?;
+    check(o.code == Some(0), || format!("network create: {o}"))?;
+    if b == "vm" {
+        h.detach(&["--name", "v"], &["sleep", "1000"])?;
+        let o = h.hull(&["network", "connect", "other", "v"])?;
+        return check(
+            o.code == Some(125) && o.stderr.contains("hot-plug") && o.stderr.lines().count() == 1,
+            || format!("connect of a microVM must be refused in one line: {o}"),
+        );
+    }
+    h.httpd(&["--name", "web"])?;
+    let o = h.hull(&["network", "connect", "--alias", "www", "other", "web"])?;
+    check(o.code == Some(0), || format!("network connect: {o}"))?;
+    let o = h.hull(&["network", "inspect", "other"])?;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).map_err(|e| format!("{e}: {o}"))?;
+    let ip = v[0]["containers"][0]["ip"]
+        .as_str()
+        .ok_or_else(|| format!("web is not on other after connect: {o}"))?
+        .to_string();
+    wait_page(&format!("{ip}:80"))?;
+    check(container_fetches(&h, "other", "www")?, || {
+        "a container on other could not fetch from web by its alias after connect".into()
+    })?;
+    let o = h.hull(&["network", "connect", "other", "web"])?;
+    check(
+        o.code == Some(125) && o.stderr.contains("already on network other"),
+        || format!("a second connect: {o}"),
+    )?;
+    let o = h.hull(&["network", "disconnect", "other", "web"])?;
+    check(o.code == Some(0), || format!("network disconnect: {o}"))?;
+    check(http_get(&format!("{ip}:80")).is_err(), || {
+        format!("web still answers on other's address {ip} after disconnect")
+    })?;
+    let veths = links().into_iter().filter(|l| l.starts_with("hv")).count();
+    check(veths == 1, || {
+        format!("want web's first veth only after disconnect: {:?}", links())
+    })?;
+    let o = h.hull(&["rm", "-f", "web"])?;
+    check(o.code == Some(0), || format!("rm -f: {o}"))?;
+    check(h.leases().is_empty(), || {
+        format!("leases left after rm -f: {:?}", h.leases())
+    })
+}
+
 fn networks_are_isolated_and_internal_stays_inside(b: &'static str) -> Result<(), Failed> {
     outside_service()?;
     let h = Hull::new(b);
@@ -450,7 +570,7 @@ fn networks_are_isolated_and_internal_stays_inside(b: &'static str) -> Result<()
     })
 }
 
-fn network_none_has_only_lo(b: &'static str) -> Result<(), Failed> {
+fn network_none_has_only_lo_and_the_default_is_bridge(b: &'static str) -> Result<(), Failed> {
     let h = Hull::new(b);
     let o = h.run(&["--rm", "--network", "none"], &["ip", "-o", "link"])?;
     check(o.code == Some(0), || format!("{o}"))?;
@@ -465,7 +585,21 @@ fn network_none_has_only_lo(b: &'static str) -> Result<(), Failed> {
     check(up == ["lo"], || format!("want only lo up; {o}"))?;
     check(!o.stdout.contains("link/ether"), || {
         format!("an ethernet device with --network none; {o}")
-    })
+    })?;
+    // Without --network: the default network `bridge`, as docker's.
+    let o = h.run(&["--rm"], &["ip", "-o", "-4", "addr", "show", "eth0"])?;
+    check(o.code == Some(0), || format!("run without --network: {o}"))?;
+    let v = h.hull(&["network", "inspect", "bridge"])?;
+    let inspect: serde_json::Value =
+        serde_json::from_str(&v.stdout).map_err(|e| format!("{e}: {v}"))?;
+    let subnet = inspect[0]["subnet"]
+        .as_str()
+        .ok_or("no subnet in inspect")?;
+    let net: Vec<&str> = subnet.split(['.', '/']).take(2).collect();
+    check(
+        o.stdout.contains(&format!("inet {}.{}.", net[0], net[1])),
+        || format!("run without --network is not on bridge ({subnet}): {o}"),
+    )
 }
 
 fn bad_input_is_one_line_and_leaves_nothing(b: &'static str) -> Result<(), Failed> {
@@ -662,7 +796,7 @@ fn network_commands(b: &'static str) -> Result<(), Failed> {
 /// own (see the module docs).
 pub fn trials(backend: &'static str) -> Vec<Trial> {
     type Scenario = fn(&'static str) -> Result<(), Failed>;
-    let all: [(&str, Scenario); 10] = [
+    let all: [(&str, Scenario); 12] = [
         (
             "published_port_answers_on_host_addresses",
             published_port_answers_on_host_addresses,
@@ -673,10 +807,17 @@ pub fn trials(backend: &'static str) -> Vec<Trial> {
             containers_reach_each_other_by_name_and_alias,
         ),
         (
+            "containers_reach_each_other_over_ipv6_by_name",
+            containers_reach_each_other_over_ipv6_by_name,
+        ),
+        (
             "networks_are_isolated_and_internal_stays_inside",
             networks_are_isolated_and_internal_stays_inside,
         ),
-        ("network_none_has_only_lo", network_none_has_only_lo),
+        (
+            "network_none_has_only_lo_and_the_default_is_bridge",
+            network_none_has_only_lo_and_the_default_is_bridge,
+        ),
         (
             "bad_input_is_one_line_and_leaves_nothing",
             bad_input_is_one_line_and_leaves_nothing,
@@ -688,6 +829,10 @@ pub fn trials(backend: &'static str) -> Vec<Trial> {
         ),
         ("network_host", network_host),
         ("network_commands", network_commands),
+        (
+            "network_connect_and_disconnect",
+            network_connect_and_disconnect,
+        ),
     ];
     all.into_iter()
         .map(|(name, f)| {

@@ -80,11 +80,15 @@ impl Ctx {
         }
     }
 
-    /// `hull --state-dir S run --isolation B --rootfs R <flags> <cmd>`.
+    /// `hull --state-dir S run --isolation B --rootfs R <flags> <cmd>`, with
+    /// no network (HULL_NETWORK=none): `run` defaults to the bridge network,
+    /// which this suite must not build on the machine's own network (the
+    /// network suites run hull in network namespaces of their own).
     fn run(&self, flags: &[&str], cmd: &[&str]) -> Command {
         let mut c = Command::new(hull_bin());
         c.arg("--state-dir")
             .arg(self.state.path())
+            .env("HULL_NETWORK", "none")
             .args(["run", "--isolation", self.backend.0, "--rootfs"])
             .arg(rootfs())
             .args(flags)
@@ -94,7 +98,10 @@ impl Ctx {
 
     fn hull(&self, args: &[&str]) -> Command {
         let mut c = Command::new(hull_bin());
-        c.arg("--state-dir").arg(self.state.path()).args(args);
+        c.arg("--state-dir")
+            .arg(self.state.path())
+            .env("HULL_NETWORK", "none")
+            .args(args);
         c
     }
 
