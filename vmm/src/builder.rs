@@ -370,7 +370,8 @@ pub(crate) fn attach_virtio(
         add(Arc::new(Mutex::new(Net::from_config(n)?)))?;
     }
     for f in &cfg.fs {
-        add(Arc::new(Mutex::new(Fs::new(&f.tag, &f.path, f.read_only)?)))?;
+        let dev = Fs::new(&f.tag, &f.path, f.read_only, &event_loop)?;
+        add(Arc::new(Mutex::new(dev)))?;
     }
     Ok(Some(dm))
 }

@@ -141,6 +141,17 @@ fn fs_share() -> &'static PathBuf {
     })
 }
 
+/// The fs target's two devices over the share (read-write, read-only),
+/// made once per process (each has a thread of its own).
+fn fs_devices() -> &'static [super::fs::Fs; 2] {
+    static DEVS: OnceLock<[super::fs::Fs; 2]> = OnceLock::new();
+    DEVS.get_or_init(|| {
+        let el = super::event_loop::test_loop();
+        let dev = |ro| super::fs::Fs::new("fuzz", fs_share(), ro, &el).expect("fs device");
+        [dev(false), dev(true)]
+    })
+}
+
 /// virtio-fs requests (FUSE messages in guest buffers) on the hiprio queue
 /// (0) and the request queue (1): every chain is answered within its
 /// writable bytes, nothing panics, and the file beside the share is never
@@ -151,7 +162,7 @@ pub fn fs_requests(data: &[u8]) {
     };
     let read_only = data.first().is_some_and(|o| o & 2 != 0);
     let share = fs_share();
-    let dev = super::fs::Fs::new("fuzz", share, read_only).expect("fs device");
+    let dev = &fs_devices()[usize::from(read_only)];
     for n in 0..2 {
         let Some(mut q) = queue(&mem, n, event_idx) else {
             continue;

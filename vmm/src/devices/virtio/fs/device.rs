@@ -30,6 +30,8 @@ pub enum FsError {
     Tag(String),
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error("starting the virtio-fs thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// What a fs device saves: where its queues are. A VM with one is never
@@ -47,9 +49,9 @@ pub struct Fs {
     server: Arc<Mutex<Server>>,
     acked_features: u64,
     served: Vec<Served<FsQueue>>,
-    /// The device's own loop, started at the first activation and kept
-    /// (a guest that resets the device again and again gets no new thread).
-    own: Option<EventLoop>,
+    /// The device's own loop (a guest that resets the device again and
+    /// again gets no new thread).
+    own: EventLoop,
 }
 
 /// A valid tag: what the guest mounts by.
@@ -61,20 +63,25 @@ pub fn valid_tag(tag: &str) -> bool {
 
 impl Fs {
     /// A device sharing `path` as `tag`; `read_only` makes the server refuse
-    /// every change with EROFS.
-    pub fn new(tag: &str, path: &Path, read_only: bool) -> Result<Fs, FsError> {
+    /// every change with EROFS. Its thread starts here, beside `shared` (the
+    /// VM's device loop), before the guest runs: the vCPU thread that
+    /// activates the device may not start threads.
+    pub fn new(tag: &str, path: &Path, read_only: bool, shared: &EventLoop) -> Result<Fs, FsError> {
         if !valid_tag(tag) {
             return Err(FsError::Tag(tag.into()));
         }
         let server = Server::open(path, read_only, proc_self_fd())?;
         raise_open_files();
+        let own = shared
+            .start_sibling_of_kind("virtio-fs", crate::seccomp::ThreadKind::Fs)
+            .map_err(FsError::Thread)?;
         Ok(Fs {
             tag: tag.into(),
             path: path.to_path_buf(),
             server: Arc::new(Mutex::new(server)),
             acked_features: 0,
             served: Vec::new(),
-            own: None,
+            own,
         })
     }
 
@@ -173,17 +180,7 @@ impl VirtioDevice for Fs {
             });
         }
         // Its own thread: FUSE requests block on the host's disk.
-        let own = match &self.own {
-            Some(l) => l.clone(),
-            None => {
-                let l = a
-                    .event_loop
-                    .start_sibling_of_kind("virtio-fs", crate::seccomp::ThreadKind::Fs)
-                    .map_err(ActivateError::EventLoop)?;
-                self.own = Some(l.clone());
-                l
-            }
-        };
+        let own = self.own.clone();
         self.served.clear();
         for (queue, evt) in a.queues.drain(..).zip(a.queue_evts.drain(..)) {
             let queue: Queue = queue;
