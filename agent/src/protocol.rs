@@ -270,7 +270,7 @@ impl VmSetup {
     /// Reads what [`VmSetup::to_cmdline_word`] wrote (the value only).
     pub fn from_hex(hex: &str) -> Result<VmSetup, String> {
         let bytes = hex.as_bytes();
-        if bytes.len() % 2 != 0 {
+        if !bytes.len().is_multiple_of(2) {
             return Err("odd length".into());
         }
         let json: Vec<u8> = bytes

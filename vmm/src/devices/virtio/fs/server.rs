@@ -29,6 +29,8 @@ use std::path::Path;
 use super::protocol::{self as p, Args, Out};
 use super::sys;
 
+mod readdir;
+
 /// Node id of the share's root (FUSE_ROOT_ID).
 pub const ROOT_ID: u64 = 1;
 /// Most inodes the guest may hold at once (each is an open fd).
@@ -52,6 +54,8 @@ struct Inode {
 
 struct Handle {
     fd: OwnedFd,
+    /// Where READDIR is in an open directory.
+    dir: Option<readdir::DirCursor>,
 }
 
 pub struct Server {
@@ -604,7 +608,7 @@ impl Server {
         }
         let fh = self.next_fh;
         self.next_fh += 1;
-        self.handles.insert(fh, Handle { fd });
+        self.handles.insert(fh, Handle { fd, dir: None });
         Ok(fh)
     }
 
@@ -767,53 +771,6 @@ impl Server {
         let mut o = Out::default();
         o.u64(r);
         Ok(o.0)
-    }
-
-    fn readdir(&mut self, a: &mut Args<'_>, max_reply: usize, plus: bool) -> R {
-        let fh = a.u64()?;
-        let off = a.u64()?;
-        let size = a.u32()? as usize;
-        let max = size
-            .min(MAX_IO)
-            .min(max_reply.saturating_sub(p::OUT_HEADER_LEN));
-        let mut raw = vec![0u8; max.clamp(512, MAX_IO)];
-        let n = sys::getdents(self.handle_fd(fh)?, off, &mut raw)?;
-        let node_of_handle = self.node_of_handle(fh);
-        let mut out = Vec::new();
-        for e in sys::entries(&raw[..n]) {
-            let typ = u32::from(e.typ);
-            if !plus {
-                if !p::push_dirent(&mut out, max, e.ino, e.off, typ, e.name) {
-                    break;
-                }
-                continue;
-            }
-            let need = p::ENTRY_LEN + ((24 + e.name.len() + 7) & !7);
-            if out.len() + need > max {
-                break;
-            }
-            let special = e.name == b"." || e.name == b"..";
-            let entry = match (special, node_of_handle) {
-                (false, Some(dir)) => self.lookup_name(dir, e.name).ok(),
-                _ => None,
-            };
-            let mut o = Out(std::mem::take(&mut out));
-            match entry {
-                Some((node, st)) => o.entry(node, &st, TIMEOUT),
-                // Node 0: the guest looks it up itself if it wants it.
-                // SAFETY: stat64 is plain data; zeros are a valid value.
-                None => o.entry(0, &unsafe { std::mem::zeroed() }, 0),
-            };
-            out = o.0;
-            p::push_dirent(&mut out, max, e.ino, e.off, typ, e.name);
-        }
-        Ok(out)
-    }
-
-    /// The directory node a directory handle was opened on.
-    fn node_of_handle(&self, fh: u64) -> Option<u64> {
-        let st = sys::stat(self.handle_fd(fh).ok()?).ok()?;
-        self.by_key.get(&(st.st_dev, st.st_ino)).copied()
     }
 }
 

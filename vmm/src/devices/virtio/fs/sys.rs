@@ -308,10 +308,9 @@ pub struct DirEntry<'a> {
     pub name: &'a [u8],
 }
 
-/// Reads entries of `fd` from position `off` into `buf`; returns the bytes
-/// filled (0 at the end).
-pub fn getdents(fd: BorrowedFd<'_>, off: u64, buf: &mut [u8]) -> Result<usize, i32> {
-    lseek(fd, off, libc::SEEK_SET as u32)?;
+/// Reads entries of `fd` from its current position into `buf`; returns
+/// the bytes filled (0 at the end).
+pub fn getdents(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, i32> {
     // SAFETY: the buffer and its length are ours.
     let n = unsafe {
         libc::syscall(
