@@ -3,7 +3,7 @@
 //! scenarios.rs (it uses the suite's Ctx and helpers). Run by run_ns.rs and
 //! run_vm.rs (microVMs: virtio-fs shares served by hull-vmm).
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use libtest_mimic::{Failed, Trial};
@@ -64,6 +64,25 @@ fn bind_mount_both_ways(b: Backend) -> Result<(), Failed> {
     check(md.uid() == 0 && md.gid() == 0, || {
         format!(
             "root in the container writes root-owned files (id-mapped bind); got {}:{}",
+            md.uid(),
+            md.gid()
+        )
+    })?;
+    // A container user writes files the host sees as that user (vm: also
+    // when hull-vmm is jailed as a pool uid).
+    std::fs::set_permissions(host.path(), std::fs::Permissions::from_mode(0o777))?;
+    let o = run_text(run(
+        &c,
+        &["--rm", "-u", "1000:1000", "-v", &spec],
+        &["sh", "-c", "echo by user > /data/user.txt"],
+    ))?;
+    check(o.code == Some(0), || {
+        format!("user 1000 writing the volume; {o}")
+    })?;
+    let md = std::fs::metadata(host.path().join("user.txt"))?;
+    check(md.uid() == 1000 && md.gid() == 1000, || {
+        format!(
+            "container user 1000 writes files the host sees as 1000:1000; got {}:{}",
             md.uid(),
             md.gid()
         )
