@@ -26,7 +26,7 @@ const QUEUE_SIZES: [u16; 2] = [256, 1024];
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
-    #[error("virtio-fs tag {0:?}: 1 to {TAG_MAX} bytes, no ',' or '='")]
+    #[error("virtio-fs tag {0:?}: 1 to {TAG_MAX} bytes, no ',', '=' or space")]
     Tag(String),
     #[error(transparent)]
     Server(#[from] ServerError),
