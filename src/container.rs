@@ -60,6 +60,11 @@ pub struct ContainerConfig {
     /// mounts are writable.
     #[serde(default)]
     pub read_only: bool,
+    /// Where the root filesystem comes from: the image's `layers` (the
+    /// default), or a host directory shared into the microVM
+    /// ([`sandbox::RootFs::HostDir`], vm only; docs/volumes.md).
+    #[serde(default, skip_serializing_if = "is_layers")]
+    pub rootfs: sandbox::RootFs,
     /// The container's network; None: a namespace of its own with only
     /// `lo`, the image's /etc files untouched.
     #[serde(default)]
@@ -75,6 +80,10 @@ pub struct ContainerConfig {
     pub max_starting: Option<u32>,
     #[serde(default)]
     pub max_guest_memory_mib: Option<u64>,
+}
+
+fn is_layers(r: &sandbox::RootFs) -> bool {
+    *r == sandbox::RootFs::Layers
 }
 
 /// The container's configuration, as JSON in its state dir.
@@ -341,6 +350,7 @@ impl Container {
             huge_pages: config.huge_pages,
             mounts: config.mounts,
             read_only: config.read_only,
+            rootfs: config.rootfs,
             netns,
             tap,
             upper: config.upper,
@@ -645,6 +655,7 @@ mod tests {
             huge_pages: true,
             mounts: Vec::new(),
             read_only: false,
+            rootfs: sandbox::RootFs::Layers,
             network: None,
             upper: None,
             max_starting: None,

@@ -82,6 +82,7 @@ fn create_then_start_then_attach_then_delete() {
         huge_pages: true,
         mounts: Vec::new(),
         read_only: false,
+        rootfs: hull::sandbox::RootFs::Layers,
         network: None,
         upper: None,
         max_starting: None,

@@ -15,6 +15,13 @@ fn main() {
         // Built here, where cargo is; the emulated host only runs them.
         scenarios::build_runtime();
     }
+    if std::env::var_os("HULL_VMM").is_none() {
+        // For the trials that use the library (host_dir_root): the hull-vmm
+        // beside hull, as the CLI finds it.
+        let vmm = scenarios::hull_bin().with_file_name("hull-vmm");
+        // SAFETY: still single-threaded: no trial has started.
+        unsafe { std::env::set_var("HULL_VMM", vmm) };
+    }
     let mut trials = scenarios::trials(scenarios::Backend("vm"));
     trials.extend(scenarios::volume_scenarios::volume_trials(
         scenarios::Backend("vm"),

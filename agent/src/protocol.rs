@@ -232,6 +232,63 @@ pub enum MountKind {
         size: Option<u64>,
         mode: Option<u32>,
     },
+    /// A host directory a microVM reaches through the virtio-fs device
+    /// with this tag (hull-vmm serves it; read-only there too when
+    /// `readonly`).
+    Virtiofs { tag: String },
+}
+
+/// What hull tells a microVM's agent about its root and its mounts before
+/// anything connects: on the kernel command line, as the environment
+/// variable [`VM_SETUP_ENV`] holding this JSON in hex (the kernel passes
+/// unknown `KEY=VALUE` words to init's environment; hex has no character
+/// the command line would split or quote).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSetup {
+    /// The user's mounts, in order.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    /// `--read-only`: the root is remounted read-only after the mounts.
+    #[serde(default)]
+    pub read_only: bool,
+    /// The root filesystem is this virtio-fs tag (a host directory) rather
+    /// than the layer disks.
+    #[serde(default)]
+    pub root_tag: Option<String>,
+}
+
+/// The environment variable that carries a [`VmSetup`].
+pub const VM_SETUP_ENV: &str = "HULL_VM_SETUP";
+
+impl VmSetup {
+    /// `HULL_VM_SETUP=<hex of the JSON>`, a word for the kernel command line.
+    pub fn to_cmdline_word(&self) -> String {
+        let json = serde_json::to_vec(self).expect("a VmSetup serializes");
+        let mut s = format!("{VM_SETUP_ENV}=");
+        for b in json {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+
+    /// Reads what [`VmSetup::to_cmdline_word`] wrote (the value only).
+    pub fn from_hex(hex: &str) -> Result<VmSetup, String> {
+        let bytes = hex.as_bytes();
+        if !bytes.len().is_multiple_of(2) {
+            return Err("odd length".into());
+        }
+        let json: Vec<u8> = bytes
+            .chunks(2)
+            .map(|c| {
+                std::str::from_utf8(c)
+                    .ok()
+                    .and_then(|s| u8::from_str_radix(s, 16).ok())
+                    .ok_or_else(|| format!("not hex: {:?}", String::from_utf8_lossy(c)))
+            })
+            .collect::<Result<_, _>>()?;
+        serde_json::from_slice(&json).map_err(|e| e.to_string())
+    }
 }
 
 /// What to run.
@@ -412,6 +469,25 @@ pub struct ErrorMsg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vm_setup_round_trips_through_the_command_line() {
+        let setup = VmSetup {
+            mounts: vec![Mount {
+                kind: MountKind::Virtiofs { tag: "vol0".into() },
+                target: "/data dir".into(),
+                readonly: true,
+            }],
+            read_only: true,
+            root_tag: Some("root".into()),
+        };
+        let word = setup.to_cmdline_word();
+        let hex = word.strip_prefix("HULL_VM_SETUP=").unwrap();
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(VmSetup::from_hex(hex).unwrap(), setup);
+        assert!(VmSetup::from_hex("7").is_err());
+        assert!(VmSetup::from_hex("zz").is_err());
+    }
 
     #[test]
     fn freshen_carries_fresh_bytes_and_the_time_and_old_starts_still_parse() {

@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use crate::sys::{self, mount};
-use hull_agent::protocol::{Mount, MountKind};
+use hull_agent::protocol::{Mount, MountKind, VM_SETUP_ENV, VmSetup};
 
 const RDONLY: libc::c_ulong = libc::MS_RDONLY;
 const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
@@ -152,12 +152,55 @@ fn container_mounts(root: &str, devtmpfs: bool, taken: &[String]) -> Result<(), 
     Ok(())
 }
 
-/// In the VM: mount the layer disks, stack them, switch into the result.
+/// What hull put on the kernel command line for this VM (nothing: the
+/// layers, no mounts).
+fn vm_setup_request() -> Result<VmSetup, String> {
+    match std::env::var(VM_SETUP_ENV) {
+        Ok(hex) => VmSetup::from_hex(&hex).map_err(|e| format!("{VM_SETUP_ENV}: {e}")),
+        Err(_) => Ok(VmSetup::default()),
+    }
+}
+
+/// In the VM: mount the root (the layer disks stacked, or a virtio-fs
+/// share), the user's mounts in it, switch into the result.
 pub fn vm_setup() -> Result<(), String> {
     mnt("proc", "/proc", "proc", 0, "")?;
     mnt("sysfs", "/sys", "sysfs", 0, "")?;
     mnt("devtmpfs", "/dev", "devtmpfs", 0, "")?;
     mnt("tmpfs", "/run", "tmpfs", 0, "mode=0755")?;
+    let setup = vm_setup_request()?;
+    let root = "/run/hull/root";
+    match &setup.root_tag {
+        Some(tag) => {
+            mkdir(root)?;
+            mount(tag, root, "virtiofs", 0, "")
+                .map_err(|e| format!("mounting the root share {tag} (virtiofs): {e}"))?;
+        }
+        None => layered_root(root)?,
+    }
+    for m in &setup.mounts {
+        user_mount(root, m, None)?;
+    }
+    let mut taken: Vec<String> = setup.mounts.iter().map(|m| m.target.clone()).collect();
+    if find_disk("upper").is_some() {
+        // A build step: /tmp is the image's own, as in docker's and
+        // buildah's RUN, not a tmpfs.
+        taken.push("/tmp".to_string());
+    }
+    container_mounts(root, true, &taken)?;
+    std::env::set_current_dir(root).map_err(|e| format!("entering {root}: {e}"))?;
+    if setup.read_only {
+        writable_etc_files()?;
+        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+        mount("", ".", "", flags, "").map_err(|e| format!("making the root read-only: {e}"))?;
+    }
+    // The initramfs cannot be pivoted away from: move the new root over it.
+    mount(".", "/", "", libc::MS_MOVE, "").map_err(|e| format!("moving the root: {e}"))?;
+    sys::chroot_here().map_err(|e| format!("entering the root: {e}"))
+}
+
+/// The layer disks stacked under a writable upper at `root`.
+fn layered_root(root: &str) -> Result<(), String> {
     let disks = find_layer_disks()?;
     let mut lowers = Vec::new();
     for (i, disk) in disks.iter().enumerate() {
@@ -168,7 +211,6 @@ pub fn vm_setup() -> Result<(), String> {
             .map_err(|e| format!("mounting {disk} (erofs or ext4): {e}"))?;
         lowers.push(dir);
     }
-    let root = "/run/hull/root";
     // A writable disk with serial `upper` (hull build) holds the upper and
     // work dirs instead of the tmpfs (a step may write more than guest RAM);
     // the agent sends the upper's changes to the host as a tar (export.rs).
@@ -178,18 +220,10 @@ pub fn vm_setup() -> Result<(), String> {
             .map_err(|e| format!("mounting the upper disk {disk} (ext4): {e}"))?;
     }
     overlay(&lowers, "/run/hull/rw", root)?;
-    let mut taken = Vec::new();
     if find_disk("upper").is_some() {
         crate::export::keep_upper("/run/hull/rw/upper")?;
-        // A build step: /tmp is the image's own, as in docker's and
-        // buildah's RUN, not a tmpfs.
-        taken.push("/tmp".to_string());
     }
-    container_mounts(root, true, &taken)?;
-    std::env::set_current_dir(root).map_err(|e| format!("entering {root}: {e}"))?;
-    // The initramfs cannot be pivoted away from: move the new root over it.
-    mount(".", "/", "", libc::MS_MOVE, "").map_err(|e| format!("moving the root: {e}"))?;
-    sys::chroot_here().map_err(|e| format!("entering the root: {e}"))
+    Ok(())
 }
 
 /// Read-only, id-mapped detached copies of `lowers` for the user namespace
@@ -337,6 +371,12 @@ fn user_mount(root: &str, m: &Mount, mapped: Option<(&OwnedFd, u32)>) -> Result<
                 }
             }
         }
+        MountKind::Virtiofs { tag } => {
+            let target = mount_point(root, &m.target, false)?;
+            let ro = if m.readonly { RDONLY } else { 0 };
+            mount(tag, &target, "virtiofs", ro, "")
+                .map_err(|e| format!("mounting share {tag} at {} (virtiofs): {e}", m.target))?;
+        }
         MountKind::Tmpfs { size, mode } => {
             let target = mount_point(root, &m.target, false)?;
             let mut data = format!("mode={:o}", mode.unwrap_or(0o1777));
@@ -374,9 +414,13 @@ fn writable_etc_files() -> Result<(), String> {
     for file in ["etc/hosts", "etc/resolv.conf"] {
         match fs::symlink_metadata(file) {
             Ok(md) if md.is_file() => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::write(file, "").map_err(|e| format!("creating /{file}: {e}"))?;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::write(file, "") {
+                Ok(()) => {}
+                // A root that is read-only already (a microVM's read-only
+                // host directory root): no file to keep writable.
+                Err(e) if e.raw_os_error() == Some(libc::EROFS) => continue,
+                Err(e) => return Err(format!("creating /{file}: {e}")),
+            },
             _ => continue,
         }
         mount(file, file, "", libc::MS_BIND, "")

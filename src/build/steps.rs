@@ -134,6 +134,7 @@ pub fn run(
             huge_pages: true,
             mounts: Vec::new(),
             read_only: false,
+            rootfs: crate::sandbox::RootFs::Layers,
             upper: Some(upper.clone()),
             network: None,
             max_starting: None,

@@ -430,6 +430,7 @@ fn container_config(args: &RunArgs, src: &Source, mounts: Vec<MountSpec>) -> Con
         huge_pages: !args.no_huge_pages,
         mounts,
         read_only: args.read_only,
+        rootfs: hull::sandbox::RootFs::Layers,
         network: None,
         upper: None,
         max_starting: args.max_starting,

@@ -86,9 +86,13 @@ pub enum SandboxError {
     )]
     SocketPath(PathBuf, usize),
     #[error(
-        "volumes, tmpfs mounts and --read-only need virtio-fs in hull-vmm, which is not built yet: use --isolation ns"
+        "{0}: a microVM shares directories, not single files (virtio-fs): mount its directory, or use --isolation ns"
     )]
-    VmMounts,
+    VmFileMount(PathBuf),
+    #[error("{0} shared directories: a microVM takes at most {max}", max = hull_vmm::config::MAX_FS)]
+    TooManyShares(usize),
+    #[error("a host directory as the root filesystem needs --isolation vm")]
+    HostDirRootNs,
     #[error("the volume for {0} was not resolved (hull::volume::resolve)")]
     UnresolvedMount(String),
 }
@@ -127,6 +131,8 @@ pub struct Spec<'a> {
     pub mounts: Vec<crate::volume::MountSpec>,
     /// A read-only root filesystem.
     pub read_only: bool,
+    /// Where the root filesystem comes from: `layers`, or a host directory.
+    pub rootfs: RootFs,
     /// The network namespace hull prepared (ns: the agent joins it; None:
     /// a new empty one), or the host's (`--network host`).
     pub netns: NetNs,
@@ -136,6 +142,21 @@ pub struct Spec<'a> {
     /// The writable layer instead of a tmpfs: a host directory (ns), or an
     /// ext4 disk image (vm) whose upper/ and work/ the agent uses.
     pub upper: Option<PathBuf>,
+}
+
+/// Where a container's root filesystem comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum RootFs {
+    /// The image's layers (`layers`, `disks`) under a writable overlay.
+    #[default]
+    Layers,
+    /// A host directory used as it is, an OCI bundle's `root.path` (vm
+    /// only): shared into the microVM over virtio-fs and mounted as the
+    /// root; what the container writes lands in it (with `read_only`, the
+    /// share refuses writes on the host side). `layers` and `disks` are
+    /// not used.
+    HostDir(PathBuf),
 }
 
 /// Which network namespace an ns sandbox runs in.
@@ -244,6 +265,7 @@ impl Sandbox {
         }
         match spec.isolation {
             Isolation::Vm => vm::launch(spec),
+            Isolation::Ns if spec.rootfs != RootFs::Layers => Err(SandboxError::HostDirRootNs),
             Isolation::Ns => ns::launch(spec),
         }
     }

@@ -6,10 +6,11 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use hull_vmm::config::{DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_agent::protocol::{Mount, MountKind, VmSetup};
+use hull_vmm::config::{DiskConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 
-use super::{GUEST_CID, Isolation, Sandbox, SandboxError, Spec, agent_socket, io, vm_jail};
-use crate::{initramfs, paths, sys};
+use super::{GUEST_CID, Isolation, RootFs, Sandbox, SandboxError, Spec, agent_socket, io, vm_jail};
+use crate::{initramfs, paths, sys, volume};
 
 /// The VM's configuration, as `hull-vmm --config` reads it (in the state dir).
 pub const VM_CONFIG_FILE: &str = "vmm.json";
@@ -18,9 +19,7 @@ pub const VM_CONFIG_FILE: &str = "vmm.json";
 const UPPER_DISK_ID: &str = "upper";
 
 pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
-    if !spec.mounts.is_empty() || spec.read_only {
-        return Err(SandboxError::VmMounts);
-    }
+    let (shares, setup) = shares(spec)?;
     let kernel = match spec.kernel.clone().or_else(paths::chosen_kernel) {
         // Named by the user: say which file is missing.
         Some(k) if !k.is_file() => return Err(SandboxError::KernelNotFound(k)),
@@ -36,7 +35,12 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     let cache = paths::cache_dir().unwrap_or_else(|| spec.dir.to_path_buf());
     let initrd = initramfs::for_agent(&agent, &cache.join("initramfs"))?;
     let mut disks = Vec::new();
-    for (i, layer) in spec.layers.iter().enumerate() {
+    // A host directory as the root: no layer disks.
+    let layers = match spec.rootfs {
+        RootFs::Layers => spec.layers.as_slice(),
+        RootFs::HostDir(_) => &[],
+    };
+    for (i, layer) in layers.iter().enumerate() {
         match spec.disks.get(i) {
             Some(d) => disks.push(d.clone()),
             None => {
@@ -49,10 +53,16 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     let socket = agent_socket(Isolation::Vm, spec.dir);
     let console = spec.dir.join("console.log");
     let mut config = vm_config(spec, kernel, initrd, disks);
+    config.fs = shares;
+    // The kernel hands unknown KEY=VALUE words to init's environment.
+    let mut words = Vec::new();
     if std::env::var_os("HULL_AGENT_DEBUG").is_some() {
-        // The kernel hands unknown KEY=VALUE words to init's environment.
-        config.cmdline = "HULL_AGENT_DEBUG=1".into();
+        words.push("HULL_AGENT_DEBUG=1".to_string());
     }
+    if setup != VmSetup::default() {
+        words.push(setup.to_cmdline_word());
+    }
+    config.cmdline = words.join(" ");
     let config_path = spec.dir.join(VM_CONFIG_FILE);
     let log = spec.dir.join("vmm.log");
     let logf = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
@@ -110,6 +120,53 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         userns_owner,
         warnings,
     })
+}
+
+/// Tag of the virtio-fs share that is the root (RootFs::HostDir).
+const ROOT_TAG: &str = "hullroot";
+
+/// The virtio-fs shares of `spec` (its root when that is a host directory,
+/// then one per volume or bind mount, tags `hullroot`, `hullvol0`...) and
+/// what the agent does with them (and with tmpfs mounts and --read-only).
+fn shares(spec: &Spec<'_>) -> Result<(Vec<FsConfig>, VmSetup), SandboxError> {
+    let mut shares = Vec::new();
+    let mut setup = VmSetup {
+        read_only: spec.read_only,
+        ..VmSetup::default()
+    };
+    if let RootFs::HostDir(dir) = &spec.rootfs {
+        shares.push(FsConfig {
+            tag: ROOT_TAG.into(),
+            path: dir.clone(),
+            read_only: spec.read_only,
+        });
+        setup.root_tag = Some(ROOT_TAG.into());
+    }
+    for m in &spec.mounts {
+        let agent = volume::agent_mount(m)
+            .ok_or_else(|| SandboxError::UnresolvedMount(m.target.clone()))?;
+        let kind = match agent.kind {
+            MountKind::Bind { source } => {
+                let path = PathBuf::from(source);
+                if !path.is_dir() {
+                    return Err(SandboxError::VmFileMount(path));
+                }
+                let tag = format!("hullvol{}", shares.len());
+                shares.push(FsConfig {
+                    tag: tag.clone(),
+                    path,
+                    read_only: m.readonly,
+                });
+                MountKind::Virtiofs { tag }
+            }
+            other => other,
+        };
+        setup.mounts.push(Mount { kind, ..agent });
+    }
+    if shares.len() > hull_vmm::config::MAX_FS {
+        return Err(SandboxError::TooManyShares(shares.len()));
+    }
+    Ok((shares, setup))
 }
 
 /// The VM for `spec`: its kernel and initrd, vCPUs and memory, `disks`
@@ -195,6 +252,7 @@ mod tests {
             huge_pages: false,
             mounts: Vec::new(),
             read_only: false,
+            rootfs: RootFs::Layers,
             netns: crate::sandbox::NetNs::New,
             tap: None,
             upper: None,

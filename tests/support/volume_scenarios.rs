@@ -1,10 +1,9 @@
 //! The volume scenarios of the suite (issue 13): `-v`, `--mount`, `--tmpfs`,
 //! `--read-only` and `hull volume`, as a user sees them. A child module of
-//! scenarios.rs (it uses the suite's Ctx and helpers). Run by run_ns.rs; the
-//! vm backend joins once hull-vmm has its virtio-fs device (until then it
-//! refuses mounts in one line, which `vm_refuses_mounts_in_one_line` checks).
+//! scenarios.rs (it uses the suite's Ctx and helpers). Run by run_ns.rs and
+//! run_vm.rs (microVMs: virtio-fs shares served by hull-vmm).
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use libtest_mimic::{Failed, Trial};
@@ -65,6 +64,25 @@ fn bind_mount_both_ways(b: Backend) -> Result<(), Failed> {
     check(md.uid() == 0 && md.gid() == 0, || {
         format!(
             "root in the container writes root-owned files (id-mapped bind); got {}:{}",
+            md.uid(),
+            md.gid()
+        )
+    })?;
+    // A container user writes files the host sees as that user (vm: also
+    // when hull-vmm is jailed as a pool uid).
+    std::fs::set_permissions(host.path(), std::fs::Permissions::from_mode(0o777))?;
+    let o = run_text(run(
+        &c,
+        &["--rm", "-u", "1000:1000", "-v", &spec],
+        &["sh", "-c", "echo by user > /data/user.txt"],
+    ))?;
+    check(o.code == Some(0), || {
+        format!("user 1000 writing the volume; {o}")
+    })?;
+    let md = std::fs::metadata(host.path().join("user.txt"))?;
+    check(md.uid() == 1000 && md.gid() == 1000, || {
+        format!(
+            "container user 1000 writes files the host sees as 1000:1000; got {}:{}",
             md.uid(),
             md.gid()
         )
@@ -326,48 +344,249 @@ fn rm_force_with_volumes_leaves_nothing(b: Backend) -> Result<(), Failed> {
     })
 }
 
-/// Until hull-vmm has virtio-fs, a microVM refuses mounts in one line
-/// (exit 125) rather than silently running without them.
-fn vm_refuses_mounts_in_one_line(b: Backend) -> Result<(), Failed> {
+/// Processes holding an fd on `dir` or a file under it, found by device
+/// and inode (a jailed hull-vmm sees the share at another path).
+fn fds_under(dir: &Path) -> Vec<String> {
+    let mut inodes = std::collections::BTreeSet::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        if let Ok(md) = std::fs::symlink_metadata(&d) {
+            inodes.insert((md.dev(), md.ino()));
+            if md.is_dir() {
+                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                    todo.push(e.path());
+                }
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        for fd in std::fs::read_dir(e.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(md) = std::fs::metadata(fd.path()) {
+                if inodes.contains(&(md.dev(), md.ino())) {
+                    let target = std::fs::read_link(fd.path()).unwrap_or_default();
+                    found.push(format!("{pid}: {}", target.display()));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// `kill -9` of a microVM's hull-vmm while the guest holds files of its
+/// share open: the container is recorded as ended, and no process, mount
+/// or open fd on the share is left on the host.
+fn vmm_kill_9_leaves_nothing(b: Backend) -> Result<(), Failed> {
     let c = Ctx::new(b);
-    let o = run_text(run(&c, &["--rm", "--tmpfs", "/t"], &["true"]))?;
-    check(
-        o.code == Some(125)
-            && o.stderr.contains("virtio-fs")
-            && o.stderr.trim().lines().count() == 1,
-        || format!("want exit 125 naming virtio-fs; {o}"),
-    )
+    let host = tempfile::tempdir()?;
+    let spec = format!("{}:/data", p(host.path()));
+    let before = mounts();
+    let o = run_text(run(
+        &c,
+        &["-d", "-v", &spec],
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /data/d && exec 3>/data/d/open && echo ready > /data/ready && exec sleep 1000",
+        ],
+    ))?;
+    check(o.code == Some(0), || format!("{o}"))?;
+    let id = o.stdout.trim().to_string();
+    let ready = host.path().join("ready");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !ready.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    check(ready.exists(), || {
+        "the container never wrote its share".into()
+    })?;
+    let held = fds_under(host.path());
+    check(!held.is_empty(), || {
+        "while the guest runs, hull-vmm holds the share's files (none seen)".into()
+    })?;
+    let vmms: Vec<i32> = processes_mentioning(&id)
+        .iter()
+        .filter(|l| l.contains("hull-vmm"))
+        .filter_map(|l| l.split(':').next()?.trim().parse().ok())
+        .collect();
+    check(!vmms.is_empty(), || format!("no hull-vmm of {id} found"))?;
+    for pid in &vmms {
+        // SAFETY: kill with integer arguments, on the VMM this test started.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ps = run_text(c.hull(&["ps", "-a"]))?;
+        if !ps.stdout.contains("Up ") || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let rm = run_text(c.hull(&["rm", "-f", &id]))?;
+    check(rm.code == Some(0), || format!("{rm}"))?;
+    let left = processes_mentioning(&id);
+    check(left.is_empty(), || format!("processes left: {left:?}"))?;
+    let fds = fds_under(host.path());
+    check(fds.is_empty(), || format!("fds on the share left: {fds:?}"))?;
+    let after = mounts();
+    let new: Vec<_> = after.difference(&before).collect();
+    check(new.is_empty(), || format!("mounts left: {new:?}"))?;
+    check(host.path().join("d/open").exists(), || {
+        "the share's files stay".into()
+    })
+}
+
+/// Collects a container's output for [`host_dir_root`].
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The library's `RootFs::HostDir` (what the OCI runtime uses for a
+/// bundle's root.path): the microVM's root is a host directory over
+/// virtio-fs. The container reads the directory's files and its writes land
+/// in it, owned by root as the host sees them; with `read_only` the share
+/// refuses writes.
+fn host_dir_root(b: Backend) -> Result<(), Failed> {
+    use hull::container::Session;
+    use hull::sandbox::RootFs;
+    use hull::{Container, ContainerConfig, Isolation};
+    use hull_agent::protocol::{Start, User};
+    let c = Ctx::new(b);
+    let root = c.state.path().join("bundle-root");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(super::rootfs())
+        .arg(&root)
+        .status()?;
+    check(cp.success(), || "copying the busybox rootfs".into())?;
+    std::fs::write(root.join("marker"), "from the host dir\n")?;
+    for (name, read_only) in [("hostroot", false), ("hostroot-ro", true)] {
+        let config = ContainerConfig {
+            name: Some(name.into()),
+            image: "bundle".into(),
+            command: vec!["sh".into()],
+            isolation: Isolation::Vm,
+            layers: Vec::new(),
+            disks: Vec::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            kernel: None,
+            userns: hull::userns::Mode::Auto,
+            huge_pages: true,
+            mounts: Vec::new(),
+            read_only,
+            rootfs: RootFs::HostDir(root.clone()),
+            network: None,
+            upper: None,
+            max_starting: None,
+            max_guest_memory_mib: None,
+        };
+        let mut ctr = Container::create(&c.state.path().join("lib"), &config)?;
+        ctr.start()?;
+        let out = Captured::default();
+        let err = Captured::default();
+        let start = Start {
+            main: true,
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "cat /marker; echo written > /written-by-guest".into(),
+            ],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            user: User {
+                user: "0".into(),
+                group: None,
+            },
+            ..Start::default()
+        };
+        let mut times = hull::client::Times::default();
+        let session = Session {
+            sinks: hull::client::Sinks {
+                stdout: vec![Box::new(out.clone())],
+                stderr: vec![Box::new(err.clone())],
+                on_started: None,
+            },
+            stdin: false,
+            raw_terminal: false,
+            times: &mut times,
+            warn: &|w| eprintln!("{w}"),
+        };
+        let outcome = ctr.attach(&start, session)?;
+        let status = outcome.status();
+        ctr.finish(status, None)?;
+        ctr.delete(false)?;
+        let stdout =
+            String::from_utf8_lossy(&out.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+        let stderr =
+            String::from_utf8_lossy(&err.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+        check(stdout == "from the host dir\n", || {
+            format!("{name}: the root must be the host dir; stdout {stdout:?} stderr {stderr:?}")
+        })?;
+        let written = root.join("written-by-guest");
+        if read_only {
+            check(
+                status != 0 && stderr.contains("Read-only file system") && !written.exists(),
+                || format!("{name}: a read-only root refuses writes; status {status}, {stderr:?}"),
+            )?;
+        } else {
+            check(status == 0, || {
+                format!("{name}: status {status}, {stderr:?}")
+            })?;
+            let md = std::fs::metadata(&written)?;
+            check(
+                std::fs::read_to_string(&written)? == "written\n" && md.uid() == 0,
+                || format!("{name}: the guest's file lands in the host dir, owned by root"),
+            )?;
+            std::fs::remove_file(&written)?;
+        }
+    }
+    Ok(())
 }
 
 type Scenario = fn(Backend) -> Result<(), Failed>;
 
 /// The volume scenarios for backend `b`.
 pub fn volume_trials(b: Backend) -> Vec<Trial> {
-    let all: Vec<(&str, Scenario)> = if b.0 == "vm" {
-        vec![
-            ("bad_mount_flags_are_125", bad_mount_flags_are_125),
-            (
-                "vm_refuses_mounts_in_one_line",
-                vm_refuses_mounts_in_one_line,
-            ),
-        ]
-    } else {
-        vec![
-            ("bind_mount_both_ways", bind_mount_both_ways),
-            (
-                "read_only_mounts_refuse_writes",
-                read_only_mounts_refuse_writes,
-            ),
-            ("named_volume_lifecycle", named_volume_lifecycle),
-            ("tmpfs_and_read_only_root", tmpfs_and_read_only_root),
-            ("volume_escape_attempts", escape_attempts),
-            ("bad_mount_flags_are_125", bad_mount_flags_are_125),
-            (
-                "rm_force_with_volumes_leaves_nothing",
-                rm_force_with_volumes_leaves_nothing,
-            ),
-        ]
-    };
+    let mut all: Vec<(&str, Scenario)> = vec![
+        ("bind_mount_both_ways", bind_mount_both_ways),
+        (
+            "read_only_mounts_refuse_writes",
+            read_only_mounts_refuse_writes,
+        ),
+        ("named_volume_lifecycle", named_volume_lifecycle),
+        ("tmpfs_and_read_only_root", tmpfs_and_read_only_root),
+        ("volume_escape_attempts", escape_attempts),
+        ("bad_mount_flags_are_125", bad_mount_flags_are_125),
+        (
+            "rm_force_with_volumes_leaves_nothing",
+            rm_force_with_volumes_leaves_nothing,
+        ),
+    ];
+    if b.0 == "vm" {
+        all.push(("vmm_kill_9_leaves_nothing", vmm_kill_9_leaves_nothing));
+        all.push(("host_dir_root", host_dir_root));
+    }
     all.into_iter()
         .map(|(name, f)| Trial::test(format!("{}::volumes::{name}", b.0), move || f(b)))
         .collect()

@@ -25,6 +25,7 @@ use crate::devices::legacy::{
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::event_loop::EventLoop;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::MmioTransportState;
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
@@ -328,8 +329,11 @@ pub(crate) fn attach_virtio(
     exit: &mpsc::Sender<VmExit>,
     saved: Option<&[MmioTransportState]>,
 ) -> Result<Option<DeviceManager>, VmmError> {
-    let count =
-        cfg.disks.len() + usize::from(cfg.rng) + usize::from(cfg.vsock.is_some()) + cfg.nets.len();
+    let count = cfg.disks.len()
+        + usize::from(cfg.rng)
+        + usize::from(cfg.vsock.is_some())
+        + cfg.nets.len()
+        + cfg.fs.len();
     if let Some(saved) = saved.filter(|s| s.len() != count) {
         return Err(VmmError::DeviceCount {
             saved: saved.len(),
@@ -364,6 +368,10 @@ pub(crate) fn attach_virtio(
     }
     for n in &cfg.nets {
         add(Arc::new(Mutex::new(Net::from_config(n)?)))?;
+    }
+    for f in &cfg.fs {
+        let dev = Fs::new(&f.tag, &f.path, f.read_only, &event_loop)?;
+        add(Arc::new(Mutex::new(dev)))?;
     }
     Ok(Some(dm))
 }

@@ -18,6 +18,7 @@
 //!   "rng": true,
 //!   "vsock": { "cid": 3, "uds": "/path/to/vsock.sock" },
 //!   "nets": [{ "tap": "tap0", "mac": "02:00:00:00:00:01" }],
+//!   "fs": [{ "tag": "vol0", "path": "/srv/data", "read_only": false }],
 //!   "huge_pages": true
 //! }
 //! ```
@@ -81,6 +82,16 @@ pub enum ConfigError {
     NetBackend,
     #[error("fd {0} is given to more than one network device")]
     NetFdTwice(i32),
+    #[error("--fs {0:?}: expected tag=TAG,path=DIR[,ro] (a tag of 1 to 36 bytes)")]
+    Fs(String),
+    #[error("{0} shared directories: at most {MAX_FS}")]
+    TooManyFs(usize),
+    #[error("virtio-fs tag {0:?} is given twice")]
+    FsTagTwice(String),
+    #[error(
+        "a VM with a shared directory (--fs) cannot be snapshotted: the open host files of its virtio-fs server are not part of a snapshot"
+    )]
+    FsSnapshot,
 }
 
 /// Where a JSON configuration came from, for error messages.
@@ -252,6 +263,69 @@ impl NetConfig {
     }
 }
 
+/// Most shared directories one VM may have.
+pub const MAX_FS: usize = 8;
+
+/// One virtio-fs device sharing a host directory (JSON: `{"tag": ...,
+/// "path": ..., "read_only": ...}`; flag: `--fs tag=TAG,path=DIR[,ro]`).
+/// The guest mounts it with `mount -t virtiofs TAG DIR`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// What the guest mounts it by: 1 to 36 bytes, no ',', '=' or space.
+    pub tag: String,
+    /// The host directory.
+    pub path: PathBuf,
+    /// Every change is refused with EROFS on the host side. Default false.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for FsConfig {
+    type Err = ConfigError;
+    /// `tag=TAG,path=DIR[,ro]`.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::Fs(s.into());
+        let (mut tag, mut path, mut read_only) = (None, None, false);
+        for opt in s.split(',') {
+            match opt.split_once('=') {
+                Some(("tag", v)) if tag.is_none() => tag = Some(v.to_string()),
+                Some(("path", v)) if path.is_none() && !v.is_empty() => {
+                    path = Some(PathBuf::from(v))
+                }
+                None if opt == "ro" => read_only = true,
+                _ => return Err(bad()),
+            }
+        }
+        let (Some(tag), Some(path)) = (tag, path) else {
+            return Err(bad());
+        };
+        let fs = FsConfig {
+            tag,
+            path,
+            read_only,
+        };
+        fs.validate().map_err(|_| bad())?;
+        Ok(fs)
+    }
+}
+
+impl FsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if crate::devices::virtio::fs::device::valid_tag(&self.tag)
+            && !self.path.as_os_str().is_empty()
+        {
+            Ok(())
+        } else {
+            Err(ConfigError::Fs(format!(
+                "tag={},path={}",
+                self.tag,
+                self.path.display()
+            )))
+        }
+    }
+}
+
 /// The vsock device and its host side (JSON: `{"cid": ..., "uds": ...}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -345,6 +419,10 @@ pub struct VmConfig {
     /// virtio-net devices, eth0 first.
     #[serde(default)]
     pub nets: Vec<NetConfig>,
+    /// Shared host directories (virtio-fs), at most [`MAX_FS`]. Default
+    /// none.
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
     /// Back guest RAM with transparent huge pages (see kvm::memory).
     /// Default true.
     #[serde(default = "default_huge_pages")]
@@ -371,6 +449,7 @@ impl VmConfig {
             rng: false,
             vsock: None,
             nets: Vec::new(),
+            fs: Vec::new(),
             huge_pages: default_huge_pages(),
             snapshot_at_ready: None,
         }
@@ -429,6 +508,18 @@ impl VmConfig {
         if self.nets.len() > MAX_NETS {
             return Err(ConfigError::TooManyNets(self.nets.len()));
         }
+        if self.fs.len() > MAX_FS {
+            return Err(ConfigError::TooManyFs(self.fs.len()));
+        }
+        for (i, f) in self.fs.iter().enumerate() {
+            f.validate()?;
+            if self.fs[..i].iter().any(|g| g.tag == f.tag) {
+                return Err(ConfigError::FsTagTwice(f.tag.clone()));
+            }
+        }
+        if !self.fs.is_empty() && self.snapshot_at_ready.is_some() {
+            return Err(ConfigError::FsSnapshot);
+        }
         for (i, n) in self.nets.iter().enumerate() {
             n.validate()?;
             if let Some(fd) = n.fd {
@@ -472,6 +563,36 @@ mod tests {
         c.vcpus = 2;
         c.mem_mib = 8;
         assert!(matches!(c.validate(), Err(ConfigError::Mem(8))));
+    }
+
+    #[test]
+    fn shared_directories_parse_and_are_checked() {
+        let f: FsConfig = "tag=vol0,path=/srv/d,ro".parse().unwrap();
+        assert_eq!(
+            f,
+            FsConfig {
+                tag: "vol0".into(),
+                path: "/srv/d".into(),
+                read_only: true
+            }
+        );
+        for bad in [
+            "tag=vol0",
+            "path=/d",
+            "tag=,path=/d",
+            "tag=a b,path=/d",
+            &format!("tag={},path=/d", "x".repeat(37)),
+            "tag=a,path=/d,rw",
+        ] {
+            assert!(bad.parse::<FsConfig>().is_err(), "{bad}");
+        }
+        let mut c = VmConfig::new("/k".into());
+        c.fs = vec![f.clone(), f];
+        assert!(matches!(c.validate(), Err(ConfigError::FsTagTwice(_))));
+        c.fs.pop();
+        c.validate().unwrap();
+        c.snapshot_at_ready = Some("/snap".into());
+        assert!(matches!(c.validate(), Err(ConfigError::FsSnapshot)));
     }
 
     #[test]
@@ -519,6 +640,7 @@ mod tests {
                 "tap=tap0,mac=02:00:00:00:00:01".parse().unwrap(),
                 "fd=5".parse().unwrap(),
             ],
+            fs: vec!["tag=vol0,path=/srv/d,ro".parse().unwrap()],
             huge_pages: false,
             snapshot_at_ready: Some("/var/cache/t".into()),
         }
@@ -539,6 +661,7 @@ mod tests {
                 "boot_timer",
                 "cmdline",
                 "disks",
+                "fs",
                 "huge_pages",
                 "initrd",
                 "kernel",

@@ -233,6 +233,21 @@ mod tests {
             chain(&e),
             "vsock socket /nonexistent/hull/disk.img: No such file or directory (os error 2)"
         );
+        let el = crate::devices::virtio::event_loop::test_loop();
+        let e = crate::devices::virtio::fs::Fs::new("vol0", missing, false, &el)
+            .err()
+            .expect("shared a missing directory");
+        assert_eq!(
+            chain(&e),
+            "shared directory /nonexistent/hull/disk.img: No such file or directory (os error 2)"
+        );
+        let e = crate::devices::virtio::fs::Fs::new("a b", missing, false, &el)
+            .err()
+            .expect("took a tag with a space");
+        assert_eq!(
+            chain(&e),
+            "virtio-fs tag \"a b\": 1 to 36 bytes, no ',', '=' or space"
+        );
         let e = setup_err("queue eventfd")(std::io::Error::from_raw_os_error(libc::EMFILE));
         assert_eq!(
             chain(&e),

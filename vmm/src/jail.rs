@@ -28,6 +28,19 @@
 //! 6. drops to the unprivileged `U:G` with no supplementary groups, every
 //!    capability gone (bounding and ambient sets too) and `no_new_privs`.
 //!
+//! With shared directories (`fs`), each is bind-mounted at `/fsN` (read-only
+//! for a read-only share), a /proc/self/fd directory is opened from a proc
+//! mounted for the moment (the FUSE server reopens its O_PATH fds through
+//! it; the mount is detached before the pivot, so the jail has no /proc),
+//! the open-files limit covers the servers' tables, and four capabilities
+//! stay, effective, in the jail: CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER
+//! and CAP_FSETID. With them the server writes the share as the host's
+//! owners and modes require and gives what the guest creates the guest's
+//! ids, as an unjailed hull-vmm running as root does; they reach only what
+//! is mounted in the jail (the shares, the run directory; the kernel and
+//! read-only disks are read-only mounts). CAP_DAC_READ_SEARCH (which would
+//! allow open_by_handle_at) and CAP_MKNOD are not kept.
+//!
 //! The seccomp filters (crate::seccomp) come after, per thread.
 
 use std::ffi::CString;
@@ -51,6 +64,17 @@ pub struct JailConfig {
 
 /// Open files a jailed VMM may have (disks, eventfds, sockets).
 const MAX_OPEN_FILES: u64 = 1024;
+/// Open files each shared directory's FUSE server may add.
+const FS_OPEN_FILES: u64 = (crate::devices::virtio::fs::server::MAX_INODES
+    + crate::devices::virtio::fs::server::MAX_HANDLES) as u64;
+/// Capabilities a jailed VMM serving shared directories keeps (see the
+/// module).
+const FS_CAPS: [u32; 4] = [
+    0, // CAP_CHOWN
+    1, // CAP_DAC_OVERRIDE
+    3, // CAP_FOWNER
+    4, // CAP_FSETID
+];
 /// Largest file a jailed VMM may write (the console log; disks it writes
 /// are preallocated and do not grow).
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
@@ -131,8 +155,10 @@ pub fn enter(cfg: VmConfig, jail: &JailConfig) -> Result<VmConfig, JailError> {
     cfg.vsock.as_mut().expect("checked by run_dir").uds = Path::new("/run").join(sock_name);
     cfg.serial = SerialOutput::File(Path::new("/run").join(console_name));
     pivot(&root)?;
-    limits(largest_writable_disk(&cfg))?;
-    drop_privileges(jail)?;
+    let open_files = MAX_OPEN_FILES + FS_OPEN_FILES * cfg.fs.len() as u64;
+    limits(largest_writable_disk(&cfg), open_files)?;
+    let caps: &[u32] = if cfg.fs.is_empty() { &[] } else { &FS_CAPS };
+    drop_privileges(jail, caps)?;
     die_with_waiter()?;
     Ok(cfg)
 }
@@ -261,7 +287,7 @@ fn shed(jail: &JailConfig) -> Result<(), JailError> {
     // SAFETY: setrlimit reads a valid rlimit.
     check(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) })
         .map_err(step("setting RLIMIT_CORE"))?;
-    drop_privileges(jail)
+    drop_privileges(jail, &[])
 }
 
 /// `e` and its causes on one line.
@@ -317,6 +343,42 @@ fn bind_file(root: &Path, src: &Path, name: &str, read_only: bool) -> Result<Pat
     Ok(Path::new("/").join(name))
 }
 
+/// A shared directory, bind-mounted at `/name` in the jail (nosuid, nodev;
+/// read-only for a read-only share, on top of the server's own refusal).
+fn bind_dir(root: &Path, src: &Path, name: &str, read_only: bool) -> Result<PathBuf, JailError> {
+    let target = root.join(name);
+    std::fs::create_dir(&target).map_err(step(format!("creating {}", target.display())))?;
+    mount(Some(src), &target, None, libc::MS_BIND | libc::MS_REC, None)?;
+    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV;
+    if read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    mount(None, &target, None, flags, None)?;
+    Ok(Path::new("/").join(name))
+}
+
+/// Opens /proc/self/fd of a proc mounted for the moment at `root/proc`
+/// (this pid namespace's), hands it to the FUSE servers, and detaches the
+/// mount: the open directory keeps working, the jail has no /proc.
+fn proc_self_fd(root: &Path) -> Result<(), JailError> {
+    let dir = root.join("proc");
+    std::fs::create_dir(&dir).map_err(step(format!("creating {}", dir.display())))?;
+    mount(
+        Some(Path::new("proc")),
+        &dir,
+        Some("proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )?;
+    let fd = std::fs::File::open(dir.join("self/fd")).map_err(step("opening /proc/self/fd"))?;
+    crate::devices::virtio::fs::set_proc_self_fd(fd.into());
+    let c = cstr(&dir).map_err(step("detaching /proc"))?;
+    // SAFETY: a NUL-terminated path alive for the call.
+    check(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) })
+        .map_err(step("detaching /proc"))?;
+    std::fs::remove_dir(&dir).map_err(step("removing /proc"))
+}
+
 /// A device node only the jail's user may open.
 fn node(path: &Path, dev: libc::dev_t, jail: &JailConfig) -> Result<(), JailError> {
     let what = || format!("making {}", path.display());
@@ -361,6 +423,12 @@ fn build_root(
     }
     for (n, d) in cfg.disks.iter_mut().enumerate() {
         d.path = bind_file(root, &d.path, &format!("disk{n}"), d.read_only)?;
+    }
+    for (n, f) in cfg.fs.iter_mut().enumerate() {
+        f.path = bind_dir(root, &f.path, &format!("fs{n}"), f.read_only)?;
+    }
+    if !cfg.fs.is_empty() {
+        proc_self_fd(root)?;
     }
     node(&root.join("dev/kvm"), kvm, jail)?;
     node(&root.join("dev/urandom"), urandom, jail)?;
@@ -412,7 +480,7 @@ fn largest_writable_disk(cfg: &VmConfig) -> u64 {
 
 /// rlimits: open files, file size (at least [`MAX_FILE_BYTES`], more only
 /// for a writable disk of that size), no core dumps.
-fn limits(writable_disk_bytes: u64) -> Result<(), JailError> {
+fn limits(writable_disk_bytes: u64, open_files: u64) -> Result<(), JailError> {
     let set = |res, value: u64, name: &str| {
         let lim = libc::rlimit {
             rlim_cur: value,
@@ -421,7 +489,7 @@ fn limits(writable_disk_bytes: u64) -> Result<(), JailError> {
         // SAFETY: setrlimit reads a valid rlimit.
         check(unsafe { libc::setrlimit(res, &lim) }).map_err(step(format!("setting {name}")))
     };
-    set(libc::RLIMIT_NOFILE, MAX_OPEN_FILES, "RLIMIT_NOFILE")?;
+    set(libc::RLIMIT_NOFILE, open_files, "RLIMIT_NOFILE")?;
     set(
         libc::RLIMIT_FSIZE,
         MAX_FILE_BYTES.max(writable_disk_bytes),
@@ -435,10 +503,13 @@ fn limits(writable_disk_bytes: u64) -> Result<(), JailError> {
     Ok(())
 }
 
-fn drop_privileges(jail: &JailConfig) -> Result<(), JailError> {
-    // Empty the bounding set while we still may (CAP_SETPCAP); EINVAL ends
-    // the list of capabilities this kernel knows.
+fn drop_privileges(jail: &JailConfig, keep: &[u32]) -> Result<(), JailError> {
+    // Empty the bounding set while we still may (CAP_SETPCAP), but for
+    // `keep`; EINVAL ends the list of capabilities this kernel knows.
     for cap in 0..64 {
+        if keep.contains(&cap) {
+            continue;
+        }
         // SAFETY: prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } == -1 {
             if last().raw_os_error() == Some(libc::EINVAL) {
@@ -452,9 +523,17 @@ fn drop_privileges(jail: &JailConfig) -> Result<(), JailError> {
     let (u, g) = (jail.uid, jail.gid);
     // SAFETY: integer arguments.
     check(unsafe { libc::setresgid(g, g, g) }).map_err(step(format!("setresgid {g}")))?;
+    if !keep.is_empty() {
+        // SAFETY: prctl with integer arguments: the permitted set survives
+        // the uid change below.
+        check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) })
+            .map_err(step("PR_SET_KEEPCAPS"))?;
+    }
     // SAFETY: integer arguments. From root to a non-zero uid, the kernel
-    // clears the permitted, effective and ambient capability sets.
+    // clears the effective and ambient capability sets (and the permitted
+    // one, unless KEEPCAPS).
     check(unsafe { libc::setresuid(u, u, u) }).map_err(step(format!("setresuid {u}")))?;
+    set_caps(keep)?;
     // SAFETY: prctl with integer arguments.
     check(unsafe {
         libc::prctl(
@@ -469,6 +548,39 @@ fn drop_privileges(jail: &JailConfig) -> Result<(), JailError> {
     // SAFETY: prctl with integer arguments.
     check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
         .map_err(step("no_new_privs"))
+}
+
+/// Sets the permitted and effective capability sets to exactly `caps`
+/// (capset, version 3), and turns KEEPCAPS off again.
+fn set_caps(caps: &[u32]) -> Result<(), JailError> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut data = [Data::default(); 2];
+    for &c in caps {
+        let (word, bit) = ((c / 32) as usize, 1u32 << (c % 32));
+        data[word].effective |= bit;
+        data[word].permitted |= bit;
+    }
+    let header = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    // SAFETY: a valid header and two data structs, as version 3 expects.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
+    check(if rc == -1 { -1 } else { 0 }).map_err(step("capset"))?;
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) })
+        .map_err(step("PR_SET_KEEPCAPS"))
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use hull_vmm::config::{ConfigOrigin, DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::config::{
+    ConfigOrigin, DiskConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
+};
 use hull_vmm::jail::JailConfig;
 use hull_vmm::seccomp;
 use hull_vmm::snapshot::{Expected, Snapshot};
@@ -26,7 +28,7 @@ use hull_vmm::vmm::{Vmm, VmmError};
 #[command(name = "hull-vmm", version)]
 struct Args {
     /// JSON file holding a whole VmConfig (kernel, initrd, cmdline, vcpus,
-    /// mem_mib, serial, boot_timer, disks, rng, vsock, nets, huge_pages; see
+    /// mem_mib, serial, boot_timer, disks, rng, vsock, nets, fs, huge_pages; see
     /// hull_vmm::config); flags given too override it.
     #[arg(long, value_name = "FILE", conflicts_with = "config_fd")]
     config: Option<PathBuf>,
@@ -65,6 +67,11 @@ struct Args {
     /// Repeatable: eth0, eth1, ...
     #[arg(long = "net", value_name = "tap=NAME|fd=N[,mac=MAC]")]
     nets: Vec<NetConfig>,
+    /// A host directory shared over virtio-fs (the guest mounts it with
+    /// `mount -t virtiofs TAG DIR`); `ro` is enforced by hull-vmm.
+    /// Repeatable (up to 8).
+    #[arg(long = "fs", value_name = "tag=TAG,path=DIR[,ro]")]
+    fs: Vec<FsConfig>,
     /// Attach a virtio-rng device (the guest's /dev/hwrng).
     #[arg(long)]
     rng: bool,
@@ -212,6 +219,7 @@ fn config(args: Args) -> anyhow::Result<VmConfig> {
     cfg.boot_timer |= args.boot_timer;
     cfg.disks.extend(args.disks);
     cfg.nets.extend(args.nets);
+    cfg.fs.extend(args.fs);
     cfg.rng |= args.rng;
     cfg.huge_pages &= !args.no_huge_pages;
     if let (Some(cid), Some(uds)) = (args.vsock_cid, args.vsock_uds) {

@@ -52,16 +52,25 @@ pub enum ThreadKind {
     Vcpu,
     /// The virtio event loop (and any sibling loop a device starts).
     Device,
+    /// The virtio-fs server's loop: the device calls plus the file system
+    /// calls of a passthrough server, each relative to a directory fd.
+    Fs,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 3] = [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Device];
+    pub const ALL: [ThreadKind; 4] = [
+        ThreadKind::Main,
+        ThreadKind::Vcpu,
+        ThreadKind::Device,
+        ThreadKind::Fs,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             ThreadKind::Main => "main",
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Device => "device",
+            ThreadKind::Fs => "fs",
         }
     }
 
@@ -200,6 +209,40 @@ pub fn rules(kind: ThreadKind) -> Rules {
                 when(vec![arg(1, SeccompCmpOp::Eq, libc::FIONBIO)]),
             );
         }
+        ThreadKind::Fs => {
+            // Queue work (eventfds, the event loop) and the server's calls
+            // (crate::devices::virtio::fs::sys): no socket, no ioctl.
+            allow(
+                &mut r,
+                &[
+                    libc::SYS_epoll_wait,
+                    libc::SYS_epoll_ctl,
+                    libc::SYS_read,
+                    libc::SYS_openat2,
+                    libc::SYS_newfstatat,
+                    libc::SYS_statx,
+                    libc::SYS_fstatfs,
+                    libc::SYS_readlinkat,
+                    libc::SYS_mkdirat,
+                    libc::SYS_mknodat,
+                    libc::SYS_symlinkat,
+                    libc::SYS_unlinkat,
+                    libc::SYS_renameat2,
+                    libc::SYS_linkat,
+                    libc::SYS_fchownat,
+                    libc::SYS_fchmodat,
+                    libc::SYS_utimensat,
+                    libc::SYS_ftruncate,
+                    libc::SYS_pread64,
+                    libc::SYS_pwrite64,
+                    libc::SYS_fsync,
+                    libc::SYS_fdatasync,
+                    libc::SYS_fallocate,
+                    libc::SYS_lseek,
+                    libc::SYS_getdents64,
+                ],
+            );
+        }
     }
     r
 }
@@ -262,6 +305,7 @@ pub struct Filters {
     main: BpfProgram,
     vcpu: BpfProgram,
     device: BpfProgram,
+    fs: BpfProgram,
     /// The thread kind that makes [`FORBIDDEN_FOR_TESTS`] right after its
     /// filter is in (hull-vmm's `HULL_VMM_TEST_FORBIDDEN_SYSCALL`).
     pub test_forbidden: Option<ThreadKind>,
@@ -273,6 +317,7 @@ impl Filters {
             main: compile(ThreadKind::Main)?,
             vcpu: compile(ThreadKind::Vcpu)?,
             device: compile(ThreadKind::Device)?,
+            fs: compile(ThreadKind::Fs)?,
             test_forbidden: None,
         })
     }
@@ -282,6 +327,7 @@ impl Filters {
             ThreadKind::Main => &self.main,
             ThreadKind::Vcpu => &self.vcpu,
             ThreadKind::Device => &self.device,
+            ThreadKind::Fs => &self.fs,
         }
     }
 }
@@ -482,6 +528,7 @@ mod tests {
         assert_eq!(count(ThreadKind::Main), 18);
         assert_eq!(count(ThreadKind::Vcpu), 20);
         assert_eq!(count(ThreadKind::Device), 33);
+        assert_eq!(count(ThreadKind::Fs), 43);
     }
 
     #[test]

@@ -108,6 +108,8 @@ pub enum VmmError {
     Vsock(#[from] VsockError),
     #[error("setting up a virtio-net device")]
     Net(#[from] TapError),
+    #[error("setting up a virtio-fs device")]
+    Fs(#[from] crate::devices::virtio::fs::FsError),
     #[error("starting the virtio event loop")]
     EventLoop(#[source] std::io::Error),
     #[error("adding a virtio device")]

@@ -20,6 +20,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::seccomp::ThreadKind;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 /// Something that reacts to readiness of the fds it registered.
@@ -72,16 +73,27 @@ impl EventLoop {
     /// Creates the loop and starts its thread; `on_panic` hears of a
     /// handler that panicked ("device thread panicked: ...").
     pub fn start(on_panic: impl Fn(String) + Send + Sync + 'static) -> std::io::Result<EventLoop> {
-        Self::spawn("virtio", Arc::new(on_panic))
+        Self::spawn("virtio", Arc::new(on_panic), ThreadKind::Device)
     }
 
     /// Another loop on a thread of its own, named `name`, whose panics go
     /// to the same hook: for a device whose handlers block.
     pub fn start_sibling(&self, name: &str) -> std::io::Result<EventLoop> {
-        Self::spawn(name, self.on_panic.clone())
+        self.start_sibling_of_kind(name, ThreadKind::Device)
     }
 
-    fn spawn(name: &str, on_panic: PanicHook) -> std::io::Result<EventLoop> {
+    /// [`EventLoop::start_sibling`] under the seccomp filter of `kind`
+    /// (the virtio-fs server's thread makes file system calls no other
+    /// device thread may).
+    pub fn start_sibling_of_kind(
+        &self,
+        name: &str,
+        kind: ThreadKind,
+    ) -> std::io::Result<EventLoop> {
+        Self::spawn(name, self.on_panic.clone(), kind)
+    }
+
+    fn spawn(name: &str, on_panic: PanicHook, kind: ThreadKind) -> std::io::Result<EventLoop> {
         let el = EventLoop {
             epoll: Arc::new(Epoll::new()?),
             handlers: Arc::new(Mutex::new(HashMap::new())),
@@ -95,7 +107,7 @@ impl EventLoop {
                 let hook = runner.on_panic.clone();
                 // The device thread's seccomp filter, before it serves any
                 // guest request (a no-op unless hull-vmm enabled them).
-                if let Err(e) = crate::seccomp::enter(crate::seccomp::ThreadKind::Device) {
+                if let Err(e) = crate::seccomp::enter(kind) {
                     hook(crate::seccomp::one_line(&e));
                     return;
                 }

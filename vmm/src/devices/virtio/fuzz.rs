@@ -127,6 +127,70 @@ pub fn block_requests(data: &[u8]) {
     assert_eq!(len, DISK_BYTES, "the disk changed size");
 }
 
+/// The share the fs target serves (one per process): a directory holding
+/// one file, beside a file the guest must never reach.
+fn fs_share() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let top = std::env::temp_dir().join(format!("hull-fuzz-fs-{}", std::process::id()));
+        let share = top.join("share");
+        std::fs::create_dir_all(&share).expect("fuzz share");
+        std::fs::write(top.join("outside"), b"outside").expect("fuzz file");
+        std::fs::write(share.join("file"), b"inside").expect("fuzz file");
+        share
+    })
+}
+
+/// The fs target's two devices over the share (read-write, read-only),
+/// made once per process (each has a thread of its own).
+fn fs_devices() -> &'static [super::fs::Fs; 2] {
+    static DEVS: OnceLock<[super::fs::Fs; 2]> = OnceLock::new();
+    DEVS.get_or_init(|| {
+        let el = super::event_loop::test_loop();
+        let dev = |ro| super::fs::Fs::new("fuzz", fs_share(), ro, &el).expect("fs device");
+        [dev(false), dev(true)]
+    })
+}
+
+/// virtio-fs requests (FUSE messages in guest buffers) on the hiprio queue
+/// (0) and the request queue (1): every chain is answered within its
+/// writable bytes, nothing panics, and the file beside the share is never
+/// touched. Bit 1 of the option byte makes the share read-only.
+pub fn fs_requests(data: &[u8]) {
+    let Some((mem, event_idx)) = guest(data) else {
+        return;
+    };
+    let read_only = data.first().is_some_and(|o| o & 2 != 0);
+    let share = fs_share();
+    let dev = &fs_devices()[usize::from(read_only)];
+    for n in 0..2 {
+        let Some(mut q) = queue(&mem, n, event_idx) else {
+            continue;
+        };
+        use super::queue_worker::RequestHandler;
+        let mut h = dev.handler();
+        while let Some(chain) = q.pop_descriptor_chain(&mem) {
+            let head = chain.head_index();
+            let writable: u64 = chain
+                .clone()
+                .filter(|d| d.is_write_only())
+                .map(|d| u64::from(d.len()))
+                .sum();
+            let used = h.handle(&mem, chain);
+            assert!(
+                u64::from(used) <= writable,
+                "used {used} > writable {writable}"
+            );
+            let _ = q.add_used(&mem, head, used);
+        }
+    }
+    let outside = share.parent().expect("share has a parent").join("outside");
+    assert_eq!(
+        std::fs::read(outside).ok().as_deref(),
+        Some(&b"outside"[..])
+    );
+}
+
 /// The vsock device the vsock target drives (one per process: it listens
 /// on a Unix socket), re-activated for every input.
 struct VsockRig {
@@ -322,6 +386,7 @@ mod tests {
             block_requests(&data);
             vsock_packets(&data);
             net_frames(&data);
+            fs_requests(&data);
         }
         // Inputs too short to hold anything are not errors either.
         for data in [&[][..], &[1], &[3, 0, 0]] {
@@ -329,6 +394,7 @@ mod tests {
             block_requests(data);
             vsock_packets(data);
             net_frames(data);
+            fs_requests(data);
         }
     }
 
@@ -349,6 +415,7 @@ mod tests {
                 block_requests(&data);
                 vsock_packets(&data);
                 net_frames(&data);
+                fs_requests(&data);
             }
             let _ = done.send(());
         });

@@ -15,6 +15,7 @@
 
 pub mod block;
 pub mod event_loop;
+pub mod fs;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
 pub mod iov;
@@ -41,6 +42,7 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 /// VIRTIO_F_VERSION_1: every hull device is a modern (1.x) device.
 pub const F_VERSION_1: u64 = 1 << 32;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState};
 
 use super::block::BlockState;
+use super::fs::FsState;
 use super::net::NetState;
 use super::rng::RngState;
 use super::vsock::VsockState;
@@ -136,6 +137,7 @@ pub enum DeviceState {
     Rng(RngState),
     Vsock(VsockState),
     Net(NetState),
+    Fs(FsState),
 }
 
 impl DeviceState {
@@ -145,6 +147,7 @@ impl DeviceState {
             DeviceState::Rng(s) => &s.virtio,
             DeviceState::Vsock(s) => &s.virtio,
             DeviceState::Net(s) => &s.virtio,
+            DeviceState::Fs(s) => &s.virtio,
         }
     }
 
@@ -154,6 +157,7 @@ impl DeviceState {
             DeviceState::Rng(_) => "rng",
             DeviceState::Vsock(_) => "vsock",
             DeviceState::Net(_) => "net",
+            DeviceState::Fs(_) => "fs",
         }
     }
 }
