@@ -86,6 +86,7 @@ fn create_then_start_then_attach_then_delete() {
         upper: None,
         max_starting: None,
         max_guest_memory_mib: None,
+        cold_boot: false,
     };
 
     let mut c = Container::create(&state_dir, &config).unwrap();
@@ -126,6 +127,7 @@ fn create_then_start_then_attach_then_delete() {
         stdin: false,
         rlimits: Vec::new(),
         freshen: None,
+        root_disks: None,
         network: None,
     };
     let mut times = Times::default();
