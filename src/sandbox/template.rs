@@ -162,8 +162,10 @@ pub fn ensure(
 }
 
 /// The template's VM: no disks yet (empty slots), the agent told it is a
-/// template, paused and saved in `dir` once the agent is ready.
-fn template_config(dir: &Path, inputs: &Inputs<'_>) -> VmConfig {
+/// template, paused and saved in `dir` once the agent is ready. Its vsock
+/// socket (never connected to) is `uds`: not in the cache dir, whose
+/// filesystem may not hold sockets (a 9p share does not).
+fn template_config(dir: &Path, uds: &Path, inputs: &Inputs<'_>) -> VmConfig {
     let mut c = VmConfig::new(inputs.kernel.to_path_buf());
     c.initrd = Some(inputs.initrd.to_path_buf());
     c.cmdline = format!(
@@ -182,14 +184,21 @@ fn template_config(dir: &Path, inputs: &Inputs<'_>) -> VmConfig {
     c.disk_slots = DISK_SLOTS;
     c.vsock = Some(VsockConfig {
         cid: GUEST_CID,
-        uds: dir.join("vsock.sock"),
+        uds: uds.to_path_buf(),
     });
     c.snapshot_at_ready = Some(dir.to_path_buf());
     c
 }
 
 fn make(dir: &Path, inputs: &Inputs<'_>) -> Result<(), TemplateError> {
-    let config = template_config(dir, inputs);
+    let uds = std::env::temp_dir().join(format!("hull-template-{}.sock", std::process::id()));
+    let made = make_with(dir, &uds, inputs);
+    let _ = std::fs::remove_file(&uds);
+    made
+}
+
+fn make_with(dir: &Path, uds: &Path, inputs: &Inputs<'_>) -> Result<(), TemplateError> {
+    let config = template_config(dir, uds, inputs);
     let config_path = dir.join("vmm.json");
     let json = serde_json::to_vec_pretty(&config).expect("a VmConfig serializes");
     std::fs::write(&config_path, json).map_err(io("writing", &config_path))?;
@@ -232,9 +241,7 @@ fn make(dir: &Path, inputs: &Inputs<'_>) -> Result<(), TemplateError> {
         return Err(failed(last.unwrap_or_else(|| format!("ended ({status})"))));
     }
     // What only served the making goes; the snapshot stays.
-    for f in ["vsock.sock", "vmm.json"] {
-        let _ = std::fs::remove_file(dir.join(f));
-    }
+    let _ = std::fs::remove_file(dir.join("vmm.json"));
     Ok(())
 }
 
@@ -298,7 +305,7 @@ mod tests {
     fn the_template_has_empty_slots_for_every_disk_and_no_network() {
         let t = tempfile::tempdir().unwrap();
         let f = t.path().join("k");
-        let c = template_config(t.path(), &inputs(&f));
+        let c = template_config(t.path(), &t.path().join("v.sock"), &inputs(&f));
         c.validate().unwrap();
         assert_eq!((c.disks.len(), c.block_devices()), (0, MAX_DISKS));
         assert!(c.nets.is_empty());

@@ -287,7 +287,6 @@ fn main() {
     let (named_vcpus, named_mem) = (args.vcpus, args.mem);
     let named_config = args.config.is_some() || args.config_fd.is_some();
     let no_seccomp = args.no_seccomp;
-    let taking_snapshot = args.snapshot_at_ready.is_some();
     let jail_config = match (&args.jail, args.uid, args.gid) {
         (Some(dir), Some(uid), Some(gid)) => Some(JailConfig {
             dir: dir.clone(),
@@ -301,6 +300,8 @@ fn main() {
         Ok(c) => c,
         Err(e) => fail(e.as_ref(), 1),
     };
+    // From the flag or the JSON configuration alike.
+    let taking_snapshot = cfg.snapshot_at_ready.is_some();
     // The snapshot is opened and checked where its files are, before the
     // jail (whose root holds only the VM's own files): the restore maps
     // memory from the descriptor it keeps.
