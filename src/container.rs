@@ -14,7 +14,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hull_agent::protocol::Start;
+use hull_agent::protocol::{Freshen, Start};
 use serde::{Deserialize, Serialize};
 
 use crate::admission::{AdmissionError, Limits, MemoryReservation, StartSlot};
@@ -80,6 +80,10 @@ pub struct ContainerConfig {
     pub max_starting: Option<u32>,
     #[serde(default)]
     pub max_guest_memory_mib: Option<u64>,
+    /// Boot the microVM's kernel instead of restoring a template (vm;
+    /// `--cold-boot`).
+    #[serde(default)]
+    pub cold_boot: bool,
 }
 
 fn is_layers(r: &sandbox::RootFs) -> bool {
@@ -354,6 +358,8 @@ impl Container {
             netns,
             tap,
             upper: config.upper,
+            cold_boot: config.cold_boot,
+            progress: on_wait,
         };
         let sandbox = match Sandbox::launch(&spec) {
             Ok(s) => s,
@@ -364,6 +370,7 @@ impl Container {
         };
         self.state.status = Status::Running;
         self.state.sandbox = ProcessId::of(sandbox.pid() as i32);
+        self.state.boot = sandbox.boot();
         self.state.monitor = ProcessId::of(std::process::id() as i32);
         // On an error the sandbox is dropped: killed and cleaned up.
         if let Err(e) = self.states.save(&self.state) {
@@ -394,6 +401,11 @@ impl Container {
         let mut start = start.clone();
         if start.network.is_none() {
             start.network = self.network_setup.clone();
+        }
+        if let Some(disks) = sandbox.restored_disks() {
+            // A clone of a template: its own entropy and clock, its disks.
+            start.freshen = Freshen::now().ok();
+            start.root_disks = Some(disks);
         }
         let start = &start;
         let connected = sandbox.connect(CONNECT_TIMEOUT);
@@ -660,6 +672,7 @@ mod tests {
             upper: None,
             max_starting: None,
             max_guest_memory_mib: None,
+            cold_boot: false,
         }
     }
 

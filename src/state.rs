@@ -73,6 +73,9 @@ pub struct ContainerState {
     /// `0:1073741824:65536` in a user namespace, `0:0:4294967295` without.
     #[serde(default)]
     pub id_map: Option<String>,
+    /// How its microVM started: `restore` (from a template) or `cold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<crate::sandbox::Boot>,
     pub exit_code: Option<i32>,
     /// Why the container ended, when it is not simply its process exiting.
     pub exit_reason: Option<String>,
@@ -97,6 +100,7 @@ impl ContainerState {
             created: now(),
             status: Status::Created,
             sandbox: None,
+            boot: None,
             monitor: None,
             id_map: None,
             exit_code: None,

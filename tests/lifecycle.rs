@@ -87,6 +87,7 @@ fn create_then_start_then_attach_then_delete() {
         upper: None,
         max_starting: None,
         max_guest_memory_mib: None,
+        cold_boot: false,
     };
 
     let mut c = Container::create(&state_dir, &config).unwrap();
@@ -127,6 +128,7 @@ fn create_then_start_then_attach_then_delete() {
         stdin: false,
         rlimits: Vec::new(),
         freshen: None,
+        root_disks: None,
         network: None,
         export_upper: false,
     };

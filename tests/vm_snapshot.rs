@@ -3,8 +3,14 @@
 //! guest with two vCPUs and an entropy device is snapshotted at the
 //! agent's ready line (the busybox init prints it in the agent's place) and restored twice; each clone carries on from the
 //! mark and its devices work. Snapshots of another memory size, kernel,
-//! truncated or corrupted, are refused with one line and exit 4.
+//! truncated or corrupted, are refused with one line and exit 4. Then
+//! `hull run` from templates (tests/support/restore_trials.rs) and a few
+//! scenarios with `--cold-boot`.
 
+#[path = "support/restore_trials.rs"]
+mod restore_trials;
+#[path = "support/scenarios.rs"]
+mod scenarios;
 #[path = "support/vmtest.rs"]
 mod vmtest;
 
@@ -285,7 +291,13 @@ fn restored_clones_share_the_template_memory() -> Result<(), Failed> {
 }
 
 fn main() {
-    vmtest::run_vm_tests(vec![
+    let listing = std::env::args().any(|a| a == "--list");
+    let skipping = std::env::var("HULL_SKIP_VM_TESTS").as_deref() == Ok("1");
+    if std::env::var_os("HULL_IN_KVM_HOST").is_none() && !listing && !skipping {
+        // hull and the agent, built here, where cargo is.
+        scenarios::build_runtime();
+    }
+    let mut trials = vec![
         Trial::test(
             "snapshot_restores_twice_and_each_clone_carries_on",
             snapshot_restores_twice_and_each_clone_carries_on,
@@ -302,5 +314,18 @@ fn main() {
             "other_truncated_or_corrupted_snapshots_are_refused",
             other_truncated_or_corrupted_snapshots_are_refused,
         ),
-    ]);
+    ];
+    trials.extend(restore_trials::trials());
+    // run_vm runs the whole scenario suite restored (the default); a few
+    // scenarios cold-booted keep --cold-boot honest.
+    trials.extend(scenarios::some_trials(
+        scenarios::Backend("vm-cold"),
+        &[
+            "output_and_exit_code",
+            "env_cwd_user_hostname_groups",
+            "sigterm_exits_143",
+            "detach_exec_logs_stop",
+        ],
+    ));
+    vmtest::run_vm_tests(trials);
 }

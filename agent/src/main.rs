@@ -66,7 +66,14 @@ fn main() {
 fn vm_init() -> ! {
     let start = sys::boot_ms();
     sys::boot_mark(MARK_AGENT_START);
-    let setup = rootfs::vm_setup();
+    // A template's agent has no disks yet: a restored clone's main Start
+    // brings them (session::serve).
+    let template = std::env::var_os(hull_agent::protocol::TEMPLATE_ENV).is_some();
+    let setup = if template {
+        rootfs::vm_base()
+    } else {
+        rootfs::vm_setup()
+    };
     if let Err(e) = &setup {
         eprintln!("hull-agent: {e}");
     }
@@ -87,6 +94,11 @@ fn vm_init() -> ! {
         root: PathBuf::from("/"),
         setup_error: setup.err(),
         in_vm: true,
+        restored_root: std::sync::Mutex::new(if template {
+            session::RestoredRoot::Pending
+        } else {
+            session::RestoredRoot::NotATemplate
+        }),
     });
     sys::boot_mark(MARK_AGENT_READY);
     // The console line hull waits for before it connects (see hull's sandbox).
@@ -290,6 +302,7 @@ fn ns_main(args: &[String]) {
         root: PathBuf::from("/"),
         setup_error: setup.err(),
         in_vm: false,
+        restored_root: std::sync::Mutex::new(session::RestoredRoot::NotATemplate),
     });
     serve_forever(&listener, ctx, ns_end)
 }

@@ -325,7 +325,25 @@ pub struct Start {
     /// `.wh..wh..opq`), so the host never mounts the guest's disk.
     #[serde(default)]
     pub export_upper: bool,
+    /// The container's disks in a guest restored from a template (main
+    /// process, VM only): the agent mounts them before the process runs.
+    #[serde(default)]
+    pub root_disks: Option<RootDisks>,
 }
+
+/// What a template's empty disk slots hold after a restore: disks with
+/// serials `layer0`.. (bottom first) and, with `upper`, the writable disk
+/// with serial `upper`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootDisks {
+    pub layers: u32,
+    pub upper: bool,
+}
+
+/// The kernel command line word (passed to init's environment) that boots
+/// the agent as a template: no disks yet, its root made when a restored
+/// clone's main Start brings [`RootDisks`].
+pub const TEMPLATE_ENV: &str = "HULL_TEMPLATE";
 
 /// Most entropy bytes a [`Freshen`] carries.
 pub const MAX_ENTROPY: usize = 512;

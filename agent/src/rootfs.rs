@@ -164,10 +164,64 @@ fn vm_setup_request() -> Result<VmSetup, String> {
 /// In the VM: mount the root (the layer disks stacked, or a virtio-fs
 /// share), the user's mounts in it, switch into the result.
 pub fn vm_setup() -> Result<(), String> {
+    vm_base()?;
+    vm_root()
+}
+
+/// The guest's own /proc, /sys, /dev and /run (before any disk).
+pub fn vm_base() -> Result<(), String> {
     mnt("proc", "/proc", "proc", 0, "")?;
     mnt("sysfs", "/sys", "sysfs", 0, "")?;
     mnt("devtmpfs", "/dev", "devtmpfs", 0, "")?;
-    mnt("tmpfs", "/run", "tmpfs", 0, "mode=0755")?;
+    mnt("tmpfs", "/run", "tmpfs", 0, "mode=0755")
+}
+
+/// Sectors of the block device `/dev/NAME` as the guest kernel knows them.
+fn sectors(dev: &str) -> u64 {
+    let name = dev.trim_start_matches("/dev/");
+    fs::read_to_string(format!("/sys/block/{name}/size"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// In a guest restored from a template: waits (up to `limit`) until the
+/// disks hull gave the template's empty slots have their serials and sizes
+/// (the driver takes a new capacity from a configuration-change interrupt,
+/// on a work queue), then mounts them as [`vm_setup`] does.
+pub fn vm_root_after_restore(
+    disks: &hull_agent::protocol::RootDisks,
+    limit: std::time::Duration,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let layers = find_layer_disks().unwrap_or_default();
+        let upper = find_disk("upper");
+        let layers_ok =
+            layers.len() == disks.layers as usize && layers.iter().all(|d| sectors(d) > 0);
+        let upper_ok = !disks.upper || upper.as_deref().is_some_and(|d| sectors(d) > 0);
+        if layers_ok && upper_ok {
+            return vm_root();
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "the guest has {} of the {} layer disks{} after {limit:?} (restored from a template)",
+                layers.iter().filter(|d| sectors(d) > 0).count(),
+                disks.layers,
+                if disks.upper && !upper_ok {
+                    " and no upper disk"
+                } else {
+                    ""
+                },
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Mounts the root (the layer disks stacked, or a virtio-fs share), the
+/// user's mounts in it, and switches into the result.
+fn vm_root() -> Result<(), String> {
     let setup = vm_setup_request()?;
     let root = "/run/hull/root";
     match &setup.root_tag {

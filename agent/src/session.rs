@@ -92,6 +92,49 @@ pub struct Ctx {
     /// The agent is a microVM's PID 1 (it may step the clock and feed the
     /// entropy pool: in a namespace sandbox those are the host's).
     pub in_vm: bool,
+    /// A template's agent (restored): the container's root is made from
+    /// the disks the main process's Start names.
+    pub restored_root: Mutex<RestoredRoot>,
+}
+
+/// The root of a guest booted as a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoredRoot {
+    /// Booted with its disks (not a template): nothing to do.
+    NotATemplate,
+    /// Waiting for the main Start's disks.
+    Pending,
+    /// Made, or why not (told to every later session).
+    Made(Result<(), String>),
+}
+
+/// How long a restored guest waits for the disks hull gave its slots.
+const RESTORED_DISKS_WAIT: Duration = Duration::from_secs(10);
+
+/// The root of a restored guest, from the main Start's disks, once; the
+/// error of a root that could not be made.
+fn root_after_restore(start: &Start, ctx: &Ctx) -> Option<String> {
+    let mut state = lock(&ctx.restored_root);
+    match &*state {
+        RestoredRoot::NotATemplate | RestoredRoot::Made(Ok(())) => return None,
+        RestoredRoot::Made(Err(e)) => return Some(e.clone()),
+        RestoredRoot::Pending if !start.main => {
+            return Some("the container's main process has not started yet".into());
+        }
+        RestoredRoot::Pending => {}
+    }
+    let made = match &start.root_disks {
+        None => Err("this guest was restored from a template and the host sent no disks".into()),
+        // Entropy and clock first: the root's mounts take their times from it.
+        Some(disks) => start
+            .freshen
+            .as_ref()
+            .map_or(Ok(()), freshen)
+            .and_then(|()| crate::rootfs::vm_root_after_restore(disks, RESTORED_DISKS_WAIT)),
+    };
+    debug!("root after restore: {made:?}");
+    *state = RestoredRoot::Made(made.clone());
+    made.err()
 }
 
 type Writer = Arc<Mutex<File>>;
@@ -140,7 +183,11 @@ pub fn serve(conn: File, ctx: &Ctx) -> Option<i32> {
     };
     debug!("start {:?} (main: {})", start.argv, start.main);
     let main = start.main;
-    let status = match &ctx.setup_error {
+    let setup_error = ctx
+        .setup_error
+        .clone()
+        .or_else(|| root_after_restore(&start, ctx));
+    let status = match &setup_error {
         Some(e) => {
             send_error(&writer, format!("setting up the container: {e}"), 125);
             125

@@ -22,10 +22,14 @@ pub struct Timings {
     pub phases_ms: BTreeMap<String, f64>,
 }
 
-/// `hull run --isolation vm|ns` as a backend.
+/// `hull run --isolation vm|ns` as a backend (`vm-cold`: `--isolation vm
+/// --cold-boot`).
 #[derive(Debug)]
 pub struct HullCli {
+    name: String,
     isolation: Isolation,
+    /// Flags of this backend's own (`--cold-boot`).
+    flags: Vec<String>,
     hull: PathBuf,
     /// Arguments naming what to run: `--rootfs DIR` or `IMAGE`, plus limits.
     target: Vec<String>,
@@ -42,7 +46,9 @@ impl HullCli {
     ) -> HullCli {
         let hull = std::env::current_exe().unwrap_or_else(|_| "hull".into());
         HullCli {
+            name: isolation.name().to_string(),
             isolation,
+            flags: Vec::new(),
             hull,
             target,
             work_dir,
@@ -50,9 +56,16 @@ impl HullCli {
         }
     }
 
+    /// MicroVMs booted, not restored from the template: backend `vm-cold`.
+    pub fn cold_boot(mut self) -> HullCli {
+        self.name = "vm-cold".into();
+        self.flags = vec!["--cold-boot".into()];
+        self
+    }
+
     fn err(&self, message: impl Into<String>) -> BenchError {
         BenchError::Backend {
-            backend: self.isolation.name().to_string(),
+            backend: self.name.clone(),
             message: message.into(),
         }
     }
@@ -63,6 +76,7 @@ impl HullCli {
         // benchmark leaves the machine's network alone).
         c.args(["run", "--rm", "--isolation", self.isolation.name()])
             .args(["--network", "none"])
+            .args(&self.flags)
             .args(&self.target)
             .args(args);
         if let Some(t) = timings {
@@ -119,7 +133,7 @@ fn stderr_of(child: &mut Child) -> String {
 
 impl Backend for HullCli {
     fn name(&self) -> &str {
-        self.isolation.name()
+        &self.name
     }
 
     fn unavailable(&self) -> Option<String> {

@@ -139,6 +139,7 @@ pub fn run(
             network: None,
             max_starting: None,
             max_guest_memory_mib: None,
+            cold_boot: false,
         };
         let mut c = Container::create(&settings.state_dir, &config)?;
         let mut times = Times::default();
@@ -475,6 +476,7 @@ pub fn start(argv: Vec<String>, env: Vec<String>, cwd: String, user: &str) -> St
         stdin: false,
         rlimits: Vec::new(),
         freshen: None,
+        root_disks: None,
         network: None,
         export_upper: false,
     }

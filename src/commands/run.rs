@@ -84,6 +84,7 @@ impl ProcessArgs {
             freshen: None,
             network: None,
             export_upper: false,
+            root_disks: None,
         })
     }
 }
@@ -116,6 +117,11 @@ pub struct RunArgs {
     /// Isolation boundary.
     #[arg(long, value_enum, default_value = "vm")]
     pub isolation: Isolation,
+    /// Boot the microVM's kernel (vm) instead of restoring the template
+    /// (one booted, saved guest per kernel, agent, vCPUs and memory, made
+    /// on first need); HULL_COLD_BOOT=1 makes it the default.
+    #[arg(long)]
+    pub cold_boot: bool,
     /// Guest RAM in 4 KiB pages only (vm): a few MiB less host memory per
     /// VM where transparent huge pages are `madvise`, slower guest memory.
     #[arg(long)]
@@ -435,6 +441,7 @@ fn container_config(args: &RunArgs, src: &Source, mounts: Vec<MountSpec>) -> Con
         upper: None,
         max_starting: args.max_starting,
         max_guest_memory_mib: args.max_guest_memory,
+        cold_boot: args.cold_boot,
     }
 }
 

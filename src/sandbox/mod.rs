@@ -5,6 +5,7 @@
 //!   same root filesystem stacked read-only, over a Unix socket.
 
 mod ns;
+pub mod template;
 mod vm;
 pub mod vm_jail;
 
@@ -95,6 +96,8 @@ pub enum SandboxError {
     HostDirRootNs,
     #[error("the volume for {0} was not resolved (hull::volume::resolve)")]
     UnresolvedMount(String),
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
 }
 
 /// How much of the console hull reads looking for the agent's ready line.
@@ -142,6 +145,18 @@ pub struct Spec<'a> {
     /// The writable layer instead of a tmpfs: a host directory (ns), or an
     /// ext4 disk image (vm) whose upper/ and work/ the agent uses.
     pub upper: Option<PathBuf>,
+    /// Boot the microVM's kernel instead of restoring a template (vm).
+    pub cold_boot: bool,
+    /// Hears what takes time before the sandbox runs (making a template).
+    pub progress: &'a dyn Fn(&str),
+}
+
+/// How a microVM started: restored from a template, or booted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Boot {
+    Restore,
+    Cold,
 }
 
 /// Where a container's root filesystem comes from.
@@ -250,6 +265,8 @@ pub struct Sandbox {
     userns_owner: Option<PathBuf>,
     /// What the launch has to tell the user (see `take_warnings`).
     warnings: Vec<String>,
+    /// Restored from a template (vm): the disks its slots were given.
+    restored: Option<hull_agent::protocol::RootDisks>,
 }
 
 /// The guest CID hull gives every VM (each VM has its own vsock device).
@@ -274,6 +291,20 @@ impl Sandbox {
     /// once.
     pub fn take_warnings(&mut self) -> Vec<String> {
         std::mem::take(&mut self.warnings)
+    }
+
+    /// How the microVM started (None: not a microVM).
+    pub fn boot(&self) -> Option<Boot> {
+        match (self.isolation, self.restored) {
+            (Isolation::Ns, _) => None,
+            (Isolation::Vm, Some(_)) => Some(Boot::Restore),
+            (Isolation::Vm, None) => Some(Boot::Cold),
+        }
+    }
+
+    /// The disks a restored microVM's agent mounts (its main Start says so).
+    pub fn restored_disks(&self) -> Option<hull_agent::protocol::RootDisks> {
+        self.restored
     }
 
     /// The process that holds the sandbox (VMM, or the agent's parent).
@@ -309,8 +340,9 @@ impl Sandbox {
     }
 
     fn try_connect(&self) -> Option<UnixStream> {
-        if self.isolation == Isolation::Vm {
-            // Connect once the agent says (on the guest console) that it
+        if self.isolation == Isolation::Vm && self.restored.is_none() {
+            // (A restored guest's agent listened before the template was
+            // saved.) Connect once the agent says (on the guest console) that it
             // listens: earlier attempts would only be refused by the guest.
             // Only the console's first MiB: the agent says it is ready right
             // after boot, and a guest flooding its console must not make

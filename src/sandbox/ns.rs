@@ -125,5 +125,6 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         cgroup: Some(cgroup),
         userns_owner,
         warnings,
+        restored: None,
     })
 }

@@ -9,7 +9,11 @@ use std::process::{Command, Stdio};
 use hull_agent::protocol::{Mount, MountKind, VmSetup};
 use hull_vmm::config::{DiskConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 
-use super::{GUEST_CID, Isolation, RootFs, Sandbox, SandboxError, Spec, agent_socket, io, vm_jail};
+use hull_agent::protocol::RootDisks;
+
+use super::{
+    GUEST_CID, Isolation, RootFs, Sandbox, SandboxError, Spec, agent_socket, io, template, vm_jail,
+};
 use crate::{initramfs, paths, sys, volume};
 
 /// The VM's configuration, as `hull-vmm --config` reads it (in the state dir).
@@ -63,11 +67,26 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         words.push(setup.to_cmdline_word());
     }
     config.cmdline = words.join(" ");
+    let mut warnings = Vec::new();
+    let mut cmd = Command::new(&vmm);
+    let restored = match restore_from(spec, &vmm, &config, &setup, &cache) {
+        Ok(Some(t)) => {
+            cmd.arg("--restore").arg(&t);
+            config.disk_slots = template::DISK_SLOTS;
+            Some(RootDisks {
+                layers: spec.layers.len() as u32,
+                upper: spec.upper.is_some(),
+            })
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warnings.push(format!("{}: cold-booting instead", crate::error::chain(&e)));
+            None
+        }
+    };
     let config_path = spec.dir.join(VM_CONFIG_FILE);
     let log = spec.dir.join("vmm.log");
     let logf = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
-    let mut cmd = Command::new(&vmm);
-    let mut warnings = Vec::new();
     let jail = if vm_jail::enabled() {
         Some(vm_jail::prepare(spec, &mut config, &mut cmd)?)
     } else {
@@ -119,6 +138,7 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         cgroup,
         userns_owner,
         warnings,
+        restored,
     })
 }
 
@@ -167,6 +187,42 @@ fn shares(spec: &Spec<'_>) -> Result<(Vec<FsConfig>, VmSetup), SandboxError> {
         return Err(SandboxError::TooManyShares(shares.len()));
     }
     Ok((shares, setup))
+}
+
+/// The template this VM restores, made first if need be; None when it
+/// cold-boots: asked to, or for what a template cannot hold yet (a network
+/// device, which a template would need a tap for; virtio-fs shares, tmpfs
+/// mounts or a read-only root, which the agent learns from the command line
+/// at boot).
+fn restore_from(
+    spec: &Spec<'_>,
+    vmm: &Path,
+    config: &VmConfig,
+    setup: &VmSetup,
+    cache: &Path,
+) -> Result<Option<PathBuf>, SandboxError> {
+    if spec.cold_boot
+        || template::cold_boot_by_env()
+        || !config.nets.is_empty()
+        || !config.fs.is_empty()
+        || *setup != VmSetup::default()
+        || config.disks.len() > template::DISK_SLOTS
+    {
+        return Ok(None);
+    }
+    let Some(initrd) = config.initrd.as_deref() else {
+        return Ok(None);
+    };
+    let inputs = template::Inputs {
+        vmm,
+        kernel: &config.kernel,
+        initrd,
+        vcpus: config.vcpus,
+        mem_mib: config.mem_mib,
+        huge_pages: config.huge_pages,
+        cmdline: &config.cmdline,
+    };
+    Ok(Some(template::ensure(cache, &inputs, spec.progress)?))
 }
 
 /// The VM for `spec`: its kernel and initrd, vCPUs and memory, `disks`
@@ -256,6 +312,8 @@ mod tests {
             netns: crate::sandbox::NetNs::New,
             tap: None,
             upper: None,
+            cold_boot: false,
+            progress: &|_| {},
         };
         let disks = vec![t.path().join("a.erofs"), t.path().join("b.erofs")];
         let config = vm_config(&spec, "/k".into(), "/i".into(), disks.clone());

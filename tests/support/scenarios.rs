@@ -63,8 +63,24 @@ fn rootfs() -> &'static Path {
 }
 
 /// One backend's view of the suite.
+/// `vm`, `ns`, or `vm-cold`: `--isolation vm --cold-boot` (a microVM
+/// booted instead of restored from the template).
 #[derive(Clone, Copy)]
 pub struct Backend(pub &'static str);
+
+impl Backend {
+    fn isolation(self) -> &'static str {
+        if self.0 == "vm-cold" { "vm" } else { self.0 }
+    }
+
+    fn run_flags(self) -> &'static [&'static str] {
+        if self.0 == "vm-cold" {
+            &["--cold-boot"]
+        } else {
+            &[]
+        }
+    }
+}
 
 /// A state dir of its own for each scenario.
 struct Ctx {
@@ -89,7 +105,9 @@ impl Ctx {
         c.arg("--state-dir")
             .arg(self.state.path())
             .env("HULL_NETWORK", "none")
-            .args(["run", "--isolation", self.backend.0, "--rootfs"])
+            .args(["run", "--isolation", self.backend.isolation()])
+            .args(self.backend.run_flags())
+            .arg("--rootfs")
             .arg(rootfs())
             .args(flags)
             .args(cmd);
@@ -931,6 +949,14 @@ pub fn ns_trials() -> Vec<Trial> {
 }
 
 /// The suite, one trial per scenario, named `<backend>::<scenario>`.
+/// The scenarios named in `names` only.
+pub fn some_trials(b: Backend, names: &[&str]) -> Vec<Trial> {
+    trials(b)
+        .into_iter()
+        .filter(|t| names.iter().any(|n| t.name().ends_with(&format!("::{n}"))))
+        .collect()
+}
+
 pub fn trials(b: Backend) -> Vec<Trial> {
     type Scenario = fn(Backend) -> Result<(), Failed>;
     let all: [(&str, Scenario); 15] = [

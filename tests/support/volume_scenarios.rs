@@ -500,6 +500,7 @@ fn host_dir_root(b: Backend) -> Result<(), Failed> {
             upper: None,
             max_starting: None,
             max_guest_memory_mib: None,
+            cold_boot: false,
         };
         let mut ctr = Container::create(&c.state.path().join("lib"), &config)?;
         ctr.start()?;
@@ -526,6 +527,7 @@ fn host_dir_root(b: Backend) -> Result<(), Failed> {
                 stdout: vec![Box::new(out.clone())],
                 stderr: vec![Box::new(err.clone())],
                 on_started: None,
+                layer: None,
             },
             stdin: false,
             raw_terminal: false,

@@ -329,7 +329,7 @@ pub(crate) fn attach_virtio(
     exit: &mpsc::Sender<VmExit>,
     saved: Option<&[MmioTransportState]>,
 ) -> Result<Option<DeviceManager>, VmmError> {
-    let count = cfg.disks.len()
+    let count = cfg.block_devices()
         + usize::from(cfg.rng)
         + usize::from(cfg.vsock.is_some())
         + cfg.nets.len()
@@ -358,6 +358,9 @@ pub(crate) fn attach_virtio(
     for d in &cfg.disks {
         let disk = Block::open(&d.path, d.read_only, d.id.as_deref())?;
         add(Arc::new(Mutex::new(disk)))?;
+    }
+    for _ in cfg.disks.len()..cfg.disk_slots {
+        add(Arc::new(Mutex::new(Block::empty()?)))?;
     }
     if cfg.rng {
         add(Arc::new(Mutex::new(Rng::new())))?;

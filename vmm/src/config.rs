@@ -68,6 +68,8 @@ pub enum ConfigError {
     Disk(String),
     #[error("{0} disks: at most {MAX_DISKS}")]
     TooManyDisks(usize),
+    #[error("{disks} disks do not fit in {slots} disk slots (at most {MAX_DISKS})")]
+    DiskSlots { disks: usize, slots: usize },
     #[error("--vsock-cid {0}: guest CIDs start at 3")]
     VsockCid(u64),
     #[error("--net {0:?}: expected tap=NAME or fd=N, then optionally ,mac=MAC")]
@@ -410,6 +412,12 @@ pub struct VmConfig {
     /// sees them. Default none.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// virtio-blk devices in all: `disks` take the first ones, the others
+    /// are empty (zero sectors) until a restore gives them a file. A
+    /// template declares the slots its clones fill (see docs/snapshots.md).
+    /// Default 0: exactly `disks`.
+    #[serde(default)]
+    pub disk_slots: usize,
     /// Attach a virtio-rng device. Default false.
     #[serde(default)]
     pub rng: bool,
@@ -446,6 +454,7 @@ impl VmConfig {
             serial: SerialOutput::default(),
             boot_timer: false,
             disks: Vec::new(),
+            disk_slots: 0,
             rng: false,
             vsock: None,
             nets: Vec::new(),
@@ -500,6 +509,14 @@ impl VmConfig {
         if self.disks.len() > MAX_DISKS {
             return Err(ConfigError::TooManyDisks(self.disks.len()));
         }
+        if self.disk_slots > MAX_DISKS
+            || (self.disk_slots > 0 && self.disks.len() > self.disk_slots)
+        {
+            return Err(ConfigError::DiskSlots {
+                disks: self.disks.len(),
+                slots: self.disk_slots,
+            });
+        }
         if let Some(v) = &self.vsock {
             if v.cid < 3 || v.cid > u64::from(u32::MAX) {
                 return Err(ConfigError::VsockCid(v.cid));
@@ -529,6 +546,11 @@ impl VmConfig {
             }
         }
         Ok(())
+    }
+
+    /// Number of virtio-blk devices: the disks, or the slots when more.
+    pub fn block_devices(&self) -> usize {
+        self.disks.len().max(self.disk_slots)
     }
 
     /// The full kernel command line.
@@ -631,6 +653,7 @@ mod tests {
                 "/l/0.erofs,ro,id=layer0".parse().unwrap(),
                 "/l/scratch.img".parse().unwrap(),
             ],
+            disk_slots: 4,
             rng: true,
             vsock: Some(VsockConfig {
                 cid: 7,
@@ -660,6 +683,7 @@ mod tests {
             [
                 "boot_timer",
                 "cmdline",
+                "disk_slots",
                 "disks",
                 "fs",
                 "huge_pages",
@@ -803,6 +827,23 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::NetBackend)));
         c.nets = vec!["tap=t".parse().unwrap(); MAX_NETS + 1];
         assert!(matches!(c.validate(), Err(ConfigError::TooManyNets(_))));
+    }
+
+    #[test]
+    fn disk_slots_hold_the_disks() {
+        let mut c = VmConfig::new("/k".into());
+        c.disks = vec!["/a".parse().unwrap(); 3];
+        assert_eq!(c.block_devices(), 3);
+        c.disk_slots = 16;
+        c.validate().unwrap();
+        assert_eq!(c.block_devices(), 16);
+        c.disk_slots = 2;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::DiskSlots { disks: 3, slots: 2 })
+        ));
+        c.disk_slots = MAX_DISKS + 1;
+        assert!(c.validate().is_err());
     }
 
     #[test]

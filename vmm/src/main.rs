@@ -61,6 +61,10 @@ struct Args {
     /// A virtio-blk disk backed by a raw file; repeatable (up to 16).
     #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME]")]
     disks: Vec<DiskConfig>,
+    /// virtio-blk devices in all: the --disk ones first, then empty slots
+    /// (zero sectors) that a restore fills (a template's disks).
+    #[arg(long, value_name = "N")]
+    disk_slots: Option<usize>,
     /// A virtio-net device on a tap, by name (opened here: needs
     /// CAP_NET_ADMIN where the tap lives) or an inherited fd of a tap opened
     /// with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR; the guest sees MAC if given.
@@ -96,7 +100,9 @@ struct Args {
     /// be those of the snapshotted VM (their host side may differ: disk
     /// files, vsock socket); --kernel, --initrd, --vcpus and --mem, when
     /// given, are checked against what the snapshot was made from.
-    #[arg(long, value_name = "DIR", conflicts_with = "jail")]
+    /// With --jail, the snapshot's two files are opened (and checked)
+    /// before the VMM enters its jail.
+    #[arg(long, value_name = "DIR")]
     restore: Option<PathBuf>,
     /// Run without the per-thread seccomp filters (debugging only: a guest
     /// that takes over a device model then has every system call).
@@ -218,6 +224,9 @@ fn config(args: Args) -> anyhow::Result<VmConfig> {
     }
     cfg.boot_timer |= args.boot_timer;
     cfg.disks.extend(args.disks);
+    if let Some(n) = args.disk_slots {
+        cfg.disk_slots = n;
+    }
     cfg.nets.extend(args.nets);
     cfg.fs.extend(args.fs);
     cfg.rng |= args.rng;
@@ -249,6 +258,12 @@ fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
+/// Says what failed on one line and exits with `code`.
+fn fail(e: &(dyn std::error::Error + 'static), code: i32) -> ! {
+    eprintln!("hull-vmm: {}", one_line(e));
+    std::process::exit(code)
+}
+
 fn main() {
     let start = Instant::now();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -257,7 +272,6 @@ fn main() {
     let (named_vcpus, named_mem) = (args.vcpus, args.mem);
     let named_config = args.config.is_some() || args.config_fd.is_some();
     let no_seccomp = args.no_seccomp;
-    let taking_snapshot = args.snapshot_at_ready.is_some();
     let jail_config = match (&args.jail, args.uid, args.gid) {
         (Some(dir), Some(uid), Some(gid)) => Some(JailConfig {
             dir: dir.clone(),
@@ -267,24 +281,34 @@ fn main() {
         }),
         _ => None,
     };
-    let setup = config(args).and_then(|cfg| match &jail_config {
+    let cfg = match config(args) {
+        Ok(c) => c,
+        Err(e) => fail(e.as_ref(), 1),
+    };
+    // From the flag or the JSON configuration alike.
+    let taking_snapshot = cfg.snapshot_at_ready.is_some();
+    // The snapshot is opened and checked where its files are, before the
+    // jail (whose root holds only the VM's own files): the restore maps
+    // memory from the descriptor it keeps.
+    let snapshot = restore.as_ref().map(|dir| {
+        let expected = expected(named_config, named_vcpus, named_mem, &cfg);
+        Snapshot::open(dir, &expected).map_err(VmmError::from)
+    });
+    let snapshot = match snapshot {
+        Some(Err(e)) => fail(&e, e.exit_code()),
+        Some(Ok(s)) => Some(s),
+        None => None,
+    };
+    let setup = match &jail_config {
         Some(j) => jail(cfg, j),
         None => Ok(cfg),
-    });
+    };
     let cfg = match setup.and_then(|cfg| seccomp(no_seccomp, taking_snapshot).map(|()| cfg)) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("hull-vmm: {}", one_line(e.as_ref()));
-            std::process::exit(1);
-        }
+        Err(e) => fail(e.as_ref(), 1),
     };
-    let vmm = match &restore {
-        Some(dir) => {
-            let expected = expected(named_config, named_vcpus, named_mem, &cfg);
-            Snapshot::open(dir, &expected)
-                .map_err(VmmError::from)
-                .and_then(|snap| Vmm::restore(cfg, snap, start))
-        }
+    let vmm = match snapshot {
+        Some(snap) => Vmm::restore(cfg, snap, start),
         None => Vmm::build_since(cfg, start),
     };
     match vmm.and_then(Vmm::run) {

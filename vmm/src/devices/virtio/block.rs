@@ -50,6 +50,8 @@ pub enum BlockError {
     },
     #[error("disk id {0:?} is longer than {ID_BYTES} bytes")]
     IdTooLong(String),
+    #[error("creating an empty disk slot")]
+    Empty(#[source] std::io::Error),
 }
 
 /// The request header the driver puts first in every chain.
@@ -73,6 +75,9 @@ pub struct Block {
     config: [u8; 24],
     acked_features: u64,
     served: Option<Served<Disk>>,
+    /// An empty slot of the snapshot got a disk at restore: the guest is
+    /// told its configuration (capacity) changed.
+    filled_at_restore: bool,
 }
 
 /// What a block device saves. Requests are answered as they are popped,
@@ -115,6 +120,33 @@ impl Block {
             .open(path)
             .map_err(open_err)?;
         let len = file.metadata().map_err(open_err)?.len();
+        Self::with_file(file, len, read_only, id)
+    }
+
+    /// An empty slot: a disk of zero sectors (on an empty memfd) that a
+    /// restore may give a file (see [`VirtioDevice::restore`]): a template
+    /// declares the disks its clones will have.
+    pub fn empty() -> Result<Block, BlockError> {
+        // SAFETY: the name is a NUL-terminated string; the call only
+        // returns a new descriptor (or -1), which is owned right below.
+        let fd = unsafe { libc::memfd_create(c"hull-empty-disk".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(BlockError::Empty(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just returned by memfd_create and nothing else
+        // owns it.
+        let file = File::from(unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        });
+        Self::with_file(file, 0, false, None)
+    }
+
+    fn with_file(
+        file: File,
+        len: u64,
+        read_only: bool,
+        id: Option<&str>,
+    ) -> Result<Block, BlockError> {
         let id = id.unwrap_or_default().as_bytes().to_vec();
         if id.len() > ID_BYTES {
             return Err(BlockError::IdTooLong(String::from_utf8_lossy(&id).into()));
@@ -131,6 +163,7 @@ impl Block {
             config,
             acked_features: 0,
             served: None,
+            filled_at_restore: false,
         })
     }
 }
@@ -195,6 +228,9 @@ impl VirtioDevice for Block {
             read_only: self.read_only,
         })
     }
+    fn config_changed_at_restore(&self) -> bool {
+        self.filled_at_restore
+    }
     fn restore(&mut self, state: &DeviceState, a: Option<Activation>) -> Result<(), PersistError> {
         let DeviceState::Block(s) = state else {
             return Err(PersistError::WrongDevice {
@@ -203,7 +239,15 @@ impl VirtioDevice for Block {
             });
         };
         s.virtio.check_version()?;
-        if (s.sectors, s.read_only) != (self.sectors, self.read_only) {
+        // A slot that was empty in the snapshot (zero sectors, offered
+        // writable so any disk fits it) takes whatever disk this restore
+        // gives it; the guest learns its size from a configuration change.
+        // A read-only disk there is read-only on the host's side: writes
+        // fail with an I/O error, as on any read-only disk.
+        let slot = s.sectors == 0 && !s.read_only;
+        if slot {
+            self.filled_at_restore = self.sectors > 0;
+        } else if (s.sectors, s.read_only) != (self.sectors, self.read_only) {
             return Err(PersistError::Mismatch(format!(
                 "the disk was {} sectors{}, it is {} sectors{}",
                 s.sectors,

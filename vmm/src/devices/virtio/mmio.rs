@@ -410,6 +410,12 @@ impl MmioTransport {
         };
         lock(&t.device).restore(&state.device, activation)?;
         t.activated = state.activated;
+        if lock(&t.device).config_changed_at_restore() {
+            // The driver re-reads the configuration (the generation tells
+            // it the bytes moved) when the interrupt arrives.
+            t.config_generation = t.config_generation.wrapping_add(1);
+            t.interrupt.signal_config();
+        }
         Ok(t)
     }
 }

@@ -80,6 +80,14 @@ impl Interrupt {
         }
     }
 
+    /// Tells the guest that the device's configuration changed.
+    pub fn signal_config(&self) {
+        self.status.fetch_or(INT_CONFIG, Ordering::SeqCst);
+        if let Err(e) = self.evt.write(1) {
+            log::warn!("virtio interrupt: {e}");
+        }
+    }
+
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
     }
@@ -147,6 +155,12 @@ pub trait VirtioDevice: Send {
     /// saved device was activated; its queues are those of the state
     /// (`persist::queues_from`), and the device starts serving them.
     fn restore(&mut self, state: &DeviceState, a: Option<Activation>) -> Result<(), PersistError>;
+    /// After [`VirtioDevice::restore`]: the configuration is not the one
+    /// the guest saw (a disk slot got its disk), so the transport raises a
+    /// configuration-change interrupt.
+    fn config_changed_at_restore(&self) -> bool {
+        false
+    }
 }
 
 /// Copies the bytes of `config` at `offset` into `data` (zeros past its end).

@@ -213,6 +213,10 @@ impl VirtioDevice for Vsock {
         }
     }
     fn save(&mut self) -> DeviceState {
+        let connections = self
+            .active
+            .as_ref()
+            .map_or(0, |a| lock(&a.muxer).connection_count());
         self.pause();
         let queues = match &self.active {
             Some(a) => {
@@ -227,6 +231,7 @@ impl VirtioDevice for Vsock {
         DeviceState::Vsock(VsockState {
             virtio: VirtioState::new(self.acked_features, queues),
             cid: self.cid,
+            connections,
         })
     }
     fn restore(&mut self, state: &DeviceState, a: Option<Activation>) -> Result<(), PersistError> {

@@ -147,6 +147,11 @@ impl Muxer {
         }
     }
 
+    /// Host connections, established or still in their handshake.
+    pub(super) fn connection_count(&self) -> usize {
+        self.conns.len() + self.handshakes.len()
+    }
+
     /// The fds the device registers when it starts serving.
     pub fn base_fds(&self) -> [RawFd; 4] {
         [

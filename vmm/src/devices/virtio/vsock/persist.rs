@@ -2,7 +2,8 @@
 //! Unix sockets of the process that saved, so none survives: the restored
 //! device tells the guest with VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on its
 //! event queue (virtio 1.1, 5.10.6.6), and the guest drops its streams and
-//! connects again, as after a live migration under Firecracker.
+//! connects again, as after a live migration under Firecracker. A device
+//! saved with no connection at all sends none (see [`VsockState`]).
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::QueueT;
@@ -20,6 +21,13 @@ pub const EVENT_TRANSPORT_RESET: u32 = 0;
 pub struct VsockState {
     pub virtio: VirtioState,
     pub cid: u64,
+    /// Host connections (and handshakes) the device had when saved. A
+    /// snapshot without any (a template, saved before the host ever
+    /// connected) needs no transport reset; and sending one would race
+    /// with the first connection to the restored guest, which the guest
+    /// may accept and then reset.
+    #[serde(default)]
+    pub connections: usize,
 }
 
 impl Vsock {
@@ -46,7 +54,7 @@ impl Vsock {
         };
         self.activate(a, s.virtio.acked_features)
             .map_err(PersistError::Activate)?;
-        if let Some(active) = self.active() {
+        if let Some(active) = self.active().filter(|_| s.connections > 0) {
             let mut m = lock(&active.muxer);
             m.reset_pending = true;
             m.send_transport_reset();

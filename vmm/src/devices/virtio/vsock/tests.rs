@@ -391,6 +391,34 @@ fn a_restored_device_resets_the_transport_and_carries_on() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A device saved before the host ever connected (a template) sends no
+/// transport reset: one would race with the restored guest's first
+/// connection, which the guest could accept and then reset.
+#[test]
+fn a_device_saved_without_connections_sends_no_reset() {
+    let dir = sock_dir("restore-idle");
+    let uds = dir.join("v.sock");
+    let mut rig = Rig::new();
+    let mut dev = Vsock::new(GUEST_CID, &uds).unwrap();
+    dev.activate(rig.activation(None), F_VERSION_1).unwrap();
+    rig.ev.store(0, SplitDescriptor::new(0x70_0000, 8, 2, 0));
+    rig.ev.publish(0);
+    let state = dev.save();
+    drop(dev);
+    let queues = super::super::persist::queues_from(&state.virtio().queues).unwrap();
+    let mut dev = Vsock::new(GUEST_CID, &uds).unwrap();
+    dev.restore(&state, Some(rig.activation(Some(queues))))
+        .unwrap();
+    assert!(rig.ev.take_used().is_empty(), "a reset event was sent");
+    let mut h = UnixStream::connect(&uds).unwrap();
+    h.write_all(b"CONNECT 5000\n").unwrap();
+    rig.give_rx(1, 4096);
+    let got = rig.rx_packets(1);
+    assert_eq!(({ got[0].op }, { got[0].dst_port }), (OP_REQUEST, 5000));
+    drop(dev);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Paused, the device leaves its queues and host sockets alone; resumed,
 /// it carries on with the same connections and what waited meanwhile.
 #[test]

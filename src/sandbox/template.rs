@@ -1,0 +1,327 @@
+//! microVM templates (docs/snapshots.md): one guest booted to "agent
+//! ready" with no container, saved by `hull-vmm --snapshot-at-ready`, per
+//! (hull-vmm, kernel, agent initramfs, vCPUs, memory, huge pages, kernel
+//! command line). Made on first need under the cache dir, under a lock so
+//! that concurrent first runs make it once; checked before each use (the
+//! snapshot's own check: format, checksum, sizes, kernel and initrd by
+//! SHA-256) and made again when refused.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hull_vmm::config::{MAX_DISKS, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::snapshot::{Expected, Snapshot};
+use sha2::{Digest, Sha256};
+
+use super::GUEST_CID;
+use crate::sys;
+
+/// Empty disk slots every template declares: as many disks as a cold-booted
+/// microVM may have (the layers and the writable upper together).
+pub const DISK_SLOTS: usize = MAX_DISKS;
+/// Set to 1, runs cold-boot every microVM (as `hull run --cold-boot`).
+pub const COLD_BOOT_ENV: &str = "HULL_COLD_BOOT";
+/// How long making a template may take (a cold boot in an emulated host
+/// takes seconds; a stuck guest must not hold the lock forever).
+const MAKE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bumped when what a template holds changes in a way its inputs do not show.
+const FORMAT: &str = "hull-template 1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("making the microVM template in {}: hull-vmm {detail}", dir.display())]
+    Make { dir: PathBuf, detail: String },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError {
+    let path = path.to_path_buf();
+    move |source| TemplateError::Io { what, path, source }
+}
+
+/// What a template is made from (and what a restore must match).
+#[derive(Debug, Clone)]
+pub struct Inputs<'a> {
+    pub vmm: &'a Path,
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub vcpus: u32,
+    pub mem_mib: u64,
+    pub huge_pages: bool,
+    /// Appended to hull-vmm's default command line (the guest keeps it).
+    pub cmdline: &'a str,
+}
+
+impl Inputs<'_> {
+    /// The template's directory name: a digest of every input (files by
+    /// path, size, inode and modification time: a rebuilt kernel or agent
+    /// gets a template of its own; the snapshot's check compares their
+    /// SHA-256 too).
+    fn key(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(FORMAT);
+        for f in [self.vmm, self.kernel, self.initrd] {
+            h.update(f.as_os_str().as_encoded_bytes());
+            if let Ok(m) = std::fs::metadata(f) {
+                h.update(format!(
+                    ":{}:{}:{}:{}",
+                    m.size(),
+                    m.ino(),
+                    m.mtime(),
+                    m.mtime_nsec()
+                ));
+            }
+            h.update([0]);
+        }
+        h.update(format!(
+            "{}:{}:{}:{}:{}",
+            self.vcpus, self.mem_mib, self.huge_pages, DISK_SLOTS, self.cmdline
+        ));
+        let d = h.finalize();
+        d[..12].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn expected(&self) -> Expected {
+        Expected {
+            kernel: Some(self.kernel.to_path_buf()),
+            initrd: Some(self.initrd.to_path_buf()),
+            vcpus: Some(self.vcpus),
+            mem_mib: Some(self.mem_mib),
+        }
+    }
+}
+
+/// Whether the user asked for cold boots through the environment.
+pub fn cold_boot_by_env() -> bool {
+    std::env::var(COLD_BOOT_ENV).as_deref() == Ok("1")
+}
+
+/// Why the template in `dir` cannot be restored (None: it can).
+fn refusal(dir: &Path, inputs: &Inputs<'_>) -> Option<String> {
+    match Snapshot::open(dir, &inputs.expected()) {
+        Ok(_) => None,
+        Err(e) => Some(crate::error::chain(&e)),
+    }
+}
+
+/// The template for `inputs` under `cache`, made (or made again, when the
+/// one there is refused) first; `progress` hears, in one line each, that
+/// it is being made and why an old one was not used.
+pub fn ensure(
+    cache: &Path,
+    inputs: &Inputs<'_>,
+    progress: &dyn Fn(&str),
+) -> Result<PathBuf, TemplateError> {
+    let root = cache.join("templates");
+    let dir = root.join(inputs.key());
+    if dir.exists() && refusal(&dir, inputs).is_none() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
+    let lock_path = root.join(format!("{}.lock", inputs.key()));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io("opening", &lock_path))?;
+    sys::lock_exclusive(&lock).map_err(io("locking", &lock_path))?;
+    // Another run may have made it while this one waited.
+    if dir.exists() {
+        match refusal(&dir, inputs) {
+            None => return Ok(dir),
+            Some(why) => {
+                progress(&format!(
+                    "the microVM template {} is refused ({why}): making it again",
+                    dir.display()
+                ));
+                std::fs::remove_dir_all(&dir).map_err(io("removing", &dir))?;
+            }
+        }
+    }
+    progress(&format!(
+        "making the microVM template for {} vCPU, {} MiB (once per kernel, agent and size)",
+        inputs.vcpus, inputs.mem_mib
+    ));
+    let tmp = root.join(format!("{}.tmp{}", inputs.key(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io("creating", &tmp))?;
+    let made = make(&tmp, inputs)
+        .and_then(|()| std::fs::rename(&tmp, &dir).map_err(io("renaming the template to", &dir)));
+    if made.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    made.map(|()| dir)
+}
+
+/// The template's VM: no disks yet (empty slots), the agent told it is a
+/// template, paused and saved in `dir` once the agent is ready. Its vsock
+/// socket (never connected to) is `uds`: not in the cache dir, whose
+/// filesystem may not hold sockets (a 9p share does not).
+fn template_config(dir: &Path, uds: &Path, inputs: &Inputs<'_>) -> VmConfig {
+    let mut c = VmConfig::new(inputs.kernel.to_path_buf());
+    c.initrd = Some(inputs.initrd.to_path_buf());
+    c.cmdline = format!(
+        "{} {}=1",
+        inputs.cmdline,
+        hull_agent::protocol::TEMPLATE_ENV
+    )
+    .trim()
+    .to_string();
+    c.vcpus = inputs.vcpus;
+    c.mem_mib = inputs.mem_mib;
+    c.huge_pages = inputs.huge_pages;
+    c.serial = SerialOutput::File(dir.join("console.log"));
+    c.boot_timer = true;
+    c.rng = true;
+    c.disk_slots = DISK_SLOTS;
+    c.vsock = Some(VsockConfig {
+        cid: GUEST_CID,
+        uds: uds.to_path_buf(),
+    });
+    c.snapshot_at_ready = Some(dir.to_path_buf());
+    c
+}
+
+fn make(dir: &Path, inputs: &Inputs<'_>) -> Result<(), TemplateError> {
+    let uds = std::env::temp_dir().join(format!("hull-template-{}.sock", std::process::id()));
+    let made = make_with(dir, &uds, inputs);
+    let _ = std::fs::remove_file(&uds);
+    made
+}
+
+fn make_with(dir: &Path, uds: &Path, inputs: &Inputs<'_>) -> Result<(), TemplateError> {
+    let config = template_config(dir, uds, inputs);
+    let config_path = dir.join("vmm.json");
+    let json = serde_json::to_vec_pretty(&config).expect("a VmConfig serializes");
+    std::fs::write(&config_path, json).map_err(io("writing", &config_path))?;
+    let log = dir.join("vmm.log");
+    let logf = std::fs::File::create(&log).map_err(io("creating", &log))?;
+    let mut cmd = Command::new(inputs.vmm);
+    cmd.arg("--config")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logf);
+    sys::die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().map_err(io("starting", inputs.vmm))?;
+    let deadline = Instant::now() + MAKE_TIMEOUT;
+    let failed = |detail: String| TemplateError::Make {
+        dir: dir.to_path_buf(),
+        detail,
+    };
+    let status = loop {
+        match child.try_wait().map_err(io("waiting for", inputs.vmm))? {
+            Some(s) => break s,
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(failed(format!(
+                    "did not reach the agent's ready line in {} s",
+                    MAKE_TIMEOUT.as_secs()
+                )));
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    let last = said
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("hull-vmm: ") && !l.contains("snapshot written"))
+        .map(|l| l.trim_start_matches("hull-vmm: ").to_string());
+    if !status.success() || !dir.join(hull_vmm::snapshot::STATE_FILE).is_file() {
+        return Err(failed(last.unwrap_or_else(|| format!("ended ({status})"))));
+    }
+    // What only served the making goes; the snapshot stays.
+    let _ = std::fs::remove_file(dir.join("vmm.json"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs<'a>(p: &'a Path) -> Inputs<'a> {
+        Inputs {
+            vmm: p,
+            kernel: p,
+            initrd: p,
+            vcpus: 1,
+            mem_mib: 256,
+            huge_pages: true,
+            cmdline: "",
+        }
+    }
+
+    #[test]
+    fn every_input_changes_the_key() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("k");
+        std::fs::write(&f, b"kernel").unwrap();
+        let base = inputs(&f);
+        let key = base.key();
+        assert_eq!(key, inputs(&f).key(), "the same inputs, the same template");
+        let other = t.path().join("k2");
+        std::fs::write(&other, b"kernel").unwrap();
+        let variants = [
+            Inputs {
+                vcpus: 2,
+                ..base.clone()
+            },
+            Inputs {
+                mem_mib: 512,
+                ..base.clone()
+            },
+            Inputs {
+                huge_pages: false,
+                ..base.clone()
+            },
+            Inputs {
+                cmdline: "HULL_AGENT_DEBUG=1",
+                ..base.clone()
+            },
+            Inputs {
+                kernel: &other,
+                ..base.clone()
+            },
+        ];
+        for v in &variants {
+            assert_ne!(v.key(), key, "{v:?}");
+        }
+        // A rewritten kernel (new size) is another template.
+        std::fs::write(&f, b"kernel, rebuilt").unwrap();
+        assert_ne!(inputs(&f).key(), key);
+    }
+
+    #[test]
+    fn the_template_has_empty_slots_for_every_disk_and_no_network() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("k");
+        let c = template_config(t.path(), &t.path().join("v.sock"), &inputs(&f));
+        c.validate().unwrap();
+        assert_eq!((c.disks.len(), c.block_devices()), (0, MAX_DISKS));
+        assert!(c.nets.is_empty());
+        assert!(c.cmdline.ends_with("HULL_TEMPLATE=1"), "{}", c.cmdline);
+        assert_eq!(c.snapshot_at_ready.as_deref(), Some(t.path()));
+    }
+
+    #[test]
+    fn a_missing_or_broken_template_is_refused_in_one_line() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("k");
+        std::fs::write(&f, b"kernel").unwrap();
+        let why = refusal(t.path(), &inputs(&f)).unwrap();
+        assert!(!why.contains('\n'), "{why}");
+        std::fs::write(t.path().join("state"), b"hull-snapshot 1 sha256=00\n{}").unwrap();
+        let why = refusal(t.path(), &inputs(&f)).unwrap();
+        assert!(!why.contains('\n'), "{why}");
+    }
+}
