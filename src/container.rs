@@ -75,6 +75,11 @@ pub struct ContainerConfig {
     pub max_starting: Option<u32>,
     #[serde(default)]
     pub max_guest_memory_mib: Option<u64>,
+    /// The sandbox stays in the network namespace of the process that
+    /// starts it (an OCI engine's, which `hull-runtime`'s monitor entered)
+    /// instead of one of its own; `network` is then None.
+    #[serde(default)]
+    pub inherit_netns: bool,
 }
 
 /// The container's configuration, as JSON in its state dir.
@@ -317,6 +322,7 @@ impl Container {
             None => None,
         };
         let (netns, tap) = match prepared {
+            None if config.inherit_netns => (sandbox::NetNs::Host, None),
             None => (sandbox::NetNs::New, None),
             Some(p) => {
                 self.network_setup = Some(p.setup);
@@ -649,6 +655,7 @@ mod tests {
             upper: None,
             max_starting: None,
             max_guest_memory_mib: None,
+            inherit_netns: false,
         }
     }
 

@@ -86,6 +86,7 @@ fn create_then_start_then_attach_then_delete() {
         upper: None,
         max_starting: None,
         max_guest_memory_mib: None,
+        inherit_netns: false,
     };
 
     let mut c = Container::create(&state_dir, &config).unwrap();

@@ -133,6 +133,7 @@ pub fn run(
             network: None,
             max_starting: None,
             max_guest_memory_mib: None,
+            inherit_netns: false,
         };
         let mut c = Container::create(&settings.state_dir, &config)?;
         let mut times = Times::default();

@@ -433,6 +433,7 @@ fn container_config(args: &RunArgs, src: &Source, mounts: Vec<MountSpec>) -> Con
         upper: None,
         max_starting: args.max_starting,
         max_guest_memory_mib: args.max_guest_memory,
+        inherit_netns: false,
     }
 }
 

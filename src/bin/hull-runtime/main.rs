@@ -1,0 +1,169 @@
+//! `hull-runtime`: an OCI runtime with runc's command line, so podman,
+//! dockerd and containerd run containers in hull microVMs (or, with the
+//! annotation `hull.isolation=ns`, in hull's namespace sandbox). Each
+//! subcommand translates its arguments into calls of the `hull` library;
+//! docs/runtime.md says what is supported.
+
+mod create;
+mod exec;
+mod ops;
+mod record;
+mod spec;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use hull::Isolation;
+
+/// An OCI runtime (runc's command line) that runs containers in KVM microVMs.
+#[derive(Debug, Parser)]
+#[command(name = "hull-runtime", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The flags engines pass before the subcommand.
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// Where the containers' state lives.
+    #[arg(long, global = true, default_value = "/run/hull-runtime")]
+    root: PathBuf,
+    /// Append errors (and warnings) to this file too.
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// `text` or `json` (one object a line: level, msg, time), as runc.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    /// Accepted: hull makes its own cgroups (cgroupfs) whatever the engine
+    /// uses; see docs/runtime.md.
+    #[arg(long, global = true)]
+    systemd_cgroup: bool,
+    /// More log output.
+    #[arg(long, global = true)]
+    debug: bool,
+    /// The backend when the bundle has no `hull.isolation` annotation.
+    #[arg(
+        long,
+        global = true,
+        env = "HULL_RUNTIME_ISOLATION",
+        value_enum,
+        default_value = "vm"
+    )]
+    isolation: Isolation,
+}
+
+/// The longest state dir whose containers' agent sockets still fit a Unix
+/// socket address (108 bytes): `DIR/containers/<64 hex>/agent.sock`.
+const MAX_STATE_DIR: usize = 20;
+
+impl Global {
+    /// hull's state dir for `--root`: the root itself when short enough,
+    /// else a short directory named by the root's hash.
+    pub fn state_dir(&self) -> PathBuf {
+        let root = std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone());
+        if root.as_os_str().len() <= MAX_STATE_DIR {
+            return root;
+        }
+        // FNV-1a: stable across builds, short.
+        let mut h: u32 = 0x811c_9dc5;
+        for b in root.as_os_str().as_encoded_bytes() {
+            h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+        }
+        PathBuf::from(format!("/run/hrt/{h:08x}"))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a container from a bundle (its process waits for `start`).
+    Create(create::CreateArgs),
+    /// Start a created container's process.
+    Start(create::StartArgs),
+    /// Print a container's state as JSON.
+    State(ops::IdArgs),
+    /// Send a signal to a container's process.
+    Kill(ops::KillArgs),
+    /// Remove a container.
+    Delete(ops::DeleteArgs),
+    /// Run another process in a running container.
+    Exec(exec::ExecArgs),
+    /// List a container's host processes.
+    Ps(ops::PsArgs),
+    /// Print what this runtime supports, as JSON.
+    Features,
+}
+
+fn main() {
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { 2 } else { 0 })
+    });
+    let level = if cli.global.debug { "debug" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    ensure_home();
+    let g = &cli.global;
+    let result = match cli.command {
+        Command::Create(a) => create::create(g, a),
+        Command::Start(a) => create::start(g, a),
+        Command::State(a) => ops::state(g, a),
+        Command::Kill(a) => ops::kill(g, a),
+        Command::Delete(a) => ops::delete(g, a),
+        Command::Exec(a) => exec::exec(g, a),
+        Command::Ps(a) => ops::ps(g, a),
+        Command::Features => ops::features(),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("hull-runtime: {msg}");
+            log_error(g, &msg);
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Appends `msg` to `--log` as an error, in `--log-format`.
+fn log_error(g: &Global, msg: &str) {
+    let Some(path) = &g.log else { return };
+    let line = if g.log_format == "json" {
+        serde_json::json!({"level": "error", "msg": msg, "time": record::now_rfc3339()}).to_string()
+    } else {
+        format!(
+            "time=\"{}\" level=error msg=\"{}\"",
+            record::now_rfc3339(),
+            msg.replace('"', "\\\"")
+        )
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// Engines may run the runtime without HOME (containerd's shim): hull finds
+/// the guest kernel under $HOME/.cache, so take the user's home from
+/// /etc/passwd then.
+fn ensure_home() {
+    if std::env::var_os("HOME").is_some() {
+        return;
+    }
+    let uid = hull::sys::euid().to_string();
+    let home = std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
+        p.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 6 && f[2] == uid).then(|| f[5].to_string())
+        })
+    });
+    if let Some(h) = home {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("HOME", h) };
+    }
+}
