@@ -322,6 +322,21 @@ impl Container {
             None => None,
         };
         let (netns, tap) = match prepared {
+            // A microVM in an engine's namespace takes over the engine's
+            // veth through a tap (the guest gets its MAC and address).
+            None if config.inherit_netns && config.isolation == Isolation::Vm => {
+                match network::adopt_engine_link().map_err(NetworkError::from)? {
+                    Some((fd, mac, interface)) => {
+                        self.network_setup = Some(hull_agent::protocol::NetworkSetup {
+                            interface: Some(interface),
+                            hosts: None,
+                            resolv_conf: None,
+                        });
+                        (sandbox::NetNs::Host, Some((fd, mac)))
+                    }
+                    None => (sandbox::NetNs::Host, None),
+                }
+            }
             None if config.inherit_netns => (sandbox::NetNs::Host, None),
             None => (sandbox::NetNs::New, None),
             Some(p) => {
@@ -388,8 +403,13 @@ impl Container {
             (session.warn)(&w);
         }
         let mut start = start.clone();
-        if start.network.is_none() {
-            start.network = self.network_setup.clone();
+        match (&mut start.network, &self.network_setup) {
+            (None, setup) => start.network = setup.clone(),
+            // The caller's /etc files, the interface hull set up.
+            (Some(n), Some(setup)) if n.interface.is_none() => {
+                n.interface = setup.interface.clone();
+            }
+            _ => {}
         }
         let start = &start;
         let connected = sandbox.connect(CONNECT_TIMEOUT);
