@@ -58,6 +58,7 @@ pub fn create(g: &Global, args: CreateArgs) -> anyhow::Result<i32> {
         bail!("container {} exists already", args.id);
     }
     let container = Container::create(&state_dir, &plan.config)?;
+    g.index(&args.id);
     let dir = container.dir();
     let hooks = bundle.spec.hooks().clone().unwrap_or_default();
     let record = Record {
@@ -95,6 +96,7 @@ pub fn create(g: &Global, args: CreateArgs) -> anyhow::Result<i32> {
         Ok(s) => s,
         Err(e) => {
             let _ = container.delete(true);
+            Global::unindex(&args.id);
             return Err(e);
         }
     };
@@ -126,6 +128,7 @@ pub fn create(g: &Global, args: CreateArgs) -> anyhow::Result<i32> {
             if let Ok(c) = Container::load(&state_dir, &args.id) {
                 let _ = c.delete(true);
             }
+            Global::unindex(&args.id);
             bail!("{}", why.trim());
         }
     }
@@ -220,7 +223,7 @@ pub struct StartArgs {
 
 /// `start`: releases a created container and runs its poststart hooks.
 pub fn start(g: &Global, args: StartArgs) -> anyhow::Result<i32> {
-    let c = Container::load(&g.state_dir(), &args.id)?;
+    let c = g.load(&args.id)?;
     let status = record::oci_status(&c);
     if status != "created" {
         bail!("container {} is {status}, not created", args.id);
@@ -251,7 +254,7 @@ pub fn start(g: &Global, args: StartArgs) -> anyhow::Result<i32> {
     }
     let _ = std::fs::remove_file(&fifo);
     let record = Record::load(&c.dir())?;
-    let c = Container::load(&g.state_dir(), &args.id)?;
+    let c = g.load(&args.id)?;
     let state = record::state_json(&c, &record);
     if let Err(e) = record::run_hooks("poststart", &record.poststart, &state) {
         // runtime-spec: a failing poststart hook is a warning.

@@ -50,7 +50,7 @@ pub struct ExecArgs {
 }
 
 pub fn exec(g: &Global, args: ExecArgs) -> anyhow::Result<i32> {
-    let container = Container::load(&g.state_dir(), &args.id)?;
+    let container = g.load(&args.id)?;
     let status = record::oci_status(&container);
     if status != "running" {
         bail!("container {} is {status}, not running", args.id);

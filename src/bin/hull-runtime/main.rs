@@ -11,14 +11,14 @@ mod record;
 mod spec;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use hull::Isolation;
 
 /// An OCI runtime (runc's command line) that runs containers in KVM microVMs.
 #[derive(Debug, Parser)]
-#[command(name = "hull-runtime", version, about)]
+#[command(name = "hull-runtime", version, about, args_override_self = true)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -75,7 +75,39 @@ impl Global {
         }
         PathBuf::from(format!("/run/hrt/{h:08x}"))
     }
+
+    /// The container `id`: under `--root`, else where the id index says
+    /// (podman's cleanup runs `delete` without the runtime flags it gave
+    /// `create`).
+    pub fn load(&self, id: &str) -> Result<hull::Container, hull::ContainerError> {
+        match hull::Container::load(&self.state_dir(), id) {
+            Err(e @ hull::ContainerError::State(hull::state::StateError::NotFound(_))) => {
+                match std::fs::read_link(Path::new(ID_INDEX).join(id)) {
+                    Ok(dir) if dir != self.state_dir() => hull::Container::load(&dir, id),
+                    _ => Err(e),
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// Records which state dir holds container `id` (see [`Global::load`]).
+    pub fn index(&self, id: &str) {
+        let link = Path::new(ID_INDEX).join(id);
+        let _ = std::fs::create_dir_all(ID_INDEX);
+        let _ = std::fs::remove_file(&link);
+        let _ = std::os::unix::fs::symlink(self.state_dir(), link);
+    }
+
+    /// Forgets container `id`'s index entry.
+    pub fn unindex(id: &str) {
+        let _ = std::fs::remove_file(Path::new(ID_INDEX).join(id));
+    }
 }
+
+/// Container id -> the state dir that holds it, for commands an engine
+/// runs without its runtime flags.
+const ID_INDEX: &str = "/run/hull-runtime/ids";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -93,6 +125,8 @@ enum Command {
     Exec(exec::ExecArgs),
     /// List a container's host processes.
     Ps(ops::PsArgs),
+    /// List the containers under --root.
+    List,
     /// Print what this runtime supports, as JSON.
     Features,
 }
@@ -114,6 +148,7 @@ fn main() {
         Command::Delete(a) => ops::delete(g, a),
         Command::Exec(a) => exec::exec(g, a),
         Command::Ps(a) => ops::ps(g, a),
+        Command::List => ops::list(g),
         Command::Features => ops::features(),
     };
     match result {

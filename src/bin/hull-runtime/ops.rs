@@ -14,7 +14,7 @@ pub struct IdArgs {
 }
 
 pub fn state(g: &Global, args: IdArgs) -> anyhow::Result<i32> {
-    let c = Container::load(&g.state_dir(), &args.id)?;
+    let c = g.load(&args.id)?;
     let record = Record::load(&c.dir())?;
     println!(
         "{}",
@@ -37,7 +37,7 @@ pub struct KillArgs {
 
 pub fn kill(g: &Global, args: KillArgs) -> anyhow::Result<i32> {
     let signal = parse_signal(&args.signal)?;
-    let mut c = Container::load(&g.state_dir(), &args.id)?;
+    let mut c = g.load(&args.id)?;
     match record::oci_status(&c) {
         // Nothing runs yet but the sandbox: any signal ends it, as a
         // signal ends runc's waiting init.
@@ -83,7 +83,7 @@ pub struct DeleteArgs {
 }
 
 pub fn delete(g: &Global, args: DeleteArgs) -> anyhow::Result<i32> {
-    let c = match Container::load(&g.state_dir(), &args.id) {
+    let c = match g.load(&args.id) {
         Ok(c) => c,
         Err(hull::ContainerError::State(StateError::NotFound(_))) if args.force => return Ok(0),
         Err(hull::ContainerError::State(StateError::NotFound(_))) => {
@@ -101,6 +101,7 @@ pub fn delete(g: &Global, args: DeleteArgs) -> anyhow::Result<i32> {
     }
     let mut state = record::state_json(&c, &record);
     c.delete(true)?;
+    Global::unindex(&args.id);
     state["status"] = "stopped".into();
     if let Err(e) = record::run_hooks("poststop", &record.poststop, &state) {
         // runtime-spec: a failing poststop hook is a warning.
@@ -121,7 +122,7 @@ pub struct PsArgs {
 /// VMM, or the agent at the root of the namespaces, whose descendants are
 /// the container's processes).
 pub fn ps(g: &Global, args: PsArgs) -> anyhow::Result<i32> {
-    let c = Container::load(&g.state_dir(), &args.id)?;
+    let c = g.load(&args.id)?;
     let mut pids: Vec<i32> = [c.state().monitor, c.state().sandbox]
         .into_iter()
         .flatten()
@@ -138,6 +139,30 @@ pub fn ps(g: &Global, args: PsArgs) -> anyhow::Result<i32> {
             }
         }
         f => bail!("invalid --format {f}: table or json"),
+    }
+    Ok(0)
+}
+
+/// `list`: the containers under `--root`, one line each (id, status,
+/// monitor pid, bundle), as runc lists them.
+pub fn list(g: &Global) -> anyhow::Result<i32> {
+    let dir = g.state_dir();
+    if !dir.join("containers").is_dir() {
+        return Ok(0);
+    }
+    for s in Container::list(&dir)? {
+        let Ok(c) = Container::load(&dir, &s.id) else {
+            continue;
+        };
+        let record = Record::load(&c.dir()).unwrap_or_default();
+        let st = record::state_json(&c, &record);
+        println!(
+            "{}\t{}\t{}\t{}",
+            s.name,
+            st["status"].as_str().unwrap_or(""),
+            st["pid"],
+            record.bundle.display()
+        );
     }
     Ok(0)
 }
