@@ -97,7 +97,7 @@ impl Netns {
         let mut c = Command::new("nsenter");
         c.arg("-t")
             .arg(self.holder.id().to_string())
-            .args(["-n", "-m", "--"])
+            .args(["-n", "-m", "-r", "-w", "--"])
             .arg(program);
         c
     }
