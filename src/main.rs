@@ -82,6 +82,17 @@ fn main() {
             0
         })
     });
+    if matches!(
+        cli.command,
+        Command::Images(_)
+            | Command::Image(_)
+            | Command::Ps(_)
+            | Command::Inspect(_)
+            | Command::Logs(_)
+            | Command::Port(_)
+    ) {
+        hull::sys::default_sigpipe();
+    }
     let result = match cli.command {
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Bench(args) => commands::bench::run(&cli.data_dir, args),

@@ -29,6 +29,14 @@ pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
 }
 
 /// The effective user id of this process.
+/// Let a write to a closed pipe end the process quietly, as `ls | head`
+/// expects, instead of failing `println!` with a panic. Only for commands that
+/// print and own nothing: a command holding a container must see EPIPE.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL touches no memory.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }

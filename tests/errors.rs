@@ -168,3 +168,28 @@ fn a_flag_hull_does_not_know_before_the_image_is_an_unknown_flag() {
         "an unknown flag left a container"
     );
 }
+
+#[test]
+fn a_listing_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let t = tempfile::Builder::new().prefix("h").tempdir().unwrap();
+    // `hull images | head -0`: the reader is gone before hull writes its header.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = hull()
+        .arg("--data-dir")
+        .arg(t.path())
+        .arg("images")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "hull panicked: {stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "status {:?}, stderr: {stderr}",
+        out.status
+    );
+}
