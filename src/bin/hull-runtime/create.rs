@@ -175,7 +175,7 @@ fn monitor(
         Ok(())
     })();
     if let Err(e) = prepared {
-        let _ = write!(notify, "err {}", format!("{e:#}"));
+        let _ = write!(notify, "err {e:#}");
         return hull::EXIT_HULL_ERROR;
     }
     let _ = write!(notify, "ok {}", pty::own_pid());
