@@ -456,6 +456,9 @@ impl Drop for Containerd<'_> {
     }
 }
 
+/// An input of [`run_in_pty`] that resizes the terminal: `"\0resize 33 111"`.
+pub const RESIZE: &str = "\0resize ";
+
 /// Runs `program args` with a pty as its terminal (stdin, stdout, stderr,
 /// controlling terminal), writing `input` chunk by chunk with pauses;
 /// returns everything it printed and its exit status.
@@ -492,6 +495,19 @@ pub fn run_in_pty(mut cmd: Command, input: &[&str], timeout: Duration) -> (Optio
     });
     for chunk in input {
         std::thread::sleep(Duration::from_millis(1500));
+        // "resize ROWS COLS": the terminal's window changes size.
+        if let Some(size) = chunk.strip_prefix(RESIZE) {
+            let mut it = size.split_whitespace().map(|n| n.parse::<u16>().unwrap());
+            let ws = libc::winsize {
+                ws_row: it.next().unwrap(),
+                ws_col: it.next().unwrap(),
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCSWINSZ reads a winsize valid for the call.
+            unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&m), libc::TIOCSWINSZ, &ws) };
+            continue;
+        }
         let _ = m.write_all(chunk.as_bytes());
     }
     let deadline = Instant::now() + timeout;

@@ -224,7 +224,12 @@ fn podman_tty(backend: &'static str) -> Result<(), Failed> {
     args.extend([IMAGE, "sh"]);
     let (code, out) = engines::run_in_pty(
         p.cmd(&args),
-        &["tty; echo typed-$((6*7))\n", "exit 5\n"],
+        &[
+            "tty; echo typed-$((6*7))\n",
+            "\0resize 33 111",
+            "echo size-$(stty size | tr ' ' x)\n",
+            "exit 5\n",
+        ],
         Duration::from_secs(60),
     );
     check(code == Some(5), || {
@@ -233,7 +238,10 @@ fn podman_tty(backend: &'static str) -> Result<(), Failed> {
     check(
         out.contains("typed-42") && out.contains("/dev/pts/"),
         || format!("the shell's terminal output: {out:?}"),
-    )
+    )?;
+    check(out.contains("size-33x111"), || {
+        format!("the window size change did not reach the container: {out:?}")
+    })
 }
 
 fn docker_exit_status(backend: &'static str) -> Result<(), Failed> {
