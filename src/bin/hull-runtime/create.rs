@@ -107,7 +107,7 @@ pub fn create(g: &Global, args: CreateArgs) -> anyhow::Result<i32> {
     match unsafe { sys::fork() }.context("forking the monitor")? {
         sys::Fork::Child => {
             drop(r);
-            let code = monitor(container, plan, slave, w, &early, &record);
+            let code = monitor(g, container, plan, slave, w, &early, &record);
             std::process::exit(code);
         }
         sys::Fork::Parent => {
@@ -145,6 +145,7 @@ pub fn write_pid_file(path: &Path, pid: &str) -> anyhow::Result<()> {
 /// The monitor: returns the container's exit status, or 125 when it could
 /// not be created (told to `create` through `notify`).
 fn monitor(
+    g: &Global,
     mut container: Container,
     plan: spec::Plan,
     slave: Option<OwnedFd>,
@@ -171,7 +172,7 @@ fn monitor(
         state["pid"] = pty::own_pid().into();
         state["status"] = "created".into();
         record::run_hooks("prestart", early, &state)?;
-        container.start_with(&|w| log::info!("{w}"))?;
+        container.start_with(&|w| g.log_line("info", w))?;
         Ok(())
     })();
     if let Err(e) = prepared {
@@ -186,7 +187,7 @@ fn monitor(
         let _ = container.finish(hull::EXIT_HULL_ERROR, Some(reason));
         return hull::EXIT_HULL_ERROR;
     }
-    let warn = |w: &str| log::warn!("{w}");
+    let warn = |w: &str| g.log_line("warning", w);
     let session = Session {
         sinks: Sinks::terminal(),
         stdin: true,
@@ -199,6 +200,7 @@ fn monitor(
         Ok(o) => (o.status(), o.failure().map(str::to_string)),
         Err(e) => {
             eprintln!("hull-runtime: {}", hull::error::chain(e));
+            g.log_line("error", &hull::error::chain(e));
             (hull::EXIT_HULL_ERROR, Some(hull::error::chain(e)))
         }
     };
@@ -258,7 +260,7 @@ pub fn start(g: &Global, args: StartArgs) -> anyhow::Result<i32> {
     let state = record::state_json(&c, &record);
     if let Err(e) = record::run_hooks("poststart", &record.poststart, &state) {
         // runtime-spec: a failing poststart hook is a warning.
-        log::warn!("{e:#}");
+        g.log_line("warning", &format!("{e:#}"));
     }
     Ok(0)
 }

@@ -102,7 +102,7 @@ pub fn exec(g: &Global, args: ExecArgs) -> anyhow::Result<i32> {
         if let Some(s) = &slave {
             pty::become_terminal_owner(s).context("taking the terminal")?;
         }
-        return run(&container, &start);
+        return run(g, &container, &start);
     }
     let (mut r, mut w) = sys::pipe().context("making a pipe for the exec monitor")?;
     // SAFETY: hull-runtime has started no thread yet.
@@ -118,7 +118,7 @@ pub fn exec(g: &Global, args: ExecArgs) -> anyhow::Result<i32> {
             drop(slave);
             let code = match taken
                 .context("taking the terminal")
-                .and_then(|()| run(&container, &start))
+                .and_then(|()| run(g, &container, &start))
             {
                 Ok(c) => c,
                 Err(e) => {
@@ -144,13 +144,17 @@ pub fn exec(g: &Global, args: ExecArgs) -> anyhow::Result<i32> {
 }
 
 /// Runs `start` in `container`, relaying our stdio; its exit status.
-fn run(container: &Container, start: &hull_agent::protocol::Start) -> anyhow::Result<i32> {
+fn run(
+    g: &Global,
+    container: &Container,
+    start: &hull_agent::protocol::Start,
+) -> anyhow::Result<i32> {
     let session = Session {
         sinks: Sinks::terminal(),
         stdin: true,
         raw_terminal: start.tty,
         times: &mut Times::default(),
-        warn: &|w| log::warn!("{w}"),
+        warn: &|w| g.log_line("warning", w),
     };
     Ok(container.exec(start, session)?.status())
 }

@@ -156,20 +156,27 @@ fn main() {
         Err(e) => {
             let msg = format!("{e:#}").replace('\n', " ");
             eprintln!("hull-runtime: {msg}");
-            log_error(g, &msg);
+            g.log_line("error", &msg);
             std::process::exit(1);
         }
     }
 }
 
-/// Appends `msg` to `--log` as an error, in `--log-format`.
-fn log_error(g: &Global, msg: &str) {
+impl Global {
+    /// Appends `msg` at `level` to `--log` (nothing without it): the
+    /// monitors' warnings go there, never into the container's stderr.
+    pub fn log_line(&self, level: &str, msg: &str) {
+        log_to(self, level, msg)
+    }
+}
+
+fn log_to(g: &Global, level: &str, msg: &str) {
     let Some(path) = &g.log else { return };
     let line = if g.log_format == "json" {
-        serde_json::json!({"level": "error", "msg": msg, "time": record::now_rfc3339()}).to_string()
+        serde_json::json!({"level": level, "msg": msg, "time": record::now_rfc3339()}).to_string()
     } else {
         format!(
-            "time=\"{}\" level=error msg=\"{}\"",
+            "time=\"{}\" level={level} msg=\"{}\"",
             record::now_rfc3339(),
             msg.replace('"', "\\\"")
         )

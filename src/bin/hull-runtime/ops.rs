@@ -105,7 +105,7 @@ pub fn delete(g: &Global, args: DeleteArgs) -> anyhow::Result<i32> {
     state["status"] = "stopped".into();
     if let Err(e) = record::run_hooks("poststop", &record.poststop, &state) {
         // runtime-spec: a failing poststop hook is a warning.
-        log::warn!("{e:#}");
+        g.log_line("warning", &format!("{e:#}"));
     }
     Ok(0)
 }
