@@ -209,3 +209,37 @@ fn ensure_home() {
         unsafe { std::env::set_var("HOME", h) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn global(root: &str) -> Global {
+        Global {
+            root: root.into(),
+            log: None,
+            log_format: "json".into(),
+            systemd_cgroup: false,
+            debug: false,
+            isolation: Isolation::Vm,
+        }
+    }
+
+    #[test]
+    fn a_long_root_maps_to_a_short_state_dir_that_fits_the_agents_socket() {
+        assert_eq!(
+            global("/run/hull-runtime").state_dir(),
+            Path::new("/run/hull-runtime")
+        );
+        let long = "/var/run/docker/runtime-hull/moby-with-a-long-name";
+        let dir = global(long).state_dir();
+        assert!(dir.starts_with("/run/hrt/"), "{}", dir.display());
+        assert_eq!(dir, global(long).state_dir(), "stable");
+        assert_ne!(dir, global("/var/run/other/long/runtime/root").state_dir());
+        let socket = dir
+            .join("containers")
+            .join("a".repeat(64))
+            .join("agent.sock");
+        assert!(socket.as_os_str().len() <= 107);
+    }
+}
