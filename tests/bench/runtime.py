@@ -143,6 +143,7 @@ def main():
                         sys.exit(f"{e} --runtime {r}: exit {p.returncode}: {p.stderr.strip()}")
                     if i > 0:
                         times[(e, r)].append(ms)
+                    print(f"run {i}/{a.n} {e} {r}: {ms:.0f} ms", file=sys.stderr, flush=True)
         print(f"| engine | runtime | p50 ms | p90 ms | p50 ratio to runc |")
         print("|---|---|---:|---:|---:|")
         for e in engines:
