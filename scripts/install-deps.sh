@@ -21,6 +21,9 @@ packages=(
   podman
   # benchmarks
   hyperfine
+  # the OCI engines hull-runtime is tested under (tests/runtime_*.rs); their
+  # services are never started by this script: the tests start their own
+  podman conmon docker.io containerd docker-compose
 )
 
 missing=()

@@ -14,7 +14,9 @@ export HULL_DATA_DIR="$data_dir"
 step "host packages"
 scripts/install-deps.sh
 
-step "hull (release build)"
+step "hull and hull-runtime (release build)"
+# hull-runtime, the OCI runtime for podman, docker and containerd, is built
+# beside hull (docs/runtime.md).
 cargo build --release --quiet -p hull -p hull-vmm
 hull="$PWD/target/release/hull"
 export HULL_VMM="$PWD/target/release/hull-vmm"

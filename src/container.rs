@@ -84,6 +84,11 @@ pub struct ContainerConfig {
     /// `--cold-boot`).
     #[serde(default)]
     pub cold_boot: bool,
+    /// The sandbox stays in the network namespace of the process that
+    /// starts it (an OCI engine's, which `hull-runtime`'s monitor entered)
+    /// instead of one of its own; `network` is then None.
+    #[serde(default)]
+    pub inherit_netns: bool,
 }
 
 fn is_layers(r: &sandbox::RootFs) -> bool {
@@ -330,6 +335,22 @@ impl Container {
             None => None,
         };
         let (netns, tap) = match prepared {
+            // A microVM in an engine's namespace takes over the engine's
+            // veth through a tap (the guest gets its MAC and address).
+            None if config.inherit_netns && config.isolation == Isolation::Vm => {
+                match network::adopt_engine_link().map_err(NetworkError::from)? {
+                    Some((fd, mac, interface)) => {
+                        self.network_setup = Some(hull_agent::protocol::NetworkSetup {
+                            interface: Some(interface),
+                            hosts: None,
+                            resolv_conf: None,
+                        });
+                        (sandbox::NetNs::Host, Some((fd, mac)))
+                    }
+                    None => (sandbox::NetNs::Host, None),
+                }
+            }
+            None if config.inherit_netns => (sandbox::NetNs::Host, None),
             None => (sandbox::NetNs::New, None),
             Some(p) => {
                 self.network_setup = Some(p.setup);
@@ -399,8 +420,13 @@ impl Container {
             (session.warn)(&w);
         }
         let mut start = start.clone();
-        if start.network.is_none() {
-            start.network = self.network_setup.clone();
+        match (&mut start.network, &self.network_setup) {
+            (None, setup) => start.network = setup.clone(),
+            // The caller's /etc files, the interface hull set up.
+            (Some(n), Some(setup)) if n.interface.is_none() => {
+                n.interface = setup.interface.clone();
+            }
+            _ => {}
         }
         if let Some(disks) = sandbox.restored_disks() {
             // A clone of a template: its own entropy and clock, its disks.
@@ -673,6 +699,7 @@ mod tests {
             max_starting: None,
             max_guest_memory_mib: None,
             cold_boot: false,
+            inherit_netns: false,
         }
     }
 

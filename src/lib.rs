@@ -18,6 +18,7 @@ pub mod monitor;
 pub mod network;
 pub mod paths;
 pub mod process;
+pub mod pty;
 pub mod sandbox;
 pub mod state;
 pub mod sys;

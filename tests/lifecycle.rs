@@ -88,6 +88,7 @@ fn create_then_start_then_attach_then_delete() {
         max_starting: None,
         max_guest_memory_mib: None,
         cold_boot: false,
+        inherit_netns: false,
     };
 
     let mut c = Container::create(&state_dir, &config).unwrap();

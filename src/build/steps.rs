@@ -140,6 +140,7 @@ pub fn run(
             max_starting: None,
             max_guest_memory_mib: None,
             cold_boot: false,
+            inherit_netns: false,
         };
         let mut c = Container::create(&settings.state_dir, &config)?;
         let mut times = Times::default();

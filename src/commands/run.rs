@@ -442,6 +442,7 @@ fn container_config(args: &RunArgs, src: &Source, mounts: Vec<MountSpec>) -> Con
         max_starting: args.max_starting,
         max_guest_memory_mib: args.max_guest_memory,
         cold_boot: args.cold_boot,
+        inherit_netns: false,
     }
 }
 

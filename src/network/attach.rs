@@ -182,6 +182,41 @@ pub(super) fn attach_veth(
     })
 }
 
+/// The OCI runtime's attach step for a microVM, in the calling thread's
+/// network namespace (an engine's, which the runtime's monitor joined):
+/// the engine's link (a veth with an address) is tied by tc redirects both
+/// ways to a new tap, whose fd is returned with the veth's MAC and the
+/// guest's interface (the veth's address, prefix, MTU and gateway). None
+/// when the engine made no such link.
+pub fn adopt_engine_link() -> Result<Option<(OwnedFd, String, Interface)>, LinkError> {
+    let nl = Netlink::open()?;
+    let Some(link) = nl.engine_link()? else {
+        return Ok(None);
+    };
+    let tap = link::create_tap(TAP_IFNAME)?;
+    let t = nl
+        .index(TAP_IFNAME)?
+        .ok_or_else(|| LinkError::NoLink(TAP_IFNAME.into()))?;
+    nl.set_up(t, TAP_IFNAME)?;
+    nl.redirect_both_ways((link.index, &link.name), (t, TAP_IFNAME))?;
+    let mac = link
+        .mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let interface = Interface {
+        name: GUEST_IFNAME.into(),
+        address: link.address,
+        prefix_len: link.prefix_len,
+        mtu: link.mtu,
+        gateway: link.gateway,
+        // The engine's IPv6 addresses are not adopted yet (IPv4 only).
+        ipv6: None,
+    };
+    Ok(Some((tap, mac, interface)))
+}
+
 pub(super) fn hosts_file(
     req: &Request,
     ip: Option<Ipv4Addr>,

@@ -247,6 +247,89 @@ impl Netlink {
             .map_err(nl(format!("adding the default route via {gateway}")))
     }
 
+    /// The engine-made link an OCI runtime's microVM takes over: the first
+    /// link other than `lo` with an IPv4 address, with its MAC, MTU, that
+    /// address and the default route's gateway. None when there is none
+    /// (`--network none`).
+    pub fn engine_link(&self) -> Result<Option<EngineLink>, LinkError> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        use rtnetlink::packet_route::link::LinkAttribute;
+        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+        let links: Vec<_> = self
+            .rt
+            .block_on(self.handle.link().get().execute().try_collect())
+            .map_err(nl("listing links"))?;
+        let addrs: Vec<_> = self
+            .rt
+            .block_on(self.handle.address().get().execute().try_collect())
+            .map_err(nl("listing addresses"))?;
+        for link in links {
+            let mut name = None;
+            let mut mac = None;
+            let mut mtu = None;
+            for a in &link.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => name = Some(n.clone()),
+                    LinkAttribute::Address(m) if m.len() == 6 => {
+                        mac = <[u8; 6]>::try_from(m.as_slice()).ok()
+                    }
+                    LinkAttribute::Mtu(m) => mtu = Some(*m),
+                    _ => {}
+                }
+            }
+            let (Some(name), Some(mac)) = (name, mac) else {
+                continue;
+            };
+            if name == "lo" {
+                continue;
+            }
+            let index = link.header.index;
+            let v4 = addrs.iter().find_map(|m| {
+                if m.header.index != index {
+                    return None;
+                }
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(std::net::IpAddr::V4(ip)) => {
+                        Some((*ip, m.header.prefix_len))
+                    }
+                    _ => None,
+                })
+            });
+            let Some((address, prefix_len)) = v4 else {
+                continue;
+            };
+            let routes: Vec<_> = self
+                .rt
+                .block_on(
+                    self.handle
+                        .route()
+                        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                        .execute()
+                        .try_collect(),
+                )
+                .map_err(nl("listing routes"))?;
+            let gateway = routes
+                .iter()
+                .filter(|r| r.header.destination_prefix_length == 0)
+                .find_map(|r| {
+                    r.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                        _ => None,
+                    })
+                });
+            return Ok(Some(EngineLink {
+                index,
+                name,
+                mac,
+                mtu: mtu.unwrap_or(1500),
+                address,
+                prefix_len,
+                gateway,
+            }));
+        }
+        Ok(None)
+    }
+
     /// Every packet arriving on `from` leaves through `to`, and back (an
     /// ingress qdisc and a match-all u32 filter with a mirred redirect on
     /// each: Kata's tcfilter).
@@ -269,6 +352,19 @@ impl Netlink {
         }
         Ok(())
     }
+}
+
+/// A link an engine made in a container's network namespace, as
+/// [`Netlink::engine_link`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineLink {
+    pub index: u32,
+    pub name: String,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
 }
 
 /// Runs `f` on a thread that joined the network namespace at `netns`.

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use hull_agent::protocol::NetworkSetup;
 use serde::{Deserialize, Serialize};
 
-pub use attach::{Backend, attach_netns, attachment, prepare, release};
+pub use attach::{Backend, adopt_engine_link, attach_netns, attachment, prepare, release};
 pub use connect::{connect, disconnect};
 pub use ipam::{Subnet, Subnet6};
 use link::{LinkError, Netlink};

@@ -501,6 +501,7 @@ fn host_dir_root(b: Backend) -> Result<(), Failed> {
             max_starting: None,
             max_guest_memory_mib: None,
             cold_boot: false,
+            inherit_netns: false,
         };
         let mut ctr = Container::create(&c.state.path().join("lib"), &config)?;
         ctr.start()?;

@@ -1,0 +1,432 @@
+//! The hull-runtime trials, run with the namespace backend on this host
+//! (tests/runtime_ns.rs) and with microVMs in the emulated KVM host
+//! (tests/runtime_vm.rs): what a user of podman, docker or ctr sees.
+#![allow(dead_code)] // each test target uses its own subset
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use libtest_mimic::{Failed, Trial};
+
+use super::engines::{self, Containerd, Dockerd, IMAGE, Netns, Podman, ULIMITS, text};
+
+/// Builds what the engines run: hull-runtime, hull-vmm and the static agent.
+pub fn build() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(repo)
+        .args(["build", "--quiet", "-p", "hull-vmm", "-p", "hull"])
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "cargo build of hull and hull-vmm failed");
+    let status = Command::new(repo.join("agent/build-static.sh"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("running agent/build-static.sh");
+    assert!(status.success(), "agent/build-static.sh failed");
+}
+
+fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
+    if ok { Ok(()) } else { Err(msg().into()) }
+}
+
+fn trial(name: &str, backend: &'static str, f: fn(&'static str) -> Result<(), Failed>) -> Trial {
+    Trial::test(format!("{backend}::{name}"), move || f(backend))
+}
+
+/// The engine trials for `backend` (`ns` or `vm`).
+pub fn engine_trials(backend: &'static str) -> Vec<Trial> {
+    let mut t = vec![
+        trial(
+            "podman_run_rm_output_and_exit_status",
+            backend,
+            podman_run_rm,
+        ),
+        trial(
+            "podman_detached_exec_logs_stop_rm",
+            backend,
+            podman_detached,
+        ),
+        trial("podman_serves_on_its_network", backend, podman_network),
+        trial("docker_exit_status", backend, docker_exit_status),
+    ];
+    if backend == "ns" {
+        t.extend([
+            trial("podman_publish_and_volume", backend, podman_publish_volume),
+            trial("podman_run_it_through_a_pty", backend, podman_tty),
+            trial(
+                "docker_publish_volume_exec_it",
+                backend,
+                docker_publish_exec,
+            ),
+            trial(
+                "docker_compose_two_services_by_name",
+                backend,
+                docker_compose,
+            ),
+            trial("containerd_ctr_run", backend, containerd_run),
+        ]);
+    }
+    t
+}
+
+fn podman_run_rm(_backend: &'static str) -> Result<(), Failed> {
+    let ns = Netns::new();
+    let p = Podman::new(&ns, _backend);
+    p.load_busybox();
+    let mut args = vec!["run", "--rm", "--network", "none"];
+    args.extend(ULIMITS);
+    args.extend([IMAGE, "sh", "-c", "echo hi; uname -r; exit 3"]);
+    let o = p.run(&args);
+    let (code, out, err) = text(&o);
+    check(code == Some(3), || {
+        format!("exit status {code:?}, want 3\n{out}\n{err}")
+    })?;
+    check(out.starts_with("hi\n"), || {
+        format!("stdout {out:?}, want hi first")
+    })?;
+    let host = String::from_utf8_lossy(&Command::new("uname").arg("-r").output()?.stdout)
+        .trim()
+        .to_string();
+    let kernel = out.lines().nth(1).unwrap_or("");
+    if _backend == "vm" {
+        check(kernel != host, || {
+            format!("uname -r {kernel} in the container is the host's: not a microVM")
+        })?;
+    }
+    // podman's cleanup (conmon's exit command) deletes after run returns.
+    let left = engines::wait_empty(&p.runtime_root());
+    check(left.is_empty(), || {
+        format!("--rm left containers behind: {left}")
+    })
+}
+
+fn podman_detached(backend: &'static str) -> Result<(), Failed> {
+    let ns = Netns::new();
+    let p = Podman::new(&ns, backend);
+    p.load_busybox();
+    let mut args = vec!["run", "-d", "--name", "d", "--network", "none"];
+    args.extend(ULIMITS);
+    args.extend([IMAGE, "sh", "-c", "echo started; exec sleep 1000"]);
+    p.ok(&args);
+    let o = p.run(&["exec", "d", "sh", "-c", "echo in-exec; exit 4"]);
+    let (code, out, err) = text(&o);
+    check(code == Some(4), || {
+        format!("exec exited {code:?}, want 4: {err}")
+    })?;
+    check(out.trim() == "in-exec", || format!("exec printed {out:?}"))?;
+    let logs = p.ok(&["logs", "d"]);
+    check(logs.contains("started"), || format!("logs: {logs:?}"))?;
+    let state = p.ok(&["inspect", "-f", "{{.State.Status}}", "d"]);
+    check(state.trim() == "running", || format!("state {state:?}"))?;
+    p.ok(&["stop", "-t", "5", "d"]);
+    let code = p.ok(&["inspect", "-f", "{{.State.ExitCode}}", "d"]);
+    check(code.trim() == "143", || {
+        format!("exit code after stop: {code:?}, want 143 (SIGTERM)")
+    })?;
+    p.ok(&["rm", "d"]);
+    let left = engines::runtime_list(&p.runtime_root());
+    check(left.is_empty(), || format!("rm left {left}"))
+}
+
+/// httpd in the container, reached at its address on the engine's bridge.
+fn podman_network(backend: &'static str) -> Result<(), Failed> {
+    let ns = Netns::new();
+    let p = Podman::new(&ns, backend);
+    p.load_busybox();
+    let mut args = vec!["run", "-d", "--name", "web", "--network", "hullnet"];
+    args.extend(ULIMITS);
+    args.extend([
+        IMAGE,
+        "sh",
+        "-c",
+        "mkdir /www && echo served-by-hull > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    p.ok(&args);
+    let ip = p.ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.hullnet.IPAddress}}",
+        "web",
+    ]);
+    let body = curl(&ns, &format!("http://{}/", ip.trim()), 30);
+    p.ok(&["rm", "-f", "web"]);
+    check(body.as_deref() == Some("served-by-hull\n"), || {
+        format!("curl of the container at {ip}: {body:?}")
+    })
+}
+
+/// curl URL from inside `ns`, retrying for up to `secs` s.
+fn curl(ns: &Netns, url: &str, secs: u64) -> Option<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let o = ns
+            .cmd("curl")
+            .args(["-s", "--max-time", "3", url])
+            .output()
+            .ok()?;
+        if o.status.success() {
+            return Some(String::from_utf8_lossy(&o.stdout).into_owned());
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn podman_publish_volume(backend: &'static str) -> Result<(), Failed> {
+    let ns = Netns::new();
+    let p = Podman::new(&ns, backend);
+    p.load_busybox();
+    let www = tempfile::tempdir()?;
+    std::fs::write(www.path().join("index.html"), "from-the-host\n")?;
+    let vol = format!("{}:/www", www.path().display());
+    let mut args = vec![
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "hullnet",
+        "-p",
+        "8080:80",
+        "-v",
+        &vol,
+    ];
+    args.extend(ULIMITS);
+    args.extend([
+        IMAGE,
+        "sh",
+        "-c",
+        "echo written > /www/by-container; exec httpd -f -p 80 -h /www",
+    ]);
+    p.ok(&args);
+    let body = curl(&ns, "http://127.0.0.1:8080/", 20);
+    p.ok(&["rm", "-f", "web"]);
+    check(body.as_deref() == Some("from-the-host\n"), || {
+        format!("curl of the published port: {body:?}")
+    })?;
+    let written = std::fs::read_to_string(www.path().join("by-container")).unwrap_or_default();
+    check(written == "written\n", || {
+        format!("the container's write to the -v dir: {written:?}")
+    })
+}
+
+fn podman_tty(backend: &'static str) -> Result<(), Failed> {
+    let ns = Netns::new();
+    let p = Podman::new(&ns, backend);
+    p.load_busybox();
+    let mut args = vec!["run", "--rm", "-it", "--network", "none"];
+    args.extend(ULIMITS);
+    args.extend([IMAGE, "sh"]);
+    let (code, out) = engines::run_in_pty(
+        p.cmd(&args),
+        &[
+            "tty; echo typed-$((6*7))\n",
+            "\0resize 33 111",
+            "echo size-$(stty size | tr ' ' x)\n",
+            "exit 5\n",
+        ],
+        Duration::from_secs(60),
+    );
+    check(code == Some(5), || {
+        format!("exit status {code:?}, want 5\n{out}")
+    })?;
+    check(
+        out.contains("typed-42") && out.contains("/dev/pts/"),
+        || format!("the shell's terminal output: {out:?}"),
+    )?;
+    check(out.contains("size-33x111"), || {
+        format!("the window size change did not reach the container: {out:?}")
+    })
+}
+
+fn docker_exit_status(backend: &'static str) -> Result<(), Failed> {
+    let ns = Netns::new();
+    let d = Dockerd::start(&ns);
+    let runtime = if backend == "ns" { "hull-ns" } else { "hull" };
+    let o = d.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        IMAGE,
+        "sh",
+        "-c",
+        "echo hi; exit 3",
+    ]);
+    let (code, out, err) = text(&o);
+    check(code == Some(3), || {
+        format!("docker run exited {code:?}, want 3\n{out}\n{err}")
+    })?;
+    check(out == "hi\n", || format!("stdout {out:?}"))?;
+    let left = engines::wait_empty(&d.runtime_root());
+    check(left.is_empty(), || format!("--rm left {left}"))
+}
+
+fn docker_publish_exec(_backend: &'static str) -> Result<(), Failed> {
+    let ns = Netns::new();
+    let d = Dockerd::start(&ns);
+    let www = tempfile::tempdir()?;
+    std::fs::write(www.path().join("index.html"), "docker-volume\n")?;
+    let vol = format!("{}:/www", www.path().display());
+    let o = d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--runtime",
+        "hull-ns",
+        "-p",
+        "8081:80",
+        "-v",
+        &vol,
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    check(o.status.success(), || {
+        format!("docker run -d: {:?}", text(&o))
+    })?;
+    let body = curl(&ns, "http://127.0.0.1:8081/", 20);
+    let (code, out) = engines::run_in_pty(
+        d.cmd(&["exec", "-it", "web", "sh"]),
+        &["echo in-$((40+2))\n", "exit 6\n"],
+        Duration::from_secs(60),
+    );
+    let _ = d.docker(&["rm", "-f", "web"]);
+    check(body.as_deref() == Some("docker-volume\n"), || {
+        format!("curl of docker's published port: {body:?}")
+    })?;
+    check(code == Some(6) && out.contains("in-42"), || {
+        format!("docker exec -it: status {code:?}, output {out:?}")
+    })
+}
+
+fn docker_compose(_backend: &'static str) -> Result<(), Failed> {
+    engines::require("docker-compose");
+    let ns = Netns::new();
+    let d = Dockerd::start(&ns);
+    let proj = tempfile::tempdir()?;
+    let compose = format!(
+        "version: \"2.4\"\nservices:\n  web:\n    image: {IMAGE}\n    runtime: hull-ns\n    command: [\"sh\", \"-c\", \"mkdir /www && echo from-web > /www/index.html && exec httpd -f -p 80 -h /www\"]\n  client:\n    image: {IMAGE}\n    runtime: hull-ns\n    depends_on: [web]\n    command: [\"sh\", \"-c\", \"for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://web/ && exit 0; sleep 1; done; exit 1\"]\n"
+    );
+    std::fs::write(proj.path().join("docker-compose.yml"), compose)?;
+    let host = format!("unix://{}", d.dir.path().join("docker.sock").display());
+    let o = ns
+        .cmd("docker-compose")
+        .current_dir(proj.path())
+        .env("DOCKER_HOST", &host)
+        .arg("-f")
+        .arg(proj.path().join("docker-compose.yml"))
+        .args([
+            "-p",
+            "hulltest",
+            "up",
+            "--abort-on-container-exit",
+            "--exit-code-from",
+            "client",
+        ])
+        .output()?;
+    let _ = ns
+        .cmd("docker-compose")
+        .current_dir(proj.path())
+        .env("DOCKER_HOST", &host)
+        .arg("-f")
+        .arg(proj.path().join("docker-compose.yml"))
+        .args(["-p", "hulltest", "down"])
+        .output();
+    let (code, out, err) = text(&o);
+    check(code == Some(0) && out.contains("from-web"), || {
+        format!("docker-compose up: status {code:?}\n{out}\n{err}")
+    })
+}
+
+fn containerd_run(backend: &'static str) -> Result<(), Failed> {
+    let ns = Netns::new();
+    let c = Containerd::start(&ns, backend);
+    let bin = engines::runtime_bin();
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.runc.v2",
+        "--runc-binary",
+        bin.to_str().unwrap(),
+        IMAGE,
+        "c1",
+        "sh",
+        "-c",
+        "echo hi-from-ctr; exit 3",
+    ]);
+    let (code, out, err) = text(&o);
+    check(code == Some(3) && out.contains("hi-from-ctr"), || {
+        format!("ctr run: status {code:?}\n{out}\n{err}")
+    })
+}
+
+/// Bad bundles: one line on stderr and in --log's JSON, a non-zero exit,
+/// nothing left under --root.
+pub fn bundle_trials() -> Vec<Trial> {
+    vec![Trial::test("bundle::bad_bundles_fail_cleanly", bad_bundles)]
+}
+
+fn bad_bundles() -> Result<(), Failed> {
+    let root = tempfile::tempdir()?;
+    let cases: [(&str, &str, &str); 3] = [
+        (
+            "missing-root",
+            r#"{"ociVersion":"1.0.2","root":{"path":"nope"},"process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+            "not a directory",
+        ),
+        (
+            "malformed",
+            "{\"ociVersion\": ",
+            "not a valid OCI runtime config",
+        ),
+        (
+            "bad-namespace",
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}},"linux":{"namespaces":[{"type":"bogus"}]}}"#,
+            "bogus",
+        ),
+    ];
+    for (name, config, want) in cases {
+        let bundle = tempfile::tempdir()?;
+        std::fs::create_dir(bundle.path().join("rootfs"))?;
+        std::fs::write(bundle.path().join("config.json"), config)?;
+        let log = root.path().join(format!("{name}.log"));
+        let o = Command::new(engines::runtime_bin())
+            .arg("--root")
+            .arg(root.path())
+            .arg("--log")
+            .arg(&log)
+            .args(["--log-format", "json", "create", "--bundle"])
+            .arg(bundle.path())
+            .arg(name)
+            .output()?;
+        let (code, _, err) = text(&o);
+        check(code.is_some_and(|c| c != 0), || {
+            format!("{name}: exit {code:?}")
+        })?;
+        check(
+            err.lines().count() == 1 && err.starts_with("hull-runtime: ") && err.contains(want),
+            || format!("{name}: stderr {err:?}, want one line with {want:?}"),
+        )?;
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        let line: serde_json::Value = serde_json::from_str(logged.trim())
+            .map_err(|e| format!("{name}: --log holds {logged:?}, not one JSON line: {e}"))?;
+        check(
+            line["level"] == "error" && line["msg"].as_str().is_some_and(|m| m.contains(want)),
+            || format!("{name}: --log line {line}"),
+        )?;
+    }
+    let left = engines::runtime_list(root.path());
+    check(left.is_empty(), || format!("bad bundles left {left}"))
+}
