@@ -351,4 +351,74 @@ mod tests {
             Some([0x02, 0x42, 0xac, 0x11, 0x00, 0x02])
         );
     }
+
+    /// Binds and volumes become shares the agent mounts by tag, tmpfs stays
+    /// the agent's, a host directory root is the first share; a file cannot
+    /// be shared.
+    #[test]
+    fn mounts_become_virtio_fs_shares() {
+        use crate::volume::{MountSource, MountSpec};
+        let t = tempfile::tempdir().unwrap();
+        let mount = |source, target: &str, readonly| MountSpec {
+            source,
+            target: target.into(),
+            readonly,
+            nocopy: false,
+        };
+        let spec = Spec {
+            isolation: Isolation::Vm,
+            dir: t.path(),
+            layers: Vec::new(),
+            disks: Vec::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            kernel: None,
+            name: "c",
+            userns: crate::userns::Mode::Auto,
+            huge_pages: false,
+            mounts: vec![
+                mount(
+                    MountSource::Bind {
+                        path: t.path().into(),
+                    },
+                    "/data",
+                    true,
+                ),
+                mount(
+                    MountSource::Tmpfs {
+                        size: Some(1 << 20),
+                        mode: None,
+                    },
+                    "/scratch",
+                    false,
+                ),
+            ],
+            read_only: true,
+            rootfs: RootFs::HostDir("/bundle/rootfs".into()),
+            netns: crate::sandbox::NetNs::New,
+            tap: None,
+            upper: None,
+        };
+        let (fs, setup) = shares(&spec).unwrap();
+        let tags: Vec<_> = fs.iter().map(|f| (f.tag.as_str(), f.read_only)).collect();
+        assert_eq!(tags, [("hullroot", true), ("hullvol1", true)]);
+        assert_eq!(fs[1].path, t.path());
+        assert_eq!(setup.root_tag.as_deref(), Some("hullroot"));
+        assert!(setup.read_only);
+        assert_eq!(
+            setup.mounts[0].kind,
+            MountKind::Virtiofs {
+                tag: "hullvol1".into()
+            }
+        );
+        assert!(matches!(setup.mounts[1].kind, MountKind::Tmpfs { .. }));
+        let file = t.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        let spec = Spec {
+            mounts: vec![mount(MountSource::Bind { path: file }, "/f", false)],
+            rootfs: RootFs::Layers,
+            ..spec
+        };
+        assert!(matches!(shares(&spec), Err(SandboxError::VmFileMount(_))));
+    }
 }

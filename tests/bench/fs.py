@@ -43,10 +43,10 @@ SCRIPT = r"""
 set -e
 cd {dir}
 t() {{ read up rest < /proc/uptime; echo ${{up%%.*}}${{up#*.}}0; }}
-a=$(t); dd if=/dev/zero of=big bs=1M count={mib} conv=fsync 2>/dev/null; b=$(t)
+a=$(t); dd if=/dev/zero of=big bs=1M count={mib} conv=fsync 2>/tmp/dd.err || {{ cat /tmp/dd.err >&2; exit 1; }}; b=$(t)
 echo write $((b-a))
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-a=$(t); dd if=big of=/dev/null bs=1M 2>/dev/null; b=$(t)
+a=$(t); dd if=big of=/dev/null bs=1M 2>/tmp/dd.err || {{ cat /tmp/dd.err >&2; exit 1; }}; b=$(t)
 echo read $((b-a))
 rm -f big
 mkdir small
@@ -90,7 +90,8 @@ def one(hull_bin, state, rootfs, iso, flags, workdir, mib, files):
     env = dict(os.environ, HULL_VMM_HUGE_PAGES="force")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
-        sys.exit("%s failed (%d): %s" % (iso, out.returncode, out.stderr.strip()))
+        sys.exit("%s %s failed (%d): %s %s" % (iso, flags, out.returncode, out.stdout.strip(),
+                                             out.stderr.strip()))
     return {k: int(v) / 1e3 for k, v in (l.split() for l in out.stdout.split("\n") if l.strip())}
 
 

@@ -68,6 +68,19 @@ fn bind_mount_both_ways(b: Backend) -> Result<(), Failed> {
             md.gid()
         )
     })?;
+    // A file past 64 MiB (the jailed hull-vmm's file-size limit for its
+    // console must not cut the guest's files in a share).
+    let o = run_text(run(
+        &c,
+        &["--rm", "-v", &spec],
+        &["dd", "if=/dev/zero", "of=/data/big", "bs=1M", "count=65"],
+    ))?;
+    let big = std::fs::metadata(host.path().join("big")).map(|m| m.len());
+    check(
+        o.code == Some(0) && big.as_ref().ok() == Some(&(65 << 20)),
+        || format!("a 65 MiB file written into the volume; host size {big:?}; {o}"),
+    )?;
+    std::fs::remove_file(host.path().join("big"))?;
     // A container user writes files the host sees as that user (vm: also
     // when hull-vmm is jailed as a pool uid).
     std::fs::set_permissions(host.path(), std::fs::Permissions::from_mode(0o777))?;

@@ -32,7 +32,10 @@
 //! for a read-only share), a /proc/self/fd directory is opened from a proc
 //! mounted for the moment (the FUSE server reopens its O_PATH fds through
 //! it; the mount is detached before the pivot, so the jail has no /proc),
-//! the open-files limit covers the servers' tables, and four capabilities
+//! the open-files limit covers the servers' tables, the file-size limit is
+//! lifted for a writable share (the guest may fill it as it may fill any
+//! writable share; the limit would only cut its files at 64 MiB), and four
+//! capabilities
 //! stay, effective, in the jail: CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER
 //! and CAP_FSETID. With them the server writes the share as the host's
 //! owners and modes require and gives what the guest creates the guest's
@@ -156,7 +159,15 @@ pub fn enter(cfg: VmConfig, jail: &JailConfig) -> Result<VmConfig, JailError> {
     cfg.serial = SerialOutput::File(Path::new("/run").join(console_name));
     pivot(&root)?;
     let open_files = MAX_OPEN_FILES + FS_OPEN_FILES * cfg.fs.len() as u64;
-    limits(largest_writable_disk(&cfg), open_files)?;
+    // A writable share lets the guest fill that file system anyway: the
+    // file-size limit (which keeps the console from filling the disk) would
+    // only cap the files the guest writes there.
+    let file_bytes = if cfg.fs.iter().any(|f| !f.read_only) {
+        libc::RLIM_INFINITY
+    } else {
+        MAX_FILE_BYTES.max(largest_writable_disk(&cfg))
+    };
+    limits(file_bytes, open_files)?;
     let caps: &[u32] = if cfg.fs.is_empty() { &[] } else { &FS_CAPS };
     drop_privileges(jail, caps)?;
     die_with_waiter()?;
@@ -478,9 +489,10 @@ fn largest_writable_disk(cfg: &VmConfig) -> u64 {
         .unwrap_or(0)
 }
 
-/// rlimits: open files, file size (at least [`MAX_FILE_BYTES`], more only
-/// for a writable disk of that size), no core dumps.
-fn limits(writable_disk_bytes: u64, open_files: u64) -> Result<(), JailError> {
+/// rlimits: open files, file size (at least [`MAX_FILE_BYTES`], more for a
+/// writable disk of that size, no limit with a writable share), no core
+/// dumps.
+fn limits(file_bytes: u64, open_files: u64) -> Result<(), JailError> {
     let set = |res, value: u64, name: &str| {
         let lim = libc::rlimit {
             rlim_cur: value,
@@ -490,11 +502,7 @@ fn limits(writable_disk_bytes: u64, open_files: u64) -> Result<(), JailError> {
         check(unsafe { libc::setrlimit(res, &lim) }).map_err(step(format!("setting {name}")))
     };
     set(libc::RLIMIT_NOFILE, open_files, "RLIMIT_NOFILE")?;
-    set(
-        libc::RLIMIT_FSIZE,
-        MAX_FILE_BYTES.max(writable_disk_bytes),
-        "RLIMIT_FSIZE",
-    )?;
+    set(libc::RLIMIT_FSIZE, file_bytes, "RLIMIT_FSIZE")?;
     set(libc::RLIMIT_CORE, 0, "RLIMIT_CORE")?;
     // SAFETY: ignoring a signal installs no handler code.
     if unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) } == libc::SIG_ERR {
