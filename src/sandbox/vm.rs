@@ -306,6 +306,8 @@ mod tests {
             name: "c",
             userns: crate::userns::Mode::Auto,
             huge_pages: false,
+            cold_boot: false,
+            progress: &|_| {},
             mounts: Vec::new(),
             read_only: false,
             rootfs: RootFs::Layers,
