@@ -306,8 +306,6 @@ mod tests {
             name: "c",
             userns: crate::userns::Mode::Auto,
             huge_pages: false,
-            cold_boot: false,
-            progress: &|_| {},
             mounts: Vec::new(),
             read_only: false,
             rootfs: RootFs::Layers,
@@ -378,6 +376,8 @@ mod tests {
             name: "c",
             userns: crate::userns::Mode::Auto,
             huge_pages: false,
+            cold_boot: false,
+            progress: &|_| {},
             mounts: vec![
                 mount(
                     MountSource::Bind {
