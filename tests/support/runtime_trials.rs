@@ -51,6 +51,7 @@ pub fn engine_trials(backend: &'static str) -> Vec<Trial> {
         ),
         trial("podman_serves_on_its_network", backend, podman_network),
         trial("docker_exit_status", backend, docker_exit_status),
+        trial("podman_volume_and_tmpfs", backend, podman_volume_tmpfs),
     ];
     if backend == "ns" {
         t.extend([
@@ -210,6 +211,46 @@ fn podman_publish_volume(backend: &'static str) -> Result<(), Failed> {
         format!("curl of the published port: {body:?}")
     })?;
     let written = std::fs::read_to_string(www.path().join("by-container")).unwrap_or_default();
+    check(written == "written\n", || {
+        format!("the container's write to the -v dir: {written:?}")
+    })
+}
+
+/// `-v` a host directory both ways and `--tmpfs` (in a microVM: virtio-fs
+/// and the agent's tmpfs; the root is the bundle's directory over virtio-fs).
+fn podman_volume_tmpfs(backend: &'static str) -> Result<(), Failed> {
+    let ns = Netns::new();
+    let p = Podman::new(&ns, backend);
+    p.load_busybox();
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("in"), "from-the-host\n")?;
+    let vol = format!("{}:/data", dir.path().display());
+    let mut args = vec![
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &vol,
+        "--tmpfs",
+        "/scratch:size=1m",
+    ];
+    args.extend(ULIMITS);
+    args.extend([
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /data/in; echo written > /data/out; grep ' /scratch ' /proc/mounts | cut -d' ' -f3",
+    ]);
+    let o = p.run(&args);
+    let (code, out, err) = text(&o);
+    check(code == Some(0), || {
+        format!("exit status {code:?}\n{out}\n{err}")
+    })?;
+    check(out == "from-the-host\ntmpfs\n", || {
+        format!("stdout {out:?}: want the host's file, then tmpfs for /scratch\n{err}")
+    })?;
+    let written = std::fs::read_to_string(dir.path().join("out")).unwrap_or_default();
     check(written == "written\n", || {
         format!("the container's write to the -v dir: {written:?}")
     })

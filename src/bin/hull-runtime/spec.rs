@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use hull::sandbox::RootFs;
 use hull::volume::{MountSource, MountSpec};
 use hull::{ContainerConfig, Isolation};
 use hull_agent::protocol::{NetworkSetup, Rlimit, Start, User};
@@ -158,7 +159,13 @@ pub fn plan(bundle: &Bundle, id: &str, default: Isolation) -> anyhow::Result<Pla
         image: bundle.dir.display().to_string(),
         command: start.argv.clone(),
         isolation,
-        layers: vec![bundle.rootfs.clone()],
+        // ns: the bundle's root is the overlay's one lower layer; vm: it is
+        // shared into the guest over virtio-fs and mounted as the root, so
+        // what the container writes lands in the engine's directory.
+        layers: match isolation {
+            Isolation::Ns => vec![bundle.rootfs.clone()],
+            Isolation::Vm => Vec::new(),
+        },
         disks: Vec::new(),
         vcpus,
         memory_mib,
@@ -172,7 +179,10 @@ pub fn plan(bundle: &Bundle, id: &str, default: Isolation) -> anyhow::Result<Pla
         max_starting: None,
         max_guest_memory_mib: None,
         inherit_netns: true,
-        rootfs: Default::default(),
+        rootfs: match isolation {
+            Isolation::Ns => RootFs::Layers,
+            Isolation::Vm => RootFs::HostDir(bundle.rootfs.clone()),
+        },
         cold_boot: false,
     };
     Ok(Plan {
@@ -250,9 +260,9 @@ const AGENT_MOUNTS: [&str; 7] = [
     "/sys/fs/cgroup",
 ];
 
-/// The spec's mounts as the library's mount specs (ns), or (vm) the
-/// engine's /etc files by content; a bind in a microVM is refused until
-/// virtio-fs is there.
+/// The spec's mounts as the library's mount specs; in a microVM the
+/// engine's /etc files go in by content and a bind of any other file is
+/// refused (virtio-fs shares directories).
 fn mounts(spec: &Spec, isolation: Isolation) -> anyhow::Result<(Vec<MountSpec>, EtcFiles)> {
     let mut out = Vec::new();
     let mut etc = EtcFiles::default();
@@ -266,11 +276,6 @@ fn mounts(spec: &Spec, isolation: Isolation) -> anyhow::Result<(Vec<MountSpec>, 
         let kind = m.typ().as_deref().unwrap_or("");
         let is_bind = kind == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
         if kind == "tmpfs" {
-            if isolation == Isolation::Vm {
-                bail!(
-                    "tmpfs mount at {target}: mounts in a microVM need virtio-fs (use the annotation hull.isolation=ns)"
-                );
-            }
             let mut size = None;
             let mut mode = None;
             for o in &options {
@@ -304,8 +309,16 @@ fn mounts(spec: &Spec, isolation: Isolation) -> anyhow::Result<(Vec<MountSpec>, 
                 // The hostname comes from the spec; podman's marker file is
                 // not needed in a guest.
                 "/etc/hostname" | "/run/.containerenv" => {}
+                // Directories reach the guest over virtio-fs, which shares
+                // directories only.
+                _ if source.is_dir() => out.push(MountSpec {
+                    source: MountSource::Bind { path: source },
+                    target,
+                    readonly,
+                    nocopy: true,
+                }),
                 _ => bail!(
-                    "bind mount of {} at {target}: mounts in a microVM need virtio-fs (use the annotation hull.isolation=ns)",
+                    "bind mount of the file {} at {target}: a microVM shares directories only (use the annotation hull.isolation=ns)",
                     source.display()
                 ),
             }
