@@ -27,4 +27,5 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "tests"
-cargo test --workspace "$@"
+# Every suite runs even when one fails, so one run shows every failure.
+cargo test --workspace --no-fail-fast "$@"
