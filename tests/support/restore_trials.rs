@@ -47,6 +47,10 @@ impl Hull {
             c.env("XDG_CACHE_HOME", cache.path());
         }
         c.env_remove("HULL_COLD_BOOT");
+        // No network: a networked container cold-boots (no template holds a
+        // network device yet), and this suite builds no bridge on the
+        // machine's own network.
+        c.env("HULL_NETWORK", "none");
         c
     }
 
