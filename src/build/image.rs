@@ -184,6 +184,20 @@ impl ImageState {
 
 /// `secs` since the epoch as RFC 3339 in UTC.
 pub fn rfc3339(secs: u64) -> String {
+    let (date, h, mi, sec) = civil(secs);
+    format!("{date}T{h:02}:{mi:02}:{sec:02}Z")
+}
+
+/// `secs` and `nanos` since the epoch as RFC 3339 in UTC with nanoseconds
+/// (what runc's `state` gives as `created`).
+pub fn rfc3339_nanos(secs: u64, nanos: u32) -> String {
+    let (date, h, mi, sec) = civil(secs);
+    format!("{date}T{h:02}:{mi:02}:{sec:02}.{nanos:09}Z")
+}
+
+/// `secs` since the epoch as a `YYYY-MM-DD` date and the hour, minute and
+/// second of that day, in UTC.
+fn civil(secs: u64) -> (String, u64, u64, u64) {
     let days = (secs / 86400) as i64;
     let rem = secs % 86400;
     // Howard Hinnant's days-to-civil algorithm.
@@ -196,11 +210,11 @@ pub fn rfc3339(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+    (
+        format!("{y:04}-{m:02}-{d:02}"),
         rem / 3600,
         rem / 60 % 60,
-        rem % 60
+        rem % 60,
     )
 }
 

@@ -142,45 +142,30 @@ pub fn run_hooks(kind: &str, hooks: &[Hook], state: &serde_json::Value) -> anyho
     Ok(())
 }
 
-/// `secs` since the epoch as RFC 3339 in UTC (what runc's `created` is).
-pub fn rfc3339(secs: u64, nanos: u32) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Now, as [`rfc3339`].
+/// Now, as RFC 3339 with nanoseconds (runc's `created`).
 pub fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    rfc3339(now.as_secs(), now.subsec_nanos())
+    hull::build::image::rfc3339_nanos(now.as_secs(), now.subsec_nanos())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hull::build::image::rfc3339_nanos;
 
     #[test]
     fn times_are_rfc3339() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
-        assert_eq!(rfc3339(1_795_000_000, 0), "2026-11-18T11:06:40.000000000Z");
+        assert_eq!(rfc3339_nanos(0, 0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339_nanos(951_782_400, 5),
+            "2000-02-29T00:00:00.000000005Z"
+        );
+        assert_eq!(
+            rfc3339_nanos(1_795_000_000, 0),
+            "2026-11-18T11:06:40.000000000Z"
+        );
     }
 
     #[test]
