@@ -22,6 +22,10 @@ pub type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
 /// Answers one request; returns the number of bytes written to the guest.
 pub trait RequestHandler: Send + 'static {
     fn handle(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> u32;
+
+    /// The queue's notification arrived; requests follow (a device that
+    /// counts where its time goes hears of it).
+    fn woken(&mut self) {}
 }
 
 struct Worker<H> {
@@ -69,6 +73,7 @@ impl<H: RequestHandler> Worker<H> {
 impl<H: RequestHandler> EventHandler for Worker<H> {
     fn handle(&mut self, _ops: &mut EventOps, _fd: RawFd, _events: EventSet) {
         let _ = self.evt.read();
+        self.handler.woken();
         self.process();
     }
 }

@@ -10,6 +10,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::server::{Answer, MAX_IO, Server, ServerError};
+use super::stats::Stats;
 use super::{TAG_MAX, proc_self_fd};
 use crate::devices::virtio::event_loop::EventLoop;
 use crate::devices::virtio::persist::{DeviceState, PersistError, QueueSnapshot, VirtioState};
@@ -94,6 +95,7 @@ impl Fs {
         FsQueue {
             server: self.server.clone(),
             errors: LogLimit::default(),
+            stats: Stats::new(),
         }
     }
 }
@@ -118,6 +120,7 @@ fn raise_open_files() {
 pub(crate) struct FsQueue {
     server: Arc<Mutex<Server>>,
     errors: LogLimit,
+    stats: Stats,
 }
 
 impl RequestHandler for FsQueue {
@@ -141,18 +144,28 @@ impl RequestHandler for FsQueue {
             return 0;
         }
         let room = writer.available_bytes();
+        let start = self.stats.start();
         let answer = self
             .server
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .handle(&req, room);
-        match answer {
+        let written = match answer {
             Answer::Reply(r) if r.len() <= room => match writer.write_all(&r) {
                 Ok(()) => r.len() as u32,
                 Err(_) => 0,
             },
             _ => 0,
-        }
+        };
+        let opcode = req
+            .get(4..8)
+            .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()));
+        self.stats.done(opcode, start);
+        written
+    }
+
+    fn woken(&mut self) {
+        self.stats.wakeup();
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod device;
 pub mod protocol;
 pub mod server;
+pub mod stats;
 pub mod sys;
 
 pub use device::{Fs, FsError, FsState};

@@ -43,6 +43,47 @@ pub const RENAME2: u32 = 45;
 pub const LSEEK: u32 = 46;
 pub const SYNCFS: u32 = 50;
 
+/// The name of an opcode, for logs ("OP42" for one this server does not know).
+pub fn opcode_name(code: u32) -> std::borrow::Cow<'static, str> {
+    std::borrow::Cow::Borrowed(match code {
+        LOOKUP => "LOOKUP",
+        FORGET => "FORGET",
+        GETATTR => "GETATTR",
+        SETATTR => "SETATTR",
+        READLINK => "READLINK",
+        SYMLINK => "SYMLINK",
+        MKNOD => "MKNOD",
+        MKDIR => "MKDIR",
+        UNLINK => "UNLINK",
+        RMDIR => "RMDIR",
+        RENAME => "RENAME",
+        LINK => "LINK",
+        OPEN => "OPEN",
+        READ => "READ",
+        WRITE => "WRITE",
+        STATFS => "STATFS",
+        RELEASE => "RELEASE",
+        FSYNC => "FSYNC",
+        FLUSH => "FLUSH",
+        INIT => "INIT",
+        OPENDIR => "OPENDIR",
+        READDIR => "READDIR",
+        RELEASEDIR => "RELEASEDIR",
+        FSYNCDIR => "FSYNCDIR",
+        ACCESS => "ACCESS",
+        CREATE => "CREATE",
+        INTERRUPT => "INTERRUPT",
+        DESTROY => "DESTROY",
+        BATCH_FORGET => "BATCH_FORGET",
+        FALLOCATE => "FALLOCATE",
+        READDIRPLUS => "READDIRPLUS",
+        RENAME2 => "RENAME2",
+        LSEEK => "LSEEK",
+        SYNCFS => "SYNCFS",
+        _ => return std::borrow::Cow::Owned(format!("OP{code}")),
+    })
+}
+
 /// INIT flags this server accepts when the guest offers them.
 pub const INIT_ASYNC_READ: u32 = 1 << 0;
 pub const INIT_BIG_WRITES: u32 = 1 << 5;
