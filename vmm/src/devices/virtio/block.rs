@@ -321,7 +321,7 @@ impl Disk {
         &self,
         mem: &GuestMemoryMmap,
         segs: &[(GuestAddress, usize)],
-        mut off: u64,
+        off: u64,
         write: bool,
     ) -> std::io::Result<()> {
         // Writing the file reads guest memory, and reading it writes there.
@@ -331,25 +331,9 @@ impl Disk {
             Permissions::Write
         };
         let mut iovs = GuestIovecs::new(mem, segs, access)?;
-        let fd = self.file.as_raw_fd();
-        let mut i = 0;
-        while i < iovs.len() {
-            let at = libc::off_t::try_from(off)
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-            // SAFETY: every iovec points into guest memory that `iovs` keeps
-            // mapped, with the length vm-memory checked for it; the file is ours.
-            let r = iovs.call(i, |ptr, count| unsafe {
-                if write {
-                    libc::pwritev(fd, ptr, count, at)
-                } else {
-                    libc::preadv(fd, ptr, count, at)
-                }
-            })?;
-            if r == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            off += r as u64;
-            iovs.advance(&mut i, r);
+        let want: usize = segs.iter().map(|s| s.1).sum();
+        if super::iov::transfer(self.file.as_raw_fd(), &mut iovs, off, write)? < want {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         Ok(())
     }

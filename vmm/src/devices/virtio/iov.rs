@@ -123,3 +123,39 @@ impl GuestIovecs {
         }
     }
 }
+
+/// Moves the bytes of `iovs` between guest memory and the file `fd` at
+/// `off` with preadv (`write` false: the file is read into guest memory)
+/// or pwritev, as many calls as short transfers need; returns the bytes
+/// moved, fewer than the iovecs hold only at the end of the file (a read)
+/// or when a write moves nothing.
+pub fn transfer(
+    fd: std::os::fd::RawFd,
+    iovs: &mut GuestIovecs,
+    mut off: u64,
+    write: bool,
+) -> io::Result<usize> {
+    let mut i = 0;
+    let mut done = 0;
+    while i < iovs.len() {
+        let at =
+            libc::off_t::try_from(off).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: every iovec points into guest memory that `iovs` keeps
+        // mapped, with the length vm-memory checked for it; `fd` is the
+        // caller's open file.
+        let r = iovs.call(i, |ptr, count| unsafe {
+            if write {
+                libc::pwritev(fd, ptr, count, at)
+            } else {
+                libc::preadv(fd, ptr, count, at)
+            }
+        })?;
+        if r == 0 {
+            break;
+        }
+        off += r as u64;
+        done += r;
+        iovs.advance(&mut i, r);
+    }
+    Ok(done)
+}

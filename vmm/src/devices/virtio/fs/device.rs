@@ -2,26 +2,81 @@
 //! and both queues served on a device thread of its own by the FUSE server.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap, Permissions};
 
-use super::server::{Answer, MAX_IO, Server, ServerError};
+use super::protocol as p;
+use super::server::{Answer, GuestData, Server, ServerError};
 use super::stats::Stats;
 use super::{TAG_MAX, proc_self_fd};
 use crate::devices::virtio::event_loop::EventLoop;
+use crate::devices::virtio::iov::{self, GuestIovecs, segments};
 use crate::devices::virtio::persist::{DeviceState, PersistError, QueueSnapshot, VirtioState};
 use crate::devices::virtio::queue_worker::{self, Chain, RequestHandler, Served};
 use crate::devices::virtio::{
     ActivateError, Activation, F_VERSION_1, LogLimit, TYPE_FS, VirtioDevice,
 };
 
-/// Largest request read from the guest: a WRITE of [`MAX_IO`] with its
-/// headers and some room.
-pub const MAX_REQUEST: usize = MAX_IO + 4096;
+/// Largest request copied out of the guest: the longest has two names or
+/// a name and a symlink's target (a READ's or WRITE's data is never
+/// copied: see [`ChainData`]).
+pub const MAX_REQUEST: usize = p::IN_HEADER_LEN + 64 + 2 * (p::PATH_MAX + 1);
+
+/// The headers of a READ or WRITE (fuse_in_header, fuse_read_in or
+/// fuse_write_in, both 40 bytes): where a WRITE's data starts.
+const IO_HEADER_LEN: usize = p::IN_HEADER_LEN + 40;
+
+/// A READ's or WRITE's data in the chain's buffers: a WRITE's after its
+/// headers in the readable part, a READ's after the reply's header in the
+/// writable part. The chain was checked to lie in guest memory (its
+/// Reader and Writer exist).
+struct ChainData<'a, 'm> {
+    mem: &'m GuestMemoryMmap,
+    chain: &'a Chain<'m>,
+    readable: usize,
+    room: usize,
+}
+
+impl ChainData<'_, '_> {
+    fn transfer(
+        &self,
+        fd: BorrowedFd<'_>,
+        off: u64,
+        segs: &[(GuestAddress, usize)],
+        write: bool,
+    ) -> Result<usize, i32> {
+        // Writing the file reads guest memory, and reading it writes there.
+        let access = if write {
+            Permissions::Read
+        } else {
+            Permissions::Write
+        };
+        let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+        let mut iovs = GuestIovecs::new(self.mem, segs, access).map_err(|_| libc::EFAULT)?;
+        iov::transfer(fd.as_raw_fd(), &mut iovs, off, write).map_err(errno)
+    }
+}
+
+impl GuestData for ChainData<'_, '_> {
+    fn write_to(&mut self, fd: BorrowedFd<'_>, off: u64, len: usize) -> Result<usize, i32> {
+        if len > self.readable.saturating_sub(IO_HEADER_LEN) {
+            return Err(libc::EINVAL);
+        }
+        let segs = segments(self.chain, false, IO_HEADER_LEN, len);
+        self.transfer(fd, off, &segs, true)
+    }
+
+    fn read_from(&mut self, fd: BorrowedFd<'_>, off: u64, len: usize) -> Result<usize, i32> {
+        let len = len.min(self.room.saturating_sub(p::OUT_HEADER_LEN));
+        let segs = segments(self.chain, true, p::OUT_HEADER_LEN, len);
+        self.transfer(fd, off, &segs, false)
+    }
+}
 
 const QUEUE_SIZES: [u16; 2] = [256, 1024];
 
@@ -128,7 +183,7 @@ impl RequestHandler for FsQueue {
         let (mut reader, mut writer) = match chain
             .clone()
             .reader(mem)
-            .and_then(|r| chain.writer(mem).map(|w| (r, w)))
+            .and_then(|r| chain.clone().writer(mem).map(|w| (r, w)))
         {
             Ok(rw) => rw,
             Err(e) => {
@@ -138,28 +193,50 @@ impl RequestHandler for FsQueue {
                 return 0;
             }
         };
-        let n = reader.available_bytes().min(MAX_REQUEST);
-        let mut req = vec![0u8; n];
+        let readable = reader.available_bytes();
+        // The header and a READ's or WRITE's own header first: their data
+        // stays in guest memory (GuestData), anything else is read whole.
+        let mut req = vec![0u8; readable.min(IO_HEADER_LEN)];
         if reader.read_exact(&mut req).is_err() {
             return 0;
         }
+        let opcode = req
+            .get(4..8)
+            .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()));
+        let io = opcode == p::READ || opcode == p::WRITE;
+        if !io {
+            let rest = readable.min(MAX_REQUEST) - req.len();
+            let at = req.len();
+            req.resize(at + rest, 0);
+            if reader.read_exact(&mut req[at..]).is_err() {
+                return 0;
+            }
+        }
         let room = writer.available_bytes();
+        let mut data = ChainData {
+            mem,
+            chain: &chain,
+            readable,
+            room,
+        };
         let start = self.stats.start();
         let answer = self
             .server
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .handle(&req, room);
+            .handle_with(&req, room, io.then_some(&mut data as &mut dyn GuestData));
         let written = match answer {
             Answer::Reply(r) if r.len() <= room => match writer.write_all(&r) {
                 Ok(()) => r.len() as u32,
                 Err(_) => 0,
             },
+            // The data is in place after the header (GuestData::read_from).
+            Answer::ReplyAfterData(h, n) if h.len() + n <= room => match writer.write_all(&h) {
+                Ok(()) => (h.len() + n) as u32,
+                Err(_) => 0,
+            },
             _ => 0,
         };
-        let opcode = req
-            .get(4..8)
-            .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()));
         self.stats.done(opcode, start);
         written
     }

@@ -86,9 +86,11 @@ pub fn opcode_name(code: u32) -> std::borrow::Cow<'static, str> {
 
 /// INIT flags this server accepts when the guest offers them.
 pub const INIT_ASYNC_READ: u32 = 1 << 0;
+pub const INIT_ATOMIC_O_TRUNC: u32 = 1 << 3;
 pub const INIT_BIG_WRITES: u32 = 1 << 5;
 pub const INIT_DO_READDIRPLUS: u32 = 1 << 13;
 pub const INIT_PARALLEL_DIROPS: u32 = 1 << 18;
+pub const INIT_MAX_PAGES: u32 = 1 << 22;
 
 /// SETATTR's `valid` bits.
 pub const FATTR_MODE: u32 = 1 << 0;
@@ -264,12 +266,18 @@ impl Out {
 /// A whole reply: the header (with `error`, negated errno, 0 for success)
 /// and the body.
 pub fn reply(unique: u64, error: i32, body: &[u8]) -> Vec<u8> {
-    let len = OUT_HEADER_LEN + body.len();
-    let mut v = Vec::with_capacity(len);
+    let mut v = reply_header(unique, error, body.len());
+    v.extend_from_slice(body);
+    v
+}
+
+/// The header of a reply whose body of `body_len` bytes is sent apart.
+pub fn reply_header(unique: u64, error: i32, body_len: usize) -> Vec<u8> {
+    let len = OUT_HEADER_LEN + body_len;
+    let mut v = Vec::with_capacity(len.min(OUT_HEADER_LEN + 4096));
     v.extend_from_slice(&(len as u32).to_le_bytes());
     v.extend_from_slice(&(-error).to_le_bytes());
     v.extend_from_slice(&unique.to_le_bytes());
-    v.extend_from_slice(body);
     v
 }
 

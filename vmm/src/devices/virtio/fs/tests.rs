@@ -63,7 +63,7 @@ fn call_as(s: &mut Server, opcode: u32, node: u64, uid: u32, body: &[u8]) -> (i3
             let err = -i32::from_le_bytes(r[4..8].try_into().unwrap());
             (err, r[16..].to_vec())
         }
-        Answer::None => panic!("no reply to opcode {opcode}"),
+        Answer::ReplyAfterData(..) | Answer::None => panic!("no reply to opcode {opcode}"),
     }
 }
 
@@ -78,7 +78,11 @@ fn lookup(s: &mut Server, parent: u64, n: &str) -> Result<u64, i32> {
     if e != 0 {
         return Err(e);
     }
-    Ok(u64::from_le_bytes(b[0..8].try_into().unwrap()))
+    // Node 0: a name that is not there (a negative entry the guest caches).
+    match u64::from_le_bytes(b[0..8].try_into().unwrap()) {
+        0 => Err(libc::ENOENT),
+        node => Ok(node),
+    }
 }
 
 fn open(s: &mut Server, node: u64, flags: i32) -> Result<u64, i32> {

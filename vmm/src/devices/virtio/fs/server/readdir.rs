@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 
 use super::super::protocol::{self as p, Args, Out};
 use super::super::sys;
-use super::{Handle, MAX_IO, R, Server, TIMEOUT};
+use super::{Handle, MAX_DIR, R, Server, TIMEOUT};
 
 /// One directory entry as getdents64 gave it.
 struct Entry {
@@ -40,7 +40,7 @@ impl Server {
         let off = a.u64()?;
         let size = a.u32()? as usize;
         let max = size
-            .min(MAX_IO)
+            .min(MAX_DIR)
             .min(max_reply.saturating_sub(p::OUT_HEADER_LEN));
         // Out of the table while it is read (lookups below borrow the
         // server), back in whatever happens.
@@ -75,7 +75,7 @@ impl Server {
             }
         }
         let dir_node = self.node_of_dir(fd);
-        let mut raw = vec![0u8; max.clamp(512, MAX_IO)];
+        let mut raw = vec![0u8; max.clamp(512, MAX_DIR)];
         let mut out = Vec::new();
         let mut i = 0;
         loop {
