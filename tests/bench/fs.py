@@ -8,23 +8,38 @@ inside the container, on:
   vm-overlay  --isolation vm, the microVM's own overlay root (its upper is a
               tmpfs in guest RAM: an upper bound, not a disk)
 
+and, with options:
+
+  --baseline DIR   vm-volume-base: vm-volume with the hull-vmm and
+                   hull-agent found in DIR (an older build, to measure a
+                   change before and after in one run)
+  --qemu           the device alone, no container around it: the same guest
+                   kernel and a busybox initramfs whose init mounts the share
+                   and runs the same workload, in a bare hull-vmm
+                   (hull-vmm-bare) and in QEMU microvm with a
+                   vhost-user-fs-device served by virtiofsd
+                   (qemu-virtiofsd: guest RAM a shared memfd, as vhost-user
+                   needs; QEMU 7.2's own virtiofsd, /usr/lib/qemu/virtiofsd
+                   from Debian's qemu-system-common, cache=auto)
+  --boot N         also the boot-time cost of a virtio-fs device: N boots of
+                   a bare hull-vmm to init with and without one (the guest
+                   kernel always has FUSE and virtiofs built in)
+
 Each figure is the median of N runs; ratios are against ns-bind. The write
 ends with fsync (conv=fsync); before the read the guest drops its page cache
 (vm: the guest's own cache; ns: the host's cache is not dropped, as that
 would disturb the machine: the ns read is a page-cache read).
-
-QEMU microvm with virtiofsd is not measured: no virtiofsd is installed on
-these machines (Debian 12 does not package it).
 
 Run by hand, not in CI, where /dev/kvm can boot a stock guest: directly on
 hardware KVM, or here through the emulated KVM host:
 
     cargo build -p hull -p hull-vmm && agent/build-static.sh
     HULL_KERNEL=$(guest-kernel/build.sh | tail -n1) \\
-        tests/kvm-host/run -- tests/bench/fs.py [-n RUNS] [--mib 256] [--files 10000]
+        tests/kvm-host/run -- tests/bench/fs.py [-n RUNS] [--mib 256] [--files 10000] [--qemu]
 
 Figures inside the emulated host are inflated; only ratios within one run
-mean anything.
+mean anything. With RUST_LOG=hull_vmm::devices::virtio::fs=debug, the
+vm-volume runs print where the device's time went (per opcode) on stderr.
 """
 import argparse
 import json
@@ -34,8 +49,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import boot  # noqa: E402
+
+REPO = boot.REPO
+PHASES = ("write", "read", "create", "stat", "unlink")
 
 # Timed phases, each printed as "NAME MILLISECONDS" by the container (busybox
 # date has no %N: /proc/uptime, 10 ms resolution).
@@ -80,19 +100,119 @@ def busybox_rootfs(root):
         f.write("root:x:0:0:root:/root:/bin/sh\n")
 
 
-def one(hull_bin, state, rootfs, iso, flags, workdir, mib, files):
+def phases(out):
+    """The workload's "PHASE MILLISECONDS" lines in `out`, as seconds."""
+    got = {}
+    for line in out.splitlines():
+        w = line.strip().split()
+        if len(w) == 2 and w[0] in PHASES and w[1].isdigit():
+            got[w[0]] = int(w[1]) / 1e3
+    return got
+
+
+def one(hull_bin, state, rootfs, iso, flags, workdir, mib, files, env_extra=None):
     cmd = [hull_bin, "--state-dir", state, "run", "--rm", "--isolation", iso,
            "--memory", "1024", "--rootfs", rootfs] + flags + \
           ["sh", "-c", SCRIPT.format(dir=workdir, mib=mib, files=files)]
     # Guest RAM in huge pages even in the emulated KVM host (README,
     # "Devices"), as disk.py measures: the 4 KiB default there emulates
     # every nested page walk, which would swamp what is measured here.
-    env = dict(os.environ, HULL_VMM_HUGE_PAGES="force")
+    env = dict(os.environ, HULL_VMM_HUGE_PAGES="force", **(env_extra or {}))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if out.returncode != 0:
+    got = phases(out.stdout)
+    if out.returncode != 0 or len(got) != len(PHASES):
         sys.exit("%s %s failed (%d): %s %s" % (iso, flags, out.returncode, out.stdout.strip(),
                                              out.stderr.strip()))
-    return {k: int(v) / 1e3 for k, v in (l.split() for l in out.stdout.split("\n") if l.strip())}
+    return got
+
+
+# The bare guest's /init: the share at /data with the read-ahead hull's agent
+# gives a virtio-fs mount, the workload, the phases on the console.
+BARE_INIT = """#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /data /tmp
+mount -t virtiofs vol /data || echo MOUNT-FAILED
+echo 1024 > /sys/class/bdi/$(awk '$5 == "/data" {print $3}' /proc/self/mountinfo)/read_ahead_kb
+sh /bench.sh
+echo BENCH-END $?
+reboot -f
+"""
+
+
+def bare_initrd(tmp, mib, files):
+    d = os.path.join(tmp, "bare")
+    os.makedirs(d)
+    boot.initramfs(d, BARE_INIT)
+    with open(os.path.join(d, "root", "bench.sh"), "w") as f:
+        f.write(SCRIPT.format(dir="/data", mib=mib, files=files))
+    initrd = os.path.join(d, "initramfs.cpio")
+    subprocess.run("cd %s/root && find . | cpio -o -H newc --quiet > %s" % (d, initrd),
+                   shell=True, check=True)
+    return initrd
+
+
+def bare_run(name, cmd, env=None):
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=7200)
+    got = phases(out.stdout)
+    if len(got) != len(PHASES):
+        sys.exit("%s failed (exit %d): %s %s" % (name, out.returncode, out.stdout[-2000:],
+                                                 out.stderr[-2000:]))
+    return got
+
+
+def hull_vmm_bare(vmm, kernel, initrd, vol):
+    env = dict(os.environ, HULL_VMM_HUGE_PAGES="force")
+    return bare_run("hull-vmm-bare", [vmm, "--kernel", kernel, "--initrd", initrd, "--mem",
+                                      "1024", "--fs", "tag=vol,path=" + vol], env)
+
+
+def qemu_virtiofsd(kernel, initrd, vol, tmp):
+    sock = os.path.join(tmp, "vfsd.sock")
+    vfsd = subprocess.Popen(["/usr/lib/qemu/virtiofsd", "--socket-path=" + sock,
+                             "-o", "source=" + vol, "-o", "cache=auto"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sock):
+            if vfsd.poll() is not None or time.monotonic() > deadline:
+                sys.exit("virtiofsd did not start: %s" % vfsd.stderr.read().decode()[-2000:])
+            time.sleep(0.05)
+        return bare_run("qemu-virtiofsd", [
+            "qemu-system-x86_64",
+            "-M", "microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=mem",
+            "-enable-kvm", "-cpu", "host", "-m", "1024", "-smp", "1",
+            "-object", "memory-backend-memfd,id=mem,size=1024M,share=on",
+            "-nodefaults", "-no-user-config", "-display", "none",
+            "-serial", "stdio", "-no-reboot", "-kernel", kernel, "-initrd", initrd,
+            "-append", boot.CMDLINE + " reboot=t",
+            "-global", "virtio-mmio.force-legacy=false",
+            "-chardev", "socket,id=vfs,path=" + sock,
+            "-device", "vhost-user-fs-device,chardev=vfs,tag=vol,queue-size=1024"])
+    finally:
+        if vfsd.poll() is None:
+            vfsd.terminate()
+        vfsd.wait()
+
+
+def boot_cost(vmm, kernel, tmp, n):
+    """Median time to init of a bare hull-vmm without and with a virtio-fs
+    device (ms)."""
+    d = os.path.join(tmp, "boot")
+    os.makedirs(d)
+    initrd = boot.initramfs(d)
+    share = os.path.join(tmp, "bootshare")
+    os.makedirs(share)
+    base = [vmm, "--kernel", kernel, "--initrd", initrd, "--mem", str(boot.MEM_MIB),
+            "--vcpus", "1"]
+    arms = {"no fs device": base, "one fs device": base + ["--fs", "tag=vol,path=" + share]}
+    t = {k: [] for k in arms}
+    for _ in range(n):
+        for k, cmd in arms.items():
+            t[k].append(boot.one_run(cmd, boot.MEM_MIB)[0])
+    return {k: statistics.median(v) for k, v in t.items()}
 
 
 def main():
@@ -100,8 +220,17 @@ def main():
     ap.add_argument("-n", type=int, default=3)
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="also vm-volume with DIR/hull-vmm and DIR/hull-agent (an older build)")
+    ap.add_argument("--qemu", action="store_true",
+                    help="also a bare hull-vmm against QEMU microvm with virtiofsd")
+    ap.add_argument("--boot", type=int, default=0, metavar="N",
+                    help="also N boots each with and without a virtio-fs device")
+    ap.add_argument("--kernel", default=os.environ.get("HULL_KERNEL") or
+                    os.path.expanduser("~/.cache/hull/kernel/vmlinux"))
     args = ap.parse_args()
     hull_bin = hull()
+    vmm = os.environ.get("HULL_VMM") or os.path.join(os.path.dirname(hull_bin), "hull-vmm")
     tmp = tempfile.mkdtemp(prefix="hfs")
     try:
         rootfs = os.path.join(tmp, "rootfs")
@@ -109,31 +238,59 @@ def main():
         vol = os.path.join(tmp, "vol")
         os.makedirs(vol)
         state = os.path.join(tmp, "s")
-        targets = [
-            ("ns-bind", "ns", ["-v", vol + ":/data"], "/data"),
-            ("vm-volume", "vm", ["-v", vol + ":/data"], "/data"),
-            ("vm-overlay", "vm", [], "/work"),
-        ]
-        runs = {name: [] for name, *_ in targets}
+        def container(iso, flags, wd, env_extra=None):
+            return lambda: one(hull_bin, state, rootfs, iso, flags, wd, args.mib, args.files,
+                               env_extra)
+        targets = [("ns-bind", container("ns", ["-v", vol + ":/data"], "/data"))]
+        if args.baseline:
+            base = {"HULL_VMM": os.path.join(args.baseline, "hull-vmm"),
+                    "HULL_AGENT": os.path.join(args.baseline, "hull-agent")}
+            targets.append(("vm-volume-base", container("vm", ["-v", vol + ":/data"], "/data",
+                                                        base)))
+        targets += [("vm-volume", container("vm", ["-v", vol + ":/data"], "/data")),
+                    ("vm-overlay", container("vm", [], "/work"))]
+        if args.qemu:
+            if os.environ.get("HULL_IN_KVM_HOST") == "1":
+                # QEMU's RAM is a shared memfd (shmem): huge pages for it,
+                # as hull-vmm's are, where QEMU asks for them (MADV_HUGEPAGE).
+                # Only in the emulated host, which is thrown away after.
+                with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "w") as f:
+                    f.write("advise")
+            initrd = bare_initrd(tmp, args.mib, args.files)
+            targets += [
+                ("hull-vmm-bare", lambda: hull_vmm_bare(vmm, args.kernel, initrd, vol)),
+                ("qemu-virtiofsd", lambda: qemu_virtiofsd(args.kernel, initrd, vol, tmp)),
+            ]
+        runs = {name: [] for name, _ in targets}
         # Interleaved, so load drift hits every target alike.
         for _ in range(args.n):
-            for name, iso, flags, wd in targets:
-                runs[name].append(one(hull_bin, state, rootfs, iso, flags, wd,
-                                      args.mib, args.files))
+            for name, run in targets:
+                t0 = time.monotonic()
+                runs[name].append(run())
+                print("%s: %s (%.0f s)" % (name, runs[name][-1], time.monotonic() - t0),
+                      file=sys.stderr)
+        boots = boot_cost(vmm, args.kernel, tmp, args.boot) if args.boot else None
         med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
                for name, rs in runs.items()}
         base = med["ns-bind"]
-        print("%-11s %12s %12s %10s %10s %10s" %
+        print("%-14s %12s %12s %10s %10s %10s" %
               ("target", "write MiB/s", "read MiB/s", "create s", "stat s", "unlink s"))
         for name, m in med.items():
-            print("%-11s %12.1f %12.1f %10.2f %10.2f %10.2f" %
+            print("%-14s %12.1f %12.1f %10.2f %10.2f %10.2f" %
                   (name, args.mib / m["write"], args.mib / m["read"], m["create"],
                    m["stat"], m["unlink"]))
         print("ratios to ns-bind (time, >1 is slower):")
         for name, m in med.items():
-            print("%-11s " % name + " ".join("%s %.2fx" % (k, m[k] / base[k]) for k in m))
+            print("%-14s " % name + " ".join("%s %.2fx" % (k, m[k] / base[k]) for k in PHASES))
+        if args.qemu:
+            q = med["qemu-virtiofsd"]
+            print("hull-vmm-bare against qemu-virtiofsd (time, >1 is slower): " +
+                  " ".join("%s %.2fx" % (k, med["hull-vmm-bare"][k] / q[k]) for k in PHASES))
+        if boots:
+            print("boot to init, median of %d: " % args.boot +
+                  ", ".join("%s %.0f ms" % kv for kv in boots.items()))
         print(json.dumps({"runs": args.n, "mib": args.mib, "files": args.files,
-                          "median_s": med}))
+                          "median_s": med, "boot_ms": boots}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
