@@ -35,6 +35,27 @@ fn p(path: &Path) -> String {
     path.display().to_string()
 }
 
+/// `run -d` with `flags`: the container's id, or what the run said.
+fn run_detached(c: &Ctx, flags: &[&str], cmd: &[&str]) -> Result<String, Failed> {
+    let mut all = vec!["-d"];
+    all.extend_from_slice(flags);
+    let o = run_text(run(c, &all, cmd))?;
+    check(o.code == Some(0), || format!("run -d failed; {o}"))?;
+    Ok(o.stdout.trim().to_string())
+}
+
+/// Polls `done` every 100 ms for up to `secs` seconds; its last answer.
+fn wait_until(secs: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    true
+}
+
 /// Host file in, container file out (owned, as the host sees it, by the
 /// owner of the directory's mapping: root, through the id-mapped bind), and
 /// a file the host writes while the container runs reaches it.
@@ -101,25 +122,20 @@ fn bind_mount_both_ways(b: Backend) -> Result<(), Failed> {
         )
     })?;
     // While it runs: the container waits for the host's file, answers.
-    let o = run_text(run(
+    let id = run_detached(
         &c,
-        &["-d", "-v", &spec],
+        &["-v", &spec],
         &[
             "sh",
             "-c",
             "i=0; while [ ! -f /data/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; cat /data/go > /data/done; sleep 1000",
         ],
-    ))?;
-    check(o.code == Some(0), || format!("run -d failed; {o}"))?;
-    let id = o.stdout.trim().to_string();
+    )?;
     std::fs::write(host.path().join("go"), "live\n")?;
     let done = host.path().join("done");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::fs::read_to_string(&done).ok().as_deref() != Some("live\n")
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until(60, || {
+        std::fs::read_to_string(&done).ok().as_deref() == Some("live\n")
+    });
     let got = std::fs::read_to_string(&done).unwrap_or_default();
     let rm = run_text(c.hull(&["rm", "-f", &id]))?;
     check(got == "live\n", || {
@@ -336,13 +352,11 @@ fn rm_force_with_volumes_leaves_nothing(b: Backend) -> Result<(), Failed> {
     let host = tempfile::tempdir()?;
     let spec = format!("{}:/data", p(host.path()));
     let before = mounts();
-    let o = run_text(run(
+    let id = run_detached(
         &c,
-        &["-d", "-v", &spec, "-v", "keep:/keep", "--tmpfs", "/t"],
+        &["-v", &spec, "-v", "keep:/keep", "--tmpfs", "/t"],
         &["sh", "-c", "echo x > /keep/x; exec sleep 1000"],
-    ))?;
-    check(o.code == Some(0), || format!("{o}"))?;
-    let id = o.stdout.trim().to_string();
+    )?;
     std::thread::sleep(std::time::Duration::from_millis(500));
     let rm = run_text(c.hull(&["rm", "-f", &id]))?;
     check(rm.code == Some(0), || format!("{rm}"))?;
@@ -402,22 +416,17 @@ fn vmm_kill_9_leaves_nothing(b: Backend) -> Result<(), Failed> {
     let host = tempfile::tempdir()?;
     let spec = format!("{}:/data", p(host.path()));
     let before = mounts();
-    let o = run_text(run(
+    let id = run_detached(
         &c,
-        &["-d", "-v", &spec],
+        &["-v", &spec],
         &[
             "sh",
             "-c",
             "mkdir -p /data/d && exec 3>/data/d/open && echo ready > /data/ready && exec sleep 1000",
         ],
-    ))?;
-    check(o.code == Some(0), || format!("{o}"))?;
-    let id = o.stdout.trim().to_string();
+    )?;
     let ready = host.path().join("ready");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !ready.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until(120, || ready.exists());
     check(ready.exists(), || {
         "the container never wrote its share".into()
     })?;

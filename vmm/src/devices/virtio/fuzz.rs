@@ -109,22 +109,32 @@ pub fn block_requests(data: &[u8]) {
     let read_only = data.first().is_some_and(|o| o & 2 != 0);
     let block = super::block::Block::open(disk_file(), read_only, Some("fuzz")).expect("disk");
     let mut disk = block.handler().expect("disk handler");
-    while let Some(chain) = q.pop_descriptor_chain(&mem) {
+    serve_within_writable(&mem, &mut q, disk.as_mut());
+    let len = std::fs::metadata(disk_file()).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(len, DISK_BYTES, "the disk changed size");
+}
+
+/// Answers every chain of `q` with `h`, checking that no answer claims
+/// more bytes than the chain's writable buffers hold.
+fn serve_within_writable(
+    mem: &GuestMemoryMmap,
+    q: &mut Queue,
+    h: &mut (impl super::queue_worker::RequestHandler + ?Sized),
+) {
+    while let Some(chain) = q.pop_descriptor_chain(mem) {
         let head = chain.head_index();
         let writable: u64 = chain
             .clone()
             .filter(|d| d.is_write_only())
             .map(|d| u64::from(d.len()))
             .sum();
-        let used = disk.handle(&mem, chain);
+        let used = h.handle(mem, chain);
         assert!(
             u64::from(used) <= writable,
             "used {used} > writable {writable}"
         );
-        let _ = q.add_used(&mem, head, used);
+        let _ = q.add_used(mem, head, used);
     }
-    let len = std::fs::metadata(disk_file()).map(|m| m.len()).unwrap_or(0);
-    assert_eq!(len, DISK_BYTES, "the disk changed size");
 }
 
 /// The share the fs target serves (one per process): a directory holding
@@ -167,22 +177,7 @@ pub fn fs_requests(data: &[u8]) {
         let Some(mut q) = queue(&mem, n, event_idx) else {
             continue;
         };
-        use super::queue_worker::RequestHandler;
-        let mut h = dev.handler();
-        while let Some(chain) = q.pop_descriptor_chain(&mem) {
-            let head = chain.head_index();
-            let writable: u64 = chain
-                .clone()
-                .filter(|d| d.is_write_only())
-                .map(|d| u64::from(d.len()))
-                .sum();
-            let used = h.handle(&mem, chain);
-            assert!(
-                u64::from(used) <= writable,
-                "used {used} > writable {writable}"
-            );
-            let _ = q.add_used(&mem, head, used);
-        }
+        serve_within_writable(&mem, &mut q, &mut dev.handler());
     }
     let outside = share.parent().expect("share has a parent").join("outside");
     assert_eq!(

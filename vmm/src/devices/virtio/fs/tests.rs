@@ -86,21 +86,33 @@ fn lookup(s: &mut Server, parent: u64, n: &str) -> Result<u64, i32> {
 }
 
 fn open(s: &mut Server, node: u64, flags: i32) -> Result<u64, i32> {
+    open_with(s, p::OPEN, node, flags)
+}
+
+/// OPEN or OPENDIR (fuse_open_in): the handle.
+fn open_with(s: &mut Server, opcode: u32, node: u64, flags: i32) -> Result<u64, i32> {
     let mut b = (flags as u32).to_le_bytes().to_vec();
     b.extend_from_slice(&[0; 4]);
-    let (e, body) = call(s, p::OPEN, node, &b);
+    let (e, body) = call(s, opcode, node, &b);
     if e != 0 {
         return Err(e);
     }
     Ok(u64::from_le_bytes(body[0..8].try_into().unwrap()))
 }
 
-fn read(s: &mut Server, fh: u64) -> Result<Vec<u8>, i32> {
+/// The body of a READ, WRITE (its data follows) or READDIR: fuse_read_in
+/// and fuse_write_in start alike (fh, offset, size) and are 40 bytes.
+fn io_in(fh: u64, off: u64, size: u32) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&fh.to_le_bytes());
-    b.extend_from_slice(&0u64.to_le_bytes());
-    b.extend_from_slice(&4096u32.to_le_bytes());
+    b.extend_from_slice(&off.to_le_bytes());
+    b.extend_from_slice(&size.to_le_bytes());
     b.extend_from_slice(&[0; 20]);
+    b
+}
+
+fn read(s: &mut Server, fh: u64) -> Result<Vec<u8>, i32> {
+    let b = io_in(fh, 0, 4096);
     let (e, body) = call(s, p::READ, 0, &b);
     if e != 0 { Err(e) } else { Ok(body) }
 }
@@ -122,11 +134,7 @@ fn create(s: &mut Server, parent: u64, n: &str, mode: u32, uid: u32) -> Result<(
 }
 
 fn write(s: &mut Server, fh: u64, data: &[u8]) -> Result<u32, i32> {
-    let mut b = Vec::new();
-    b.extend_from_slice(&fh.to_le_bytes());
-    b.extend_from_slice(&0u64.to_le_bytes());
-    b.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    b.extend_from_slice(&[0; 20]);
+    let mut b = io_in(fh, 0, data.len() as u32);
     b.extend_from_slice(data);
     let (e, body) = call(s, p::WRITE, 0, &b);
     if e != 0 {
@@ -275,19 +283,11 @@ fn directories_list_and_forgotten_inodes_are_released() {
         std::fs::write(share.dir.join(format!("f{i}")), b"").unwrap();
     }
     let mut s = share.server(false);
-    let mut b = 0u32.to_le_bytes().to_vec();
-    b.extend_from_slice(&[0; 4]);
-    let (e, body) = call(&mut s, p::OPENDIR, ROOT_ID, &b);
-    assert_eq!(e, 0);
-    let fh = u64::from_le_bytes(body[0..8].try_into().unwrap());
+    let fh = open_with(&mut s, p::OPENDIR, ROOT_ID, 0).unwrap();
     let mut names = Vec::new();
     let mut off = 0u64;
     loop {
-        let mut r = fh.to_le_bytes().to_vec();
-        r.extend_from_slice(&off.to_le_bytes());
-        r.extend_from_slice(&512u32.to_le_bytes());
-        r.extend_from_slice(&[0; 20]);
-        let (e, body) = call(&mut s, p::READDIR, ROOT_ID, &r);
+        let (e, body) = call(&mut s, p::READDIR, ROOT_ID, &io_in(fh, off, 512));
         assert_eq!(e, 0);
         if body.is_empty() {
             break;
@@ -357,17 +357,10 @@ fn a_directory_emptied_while_it_is_read_is_read_to_the_end() {
         std::fs::write(share.dir.join(format!("f{i}")), b"").unwrap();
     }
     let mut s = share.server(false);
-    let mut b = 0u32.to_le_bytes().to_vec();
-    b.extend_from_slice(&[0; 4]);
-    let (_, body) = call(&mut s, p::OPENDIR, ROOT_ID, &b);
-    let fh = u64::from_le_bytes(body[0..8].try_into().unwrap());
+    let fh = open_with(&mut s, p::OPENDIR, ROOT_ID, 0).unwrap();
     let mut off = 0u64;
     loop {
-        let mut r = fh.to_le_bytes().to_vec();
-        r.extend_from_slice(&off.to_le_bytes());
-        r.extend_from_slice(&512u32.to_le_bytes());
-        r.extend_from_slice(&[0; 20]);
-        let (e, body) = call(&mut s, p::READDIR, ROOT_ID, &r);
+        let (e, body) = call(&mut s, p::READDIR, ROOT_ID, &io_in(fh, off, 512));
         assert_eq!(e, 0);
         if body.is_empty() {
             break;
