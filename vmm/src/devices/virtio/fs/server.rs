@@ -29,7 +29,10 @@ use std::path::Path;
 use super::protocol::{self as p, Args, Out};
 use super::sys;
 
+mod io;
 mod readdir;
+
+pub use io::GuestData;
 
 /// Node id of the share's root (FUSE_ROOT_ID).
 pub const ROOT_ID: u64 = 1;
@@ -80,21 +83,6 @@ pub enum Answer {
     /// into the guest's buffers.
     ReplyAfterData(Vec<u8>, usize),
     None,
-}
-
-/// The data of a READ or WRITE where the guest has it, in its own
-/// buffers: the server hands the file to it, so the bytes move between
-/// the file and guest memory with one call and no copy of the server's.
-/// (Without one, [`Server::handle`], the data is inside the request and
-/// the reply.)
-pub trait GuestData {
-    /// Writes the first `len` bytes of the request's data to `fd` at
-    /// `off`; the bytes written. EINVAL when the request holds fewer.
-    fn write_to(&mut self, fd: BorrowedFd<'_>, off: u64, len: usize) -> Result<usize, i32>;
-    /// Reads up to `len` bytes of `fd` at `off` into the reply's buffers,
-    /// after the reply's header; the bytes read (fewer at the end of the
-    /// file, and never more than the buffers hold).
-    fn read_from(&mut self, fd: BorrowedFd<'_>, off: u64, len: usize) -> Result<usize, i32>;
 }
 
 type R = Result<Vec<u8>, i32>;
@@ -719,90 +707,9 @@ impl Server {
         Ok(o.0)
     }
 
-    fn read(&mut self, a: &mut Args<'_>, max_reply: usize) -> R {
-        let fh = a.u64()?;
-        let off = a.u64()?;
-        let size = a.u32()? as usize;
-        let n = size
-            .min(MAX_IO)
-            .min(max_reply.saturating_sub(p::OUT_HEADER_LEN));
-        let fd = self.handle_fd(fh)?;
-        let mut buf = vec![0u8; n];
-        let mut got = 0;
-        while got < n {
-            let r = sys::pread(fd, &mut buf[got..], off.saturating_add(got as u64))?;
-            if r == 0 {
-                break;
-            }
-            got += r;
-        }
-        buf.truncate(got);
-        Ok(buf)
-    }
-
-    /// A READ whose data goes straight into the guest's buffers.
-    fn read_into(
-        &mut self,
-        h: &p::InHeader,
-        a: &mut Args<'_>,
-        max_reply: usize,
-        data: &mut dyn GuestData,
-    ) -> Answer {
-        let r = (|| {
-            let fh = a.u64()?;
-            let off = a.u64()?;
-            let size = a.u32()? as usize;
-            let n = size
-                .min(MAX_IO)
-                .min(max_reply.saturating_sub(p::OUT_HEADER_LEN));
-            data.read_from(self.handle_fd(fh)?, off, n)
-        })();
-        match r {
-            Ok(n) => Answer::ReplyAfterData(p::reply_header(h.unique, 0, n), n),
-            Err(e) => Answer::Reply(p::reply(h.unique, e, &[])),
-        }
-    }
-
-    fn write(&mut self, a: &mut Args<'_>, guest: Option<&mut dyn GuestData>) -> R {
-        let fh = a.u64()?;
-        let off = a.u64()?;
-        let size = a.u32()? as usize;
-        a.skip(4 + 8 + 4 + 4)?;
-        let data = a.rest();
-        if size > MAX_IO || (guest.is_none() && size > data.len()) {
-            return Err(libc::EINVAL);
-        }
-        self.writable()?;
-        let fd = self.handle_fd(fh)?;
-        let done = match guest {
-            Some(g) => g.write_to(fd, off, size)?,
-            None => {
-                let mut done = 0;
-                while done < size {
-                    let r = sys::pwrite(fd, &data[done..size], off.saturating_add(done as u64))?;
-                    if r == 0 {
-                        break;
-                    }
-                    done += r;
-                }
-                done
-            }
-        };
-        let mut o = Out::default();
-        o.u32(done as u32).u32(0);
-        Ok(o.0)
-    }
-
     fn release(&mut self, a: &mut Args<'_>) -> R {
         let fh = a.u64()?;
         self.handles.remove(&fh);
-        Ok(Vec::new())
-    }
-
-    fn fsync(&mut self, a: &mut Args<'_>) -> R {
-        let fh = a.u64()?;
-        let flags = a.u32()?;
-        sys::fsync(self.handle_fd(fh)?, flags & 1 != 0)?;
         Ok(Vec::new())
     }
 
@@ -829,37 +736,6 @@ impl Server {
             self.writable()?;
         }
         Ok(Vec::new())
-    }
-
-    fn fallocate(&mut self, a: &mut Args<'_>) -> R {
-        let fh = a.u64()?;
-        let off = a.u64()?;
-        let len = a.u64()?;
-        let mode = a.u32()?;
-        self.writable()?;
-        sys::fallocate(self.handle_fd(fh)?, mode, off, len)?;
-        Ok(Vec::new())
-    }
-
-    fn lseek(&mut self, a: &mut Args<'_>) -> R {
-        let fh = a.u64()?;
-        let off = a.u64()?;
-        let whence = a.u32()?;
-        if ![
-            libc::SEEK_SET,
-            libc::SEEK_CUR,
-            libc::SEEK_END,
-            libc::SEEK_DATA,
-            libc::SEEK_HOLE,
-        ]
-        .contains(&(whence as i32))
-        {
-            return Err(libc::EINVAL);
-        }
-        let r = sys::lseek(self.handle_fd(fh)?, off, whence)?;
-        let mut o = Out::default();
-        o.u64(r);
-        Ok(o.0)
     }
 }
 

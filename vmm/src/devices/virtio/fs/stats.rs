@@ -32,6 +32,12 @@ pub struct Stats {
     since: Option<Instant>,
 }
 
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats::new()
+    }
+}
+
 impl Stats {
     pub fn new() -> Stats {
         Stats {
@@ -92,7 +98,7 @@ impl Stats {
             self.idle.as_secs_f64(),
         );
         let mut by_time: Vec<_> = self.ops.iter().collect();
-        by_time.sort_by(|a, b| b.1.busy.cmp(&a.1.busy));
+        by_time.sort_by_key(|(_, op)| std::cmp::Reverse(op.busy));
         for (code, op) in by_time {
             let _ = write!(
                 s,
