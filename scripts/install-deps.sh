@@ -9,7 +9,9 @@ packages=(
   linux-source-6.1 flex bison bc libelf-dev libssl-dev make gcc
   # layer disks and rootfs images
   erofs-utils e2fsprogs cpio zstd file kmod
-  # the emulated KVM host (tests/kvm-host/run) and the QEMU baseline
+  # the emulated KVM host (tests/kvm-host/run) and the QEMU baseline; its
+  # qemu-system-common brings QEMU 7.2's virtiofsd (/usr/lib/qemu/virtiofsd),
+  # the virtio-fs baseline of tests/bench/fs.py --qemu
   qemu-system-x86 busybox-static
   # real peers for the image tests and the namespace baselines
   docker-registry skopeo umoci runc crun
