@@ -176,10 +176,17 @@ impl Hull {
     /// Detached httpds started at once, one per flag set (their microVMs
     /// boot side by side); their ids, in order.
     fn httpds(&self, flags: &[&[&str]]) -> Result<Vec<String>, Failed> {
+        let httpd: &[&str] = &["httpd", "-f", "-p", "80", "-h", "/www"];
+        let runs: Vec<(&[&str], &[&str])> = flags.iter().map(|f| (*f, httpd)).collect();
+        self.detach_all(&runs)
+    }
+
+    /// `run -d` of each (flags, command) at once; their ids, in order.
+    fn detach_all(&self, runs: &[(&[&str], &[&str])]) -> Result<Vec<String>, Failed> {
         std::thread::scope(|s| {
-            let started: Vec<_> = flags
+            let started: Vec<_> = runs
                 .iter()
-                .map(|f| s.spawn(move || self.httpd(f).map_err(|e| format!("{e:?}"))))
+                .map(|(f, c)| s.spawn(move || self.detach(f, c).map_err(|e| format!("{e:?}"))))
                 .collect();
             started
                 .into_iter()
@@ -373,11 +380,18 @@ fn containers_reach_each_other_by_name_and_alias(b: &'static str) -> Result<(), 
     let o = h.hull(&["network", "create", "appnet"])?;
     check(o.code == Some(0), || format!("network create: {o}"))?;
     // Started before db: it must still find db by name (the network's
-    // resolver answers, not a copy of the names taken at its start).
-    h.detach(
-        &["--name", "early", "--network", "appnet"],
-        &["sleep", "1000"],
-    )?;
+    // resolver answers, not a copy of the names taken at its start). With
+    // it, at once, a server on the default network for the last check.
+    h.detach_all(&[
+        (
+            &["--name", "early", "--network", "appnet"],
+            &["sleep", "1000"],
+        ),
+        (
+            &["--name", "plain", "--network", "bridge"],
+            &["httpd", "-f", "-p", "80", "-h", "/www"],
+        ),
+    ])?;
     h.httpd(&[
         "--name",
         "db",
@@ -426,7 +440,6 @@ fn containers_reach_each_other_by_name_and_alias(b: &'static str) -> Result<(), 
         },
     )?;
     // The default network resolves no names, as docker's.
-    h.httpd(&["--name", "plain", "--network", "bridge"])?;
     let o = h.run(
         &["--rm", "--network", "bridge"],
         &["sh", "-c", &fetch_cmd("plain")],
