@@ -146,12 +146,6 @@ impl Backend {
         } else if fd == self.tx_evt.as_raw_fd() {
             let _ = self.tx_evt.read();
             self.process_tx();
-            // What the host answered to these frames (ACKs, mostly) is in
-            // the tap already: delivered now, one interrupt covers both
-            // queues instead of a second wake-up and a second interrupt.
-            if self.tap_interest.contains(EventSet::IN) {
-                self.process_rx();
-            }
         } else if fd == self.tap_fd() {
             if events.contains(EventSet::OUT) {
                 self.set_tap_interest(self.tap_interest - EventSet::OUT);
