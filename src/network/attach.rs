@@ -522,3 +522,80 @@ pub fn release(state_dir: &Path, dir: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dual() -> Network {
+        Network {
+            name: "dual".into(),
+            id: "0".repeat(64),
+            subnet: "10.7.0.0/24".parse().unwrap(),
+            gateway: "10.7.0.1".parse().unwrap(),
+            internal: false,
+            subnet6: Some("fd00:7::/64".parse().unwrap()),
+            gateway6: Some("fd00:7::1".parse().unwrap()),
+            bridge: "hull-dual".into(),
+            created: 0,
+        }
+    }
+
+    fn holding(ip6: &str) -> Attachment {
+        Attachment {
+            container: "c".into(),
+            name: "db".into(),
+            network: "dual".into(),
+            ip: "10.7.0.9".parse().unwrap(),
+            ip6: Some(ip6.parse().unwrap()),
+            mac: mac_for("10.7.0.9".parse().unwrap()),
+            host_veth: "hvc".into(),
+            ports: Vec::new(),
+            aliases: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn ip6_is_asked_for_or_follows_the_lease_as_docker_checks_it() {
+        let n = dual();
+        let ip: Ipv4Addr = "10.7.0.5".parse().unwrap();
+        let ask = |a: Option<&str>| Request {
+            ip6: a.map(|a| a.parse().unwrap()),
+            ..Default::default()
+        };
+        let taken = [holding("fd00:7::99")];
+        let got = |a| ip6_for_request(&ask(a), &n, ip, &taken);
+        assert_eq!(got(None).unwrap(), Some("fd00:7::5".parse().unwrap()));
+        assert_eq!(
+            got(Some("fd00:7::42")).unwrap(),
+            Some("fd00:7::42".parse().unwrap())
+        );
+        for outside in ["fd00:8::5", "fd00:7::1", "fd00:7::"] {
+            assert!(
+                matches!(got(Some(outside)), Err(NetworkError::OutsideSubnet6 { .. })),
+                "{outside}"
+            );
+        }
+        assert!(matches!(
+            got(Some("fd00:7::99")),
+            Err(NetworkError::AddressInUse6(_))
+        ));
+        // The lease whose own IPv6 address is held is passed over.
+        assert!(!n.lease_fits("10.7.0.153".parse().unwrap(), &taken));
+        assert!(n.lease_fits(ip, &taken));
+        let v4_only = Network {
+            subnet6: None,
+            gateway6: None,
+            ..dual()
+        };
+        let e = ip6_for_request(&ask(Some("fd00:7::5")), &v4_only, ip, &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "network dual has no IPv6 subnet: --ip6 needs a network made with --ipv6"
+        );
+        assert_eq!(
+            ip6_for_request(&ask(None), &v4_only, ip, &[]).unwrap(),
+            None
+        );
+    }
+}
