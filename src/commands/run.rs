@@ -189,6 +189,10 @@ pub struct NetArgs {
     /// The container's IPv4 address (inside its network's subnet).
     #[arg(long, value_name = "IP")]
     pub ip: Option<std::net::Ipv4Addr>,
+    /// The container's IPv6 address (a network made with --ipv6, inside
+    /// its IPv6 subnet).
+    #[arg(long, value_name = "IPV6")]
+    pub ip6: Option<std::net::Ipv6Addr>,
     /// The container's MAC address.
     #[arg(long = "mac-address", value_name = "MAC")]
     pub mac_address: Option<String>,
@@ -235,15 +239,19 @@ impl NetArgs {
             }
         }
         if !matches!(mode, network::Mode::Network(_))
-            && (!ports.is_empty() || self.ip.is_some() || !self.network_alias.is_empty())
+            && (!ports.is_empty()
+                || self.ip.is_some()
+                || self.ip6.is_some()
+                || !self.network_alias.is_empty())
         {
             anyhow::bail!(
-                "-p, --ip and --network-alias need a network: --network bridge (the default) or a network's name"
+                "-p, --ip, --ip6 and --network-alias need a network: --network bridge (the default) or a network's name"
             );
         }
         Ok(network::Request {
             mode,
             ip: self.ip,
+            ip6: self.ip6,
             mac: self.mac_address.clone(),
             aliases: self.network_alias.clone(),
             dns: self.dns.clone(),

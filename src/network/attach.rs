@@ -12,7 +12,8 @@ use hull_agent::protocol::{Interface, Interface6, NetworkSetup};
 use super::link::{self, LinkError, Netlink};
 use super::{
     ATTACHMENT_FILE, Attachment, GUEST_IFNAME, MTU, Mode, NETNS_FILE, Network, NetworkError,
-    Networks, PortMapping, Prepared, Proto, Request, TAP_IFNAME, io_err, mac_for, parse_mac,
+    Networks, PortMapping, Prepared, Proto, Request, TAP_IFNAME, io_err, ip6_taken, mac_for,
+    parse_mac,
 };
 use crate::sandbox::Isolation;
 
@@ -78,6 +79,7 @@ pub fn attach_netns(
         host_veth,
         ifname: GUEST_IFNAME,
         ip,
+        ip6: network.ip6_for(ip),
         mac,
         default_route: true,
     };
@@ -90,6 +92,8 @@ pub(super) struct VethLink<'a> {
     /// Its name in the container's namespace.
     pub ifname: &'a str,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address on a dual-stack network.
+    pub ip6: Option<Ipv6Addr>,
     pub mac: [u8; 6],
     /// Whether the container's default routes go through it (its first
     /// network; not one joined later with `hull network connect`).
@@ -117,8 +121,8 @@ pub(super) fn attach_veth(
     let gateway = routed.then_some(network.gateway);
     let v6 = match (network.subnet6, network.gateway6) {
         (Some(s), Some(g)) => {
-            let ip6 = network
-                .ip6_for(ip)
+            let ip6 = link
+                .ip6
                 .ok_or_else(|| LinkError::NoAddress6(ip, s.to_string()))?;
             Some((ip6, s.prefix_len, routed.then_some(g)))
         }
@@ -315,10 +319,17 @@ pub fn prepare(
         }
         Some(ip) if leases.holder(ip).is_some() => return Err(NetworkError::AddressInUse(ip)),
         Some(ip) => ip,
+        // With --ip6 the lease's own IPv6 address is not used: any free one.
+        None if req.ip6.is_some() => leases
+            .next_free(&network.subnet, network.gateway, |_| true)
+            .ok_or_else(|| NetworkError::Full(name.clone()))?,
         None => leases
-            .next_free(&network.subnet, network.gateway)
+            .next_free(&network.subnet, network.gateway, |ip| {
+                network.lease_fits(ip, &attached)
+            })
             .ok_or_else(|| NetworkError::Full(name.clone()))?,
     };
+    let ip6 = ip6_for_request(req, &network, ip, &attached)?;
     let mut ports = req.ports.clone();
     for p in &mut ports {
         let clash = attached.iter().find(|a| {
@@ -340,14 +351,6 @@ pub fn prepare(
                 .ok_or_else(|| NetworkError::Invalid("no free host port left".into()))?;
         }
     }
-    let ip6 = match network.subnet6 {
-        Some(_) => Some(
-            network
-                .ip6_for(ip)
-                .ok_or_else(|| NetworkError::Full(name.clone()))?,
-        ),
-        None => None,
-    };
     let mac_text = req.mac.clone().unwrap_or_else(|| mac_for(ip));
     let mac = parse_mac(&mac_text)
         .ok_or_else(|| NetworkError::Invalid(format!("invalid MAC address {mac_text:?}")))?;
@@ -381,7 +384,15 @@ pub fn prepare(
     let made = (|| -> Result<Option<OwnedFd>, NetworkError> {
         ensure_bridge(&Netlink::open()?, &network)?;
         link::create_netns(&netns)?;
-        let tap = attach_netns(&netns, &network, &att.host_veth, ip, mac, backend)?;
+        let link = VethLink {
+            host_veth: &att.host_veth,
+            ifname: GUEST_IFNAME,
+            ip,
+            ip6,
+            mac,
+            default_route: true,
+        };
+        let tap = attach_veth(&netns, &network, &link, backend)?;
         let path = dir.join(ATTACHMENT_FILE);
         let json = serde_json::to_vec_pretty(&att).expect("an Attachment serializes");
         std::fs::write(&path, json).map_err(io_err("writing", &path))?;
@@ -427,6 +438,40 @@ pub fn prepare(
             },
         },
     })
+}
+
+/// The container's IPv6 address on `network`: `--ip6` (inside the IPv6
+/// subnet, not the gateway, not held by another container), or the one
+/// that goes with its IPv4 lease `ip`; None on an IPv4-only network.
+fn ip6_for_request(
+    req: &Request,
+    network: &Network,
+    ip: Ipv4Addr,
+    attached: &[Attachment],
+) -> Result<Option<Ipv6Addr>, NetworkError> {
+    let (Some(subnet6), Some(gateway6)) = (network.subnet6, network.gateway6) else {
+        return match req.ip6 {
+            Some(_) => Err(NetworkError::NoIpv6(network.name.clone())),
+            None => Ok(None),
+        };
+    };
+    let ip6 = match req.ip6 {
+        Some(ip6) if !subnet6.usable(ip6) || ip6 == gateway6 => {
+            return Err(NetworkError::OutsideSubnet6 {
+                ip: ip6,
+                network: network.name.clone(),
+                subnet: subnet6,
+            });
+        }
+        Some(ip6) => ip6,
+        None => network
+            .ip6_for(ip)
+            .ok_or_else(|| NetworkError::Full(network.name.clone()))?,
+    };
+    if ip6_taken(attached, &network.name, ip6) {
+        return Err(NetworkError::AddressInUse6(ip6));
+    }
+    Ok(Some(ip6))
 }
 
 fn ports_snapshot(p: &[PortMapping]) -> Vec<u16> {
@@ -475,5 +520,82 @@ pub fn release(state_dir: &Path, dir: &Path) {
         if let Err(e) = nets.sync() {
             log::warn!("{}", crate::error::chain(&e));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dual() -> Network {
+        Network {
+            name: "dual".into(),
+            id: "0".repeat(64),
+            subnet: "10.7.0.0/24".parse().unwrap(),
+            gateway: "10.7.0.1".parse().unwrap(),
+            internal: false,
+            subnet6: Some("fd00:7::/64".parse().unwrap()),
+            gateway6: Some("fd00:7::1".parse().unwrap()),
+            bridge: "hull-dual".into(),
+            created: 0,
+        }
+    }
+
+    fn holding(ip6: &str) -> Attachment {
+        Attachment {
+            container: "c".into(),
+            name: "db".into(),
+            network: "dual".into(),
+            ip: "10.7.0.9".parse().unwrap(),
+            ip6: Some(ip6.parse().unwrap()),
+            mac: mac_for("10.7.0.9".parse().unwrap()),
+            host_veth: "hvc".into(),
+            ports: Vec::new(),
+            aliases: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn ip6_is_asked_for_or_follows_the_lease_as_docker_checks_it() {
+        let n = dual();
+        let ip: Ipv4Addr = "10.7.0.5".parse().unwrap();
+        let ask = |a: Option<&str>| Request {
+            ip6: a.map(|a| a.parse().unwrap()),
+            ..Default::default()
+        };
+        let taken = [holding("fd00:7::99")];
+        let got = |a| ip6_for_request(&ask(a), &n, ip, &taken);
+        assert_eq!(got(None).unwrap(), Some("fd00:7::5".parse().unwrap()));
+        assert_eq!(
+            got(Some("fd00:7::42")).unwrap(),
+            Some("fd00:7::42".parse().unwrap())
+        );
+        for outside in ["fd00:8::5", "fd00:7::1", "fd00:7::"] {
+            assert!(
+                matches!(got(Some(outside)), Err(NetworkError::OutsideSubnet6 { .. })),
+                "{outside}"
+            );
+        }
+        assert!(matches!(
+            got(Some("fd00:7::99")),
+            Err(NetworkError::AddressInUse6(_))
+        ));
+        // The lease whose own IPv6 address is held is passed over.
+        assert!(!n.lease_fits("10.7.0.153".parse().unwrap(), &taken));
+        assert!(n.lease_fits(ip, &taken));
+        let v4_only = Network {
+            subnet6: None,
+            gateway6: None,
+            ..dual()
+        };
+        let e = ip6_for_request(&ask(Some("fd00:7::5")), &v4_only, ip, &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "network dual has no IPv6 subnet: --ip6 needs a network made with --ipv6"
+        );
+        assert_eq!(
+            ip6_for_request(&ask(None), &v4_only, ip, &[]).unwrap(),
+            None
+        );
     }
 }

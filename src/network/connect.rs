@@ -79,8 +79,9 @@ pub fn connect(
         ));
     }
     let leases = nets.leases(network);
+    let attached = nets.attachments();
     let ip = leases
-        .next_free(&n.subnet, n.gateway)
+        .next_free(&n.subnet, n.gateway, |ip| n.lease_fits(ip, &attached))
         .ok_or_else(|| NetworkError::Full(network.to_string()))?;
     let ip6 = match n.subnet6 {
         Some(_) => Some(
@@ -138,6 +139,7 @@ pub fn connect(
             host_veth: &host_veth,
             ifname: &ifname,
             ip,
+            ip6,
             mac,
             default_route: false,
         };

@@ -143,6 +143,12 @@ impl Subnet6 {
         self.contains(other.addr) || other.contains(self.addr)
     }
 
+    /// Whether `ip` can be a host's address: inside, and not the
+    /// subnet-router anycast address (host 0).
+    pub fn usable(&self, ip: Ipv6Addr) -> bool {
+        self.contains(ip) && u128::from(ip) & !self.mask() != 0
+    }
+
     /// Host number `n` of the subnet (1 is the gateway by default); the
     /// subnet-router anycast address (host 0) is never one.
     pub fn host(&self, n: u32) -> Option<Ipv6Addr> {
@@ -259,11 +265,17 @@ impl Leases {
         std::fs::write(self.path(ip), holder)
     }
 
-    /// The lowest free address that is not the gateway.
-    pub fn next_free(&self, subnet: &Subnet, gateway: Ipv4Addr) -> Option<Ipv4Addr> {
+    /// The lowest free address that is not the gateway and that `usable`
+    /// accepts (on a dual-stack network: its IPv6 address is free too).
+    pub fn next_free(
+        &self,
+        subnet: &Subnet,
+        gateway: Ipv4Addr,
+        usable: impl Fn(Ipv4Addr) -> bool,
+    ) -> Option<Ipv4Addr> {
         (1..)
             .map_while(|n| subnet.host(n))
-            .find(|ip| *ip != gateway && self.holder(*ip).is_none())
+            .find(|ip| *ip != gateway && self.holder(*ip).is_none() && usable(*ip))
     }
 
     /// Frees `ip` if `holder` holds it.
@@ -337,10 +349,10 @@ mod tests {
         let l = Leases::new(t.path());
         let s: Subnet = "10.9.0.0/29".parse().unwrap();
         let gw = s.host(1).unwrap();
-        let a = l.next_free(&s, gw).unwrap();
+        let a = l.next_free(&s, gw, |_| true).unwrap();
         assert_eq!(a, "10.9.0.2".parse::<Ipv4Addr>().unwrap());
         l.take(a, "c1").unwrap();
-        let b = l.next_free(&s, gw).unwrap();
+        let b = l.next_free(&s, gw, |_| true).unwrap();
         assert_eq!(b, "10.9.0.3".parse::<Ipv4Addr>().unwrap());
         l.free(a, "someone else");
         assert_eq!(l.holder(a).as_deref(), Some("c1"));
@@ -349,6 +361,15 @@ mod tests {
         for n in 2..7 {
             l.take(s.host(n).unwrap(), "x").unwrap();
         }
-        assert_eq!(l.next_free(&s, gw), None, "a /29 has 6 hosts");
+        assert_eq!(l.next_free(&s, gw, |_| true), None, "a /29 has 6 hosts");
+        // On a dual-stack network a lease whose IPv6 address someone took
+        // with --ip6 is passed over.
+        l.free(s.host(3).unwrap(), "x");
+        l.free(s.host(5).unwrap(), "x");
+        let five = s.host(5).unwrap();
+        assert_eq!(
+            l.next_free(&s, gw, |ip| ip != s.host(3).unwrap()),
+            Some(five)
+        );
     }
 }

@@ -82,6 +82,10 @@ pub enum NetworkError {
     },
     #[error("address {0} is already in use")]
     AddressInUse(Ipv4Addr),
+    #[error("IPv6 address {0} is already in use")]
+    AddressInUse6(Ipv6Addr),
+    #[error("network {0} has no IPv6 subnet: --ip6 needs a network made with --ipv6")]
+    NoIpv6(String),
     #[error("IPv6 address {ip} is outside network {network}'s subnet {subnet}")]
     OutsideSubnet6 {
         ip: Ipv6Addr,
@@ -159,6 +163,24 @@ impl Network {
     pub fn ip6_for(&self, ip: Ipv4Addr) -> Option<Ipv6Addr> {
         self.subnet6?.for_lease(&self.subnet, ip, self.gateway6?)
     }
+
+    /// Whether IPv4 lease `ip` can be handed out beside `attached`: on a
+    /// dual-stack network its IPv6 address must exist and be free (a
+    /// container may hold it through `--ip6`).
+    pub fn lease_fits(&self, ip: Ipv4Addr, attached: &[Attachment]) -> bool {
+        if self.subnet6.is_none() {
+            return true;
+        }
+        self.ip6_for(ip)
+            .is_some_and(|ip6| !ip6_taken(attached, &self.name, ip6))
+    }
+}
+
+/// Whether a container on `network` holds `ip6`.
+fn ip6_taken(attached: &[Attachment], network: &str, ip6: Ipv6Addr) -> bool {
+    attached
+        .iter()
+        .any(|a| a.network == network && a.ip6 == Some(ip6))
 }
 
 /// What `hull network create` asks for.
@@ -201,6 +223,9 @@ impl Mode {
 pub struct Request {
     pub mode: Mode,
     pub ip: Option<Ipv4Addr>,
+    /// `--ip6`: the IPv6 address on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub mac: Option<String>,
     pub aliases: Vec<String>,
     pub dns: Vec<Ipv4Addr>,
@@ -218,6 +243,7 @@ impl Default for Request {
         Request {
             mode: Mode::Network(DEFAULT_NETWORK.into()),
             ip: None,
+            ip6: None,
             mac: None,
             aliases: Vec::new(),
             dns: Vec::new(),

@@ -173,6 +173,9 @@ def main():
     ap.add_argument("--hull-vmm", default=os.path.join(boot.REPO, "target/release/hull-vmm"))
     ap.add_argument("--arms", default="hull-vmm,qemu-vhost-off,qemu-vhost-on,ns-veth",
                     help="which arms to run (comma-separated; default all)")
+    ap.add_argument("--hull-vmm-base", metavar="PATH",
+                    help="another hull-vmm build (before a change) as arm hull-vmm-base, "
+                    "interleaved with the others")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("net.py needs root (a network namespace, a tap, a veth)")
@@ -212,11 +215,15 @@ def main():
                                          "--net", "tap=%s,mac=%s" % (TAP, MAC)], args),
             "qemu-vhost-off": lambda: run_vmm(qemu("off"), args),
         }
+        if args.hull_vmm_base:
+            arms["hull-vmm-base"] = lambda: run_vmm(
+                [args.hull_vmm_base, "--kernel", args.kernel, "--initrd", initrd,
+                 "--mem", "256", "--net", "tap=%s,mac=%s" % (TAP, MAC)], args)
         vhost = os.path.exists("/dev/vhost-net")
         if vhost:
             arms["qemu-vhost-on"] = lambda: run_vmm(qemu("on"), args)
         arms["ns-veth"] = lambda: run_ns(probe, args)
-        wanted = args.arms.split(",")
+        wanted = args.arms.split(",") + ["hull-vmm-base"]
         arms = {n: a for n, a in arms.items() if n in wanted}
         results = {}
         for _ in range(args.n):
@@ -237,7 +244,8 @@ def main():
     for n, rs in results.items():
         print("%-15s %s" % (n, "  ".join("%.1f/%.1f/%.0f/%.0f" % r for r in rs)))
     h = med.get("hull-vmm")
-    for base in [b for b in ("qemu-vhost-off", "qemu-vhost-on", "ns-veth") if h and b in med]:
+    for base in [b for b in ("hull-vmm-base", "qemu-vhost-off", "qemu-vhost-on", "ns-veth")
+                 if h and b in med]:
         q = med[base]
         print("hull-vmm/%-14s throughput %5.2fx %5.2fx   latency p50 %5.2fx p99 %5.2fx"
               % (base, h[0] / q[0], h[1] / q[1], h[2] / q[2], h[3] / q[3]))
