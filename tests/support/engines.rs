@@ -155,17 +155,12 @@ pub fn images() -> &'static Images {
     })
 }
 
-/// A CNI bridge network `hullnet` (10.89.7.0/24); with `portmap` for `-p`
-/// (iptables: on the host, not in the emulated KVM host, whose kernel
-/// lacks the xtables modules).
-pub fn cni_dir(dir: &Path, portmap: bool) -> PathBuf {
+/// A CNI bridge network `hullnet` (10.89.7.0/24) with `portmap` for `-p`
+/// (iptables-nft; the emulated KVM host loads the xtables modules for it).
+pub fn cni_dir(dir: &Path) -> PathBuf {
     let d = dir.join("cni");
     std::fs::create_dir_all(&d).unwrap();
-    let portmap = if portmap {
-        r#", {"type": "portmap", "capabilities": {"portMappings": true}}"#
-    } else {
-        ""
-    };
+    let portmap = r#", {"type": "portmap", "capabilities": {"portMappings": true}}"#;
     let conf = format!(
         r#"{{"cniVersion": "0.4.0", "name": "hullnet", "plugins": [
   {{"type": "bridge", "bridge": "hull-cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
@@ -190,7 +185,7 @@ impl<'a> Podman<'a> {
         require("podman");
         require("conmon");
         let dir = tempfile::tempdir().expect("tempdir");
-        cni_dir(dir.path(), std::env::var_os("HULL_IN_KVM_HOST").is_none());
+        cni_dir(dir.path());
         Podman { ns, dir, isolation }
     }
 

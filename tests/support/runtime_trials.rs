@@ -132,12 +132,22 @@ fn podman_detached(backend: &'static str) -> Result<(), Failed> {
     check(left.is_empty(), || format!("rm left {left}"))
 }
 
-/// httpd in the container, reached at its address on the engine's bridge.
+/// httpd in the container, reached at its address on the engine's bridge
+/// and at the port CNI's portmap publishes on the test's localhost.
 fn podman_network(backend: &'static str) -> Result<(), Failed> {
     let ns = Netns::new();
     let p = Podman::new(&ns, backend);
     p.load_busybox();
-    let mut args = vec!["run", "-d", "--name", "web", "--network", "hullnet"];
+    let mut args = vec![
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "hullnet",
+        "-p",
+        "8082:80",
+    ];
     args.extend(ULIMITS);
     args.extend([
         IMAGE,
@@ -153,9 +163,13 @@ fn podman_network(backend: &'static str) -> Result<(), Failed> {
         "web",
     ]);
     let body = curl(&ns, &format!("http://{}/", ip.trim()), 30);
+    let published = curl(&ns, "http://127.0.0.1:8082/", 20);
     p.ok(&["rm", "-f", "web"]);
     check(body.as_deref() == Some("served-by-hull\n"), || {
         format!("curl of the container at {ip}: {body:?}")
+    })?;
+    check(published.as_deref() == Some("served-by-hull\n"), || {
+        format!("curl of the published port 127.0.0.1:8082: {published:?}")
     })
 }
 
