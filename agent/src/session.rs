@@ -359,13 +359,25 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     }
-    let (uid, gid, groups, tty) = (id.uid, id.gid, id.groups.clone(), start.tty);
+    let (uid, gid, mut groups, tty) = (id.uid, id.gid, id.groups.clone(), start.tty);
+    let privileges = match crate::privileges::Prepared::new(start.privileges.as_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            send_error(writer, e.to_string(), 125);
+            return 125;
+        }
+    };
+    for &g in start.privileges.iter().flat_map(|p| &p.additional_gids) {
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
     let rlimits = start.rlimits.clone();
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, ioctl, setrlimit, setgroups,
-    // setgid, setuid) on values prepared before the fork.
+    // async-signal-safe system calls (setsid, ioctl, setrlimit, prctl,
+    // capset, setgroups, setgid, setuid) on values prepared before the fork.
     unsafe {
-        cmd.pre_exec(move || sys::child_setup(tty, &groups, gid, uid, &rlimits));
+        cmd.pre_exec(move || sys::child_setup(tty, &groups, gid, uid, &rlimits, &privileges));
     }
     let oom_kills_before = sys::oom_kills();
     let spawned = {

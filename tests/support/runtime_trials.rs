@@ -77,9 +77,28 @@ fn podman_run_rm(_backend: &'static str) -> Result<(), Failed> {
     let ns = Netns::new();
     let p = Podman::new(&ns, _backend);
     p.load_busybox();
-    let mut args = vec!["run", "--rm", "--network", "none"];
+    // The process's privileges as the spec gives them, applied by the
+    // agent (in the guest for a microVM): no capabilities left, an
+    // additional group, no_new_privs, podman's default seccomp profile.
+    let mut args = vec![
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--cap-drop",
+        "ALL",
+        "--group-add",
+        "1234",
+        "--security-opt",
+        "no-new-privileges",
+    ];
     args.extend(ULIMITS);
-    args.extend([IMAGE, "sh", "-c", "echo hi; uname -r; exit 3"]);
+    args.extend([
+        IMAGE,
+        "sh",
+        "-c",
+        "echo hi; uname -r; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; id -G; exit 3",
+    ]);
     let o = p.run(&args);
     let (code, out, err) = text(&o);
     check(code == Some(3), || {
@@ -97,6 +116,21 @@ fn podman_run_rm(_backend: &'static str) -> Result<(), Failed> {
             format!("uname -r {kernel} in the container is the host's: not a microVM")
         })?;
     }
+    let status: Vec<&str> = out.lines().skip(2).take(4).collect();
+    check(
+        status
+            == [
+                "CapEff:\t0000000000000000",
+                "CapBnd:\t0000000000000000",
+                "NoNewPrivs:\t1",
+                "Seccomp:\t2",
+            ],
+        || format!("--cap-drop ALL, no-new-privileges, podman's seccomp profile: {status:?}"),
+    )?;
+    let groups = out.lines().nth(6).unwrap_or("");
+    check(groups.split(' ').any(|g| g == "1234"), || {
+        format!("id -G {groups:?} lacks --group-add 1234")
+    })?;
     // podman's cleanup (conmon's exit command) deletes after run returns.
     let left = engines::wait_empty(&p.runtime_root());
     check(left.is_empty(), || {
@@ -118,6 +152,13 @@ fn podman_detached(backend: &'static str) -> Result<(), Failed> {
         format!("exec exited {code:?}, want 4: {err}")
     })?;
     check(out.trim() == "in-exec", || format!("exec printed {out:?}"))?;
+    // podman's default capabilities for root (podman 4.3: CHOWN,
+    // DAC_OVERRIDE, FOWNER, FSETID, KILL, NET_BIND_SERVICE, SETFCAP, SETGID,
+    // SETPCAP, SETUID, SYS_CHROOT), as runc gives them, in an exec too.
+    let caps = p.ok(&["exec", "d", "grep", "^CapEff:", "/proc/self/status"]);
+    check(caps.trim() == "CapEff:\t00000000800405fb", || {
+        format!("podman's default capabilities in an exec: {caps:?}")
+    })?;
     let logs = p.ok(&["logs", "d"]);
     check(logs.contains("started"), || format!("logs: {logs:?}"))?;
     let state = p.ok(&["inspect", "-f", "{{.State.Status}}", "d"]);

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use hull::sandbox::RootFs;
 use hull::volume::{MountSource, MountSpec};
 use hull::{ContainerConfig, Isolation};
-use hull_agent::protocol::{NetworkSetup, Rlimit, Start, User};
+use hull_agent::protocol::{Capabilities, NetworkSetup, Privileges, Rlimit, Start, User};
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 /// The annotation that picks the backend (`vm` or `ns`).
@@ -145,6 +145,12 @@ pub fn plan(bundle: &Bundle, id: &str, default: Isolation) -> anyhow::Result<Pla
     let (mounts, etc_files) = mounts(spec, isolation)?;
     let mut start = start_of(process, true)?;
     start.hostname = spec.hostname().clone();
+    if let (Some(p), Some(profile)) = (
+        start.privileges.as_mut(),
+        linux.and_then(|l| l.seccomp().as_ref()),
+    ) {
+        p.seccomp = crate::seccomp::filters(profile)?;
+    }
     if isolation == Isolation::Vm && (etc_files.hosts.is_some() || etc_files.resolv.is_some()) {
         // No host files in the guest without virtio-fs: their contents go
         // in with the container's network setup.
@@ -238,6 +244,38 @@ pub fn start_of(process: &Process, main: bool) -> anyhow::Result<Start> {
         network: None,
         export_upper: false,
         root_disks: None,
+        privileges: Some(privileges_of(process)?),
+    })
+}
+
+/// The process's additional gids, capability sets and no_new_privileges
+/// (its seccomp filters come from `linux.seccomp`, see [`plan`]).
+fn privileges_of(process: &Process) -> anyhow::Result<Privileges> {
+    let mask = |set: &Option<oci_spec::runtime::Capabilities>| -> anyhow::Result<u64> {
+        let mut bits = 0u64;
+        for cap in set.iter().flatten() {
+            let name = cap.to_string();
+            let n = hull_agent::protocol::capability_number(&name)
+                .with_context(|| format!("unknown capability {name}"))?;
+            bits |= 1 << n;
+        }
+        Ok(bits)
+    };
+    let capabilities = match process.capabilities() {
+        Some(c) => Some(Capabilities {
+            bounding: mask(c.bounding())?,
+            effective: mask(c.effective())?,
+            permitted: mask(c.permitted())?,
+            inheritable: mask(c.inheritable())?,
+            ambient: mask(c.ambient())?,
+        }),
+        None => None,
+    };
+    Ok(Privileges {
+        additional_gids: process.user().additional_gids().clone().unwrap_or_default(),
+        capabilities,
+        no_new_privileges: process.no_new_privileges() == Some(true),
+        seccomp: Vec::new(),
     })
 }
 
