@@ -6,7 +6,9 @@
 //! are JSON; stdio data is raw bytes. The agent speaks first ([`Kind::Hello`]),
 //! the host answers with [`Kind::Start`]; then stdio flows both ways until the
 //! agent sends [`Kind::Exit`] (or [`Kind::Error`] when the process could not
-//! start). Anything malformed or oversized is an error, never a panic, and
+//! start). A connection whose first host frame is a [`Kind::Signal`]
+//! instead signals every process of the container (all but the agent) and
+//! gets an [`Exit`] with code 0 back. Anything malformed or oversized is an error, never a panic, and
 //! nothing larger than one frame is ever allocated.
 
 use std::io::{self, Read, Write};

@@ -403,8 +403,13 @@ mod tests {
             "hostname": "box",
             "process": {
                 "args": ["sh", "-c", "exit 3"], "cwd": "/w", "env": ["A=1"],
-                "user": {"uid": 1000, "gid": 100},
-                "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 2048}]
+                "user": {"uid": 1000, "gid": 100, "additionalGids": [10, 1234]},
+                "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 2048}],
+                "capabilities": {
+                    "bounding": ["CAP_CHOWN", "CAP_NET_RAW"], "effective": ["CAP_NET_RAW"],
+                    "permitted": ["CAP_NET_RAW"], "inheritable": [], "ambient": []
+                },
+                "noNewPrivileges": true
             },
             "mounts": [
                 {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -414,7 +419,9 @@ mod tests {
             ],
             "linux": {
                 "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}],
-                "resources": {"memory": {"limit": 134217728}, "cpu": {"quota": 150000, "period": 100000}}
+                "resources": {"memory": {"limit": 134217728}, "cpu": {"quota": 150000, "period": 100000}},
+                "seccomp": {"defaultAction": "SCMP_ACT_ERRNO",
+                            "syscalls": [{"names": ["read", "exit"], "action": "SCMP_ACT_ALLOW"}]}
             },
             "annotations": {"hull.isolation": "ns"}
         })
@@ -437,6 +444,18 @@ mod tests {
         assert_eq!(
             (p.start.rlimits[0].soft, p.start.rlimits[0].hard),
             (1024, 2048)
+        );
+        let privs = p.start.privileges.as_ref().unwrap();
+        assert_eq!(privs.additional_gids, [10, 1234]);
+        assert!(privs.no_new_privileges);
+        let caps = privs.capabilities.unwrap();
+        assert_eq!(caps.bounding, (1 << 0) | (1 << 13), "CHOWN and NET_RAW");
+        assert_eq!((caps.effective, caps.permitted), (1 << 13, 1 << 13));
+        assert_eq!((caps.inheritable, caps.ambient), (0, 0));
+        assert_eq!(
+            privs.seccomp.len(),
+            1,
+            "one filter: default EPERM, allow two"
         );
         let targets: Vec<_> = p.config.mounts.iter().map(|m| m.target.as_str()).collect();
         assert_eq!(targets, ["/etc/hosts", "/data", "/scratch"]);
