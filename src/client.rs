@@ -22,6 +22,8 @@ pub enum ClientError {
     Silent { what: &'static str, secs: u64 },
     #[error("keeping the step's changes the agent sent")]
     Layer(#[source] std::io::Error),
+    #[error("the agent refused: {0}")]
+    Refused(String),
 }
 
 /// How long the agent has, once connected, to say hello, and then to say
@@ -188,6 +190,31 @@ pub fn run_session(
         answer_timeout: answer_timeout(),
     };
     session(stream, start, relay, sinks, times)
+}
+
+/// Asks the agent over `stream` to send `signal` to every process of the
+/// container (a connection whose first frame is a Signal).
+pub fn signal_all(stream: UnixStream, signal: i32) -> Result<(), ClientError> {
+    let mut reader = stream.try_clone().map_err(protocol::ProtocolError::Io)?;
+    let timeout = Some(answer_timeout());
+    reader
+        .set_read_timeout(timeout)
+        .map_err(protocol::ProtocolError::Io)?;
+    let mut writer = stream;
+    match read_or_silent(&mut reader, "hello", timeout)? {
+        Some(f) => f.expect::<Hello>(Kind::Hello)?,
+        None => return Err(ClientError::Lost),
+    };
+    write_frame(&mut writer, &Frame::json(Kind::Signal, &Signal { signal }))
+        .map_err(ClientError::Protocol)?;
+    match read_or_silent(&mut reader, "answer to the signal", timeout)? {
+        Some(f) if f.kind == Kind::Error => {
+            let e: ErrorMsg = f.parse()?;
+            Err(ClientError::Refused(e.message))
+        }
+        Some(f) => f.expect::<Exit>(Kind::Exit).map(|_| ()).map_err(Into::into),
+        None => Err(ClientError::Lost),
+    }
 }
 
 /// [`ANSWER_TIMEOUT`], or `HULL_AGENT_ANSWER_SECS` seconds (README: a test

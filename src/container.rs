@@ -130,6 +130,8 @@ pub enum ContainerError {
     AgentGone(String),
     #[error("exec in {id}")]
     Exec { id: String, source: ClientError },
+    #[error("signalling every process of {id}")]
+    SignalAll { id: String, source: ClientError },
     /// The sandbox ended the session; its own words when it left any.
     #[error("{0}")]
     SandboxEnded(String),
@@ -550,6 +552,25 @@ impl Container {
                 id: self.short_id().into(),
                 source,
             })
+    }
+
+    /// Sends `signal` to every process of the running container through
+    /// its agent (SIGKILL: [`Container::kill`] ends the sandbox instead).
+    pub fn signal_all(&mut self, signal: i32) -> Result<(), ContainerError> {
+        if signal == libc::SIGKILL {
+            return self.kill(signal);
+        }
+        if self.state.status != Status::Running {
+            return Err(ContainerError::NotRunning(self.short_id().into()));
+        }
+        let isolation = self.state.isolation;
+        let socket = sandbox::agent_socket(isolation, &self.dir());
+        let stream = sandbox::connect_agent(isolation, &socket)
+            .ok_or_else(|| ContainerError::AgentGone(self.short_id().into()))?;
+        client::signal_all(stream, signal).map_err(|source| ContainerError::SignalAll {
+            id: self.short_id().into(),
+            source,
+        })
     }
 
     /// SIGTERM to the main process, then SIGKILL to the sandbox when it is

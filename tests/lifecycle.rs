@@ -130,6 +130,7 @@ fn create_then_start_then_attach_then_delete() {
         rlimits: Vec::new(),
         freshen: None,
         root_disks: None,
+        privileges: None,
         network: None,
         export_upper: false,
     };

@@ -27,6 +27,7 @@ macro_rules! debug {
 
 mod export;
 mod network;
+mod privileges;
 mod rootfs;
 mod session;
 mod sys;

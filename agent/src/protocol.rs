@@ -6,7 +6,9 @@
 //! are JSON; stdio data is raw bytes. The agent speaks first ([`Kind::Hello`]),
 //! the host answers with [`Kind::Start`]; then stdio flows both ways until the
 //! agent sends [`Kind::Exit`] (or [`Kind::Error`] when the process could not
-//! start). Anything malformed or oversized is an error, never a panic, and
+//! start). A connection whose first host frame is a [`Kind::Signal`]
+//! instead signals every process of the container (all but the agent) and
+//! gets an [`Exit`] with code 0 back. Anything malformed or oversized is an error, never a panic, and
 //! nothing larger than one frame is ever allocated.
 
 use std::io::{self, Read, Write};
@@ -329,6 +331,102 @@ pub struct Start {
     /// process, VM only): the agent mounts them before the process runs.
     #[serde(default)]
     pub root_disks: Option<RootDisks>,
+    /// What the process may do (OCI's additionalGids, capabilities,
+    /// noNewPrivileges, seccomp; hull-runtime sends them). None: the
+    /// agent's defaults, root's full capability set and no filter.
+    #[serde(default)]
+    pub privileges: Option<Privileges>,
+}
+
+/// Most seccomp filters one process gets (the kernel stacks them).
+pub const MAX_SECCOMP_FILTERS: usize = 8;
+/// Most instructions in one filter (the kernel's BPF_MAXINSNS).
+pub const MAX_BPF_INSTRUCTIONS: usize = 4096;
+
+/// A process's groups, capabilities and filters beyond its user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Privileges {
+    /// Supplementary groups added to those of the user's /etc/group entries.
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    /// The five capability sets; None leaves them as the agent has them.
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+    #[serde(default)]
+    pub no_new_privileges: bool,
+    /// Classic BPF seccomp programs, installed in order (the host compiles
+    /// them; at most [`MAX_SECCOMP_FILTERS`] of [`MAX_BPF_INSTRUCTIONS`]).
+    #[serde(default)]
+    pub seccomp: Vec<Vec<BpfInstruction>>,
+}
+
+/// Capability sets as bit masks: bit N is capability number N.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub bounding: u64,
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub ambient: u64,
+}
+
+/// One `struct sock_filter`: code, jump if true, jump if false, k.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BpfInstruction(pub u16, pub u8, pub u8, pub u32);
+
+/// Linux's capability names (`CAP_` prefix optional, any case), by number.
+const CAPABILITY_NAMES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// The number of capability `name` (`CAP_NET_RAW` or `net_raw`).
+pub fn capability_number(name: &str) -> Option<u32> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    CAPABILITY_NAMES
+        .iter()
+        .position(|n| *n == bare)
+        .map(|i| i as u32)
 }
 
 /// What a template's empty disk slots hold after a restore: disks with
@@ -532,6 +630,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(old.freshen, None);
+    }
+
+    #[test]
+    fn capabilities_are_numbered_as_linux_does_and_privileges_round_trip() {
+        assert_eq!(capability_number("CAP_CHOWN"), Some(0));
+        assert_eq!(capability_number("net_raw"), Some(13));
+        assert_eq!(capability_number("CAP_SYS_ADMIN"), Some(21));
+        assert_eq!(capability_number("CAP_CHECKPOINT_RESTORE"), Some(40));
+        assert_eq!(capability_number("CAP_BOGUS"), None);
+        let start = Start {
+            privileges: Some(Privileges {
+                additional_gids: vec![10, 1234],
+                capabilities: Some(Capabilities {
+                    bounding: 1 << 13,
+                    ..Default::default()
+                }),
+                no_new_privileges: true,
+                seccomp: vec![vec![BpfInstruction(6, 0, 0, 0x7fff_0000)]],
+            }),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&start).unwrap();
+        assert!(json.contains("[[[6,0,0,2147418112]]]"), "{json}");
+        assert_eq!(serde_json::from_str::<Start>(&json).unwrap(), start);
     }
 
     #[test]

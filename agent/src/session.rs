@@ -173,8 +173,12 @@ pub fn serve(conn: File, ctx: &Ctx) -> Option<i32> {
     if !send(&writer, &Frame::json(Kind::Hello, &hello)) {
         return None;
     }
-    let start: Start = match read_frame(&mut reader).map(|f| f.map(|f| f.expect(Kind::Start))) {
-        Ok(Some(Ok(s))) => s,
+    let start: Start = match read_frame(&mut reader).map(|f| f.map(first_frame)) {
+        Ok(Some(Ok(First::Start(s)))) => *s,
+        Ok(Some(Ok(First::SignalAll(s)))) => {
+            signal_all(s.signal, &writer);
+            return None;
+        }
         Ok(Some(Err(e))) | Err(e) => {
             send_error(&writer, format!("agent: {}", chain(&e)), 125);
             return None;
@@ -201,6 +205,39 @@ pub fn serve(conn: File, ctx: &Ctx) -> Option<i32> {
         wait_for_close(&reader, Duration::from_secs(10));
     }
     main.then_some(status)
+}
+
+/// What a connection asks for first.
+enum First {
+    Start(Box<Start>),
+    SignalAll(Signal),
+}
+
+fn first_frame(f: Frame) -> Result<First, protocol::ProtocolError> {
+    if f.kind == Kind::Signal {
+        return f.parse::<Signal>().map(First::SignalAll);
+    }
+    f.expect::<Start>(Kind::Start)
+        .map(|s| First::Start(Box::new(s)))
+}
+
+/// `signal` to every process of the container: kill(-1) from the agent,
+/// PID 1 of the guest or of the ns sandbox's pid namespace, reaches all of
+/// them but itself.
+fn signal_all(signal: i32, w: &Writer) {
+    if !(1..=64).contains(&signal) {
+        send_error(w, format!("invalid signal {signal}"), 125);
+        return;
+    }
+    debug!("signal {signal} to every process");
+    sys::kill(-1, signal);
+    let exit = protocol::Exit {
+        code: Some(0),
+        signal: None,
+        reason: None,
+        at_ms: sys::boot_ms(),
+    };
+    send(w, &Frame::json(Kind::Exit, &exit));
 }
 
 /// Makes a restored guest its own: the host's entropy, then its clock.
@@ -359,13 +396,25 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     }
-    let (uid, gid, groups, tty) = (id.uid, id.gid, id.groups.clone(), start.tty);
+    let (uid, gid, mut groups, tty) = (id.uid, id.gid, id.groups.clone(), start.tty);
+    let privileges = match crate::privileges::Prepared::new(start.privileges.as_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            send_error(writer, e.to_string(), 125);
+            return 125;
+        }
+    };
+    for &g in start.privileges.iter().flat_map(|p| &p.additional_gids) {
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
     let rlimits = start.rlimits.clone();
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, ioctl, setrlimit, setgroups,
-    // setgid, setuid) on values prepared before the fork.
+    // async-signal-safe system calls (setsid, ioctl, setrlimit, prctl,
+    // capset, setgroups, setgid, setuid) on values prepared before the fork.
     unsafe {
-        cmd.pre_exec(move || sys::child_setup(tty, &groups, gid, uid, &rlimits));
+        cmd.pre_exec(move || sys::child_setup(tty, &groups, gid, uid, &rlimits, &privileges));
     }
     let oom_kills_before = sys::oom_kills();
     let spawned = {

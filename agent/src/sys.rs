@@ -319,6 +319,7 @@ pub fn child_setup(
     gid: u32,
     uid: u32,
     rlimits: &[Rlimit],
+    privileges: &crate::privileges::Prepared,
 ) -> io::Result<()> {
     reset_signals();
     // SAFETY: plain system calls on integers or on pointers to data that
@@ -337,11 +338,12 @@ pub fn child_setup(
                 check(libc::setrlimit(res, &lim))?;
             }
         }
+        privileges.before_user_switch()?;
         check(libc::setgroups(groups.len(), groups.as_ptr()))?;
         check(libc::setgid(gid))?;
         check(libc::setuid(uid))?;
     }
-    Ok(())
+    privileges.after_user_switch()
 }
 
 /// A listening AF_VSOCK stream socket on `port` (any CID).

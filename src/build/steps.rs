@@ -478,6 +478,7 @@ pub fn start(argv: Vec<String>, env: Vec<String>, cwd: String, user: &str) -> St
         rlimits: Vec::new(),
         freshen: None,
         root_disks: None,
+        privileges: None,
         network: None,
         export_upper: false,
     }

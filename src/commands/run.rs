@@ -85,6 +85,7 @@ impl ProcessArgs {
             network: None,
             export_upper: false,
             root_disks: None,
+            privileges: None,
         })
     }
 }

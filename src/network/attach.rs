@@ -215,8 +215,11 @@ pub fn adopt_engine_link() -> Result<Option<(OwnedFd, String, Interface)>, LinkE
         prefix_len: link.prefix_len,
         mtu: link.mtu,
         gateway: link.gateway,
-        // The engine's IPv6 addresses are not adopted yet (IPv4 only).
-        ipv6: None,
+        ipv6: link.ipv6.map(|v6| Interface6 {
+            address: v6.address,
+            prefix_len: v6.prefix_len,
+            gateway: v6.gateway,
+        }),
     };
     Ok(Some((tap, mac, interface)))
 }

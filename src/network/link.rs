@@ -317,6 +317,29 @@ impl Netlink {
                         _ => None,
                     })
                 });
+            // A global IPv6 address (not link-local: the guest makes its own)
+            // and the IPv6 default route, when the engine's network has them.
+            let v6 = addrs.iter().find_map(|m| {
+                if m.header.index != index {
+                    return None;
+                }
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(std::net::IpAddr::V6(ip))
+                        if !ip.is_unicast_link_local() && !ip.is_loopback() =>
+                    {
+                        Some((*ip, m.header.prefix_len))
+                    }
+                    _ => None,
+                })
+            });
+            let ipv6 = match v6 {
+                Some((address, prefix_len)) => Some(EngineLink6 {
+                    address,
+                    prefix_len,
+                    gateway: self.default_gateway6()?,
+                }),
+                None => None,
+            };
             return Ok(Some(EngineLink {
                 index,
                 name,
@@ -325,9 +348,34 @@ impl Netlink {
                 address,
                 prefix_len,
                 gateway,
+                ipv6,
             }));
         }
         Ok(None)
+    }
+
+    /// The gateway of this namespace's IPv6 default route.
+    fn default_gateway6(&self) -> Result<Option<Ipv6Addr>, LinkError> {
+        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+        let routes: Vec<_> = self
+            .rt
+            .block_on(
+                self.handle
+                    .route()
+                    .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+                    .execute()
+                    .try_collect(),
+            )
+            .map_err(nl("listing IPv6 routes"))?;
+        Ok(routes
+            .iter()
+            .filter(|r| r.header.destination_prefix_length == 0)
+            .find_map(|r| {
+                r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => Some(*g),
+                    _ => None,
+                })
+            }))
     }
 
     /// Every packet arriving on `from` leaves through `to`, and back (an
@@ -365,6 +413,15 @@ pub struct EngineLink {
     pub address: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Option<Ipv4Addr>,
+    pub ipv6: Option<EngineLink6>,
+}
+
+/// The engine link's IPv6 address, prefix and default gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineLink6 {
+    pub address: Ipv6Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv6Addr>,
 }
 
 /// Runs `f` on a thread that joined the network namespace at `netns`.

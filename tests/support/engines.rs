@@ -155,22 +155,19 @@ pub fn images() -> &'static Images {
     })
 }
 
-/// A CNI bridge network `hullnet` (10.89.7.0/24); with `portmap` for `-p`
-/// (iptables: on the host, not in the emulated KVM host, whose kernel
-/// lacks the xtables modules).
-pub fn cni_dir(dir: &Path, portmap: bool) -> PathBuf {
+/// A dual-stack CNI bridge network `hullnet` (10.89.7.0/24, fd89:7::/64)
+/// with `portmap` for `-p`
+/// (iptables-nft; the emulated KVM host loads the xtables modules for it).
+pub fn cni_dir(dir: &Path) -> PathBuf {
     let d = dir.join("cni");
     std::fs::create_dir_all(&d).unwrap();
-    let portmap = if portmap {
-        r#", {"type": "portmap", "capabilities": {"portMappings": true}}"#
-    } else {
-        ""
-    };
+    let portmap = r#", {"type": "portmap", "capabilities": {"portMappings": true}}"#;
     let conf = format!(
         r#"{{"cniVersion": "0.4.0", "name": "hullnet", "plugins": [
   {{"type": "bridge", "bridge": "hull-cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-   "ipam": {{"type": "host-local", "routes": [{{"dst": "0.0.0.0/0"}}],
-            "ranges": [[{{"subnet": "10.89.7.0/24", "gateway": "10.89.7.1"}}]]}}}}{portmap}
+   "ipam": {{"type": "host-local", "routes": [{{"dst": "0.0.0.0/0"}}, {{"dst": "::/0"}}],
+            "ranges": [[{{"subnet": "10.89.7.0/24", "gateway": "10.89.7.1"}}],
+                       [{{"subnet": "fd89:7::/64", "gateway": "fd89:7::1"}}]]}}}}{portmap}
 ]}}"#
     );
     std::fs::write(d.join("90-hullnet.conflist"), conf).unwrap();
@@ -190,7 +187,7 @@ impl<'a> Podman<'a> {
         require("podman");
         require("conmon");
         let dir = tempfile::tempdir().expect("tempdir");
-        cni_dir(dir.path(), std::env::var_os("HULL_IN_KVM_HOST").is_none());
+        cni_dir(dir.path());
         Podman { ns, dir, isolation }
     }
 
@@ -270,11 +267,65 @@ pub fn wait_empty(root: &Path) -> String {
     }
 }
 
+/// An engine daemon the test started in its namespaces, its stderr in a
+/// log file: stopped on drop with SIGTERM, then SIGKILL after `grace`.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+    grace: Duration,
+}
+
+impl Daemon {
+    fn spawn(name: &str, mut cmd: Command, log: &Path, grace: Duration) -> Daemon {
+        let file = std::fs::File::create(log).unwrap();
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Daemon {
+            child,
+            log: log.to_path_buf(),
+            grace,
+        }
+    }
+
+    /// Waits (at most 60 s) until `answers`; panics with the log otherwise.
+    fn wait_ready(&self, answers: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !answers() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not answer within 60 s: {}",
+                self.log.display(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + self.grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// dockerd with its own data root, exec root, pidfile and socket, and
 /// hull-runtime registered as runtime `hull` (and `hull-ns`).
 pub struct Dockerd<'a> {
     ns: &'a Netns,
-    child: Child,
+    daemon: Daemon,
     pub dir: tempfile::TempDir,
     socket: PathBuf,
 }
@@ -295,10 +346,8 @@ impl<'a> Dockerd<'a> {
         });
         std::fs::write(d.join("daemon.json"), config.to_string()).unwrap();
         let socket = d.join("docker.sock");
-        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
-        let child = ns
-            .cmd("dockerd")
-            .arg("--data-root")
+        let mut cmd = ns.cmd("dockerd");
+        cmd.arg("--data-root")
             .arg(d.join("data"))
             .arg("--exec-root")
             .arg(d.join("exec"))
@@ -313,26 +362,22 @@ impl<'a> Dockerd<'a> {
                 "vfs",
             ])
             .arg("--config-file")
-            .arg(d.join("daemon.json"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("dockerd");
+            .arg(d.join("daemon.json"));
+        // SIGTERM: dockerd stops its containers and its containerd.
+        let daemon = Daemon::spawn(
+            "dockerd",
+            cmd,
+            &d.join("dockerd.log"),
+            Duration::from_secs(30),
+        );
         let dk = Dockerd {
             ns,
-            child,
+            daemon,
             dir,
             socket,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !dk.docker(&["version"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "dockerd did not answer within 60 s: {}",
-                std::fs::read_to_string(dk.dir.path().join("dockerd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        dk.daemon
+            .wait_ready(|| dk.docker(&["version"]).status.success());
         let load = dk.docker(&["load", "-i", images().docker_archive.to_str().unwrap()]);
         assert!(load.status.success(), "docker load: {:?}", text(&load));
         dk
@@ -355,28 +400,11 @@ impl<'a> Dockerd<'a> {
     }
 }
 
-impl Drop for Dockerd<'_> {
-    fn drop(&mut self) {
-        // SIGTERM: dockerd stops its containers and its containerd.
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// containerd with its own root, state and socket (CRI off); the shim
 /// finds hull-runtime through `ctr run --runc-binary`.
 pub struct Containerd<'a> {
     ns: &'a Netns,
-    child: Child,
+    daemon: Daemon,
     pub dir: tempfile::TempDir,
     socket: PathBuf,
 }
@@ -395,30 +423,23 @@ impl<'a> Containerd<'a> {
             socket.display()
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = ns
-            .cmd("containerd")
-            .arg("--config")
+        let mut cmd = ns.cmd("containerd");
+        cmd.arg("--config")
             .arg(d.join("config.toml"))
-            .env("HULL_RUNTIME_ISOLATION", isolation)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("containerd");
+            .env("HULL_RUNTIME_ISOLATION", isolation);
+        let daemon = Daemon::spawn(
+            "containerd",
+            cmd,
+            &d.join("containerd.log"),
+            Duration::from_secs(20),
+        );
         let c = Containerd {
             ns,
-            child,
+            daemon,
             dir,
             socket,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !c.ctr(&["version"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not answer within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        c.daemon.wait_ready(|| c.ctr(&["version"]).status.success());
         let import = c.ctr(&["image", "import", images().docker_archive.to_str().unwrap()]);
         assert!(
             import.status.success(),
@@ -437,22 +458,6 @@ impl<'a> Containerd<'a> {
             .args(args)
             .output()
             .expect("ctr")
-    }
-}
-
-impl Drop for Containerd<'_> {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

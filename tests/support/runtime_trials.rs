@@ -50,6 +50,7 @@ pub fn engine_trials(backend: &'static str) -> Vec<Trial> {
             podman_detached,
         ),
         trial("podman_serves_on_its_network", backend, podman_network),
+        // vm: with docker's -p, -v and exec -it on the same dockerd.
         trial("docker_exit_status", backend, docker_exit_status),
         trial("podman_volume_and_tmpfs", backend, podman_volume_tmpfs),
     ];
@@ -77,9 +78,28 @@ fn podman_run_rm(_backend: &'static str) -> Result<(), Failed> {
     let ns = Netns::new();
     let p = Podman::new(&ns, _backend);
     p.load_busybox();
-    let mut args = vec!["run", "--rm", "--network", "none"];
+    // The process's privileges as the spec gives them, applied by the
+    // agent (in the guest for a microVM): no capabilities left, an
+    // additional group, no_new_privs, podman's default seccomp profile.
+    let mut args = vec![
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--cap-drop",
+        "ALL",
+        "--group-add",
+        "1234",
+        "--security-opt",
+        "no-new-privileges",
+    ];
     args.extend(ULIMITS);
-    args.extend([IMAGE, "sh", "-c", "echo hi; uname -r; exit 3"]);
+    args.extend([
+        IMAGE,
+        "sh",
+        "-c",
+        "echo hi; uname -r; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; id -G; exit 3",
+    ]);
     let o = p.run(&args);
     let (code, out, err) = text(&o);
     check(code == Some(3), || {
@@ -97,6 +117,21 @@ fn podman_run_rm(_backend: &'static str) -> Result<(), Failed> {
             format!("uname -r {kernel} in the container is the host's: not a microVM")
         })?;
     }
+    let status: Vec<&str> = out.lines().skip(2).take(4).collect();
+    check(
+        status
+            == [
+                "CapEff:\t0000000000000000",
+                "CapBnd:\t0000000000000000",
+                "NoNewPrivs:\t1",
+                "Seccomp:\t2",
+            ],
+        || format!("--cap-drop ALL, no-new-privileges, podman's seccomp profile: {status:?}"),
+    )?;
+    let groups = out.lines().nth(6).unwrap_or("");
+    check(groups.split(' ').any(|g| g == "1234"), || {
+        format!("id -G {groups:?} lacks --group-add 1234")
+    })?;
     // podman's cleanup (conmon's exit command) deletes after run returns.
     let left = engines::wait_empty(&p.runtime_root());
     check(left.is_empty(), || {
@@ -110,7 +145,12 @@ fn podman_detached(backend: &'static str) -> Result<(), Failed> {
     p.load_busybox();
     let mut args = vec!["run", "-d", "--name", "d", "--network", "none"];
     args.extend(ULIMITS);
-    args.extend([IMAGE, "sh", "-c", "echo started; exec sleep 1000"]);
+    args.extend([
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'echo main-got-usr1' USR1; echo started; while :; do sleep 1; done",
+    ]);
     p.ok(&args);
     let o = p.run(&["exec", "d", "sh", "-c", "echo in-exec; exit 4"]);
     let (code, out, err) = text(&o);
@@ -118,6 +158,48 @@ fn podman_detached(backend: &'static str) -> Result<(), Failed> {
         format!("exec exited {code:?}, want 4: {err}")
     })?;
     check(out.trim() == "in-exec", || format!("exec printed {out:?}"))?;
+    // podman's default capabilities for root (podman 4.3: CHOWN,
+    // DAC_OVERRIDE, FOWNER, FSETID, KILL, NET_BIND_SERVICE, SETFCAP, SETGID,
+    // SETPCAP, SETUID, SYS_CHROOT), as runc gives them, in an exec too.
+    let caps = p.ok(&["exec", "d", "grep", "^CapEff:", "/proc/self/status"]);
+    check(caps.trim() == "CapEff:\t00000000800405fb", || {
+        format!("podman's default capabilities in an exec: {caps:?}")
+    })?;
+    // `kill --all` with a signal other than SIGKILL: the main process and
+    // an exec'd one both get it (through the agent, in the guest).
+    p.ok(&[
+        "exec",
+        "-d",
+        "d",
+        "sh",
+        "-c",
+        "trap 'echo exec-got-usr1 > /tmp/got' USR1; touch /tmp/ready; while :; do sleep 1; done",
+    ]);
+    let ready = poll(20, || {
+        p.run(&["exec", "d", "test", "-e", "/tmp/ready"])
+            .status
+            .success()
+    });
+    check(ready, || "the exec'd process did not start".into())?;
+    let id = p.ok(&["inspect", "-f", "{{.Id}}", "d"]);
+    let root = p.runtime_root();
+    let o = ns
+        .cmd(engines::runtime_bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["kill", "--all", id.trim(), "USR1"])
+        .output()?;
+    check(o.status.success(), || format!("kill --all: {:?}", text(&o)))?;
+    let got = poll(20, || {
+        p.run(&["exec", "d", "cat", "/tmp/got"]).stdout == b"exec-got-usr1\n"
+    });
+    check(got, || {
+        "the exec'd process did not get kill --all's USR1".into()
+    })?;
+    let logs = poll(20, || p.ok(&["logs", "d"]).contains("main-got-usr1"));
+    check(logs, || {
+        "the main process did not get kill --all's USR1".into()
+    })?;
     let logs = p.ok(&["logs", "d"]);
     check(logs.contains("started"), || format!("logs: {logs:?}"))?;
     let state = p.ok(&["inspect", "-f", "{{.State.Status}}", "d"]);
@@ -132,12 +214,23 @@ fn podman_detached(backend: &'static str) -> Result<(), Failed> {
     check(left.is_empty(), || format!("rm left {left}"))
 }
 
-/// httpd in the container, reached at its address on the engine's bridge.
+/// httpd in the container, reached at its IPv4 and IPv6 addresses on the
+/// engine's bridge and at the port CNI's portmap publishes on the test's
+/// localhost.
 fn podman_network(backend: &'static str) -> Result<(), Failed> {
     let ns = Netns::new();
     let p = Podman::new(&ns, backend);
     p.load_busybox();
-    let mut args = vec!["run", "-d", "--name", "web", "--network", "hullnet"];
+    let mut args = vec![
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "hullnet",
+        "-p",
+        "8082:80",
+    ];
     args.extend(ULIMITS);
     args.extend([
         IMAGE,
@@ -152,11 +245,40 @@ fn podman_network(backend: &'static str) -> Result<(), Failed> {
         "{{.NetworkSettings.Networks.hullnet.IPAddress}}",
         "web",
     ]);
+    let ip6 = p.ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.hullnet.GlobalIPv6Address}}",
+        "web",
+    ]);
     let body = curl(&ns, &format!("http://{}/", ip.trim()), 30);
+    let published = curl(&ns, "http://127.0.0.1:8082/", 20);
+    // The engine's IPv6 address too (a microVM's guest takes it over).
+    let body6 = curl(&ns, &format!("http://[{}]/", ip6.trim()), 20);
     p.ok(&["rm", "-f", "web"]);
+    check(body6.as_deref() == Some("served-by-hull\n"), || {
+        format!("curl of the container's IPv6 address {ip6:?}: {body6:?}")
+    })?;
     check(body.as_deref() == Some("served-by-hull\n"), || {
         format!("curl of the container at {ip}: {body:?}")
+    })?;
+    check(published.as_deref() == Some("served-by-hull\n"), || {
+        format!("curl of the published port 127.0.0.1:8082: {published:?}")
     })
+}
+
+/// Whether `f` holds within `secs` s (tried every 300 ms).
+fn poll(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 /// curl URL from inside `ns`, retrying for up to `secs` s.
@@ -285,10 +407,25 @@ fn podman_tty(backend: &'static str) -> Result<(), Failed> {
     })
 }
 
+/// dockerd's runtime name for `backend`.
+fn docker_runtime(backend: &str) -> &'static str {
+    if backend == "ns" { "hull-ns" } else { "hull" }
+}
+
 fn docker_exit_status(backend: &'static str) -> Result<(), Failed> {
     let ns = Netns::new();
     let d = Dockerd::start(&ns);
-    let runtime = if backend == "ns" { "hull-ns" } else { "hull" };
+    docker_exit_status_in(&ns, &d, backend)?;
+    if backend == "vm" {
+        // One dockerd for both: its start is the slow part in the
+        // emulated host.
+        docker_publish_exec_in(&ns, &d, backend)?;
+    }
+    Ok(())
+}
+
+fn docker_exit_status_in(_ns: &Netns, d: &Dockerd, backend: &str) -> Result<(), Failed> {
+    let runtime = docker_runtime(backend);
     let o = d.docker(&[
         "run",
         "--rm",
@@ -308,9 +445,13 @@ fn docker_exit_status(backend: &'static str) -> Result<(), Failed> {
     check(left.is_empty(), || format!("--rm left {left}"))
 }
 
-fn docker_publish_exec(_backend: &'static str) -> Result<(), Failed> {
+fn docker_publish_exec(backend: &'static str) -> Result<(), Failed> {
     let ns = Netns::new();
     let d = Dockerd::start(&ns);
+    docker_publish_exec_in(&ns, &d, backend)
+}
+
+fn docker_publish_exec_in(ns: &Netns, d: &Dockerd, backend: &str) -> Result<(), Failed> {
     let www = tempfile::tempdir()?;
     std::fs::write(www.path().join("index.html"), "docker-volume\n")?;
     let vol = format!("{}:/www", www.path().display());
@@ -320,7 +461,7 @@ fn docker_publish_exec(_backend: &'static str) -> Result<(), Failed> {
         "--name",
         "web",
         "--runtime",
-        "hull-ns",
+        docker_runtime(backend),
         "-p",
         "8081:80",
         "-v",
@@ -336,7 +477,7 @@ fn docker_publish_exec(_backend: &'static str) -> Result<(), Failed> {
     check(o.status.success(), || {
         format!("docker run -d: {:?}", text(&o))
     })?;
-    let body = curl(&ns, "http://127.0.0.1:8081/", 20);
+    let body = curl(ns, "http://127.0.0.1:8081/", 30);
     let (code, out) = engines::run_in_pty(
         d.cmd(&["exec", "-it", "web", "sh"]),
         &["echo in-$((40+2))\n", "exit 6\n"],

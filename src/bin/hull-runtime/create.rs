@@ -68,6 +68,12 @@ pub fn create(g: &Global, args: CreateArgs) -> anyhow::Result<i32> {
         annotations: bundle.spec.annotations().clone().unwrap_or_default(),
         poststart: hooks.poststart().clone().unwrap_or_default(),
         poststop: hooks.poststop().clone().unwrap_or_default(),
+        seccomp: plan
+            .start
+            .privileges
+            .as_ref()
+            .map(|p| p.seccomp.clone())
+            .unwrap_or_default(),
     };
     #[allow(deprecated)] // prestart: docker 20.10 still sets its network up from one
     let early: Vec<_> = hooks

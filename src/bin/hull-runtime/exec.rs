@@ -55,7 +55,7 @@ pub fn exec(g: &Global, args: ExecArgs) -> anyhow::Result<i32> {
     if status != "running" {
         bail!("container {} is {status}, not running", args.id);
     }
-    let start = match &args.process {
+    let mut start = match &args.process {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -65,6 +65,10 @@ pub fn exec(g: &Global, args: ExecArgs) -> anyhow::Result<i32> {
         }
         None => {
             let mut p = Process::default();
+            // oci-spec's defaults cut the capabilities and set
+            // no_new_privs; `exec ID ARGS` keeps the agent's own.
+            p.set_capabilities(None);
+            p.set_no_new_privileges(None);
             p.set_args(Some(args.args.clone()));
             p.set_terminal(Some(args.tty));
             if let Some(cwd) = &args.cwd {
@@ -82,6 +86,10 @@ pub fn exec(g: &Global, args: ExecArgs) -> anyhow::Result<i32> {
             s
         }
     };
+    // runc gives an exec process the container's seccomp filters.
+    if let Some(p) = start.privileges.as_mut() {
+        p.seccomp = crate::record::Record::load(&container.dir())?.seccomp;
+    }
     let slave = if start.tty {
         let socket = args
             .console_socket

@@ -8,6 +8,7 @@ mod create;
 mod exec;
 mod ops;
 mod record;
+mod seccomp;
 mod spec;
 
 use std::io::Write;

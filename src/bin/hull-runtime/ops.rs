@@ -25,8 +25,8 @@ pub fn state(g: &Global, args: IdArgs) -> anyhow::Result<i32> {
 
 #[derive(Debug, clap::Args)]
 pub struct KillArgs {
-    /// Signal every process of the container (SIGKILL ends the sandbox, and
-    /// with it all of them, either way).
+    /// Signal every process of the container, through the agent (SIGKILL
+    /// ends the sandbox, and with it all of them, either way).
     #[arg(short, long)]
     pub all: bool,
     pub id: String,
@@ -43,6 +43,7 @@ pub fn kill(g: &Global, args: KillArgs) -> anyhow::Result<i32> {
         // signal ends runc's waiting init.
         "created" | "creating" => c.kill(libc::SIGKILL)?,
         "stopped" => bail!("container {} is not running", args.id),
+        _ if args.all => c.signal_all(signal)?,
         _ => c.kill(signal)?,
     }
     Ok(0)

@@ -30,6 +30,10 @@ pub struct Record {
     pub poststart: Vec<Hook>,
     #[serde(default)]
     pub poststop: Vec<Hook>,
+    /// The container's seccomp filters (`linux.seccomp`, compiled), for
+    /// its exec processes too.
+    #[serde(default)]
+    pub seccomp: Vec<Vec<hull_agent::protocol::BpfInstruction>>,
 }
 
 impl Record {

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use hull::sandbox::RootFs;
 use hull::volume::{MountSource, MountSpec};
 use hull::{ContainerConfig, Isolation};
-use hull_agent::protocol::{NetworkSetup, Rlimit, Start, User};
+use hull_agent::protocol::{Capabilities, NetworkSetup, Privileges, Rlimit, Start, User};
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 /// The annotation that picks the backend (`vm` or `ns`).
@@ -145,6 +145,12 @@ pub fn plan(bundle: &Bundle, id: &str, default: Isolation) -> anyhow::Result<Pla
     let (mounts, etc_files) = mounts(spec, isolation)?;
     let mut start = start_of(process, true)?;
     start.hostname = spec.hostname().clone();
+    if let (Some(p), Some(profile)) = (
+        start.privileges.as_mut(),
+        linux.and_then(|l| l.seccomp().as_ref()),
+    ) {
+        p.seccomp = crate::seccomp::filters(profile)?;
+    }
     if isolation == Isolation::Vm && (etc_files.hosts.is_some() || etc_files.resolv.is_some()) {
         // No host files in the guest without virtio-fs: their contents go
         // in with the container's network setup.
@@ -238,6 +244,38 @@ pub fn start_of(process: &Process, main: bool) -> anyhow::Result<Start> {
         network: None,
         export_upper: false,
         root_disks: None,
+        privileges: Some(privileges_of(process)?),
+    })
+}
+
+/// The process's additional gids, capability sets and no_new_privileges
+/// (its seccomp filters come from `linux.seccomp`, see [`plan`]).
+fn privileges_of(process: &Process) -> anyhow::Result<Privileges> {
+    let mask = |set: &Option<oci_spec::runtime::Capabilities>| -> anyhow::Result<u64> {
+        let mut bits = 0u64;
+        for cap in set.iter().flatten() {
+            let name = cap.to_string();
+            let n = hull_agent::protocol::capability_number(&name)
+                .with_context(|| format!("unknown capability {name}"))?;
+            bits |= 1 << n;
+        }
+        Ok(bits)
+    };
+    let capabilities = match process.capabilities() {
+        Some(c) => Some(Capabilities {
+            bounding: mask(c.bounding())?,
+            effective: mask(c.effective())?,
+            permitted: mask(c.permitted())?,
+            inheritable: mask(c.inheritable())?,
+            ambient: mask(c.ambient())?,
+        }),
+        None => None,
+    };
+    Ok(Privileges {
+        additional_gids: process.user().additional_gids().clone().unwrap_or_default(),
+        capabilities,
+        no_new_privileges: process.no_new_privileges() == Some(true),
+        seccomp: Vec::new(),
     })
 }
 
@@ -365,8 +403,13 @@ mod tests {
             "hostname": "box",
             "process": {
                 "args": ["sh", "-c", "exit 3"], "cwd": "/w", "env": ["A=1"],
-                "user": {"uid": 1000, "gid": 100},
-                "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 2048}]
+                "user": {"uid": 1000, "gid": 100, "additionalGids": [10, 1234]},
+                "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 2048}],
+                "capabilities": {
+                    "bounding": ["CAP_CHOWN", "CAP_NET_RAW"], "effective": ["CAP_NET_RAW"],
+                    "permitted": ["CAP_NET_RAW"], "inheritable": [], "ambient": []
+                },
+                "noNewPrivileges": true
             },
             "mounts": [
                 {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -376,7 +419,9 @@ mod tests {
             ],
             "linux": {
                 "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}],
-                "resources": {"memory": {"limit": 134217728}, "cpu": {"quota": 150000, "period": 100000}}
+                "resources": {"memory": {"limit": 134217728}, "cpu": {"quota": 150000, "period": 100000}},
+                "seccomp": {"defaultAction": "SCMP_ACT_ERRNO",
+                            "syscalls": [{"names": ["read", "exit"], "action": "SCMP_ACT_ALLOW"}]}
             },
             "annotations": {"hull.isolation": "ns"}
         })
@@ -399,6 +444,18 @@ mod tests {
         assert_eq!(
             (p.start.rlimits[0].soft, p.start.rlimits[0].hard),
             (1024, 2048)
+        );
+        let privs = p.start.privileges.as_ref().unwrap();
+        assert_eq!(privs.additional_gids, [10, 1234]);
+        assert!(privs.no_new_privileges);
+        let caps = privs.capabilities.unwrap();
+        assert_eq!(caps.bounding, (1 << 0) | (1 << 13), "CHOWN and NET_RAW");
+        assert_eq!((caps.effective, caps.permitted), (1 << 13, 1 << 13));
+        assert_eq!((caps.inheritable, caps.ambient), (0, 0));
+        assert_eq!(
+            privs.seccomp.len(),
+            1,
+            "one filter: default EPERM, allow two"
         );
         let targets: Vec<_> = p.config.mounts.iter().map(|m| m.target.as_str()).collect();
         assert_eq!(targets, ["/etc/hosts", "/data", "/scratch"]);
