@@ -349,22 +349,8 @@ pub fn clients_run_exec_rm(
     w.check_nothing_left(&seen.into_inner().unwrap())
 }
 
-/// hull (with this test binary's profile: it runs the one beside it) and
-/// the static agent the sandboxes run.
+/// What the ns trials run besides `hull` (which cargo builds for every
+/// integration test): the static agent.
 pub fn build_runtime() {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(repo)
-        .args(["build", "--quiet", "-p", "hull"]);
-    let exe = std::env::current_exe().expect("test binary path");
-    if exe
-        .ancestors()
-        .any(|d| d.file_name().is_some_and(|n| n == "release"))
-    {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("running cargo build");
-    assert!(status.success(), "cargo build of hull failed");
     hull_proc::build_static_agent();
 }

@@ -20,6 +20,27 @@ pub fn hull_bin() -> PathBuf {
     p
 }
 
+/// Builds `hull-vmm` with this test binary's profile. Only `hull-vmm`:
+/// `hull` and `hull-runtime` are this package's own binaries, which cargo
+/// builds for every integration test (`CARGO_BIN_EXE_*`) with the test
+/// build's features; `cargo build -p hull` would build them, and the
+/// libraries under them, a second time with other features.
+pub fn build_vmm() {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "-p", "hull-vmm"]);
+    let exe = std::env::current_exe().expect("test binary path");
+    if exe
+        .ancestors()
+        .any(|d| d.file_name().is_some_and(|n| n == "release"))
+    {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("running cargo build");
+    assert!(status.success(), "cargo build -p hull-vmm failed");
+}
+
 /// Builds the static agent the sandboxes run (agent/build-static.sh).
 pub fn build_static_agent() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));

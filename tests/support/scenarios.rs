@@ -27,14 +27,7 @@ const HANG: Duration = Duration::from_secs(180);
 /// Builds what `hull run` needs besides `hull` itself: `hull-vmm` and the
 /// static agent (agent/build-static.sh).
 pub fn build_runtime() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(repo)
-        .args(["build", "--quiet", "-p", "hull-vmm", "-p", "hull"])
-        .status()
-        .expect("running cargo build");
-    assert!(status.success(), "cargo build of hull and hull-vmm failed");
+    hull_proc::build_vmm();
     hull_proc::build_static_agent();
 }
 

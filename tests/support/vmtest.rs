@@ -13,6 +13,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+// Also loaded by the scenario suites that share a test binary with this.
+#[allow(clippy::duplicate_mod)]
+#[path = "hull_proc.rs"]
+mod hull_proc;
 #[path = "vmtest_hosts.rs"]
 mod shards;
 
@@ -236,17 +240,10 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// Makes sure the workspace binaries the VM tests run (hull-vmm, hull) are
-/// built, with the same profile as this test binary.
+/// built, with the same profile as this test binary (hull: by cargo
+/// already, see [`hull_proc::build_vmm`]).
 pub fn build_binaries() {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(repo())
-        .args(["build", "--quiet", "-p", "hull-vmm", "-p", "hull"]);
-    if bin_dir().file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("running cargo build");
-    assert!(status.success(), "cargo build of hull-vmm and hull failed");
+    hull_proc::build_vmm();
 }
 
 /// Path of the `hull-vmm` binary.
