@@ -136,8 +136,8 @@ fn finished_trial(line: &str) -> Option<(String, bool)> {
 /// Runs this test binary inside one emulated host (only the trials named in
 /// `only`, when given), restarting the host when it wedges; returns the exit
 /// status for those trials. Every line the host prints goes to `out`; each
-/// trial that reports, with the seconds since the previous report (or since
-/// the host was started), to `timed`.
+/// trial that runs and reports, with the seconds since the previous report
+/// (or since the host's libtest started), to `timed`.
 fn run_in_kvm_host(
     exe: &Path,
     only: Option<&[String]>,
@@ -171,19 +171,31 @@ fn run_in_kvm_host(
             scope.spawn(move || {
                 for line in std::io::BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
-                    let trial = finished_trial(&line);
+                    // The host is up and its trials start: what came before
+                    // (its boot) is no trial's time.
+                    let event = if line.starts_with("running ") {
+                        Some(None)
+                    } else {
+                        finished_trial(&line).map(|(name, failed)| {
+                            let ignored = line.contains(" ... ignored");
+                            Some((name, failed, ignored))
+                        })
+                    };
                     out(line);
-                    if let Some(t) = trial {
-                        let _ = tx.send(t);
+                    if let Some(e) = event {
+                        let _ = tx.send(e);
                     }
                 }
             });
             let mut wedged = false;
             loop {
                 match rx.recv_timeout(stall) {
-                    Ok((name, f)) => {
+                    Ok(None) => last = Instant::now(),
+                    Ok(Some((name, f, ignored))) => {
                         failed |= f;
-                        timed.push((name.clone(), last.elapsed().as_secs_f64()));
+                        if !ignored {
+                            timed.push((name.clone(), last.elapsed().as_secs_f64()));
+                        }
                         last = Instant::now();
                         done.push(name);
                     }
@@ -207,10 +219,14 @@ fn run_in_kvm_host(
         let (status, wedged) = ended;
         // 75: the runner saw the host wedge and stopped it.
         let wedged = wedged || status.code() == Some(75);
-        while let Ok((name, f)) = rx.try_recv() {
-            failed |= f;
-            timed.push((name.clone(), last.elapsed().as_secs_f64()));
-            done.push(name);
+        while let Ok(event) = rx.try_recv() {
+            if let Some((name, f, ignored)) = event {
+                failed |= f;
+                if !ignored {
+                    timed.push((name.clone(), last.elapsed().as_secs_f64()));
+                }
+                done.push(name);
+            }
         }
         if !wedged {
             let code = status.code().unwrap_or(101);

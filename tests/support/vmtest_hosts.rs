@@ -5,9 +5,10 @@
 //! did not report, as with one host.
 //!
 //! The split balances the trials' last measured times (kept per suite in
-//! `~/.cache/hull/vmtest/SUITE.times`, `name seconds` a line): longest
-//! first, each to the host with the least work so far; trials never
-//! measured count as the mean of the others (or all alike on a first run).
+//! `~/.cache/hull/vmtest/SUITE.times`, `name seconds` a line, over the
+//! times checked in at `tests/kvm-host/times/SUITE.times` for a machine
+//! that has none yet): longest first, each to the host with the least work
+//! so far; trials never measured count as the mean of the others.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -88,7 +89,7 @@ pub fn run_hosts(exe: &Path, suite: &str, plan: Vec<Vec<String>>) -> i32 {
     if !times.is_empty() {
         let each: Vec<String> = times.iter().map(|(n, s)| format!("{n} {s:.0} s")).collect();
         eprintln!(
-            "vmtest: {suite}: {} trials reported in {total:.0} s ({})",
+            "vmtest: {suite}: {} trials ran in {total:.0} s (each since the previous one in its host: {})",
             times.len(),
             each.join(", ")
         );
@@ -151,8 +152,18 @@ fn times_file(suite: &str) -> Option<PathBuf> {
     Some(base.join("hull/vmtest").join(format!("{suite}.times")))
 }
 
+/// The checked-in times, then this machine's last ones over them.
 fn load_times(suite: &str) -> HashMap<String, f64> {
-    let Some(text) = times_file(suite).and_then(|f| std::fs::read_to_string(f).ok()) else {
+    let seed = super::repo().join(format!("tests/kvm-host/times/{suite}.times"));
+    let mut times = read_times(&seed);
+    if let Some(f) = times_file(suite) {
+        times.extend(read_times(&f));
+    }
+    times
+}
+
+fn read_times(file: &Path) -> HashMap<String, f64> {
+    let Ok(text) = std::fs::read_to_string(file) else {
         return HashMap::new();
     };
     text.lines()
@@ -168,7 +179,7 @@ fn save_times(suite: &str, times: &[(String, f64)]) {
     let Some(file) = times_file(suite) else {
         return;
     };
-    let mut all = load_times(suite);
+    let mut all = read_times(&file);
     for (name, secs) in times {
         all.insert(name.clone(), *secs);
     }
