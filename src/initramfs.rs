@@ -92,7 +92,11 @@ pub fn for_agent(agent: &Path, cache_dir: &Path) -> Result<PathBuf, InitramfsErr
     };
     std::fs::create_dir_all(cache_dir).map_err(werr)?;
     let image = build(&bytes);
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique even among hosts sharing the cache dir (pids repeat there).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = path.with_extension(format!("tmp{}-{nanos}", std::process::id()));
     let mut f = std::fs::File::create(&tmp).map_err(werr)?;
     f.write_all(&image).map_err(werr)?;
     f.sync_all().map_err(werr)?;

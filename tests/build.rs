@@ -15,63 +15,16 @@
 mod build_env;
 #[path = "support/registry.rs"]
 mod registry;
+#[path = "support/tree.rs"]
+mod tree;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use build_env::{Env, require, sh};
 use libtest_mimic::{Arguments, Failed, Trial};
-
-#[derive(Debug, PartialEq)]
-struct Node {
-    kind: &'static str,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    size: u64,
-    content: Option<Vec<u8>>,
-    target: Option<PathBuf>,
-}
-
-fn walk(root: &Path) -> BTreeMap<PathBuf, Node> {
-    fn go(root: &Path, p: &Path, out: &mut BTreeMap<PathBuf, Node>) {
-        for e in fs::read_dir(p).unwrap() {
-            let e = e.unwrap();
-            let path = e.path();
-            let m = fs::symlink_metadata(&path).unwrap();
-            let ft = m.file_type();
-            let kind = if ft.is_dir() {
-                "dir"
-            } else if ft.is_symlink() {
-                "symlink"
-            } else if ft.is_file() {
-                "file"
-            } else {
-                "other"
-            };
-            out.insert(
-                path.strip_prefix(root).unwrap().to_path_buf(),
-                Node {
-                    kind,
-                    mode: m.mode() & 0o7777,
-                    uid: m.uid(),
-                    gid: m.gid(),
-                    size: if ft.is_file() { m.len() } else { 0 },
-                    content: ft.is_file().then(|| fs::read(&path).unwrap()),
-                    target: ft.is_symlink().then(|| fs::read_link(&path).unwrap()),
-                },
-            );
-            if ft.is_dir() {
-                go(root, &path, out);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    go(root, root, &mut out);
-    out
-}
+use tree::{Node, walk};
 
 /// The config fields both builders must agree on.
 fn config_fields(layout: &Path, tag: &str) -> serde_json::Value {

@@ -26,11 +26,7 @@ fn main() {
     if std::env::var_os("HULL_IN_KVM_HOST").is_none() && !listing && !skipping {
         // Built here, where cargo is; the emulated host only runs them.
         vmtest::build_binaries();
-        let status = std::process::Command::new(vmtest::repo().join("agent/build-static.sh"))
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("running agent/build-static.sh");
-        assert!(status.success(), "agent/build-static.sh failed");
+        concurrency::build_static_agent();
     }
     vmtest::run_vm_tests(vec![
         Trial::test("vm::20_concurrent_runs_all_succeed", || {

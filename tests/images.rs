@@ -7,7 +7,6 @@
 //! Needs root (owners, device nodes, overlay mounts) and Debian's umoci and
 //! skopeo (scripts/install-deps.sh).
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -15,8 +14,11 @@ use std::process::Command;
 
 #[path = "support/registry.rs"]
 mod registry;
+#[path = "support/tree.rs"]
+mod tree;
 
 use registry::{Registry, free_port, start_registry};
+use tree::walk;
 
 const HULL: &str = env!("CARGO_BIN_EXE_hull");
 
@@ -146,52 +148,6 @@ fn build_layered(dir: &Path) -> PathBuf {
         "umoci config --image {l}:v1 --config.cmd /bin/true --os linux --architecture amd64"
     ));
     layout
-}
-
-#[derive(Debug, PartialEq)]
-struct Node {
-    kind: &'static str,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    content: Option<Vec<u8>>,
-    target: Option<PathBuf>,
-}
-
-fn walk(root: &Path) -> BTreeMap<PathBuf, Node> {
-    fn go(root: &Path, p: &Path, out: &mut BTreeMap<PathBuf, Node>) {
-        for e in fs::read_dir(p).unwrap().flatten() {
-            let path = e.path();
-            let m = fs::symlink_metadata(&path).unwrap();
-            let ft = m.file_type();
-            let kind = if ft.is_dir() {
-                "dir"
-            } else if ft.is_symlink() {
-                "symlink"
-            } else if ft.is_file() {
-                "file"
-            } else {
-                "other"
-            };
-            out.insert(
-                path.strip_prefix(root).unwrap().to_path_buf(),
-                Node {
-                    kind,
-                    mode: m.mode() & 0o7777,
-                    uid: m.uid(),
-                    gid: m.gid(),
-                    content: ft.is_file().then(|| fs::read(&path).unwrap()),
-                    target: ft.is_symlink().then(|| fs::read_link(&path).unwrap()),
-                },
-            );
-            if ft.is_dir() {
-                go(root, &path, out);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    go(root, root, &mut out);
-    out
 }
 
 /// Mounts hull's layers of `image` with overlayfs, as the ns backend does.

@@ -24,7 +24,6 @@ mod vmtest;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use vmtest::{Failed, Trial, check};
@@ -54,13 +53,7 @@ fn build_hostile_agents() {
 }
 
 fn rootfs() -> &'static Path {
-    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let d = tempfile::tempdir().expect("tempdir");
-        busybox::rootfs(d.path());
-        d
-    })
-    .path()
+    busybox::shared_rootfs()
 }
 
 struct Run {

@@ -9,10 +9,10 @@ mod vmtest;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vmtest::{Failed, Trial, check};
+use vmtest::{Failed, SerialVm, Trial, check, expect_field, field, sha256_hex};
 
 /// The guest side of the vsock tests, built from tests/support/vsock_probe.c.
 fn probe() -> PathBuf {
@@ -33,79 +33,18 @@ fn build_probe() {
     );
 }
 
-/// A running hull-vmm with the busybox initramfs and `init`.
-struct Vm {
-    child: Child,
-    serial: std::thread::JoinHandle<String>,
-}
-
-impl Vm {
-    fn start(dir: &Path, init: &str, extra: &[&str]) -> Vm {
-        let probe = probe();
-        let initrd = vmtest::busybox_initramfs_with(dir, init, &[(probe.as_path(), "vsock_probe")]);
-        let mut child = Command::new(vmtest::hull_vmm())
-            .arg("--kernel")
-            .arg(vmtest::kernel())
-            .arg("--initrd")
-            .arg(initrd)
-            .args(["--mem", "256"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("running hull-vmm");
-        let mut out = child.stdout.take().expect("piped");
-        let serial = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = out.read_to_end(&mut s);
-            String::from_utf8_lossy(&s).into_owned()
-        });
-        Vm { child, serial }
-    }
-
-    /// Waits (at most `limit`) for the VM to end: its exit code and serial output.
-    fn finish(mut self, limit: Duration) -> (Option<i32>, String) {
-        let deadline = Instant::now() + limit;
-        let code = loop {
-            if let Some(s) = self.child.try_wait().expect("waiting for hull-vmm") {
-                break s.code();
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        (code, self.serial.join().unwrap_or_default())
-    }
-}
-
-/// The value after `key=` on the serial output.
-fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
-    let tag = format!("{key}=");
-    out.lines()
-        .find_map(|l| l.trim().strip_prefix(tag.as_str()))
-        .map(str::trim)
-}
-
-fn expect_field(out: &str, key: &str, want: &str) -> Result<(), Failed> {
-    let got = field(out, key);
-    check(got == Some(want), || {
-        format!("{key}: expected {want:?}, got {got:?}; serial:\n{out}")
-    })
-}
-
-fn sha256_hex(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+/// A running hull-vmm with the busybox initramfs (with the vsock probe) and `init`.
+fn start_vm(dir: &Path, init: &str, extra: &[&str]) -> SerialVm {
+    let probe = probe();
+    let initrd = vmtest::busybox_initramfs_with(dir, init, &[(probe.as_path(), "vsock_probe")]);
+    let mut cmd = Command::new(vmtest::hull_vmm());
+    cmd.arg("--kernel")
+        .arg(vmtest::kernel())
+        .arg("--initrd")
+        .arg(initrd)
+        .args(["--mem", "256"])
+        .args(extra);
+    SerialVm::spawn(cmd)
 }
 
 fn disks_rng_and_sixteen_devices() -> Result<(), Failed> {
@@ -141,7 +80,7 @@ fn disks_rng_and_sixteen_devices() -> Result<(), Failed> {
         echo alive=yes\n\
         reboot -f";
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, out) = Vm::start(dir.path(), init, &argv).finish(Duration::from_secs(300));
+    let (code, out) = start_vm(dir.path(), init, &argv).finish(Duration::from_secs(300));
     check(code == Some(0), || {
         format!("hull-vmm exit {code:?}; serial:\n{out}")
     })?;
@@ -247,7 +186,7 @@ fn vsock_64mib_each_way() -> Result<(), Failed> {
     let init = format!("/vsock_probe stream 1024 {STREAM_BYTES}; echo \"probe-rc=$?\"\nreboot -f");
     let args = vsock_uds_args(&uds);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let vm = Vm::start(dir.path(), &init, &argv);
+    let vm = start_vm(dir.path(), &init, &argv);
     let result = (|| -> Result<(), Failed> {
         let mut s = connect_guest(&uds, 1024, Duration::from_secs(120))?;
         s.set_read_timeout(Some(Duration::from_secs(120)))?;
@@ -293,7 +232,7 @@ fn vsock_64mib_each_way() -> Result<(), Failed> {
 
 /// Ends a VM whose init ran the vsock probe: the host side's `result`, then
 /// a clean exit and the probe's own status, all with the serial output.
-fn probe_vm_done(vm: Vm, result: Result<(), Failed>) -> Result<(), Failed> {
+fn probe_vm_done(vm: SerialVm, result: Result<(), Failed>) -> Result<(), Failed> {
     let (code, out) = vm.finish(Duration::from_secs(120));
     result.map_err(|e| format!("{}; serial:\n{out}", e.message().unwrap_or("")))?;
     check(code == Some(0), || {
@@ -334,7 +273,7 @@ fn vsock_many_connections_and_guest_dial() -> Result<(), Failed> {
                 /vsock_probe echo 1025 116; echo \"probe-rc=$?\"\nreboot -f";
     let args = vsock_uds_args(&uds);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let vm = Vm::start(dir.path(), init, &argv);
+    let vm = start_vm(dir.path(), init, &argv);
     let result = (|| -> Result<(), Failed> {
         listener.set_nonblocking(true)?;
         let deadline = Instant::now() + Duration::from_secs(120);

@@ -16,10 +16,10 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vmtest::{Failed, Trial, check};
+use vmtest::{Failed, SerialVm, Trial, check, expect_field, field};
 
 const MAC0: &str = "02:68:75:6c:6c:01";
 const MAC1: &str = "02:68:75:6c:6c:02";
@@ -124,97 +124,41 @@ fn open_tap(name: &str) -> std::io::Result<File> {
 }
 
 /// A running hull-vmm in the namespace with the busybox initramfs.
-struct Vm {
-    child: Child,
-    serial: std::thread::JoinHandle<String>,
-}
-
-impl Vm {
-    fn start(ns: &Netns, dir: &Path, init: &str, tap_fd: RawFd) -> Vm {
-        let initrd = vmtest::busybox_initramfs(dir, init);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns.name])
-            .arg(vmtest::hull_vmm())
-            .arg("--kernel")
-            .arg(vmtest::kernel())
-            .arg("--initrd")
-            .arg(initrd)
-            .args(["--mem", "256"])
-            .args(["--net", &format!("tap=hnet0,mac={MAC0}")])
-            .args(["--net", &format!("fd={TAP_FD},mac={MAC1}")])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        // SAFETY: between fork and exec only dup2/fcntl, which are
-        // async-signal-safe; they give the child the tap at TAP_FD, open
-        // across exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let r = if tap_fd == TAP_FD {
-                    libc::fcntl(TAP_FD, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(tap_fd, TAP_FD)
-                };
-                if r < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("running hull-vmm through ip netns exec");
-        let mut out = child.stdout.take().expect("piped");
-        let serial = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = out.read_to_end(&mut s);
-            String::from_utf8_lossy(&s).into_owned()
+fn start_vm(ns: &Netns, dir: &Path, init: &str, tap_fd: RawFd) -> SerialVm {
+    let initrd = vmtest::busybox_initramfs(dir, init);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name])
+        .arg(vmtest::hull_vmm())
+        .arg("--kernel")
+        .arg(vmtest::kernel())
+        .arg("--initrd")
+        .arg(initrd)
+        .args(["--mem", "256"])
+        .args(["--net", &format!("tap=hnet0,mac={MAC0}")])
+        .args(["--net", &format!("fd={TAP_FD},mac={MAC1}")]);
+    // SAFETY: between fork and exec only dup2/fcntl, which are
+    // async-signal-safe; they give the child the tap at TAP_FD, open
+    // across exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = if tap_fd == TAP_FD {
+                libc::fcntl(TAP_FD, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(tap_fd, TAP_FD)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
         });
-        Vm { child, serial }
     }
-
-    /// Waits (at most `limit`) for the VM to end: its exit code and serial output.
-    fn finish(mut self, limit: Duration) -> (Option<i32>, String) {
-        let deadline = Instant::now() + limit;
-        let code = loop {
-            if let Some(s) = self.child.try_wait().expect("waiting for hull-vmm") {
-                break s.code();
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        (code, self.serial.join().unwrap_or_default())
-    }
+    SerialVm::spawn(cmd)
 }
 
-/// The value after `key=` on the serial output.
-fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
-    let tag = format!("{key}=");
-    out.lines()
-        .find_map(|l| l.trim().strip_prefix(tag.as_str()))
-        .map(str::trim)
-}
-
-fn expect_field(out: &str, key: &str, want: &str) -> Result<(), Failed> {
-    let got = field(out, key);
-    check(got == Some(want), || {
-        format!("{key}: expected {want:?}, got {got:?}; serial:\n{out}")
-    })
-}
-
-fn sha256_hex(data: &[u8], dir: &Path) -> String {
+fn sha256_of(data: &[u8], dir: &Path) -> String {
     let path = dir.join("sha-input");
     std::fs::write(&path, data).expect("writing a temp file");
-    let out = Command::new("sha256sum")
-        .arg(&path)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+    vmtest::sha256_hex(&path)
 }
 
 /// Waits for one connection on `l` (at most `limit`).
@@ -283,10 +227,10 @@ fn virtio_net_ping_and_tcp_both_ways() -> Result<(), Failed> {
 
     let mut down_data = vec![0u8; STREAM_BYTES];
     File::open("/dev/urandom")?.read_exact(&mut down_data)?;
-    let down_sha = sha256_hex(&down_data, dir.path());
+    let down_sha = sha256_of(&down_data, dir.path());
 
     let init = INIT.replace("BYTES", &STREAM_BYTES.to_string());
-    let vm = Vm::start(&ns, dir.path(), &init, tap1.as_raw_fd());
+    let vm = start_vm(&ns, dir.path(), &init, tap1.as_raw_fd());
     let host = std::thread::spawn(move || -> std::io::Result<(Vec<u8>, Duration, Duration)> {
         let limit = Duration::from_secs(300);
         let mut s = accept(&up_l, limit)?;
@@ -339,7 +283,7 @@ fn virtio_net_ping_and_tcp_both_ways() -> Result<(), Failed> {
             up.len()
         )
     })?;
-    expect_field(&out, "up-sha", &sha256_hex(&up, dir.path()))?;
+    expect_field(&out, "up-sha", &sha256_of(&up, dir.path()))?;
     expect_field(&out, "down-rc", "0")?;
     expect_field(&out, "down-bytes", &STREAM_BYTES.to_string())?;
     expect_field(&out, "down-sha", &down_sha)?;

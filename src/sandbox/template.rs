@@ -150,15 +150,32 @@ pub fn ensure(
         "making the microVM template for {} vCPU, {} MiB (once per kernel, agent and size)",
         inputs.vcpus, inputs.mem_mib
     ));
-    let tmp = root.join(format!("{}.tmp{}", inputs.key(), std::process::id()));
+    // Unique even among hosts sharing the cache (the lock does not reach
+    // across a 9p share, and pids repeat between hosts).
+    let tmp = root.join(format!("{}.tmp{}", inputs.key(), unique_suffix()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io("creating", &tmp))?;
-    let made = make(&tmp, inputs)
-        .and_then(|()| std::fs::rename(&tmp, &dir).map_err(io("renaming the template to", &dir)));
+    let made = make(&tmp, inputs).and_then(|()| match std::fs::rename(&tmp, &dir) {
+        // Another host made the same template meanwhile: use that one.
+        Err(_) if refusal(&dir, inputs).is_none() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(())
+        }
+        r => r.map_err(io("renaming the template to", &dir)),
+    });
     if made.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     made.map(|()| dir)
+}
+
+/// The pid and the clock's nanoseconds: a temporary name no other process
+/// picks, here or on another machine sharing the directory.
+fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{}-{nanos}", std::process::id())
 }
 
 /// The template's VM: no disks yet (empty slots), the agent told it is a

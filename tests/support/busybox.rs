@@ -1,7 +1,10 @@
 //! A busybox root filesystem for tests, from Debian's busybox-static.
 
+#![allow(dead_code)] // each test target uses its own subset
+
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// Where Debian's busybox-static installs its binary.
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -48,4 +51,16 @@ pub fn rootfs(dir: &Path) -> PathBuf {
     )
     .unwrap();
     dir.to_path_buf()
+}
+
+/// A [`rootfs`] built once per test binary, in a temp dir, for every trial
+/// that only reads it.
+pub fn shared_rootfs() -> &'static Path {
+    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let d = tempfile::tempdir().expect("tempdir");
+        rootfs(d.path());
+        d
+    })
+    .path()
 }

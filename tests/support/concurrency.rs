@@ -11,34 +11,21 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::Failed;
 
 #[path = "busybox.rs"]
 mod busybox;
+#[path = "hull_proc.rs"]
+mod hull_proc;
 
-/// The `hull` binary beside the test binary (target/PROFILE/hull).
-pub fn hull_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/PROFILE/deps/...")
-        .join("hull");
-    assert!(p.exists(), "{} is missing: cargo build", p.display());
-    p
-}
+#[allow(unused_imports)] // concurrency_vm builds the agent through it
+pub use hull_proc::{build_static_agent, hull_bin, processes_mentioning};
 
 fn rootfs() -> &'static Path {
-    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let d = tempfile::tempdir().expect("tempdir");
-        busybox::rootfs(d.path());
-        d
-    })
-    .path()
+    busybox::shared_rootfs()
 }
 
 /// One trial's world: a state dir and an admission dir of its own.
@@ -160,25 +147,9 @@ pub fn output(mut cmd: Command, limit: Duration) -> Result<Output, Failed> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting hull: {e}"))?;
-    let pid = child.id();
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = done.clone();
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if flag.load(std::sync::atomic::Ordering::SeqCst) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // SAFETY: kill(2) of the hull process this test started.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    });
-    let started = Instant::now();
-    let out = child.wait_with_output();
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let out = out.map_err(|e| format!("waiting for hull: {e}"))?;
-    check(started.elapsed() < limit, || {
+    let (out, hung) =
+        hull_proc::wait_within(child, limit).map_err(|e| format!("waiting for hull: {e}"))?;
+    check(!hung, || {
         format!(
             "hull hung: killed after {} s; {}",
             limit.as_secs(),
@@ -186,23 +157,6 @@ pub fn output(mut cmd: Command, limit: Duration) -> Result<Output, Failed> {
         )
     })?;
     Ok(out)
-}
-
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let pid = e.file_name().to_string_lossy().into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(needle) {
-                found.push(format!("{pid}: {cmd}"));
-            }
-        }
-    }
-    found
 }
 
 /// Directories `ns-<id>` for the short ids in `ids`, anywhere in the
@@ -393,4 +347,10 @@ pub fn clients_run_exec_rm(
         format!("containers left in ps: {last:?}")
     })?;
     w.check_nothing_left(&seen.into_inner().unwrap())
+}
+
+/// What the ns trials run besides `hull` (which cargo builds for every
+/// integration test): the static agent.
+pub fn build_runtime() {
+    hull_proc::build_static_agent();
 }

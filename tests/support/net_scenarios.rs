@@ -10,7 +10,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use libtest_mimic::{Failed, Trial};
 mod scenarios;
 
 pub use scenarios::build_runtime;
-use scenarios::busybox;
+use scenarios::{busybox, hull_bin, hull_proc};
 
 /// Set in the re-run of a trial inside its own network namespace.
 const INNER: &str = "HULL_NET_TEST_INNER";
@@ -34,15 +34,6 @@ const READY: Duration = Duration::from_secs(120);
 const PAGE: &str = "hello from hull\n";
 /// The test's "outside" address (a dummy interface in the trial's netns).
 const OUTSIDE: &str = "192.0.2.1";
-
-/// The `hull` binary beside the test binary (target/PROFILE/hull).
-pub fn hull_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/PROFILE/deps/...")
-        .join("hull")
-}
 
 /// A busybox rootfs with a page for httpd and a UDP echo server.
 fn rootfs() -> &'static Path {
@@ -82,24 +73,11 @@ impl std::fmt::Display for Out {
     }
 }
 
+/// Collects a child's output, killing it after `limit`.
 fn wait_output(child: Child, limit: Duration) -> Result<Output, Failed> {
-    let pid = child.id();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = done.clone();
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if flag.load(std::sync::atomic::Ordering::SeqCst) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // SAFETY: kill(2) of a process this test started.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    });
-    let out = child.wait_with_output();
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    Ok(out.map_err(|e| format!("waiting for a child: {e}"))?)
+    let (out, _) =
+        hull_proc::wait_within(child, limit).map_err(|e| format!("waiting for a child: {e}"))?;
+    Ok(out)
 }
 
 fn run(mut cmd: Command) -> Result<Out, Failed> {

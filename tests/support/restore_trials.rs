@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libtest_mimic::{Failed, Trial};
@@ -17,13 +16,7 @@ fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
 }
 
 fn rootfs() -> &'static Path {
-    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let d = tempfile::tempdir().expect("tempdir");
-        busybox::rootfs(d.path());
-        d
-    })
-    .path()
+    busybox::shared_rootfs()
 }
 
 /// A state dir, and optionally a cache dir (templates) of its own.

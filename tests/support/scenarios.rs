@@ -7,13 +7,16 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Failed, Trial};
 
 #[path = "busybox.rs"]
 pub mod busybox;
+#[path = "hull_proc.rs"]
+pub mod hull_proc;
+
+pub use hull_proc::{hull_bin, processes_mentioning};
 #[path = "volume_scenarios.rs"]
 pub mod volume_scenarios;
 
@@ -21,45 +24,16 @@ pub mod volume_scenarios;
 /// (a microVM boot under the emulated KVM host takes seconds).
 const HANG: Duration = Duration::from_secs(180);
 
-/// The `hull` binary beside the test binary (target/PROFILE/hull).
-pub fn hull_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/PROFILE/deps/...")
-        .join("hull");
-    assert!(p.exists(), "{} is missing: cargo build", p.display());
-    p
-}
-
 /// Builds what `hull run` needs besides `hull` itself: `hull-vmm` and the
 /// static agent (agent/build-static.sh).
 pub fn build_runtime() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(repo)
-        .args(["build", "--quiet", "-p", "hull-vmm", "-p", "hull"])
-        .status()
-        .expect("running cargo build");
-    assert!(status.success(), "cargo build of hull and hull-vmm failed");
-    let status = Command::new(repo.join("agent/build-static.sh"))
-        .stdout(Stdio::null())
-        .status()
-        .expect("running agent/build-static.sh");
-    assert!(status.success(), "agent/build-static.sh failed");
+    hull_proc::build_vmm();
+    hull_proc::build_static_agent();
 }
 
 /// The busybox rootfs every scenario runs, built once per test binary.
 fn rootfs() -> &'static Path {
-    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let d = tempfile::tempdir().expect("tempdir");
-        busybox::rootfs(d.path());
-        d
-    })
-    .path()
+    busybox::shared_rootfs()
 }
 
 /// One backend's view of the suite.
@@ -184,25 +158,9 @@ fn run_text(cmd: Command) -> Result<Out, Failed> {
 
 /// Collects a child's output, killing it (and failing) after `limit`.
 fn wait_output(child: Child, limit: Duration) -> Result<Output, Failed> {
-    let pid = child.id();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = done.clone();
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if flag.load(std::sync::atomic::Ordering::SeqCst) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // SAFETY: kill(2) of the hull process this test started.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    });
-    let started = Instant::now();
-    let out = child.wait_with_output();
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let out = out.map_err(|e| format!("waiting for hull: {e}"))?;
-    if started.elapsed() >= limit {
+    let (out, hung) =
+        hull_proc::wait_within(child, limit).map_err(|e| format!("waiting for hull: {e}"))?;
+    if hung {
         return Err(format!("hull hung: killed after {}s", limit.as_secs()).into());
     }
     Ok(out)
@@ -433,24 +391,6 @@ fn kept_until_rm(b: Backend) -> Result<(), Failed> {
     check(c.containers().is_empty(), || {
         format!("rm left state behind: {:?}", c.containers())
     })
-}
-
-/// Every process whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let pid = e.file_name().to_string_lossy().into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(needle) {
-                found.push(format!("{pid}: {cmd}"));
-            }
-        }
-    }
-    found
 }
 
 fn mounts() -> std::collections::BTreeSet<String> {
