@@ -214,11 +214,12 @@ fn origin_of(cfg: &VmConfig) -> Result<Origin, VmmError> {
 /// [`Vmm::run`].
 fn create_vcpus(vm: &Vm, count: u8, entry: u64) -> Result<Vec<Vcpu>, VmmError> {
     let base_cpuid = vm.supported_cpuid()?;
+    let tsc_deadline = vm.has_tsc_deadline_timer();
     let mut vcpus = Vec::with_capacity(usize::from(count));
     for id in 0..count {
         let fd = vm.create_vcpu(id)?;
         let mut cpuid = base_cpuid.clone();
-        cpuid::normalize(cpuid.as_mut_slice(), id, count);
+        cpuid::normalize(cpuid.as_mut_slice(), id, count, tsc_deadline);
         fd.set_cpuid2(&cpuid)
             .map_err(|source| VmmError::Cpuid { id, source })?;
         regs::setup(&fd, entry, id == 0)?;

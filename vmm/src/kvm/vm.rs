@@ -112,6 +112,12 @@ impl Vm {
             .map_err(kvm_err("reading the supported CPUID"))
     }
 
+    /// Whether KVM emulates the local APIC timer's TSC-deadline mode (the
+    /// guest learns it from CPUID, which KVM's supported set leaves clear).
+    pub fn has_tsc_deadline_timer(&self) -> bool {
+        self.kvm.check_extension(Cap::TscDeadlineTimer)
+    }
+
     /// The MSRs KVM saves and restores for a vCPU.
     pub fn msr_index_list(&self) -> Result<Vec<u32>, VmError> {
         self.kvm

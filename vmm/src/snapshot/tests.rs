@@ -59,6 +59,7 @@ fn state() -> SnapshotState {
         vcpus: vec![vcpu(0), vcpu(1)],
         serial: SerialState {
             ier: 2,
+            fcr: 1,
             lcr: 3,
             mcr: 8,
             scr: 0,

@@ -1,11 +1,27 @@
 //! CPUID for each vCPU: KVM's supported set, with topology that matches the
 //! MP table (one socket, one thread per core, APIC id = vCPU index), the
-//! hypervisor bit set, and power/PMU leaves a guest must not believe cleared.
+//! hypervisor bit set, power/PMU leaves a guest must not believe cleared, and
+//! the two timer bits that spare the guest a calibration at boot.
+//!
+//! Timer bits: KVM emulates the TSC-deadline mode of the local APIC timer
+//! (`KVM_CAP_TSC_DEADLINE_TIMER`) but leaves CPUID.1:ECX[24] clear in its
+//! supported set; without it Linux calibrates the APIC timer against the
+//! PIT at boot (`calibrate_APIC_clock`, about 100 ms of guest time with
+//! dozens of timer interrupts). CPUID.6:EAX[2] (ARAT, the APIC timer keeps
+//! running in idle) is the one bit of leaf 6 KVM reports; without it Linux
+//! marks the APIC timer as stopping in deep idle and keeps the PIT as a
+//! broadcast timer.
 
 use kvm_bindings::kvm_cpuid_entry2;
 
-/// Rewrites `entries` (from KVM_GET_SUPPORTED_CPUID) for vCPU `cpu` of `vcpus`.
-pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu: u8, vcpus: u8) {
+/// CPUID.1:ECX[24]: the local APIC timer has a TSC-deadline mode.
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// CPUID.6:EAX[2]: the APIC timer always runs (ARAT).
+const LEAF6_EAX_ARAT: u32 = 1 << 2;
+
+/// Rewrites `entries` (from KVM_GET_SUPPORTED_CPUID) for vCPU `cpu` of `vcpus`;
+/// `tsc_deadline` says KVM emulates the TSC-deadline timer.
+pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu: u8, vcpus: u8, tsc_deadline: bool) {
     let apic_id = u32::from(cpu);
     let n = u32::from(vcpus.max(1));
     // Bits of the APIC id that number the cores of the package.
@@ -15,6 +31,9 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu: u8, vcpus: u8) {
             0x1 => {
                 e.ebx = (e.ebx & 0xff) | (8 << 8) | (n << 16) | (apic_id << 24);
                 e.ecx |= 1 << 31; // running under a hypervisor
+                if tsc_deadline {
+                    e.ecx |= LEAF1_ECX_TSC_DEADLINE;
+                }
                 if n > 1 {
                     e.edx |= 1 << 28; // HTT: the logical count above is valid
                 } else {
@@ -28,8 +47,15 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu: u8, vcpus: u8) {
                 let sharing = if level >= 3 { n - 1 } else { 0 };
                 e.eax = (e.eax & 0x3fff) | (sharing << 14) | ((n - 1) << 26);
             }
-            0x6 | 0xa => {
-                // No thermal/power management, no architectural PMU.
+            0x6 => {
+                // No thermal/power management; only ARAT, if KVM has it.
+                e.eax &= LEAF6_EAX_ARAT;
+                e.ebx = 0;
+                e.ecx = 0;
+                e.edx = 0;
+            }
+            0xa => {
+                // No architectural PMU.
                 e.eax = 0;
                 e.ebx = 0;
                 e.ecx = 0;
@@ -83,7 +109,7 @@ mod tests {
     fn apic_ids_and_counts_per_vcpu() {
         for cpu in 0..4u8 {
             let mut es = vec![entry(1, 0), entry(0xb, 0), entry(0xb, 1), entry(0xb, 2)];
-            normalize(&mut es, cpu, 4);
+            normalize(&mut es, cpu, 4, true);
             let l1 = find(&es, 1, 0);
             assert_eq!(l1.ebx >> 24, u32::from(cpu));
             assert_eq!((l1.ebx >> 16) & 0xff, 4);
@@ -103,11 +129,23 @@ mod tests {
             entry(0xa, 0),
             entry(0x8000_0008, 0),
         ];
-        normalize(&mut es, 0, 1);
+        normalize(&mut es, 0, 1, false);
         assert_eq!(find(&es, 1, 0).edx & (1 << 28), 0);
-        assert_eq!(find(&es, 6, 0).eax, 0);
+        assert_eq!(find(&es, 6, 0).eax, LEAF6_EAX_ARAT, "only ARAT is kept");
+        assert_eq!(find(&es, 6, 0).ecx, 0);
+
         assert_eq!(find(&es, 0xa, 0).eax, 0);
         assert_eq!(find(&es, 0x8000_0008, 0).ecx & 0xff, 0);
+    }
+
+    #[test]
+    fn tsc_deadline_bit_follows_kvm_capability() {
+        for (cap, want) in [(true, LEAF1_ECX_TSC_DEADLINE), (false, 0)] {
+            let mut es = vec![entry(1, 0)];
+            es[0].ecx = 0;
+            normalize(&mut es, 0, 1, cap);
+            assert_eq!(es[0].ecx & LEAF1_ECX_TSC_DEADLINE, want);
+        }
     }
 
     #[test]
@@ -115,7 +153,7 @@ mod tests {
         let mut es = vec![entry(4, 0), entry(4, 3)];
         es[0].eax = 1 << 5; // L1
         es[1].eax = 3 << 5; // L3
-        normalize(&mut es, 0, 8);
+        normalize(&mut es, 0, 8, true);
         assert_eq!((es[0].eax >> 14) & 0xfff, 0);
         assert_eq!((es[1].eax >> 14) & 0xfff, 7);
         assert_eq!(es[1].eax >> 26, 7);
