@@ -213,6 +213,7 @@ pub fn adopt_engine_link() -> Result<Option<(OwnedFd, String, Interface)>, LinkE
         gateway: link.gateway,
         // The engine's IPv6 addresses are not adopted yet (IPv4 only).
         ipv6: None,
+        mac: Some(mac.clone()),
     };
     Ok(Some((tap, mac, interface)))
 }
@@ -411,6 +412,7 @@ pub fn prepare(
             prefix_len: s.prefix_len,
             gateway: network.gateway6.filter(|_| !network.internal),
         }),
+        mac: Some(mac_text.clone()),
     });
     Ok(Prepared {
         netns: Some(netns),

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use hull_agent::protocol::{Mount, MountKind, VmSetup};
-use hull_vmm::config::{DiskConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::config::{
+    DiskConfig, FsConfig, MacAddr, NetConfig, SerialOutput, VmConfig, VsockConfig,
+};
 
 use hull_agent::protocol::RootDisks;
 
@@ -63,27 +65,38 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     if std::env::var_os("HULL_AGENT_DEBUG").is_some() {
         words.push("HULL_AGENT_DEBUG=1".to_string());
     }
+    // What a template is booted with (the setup reaches a restored guest
+    // in its main Start).
+    let template_cmdline = words.join(" ");
     if setup != VmSetup::default() {
         words.push(setup.to_cmdline_word());
     }
     config.cmdline = words.join(" ");
     let mut warnings = Vec::new();
     let mut cmd = Command::new(&vmm);
-    let restored = match restore_from(spec, &vmm, &config, &setup, &cache) {
-        Ok(Some(t)) => {
+    let mut cold_reason = None;
+    match restore_from(spec, &vmm, &config, &template_cmdline, &cache) {
+        Ok(Restore::From(t)) => {
             cmd.arg("--restore").arg(&t);
             config.disk_slots = template::DISK_SLOTS;
-            Some(RootDisks {
-                layers: spec.layers.len() as u32,
-                upper: spec.upper.is_some(),
-            })
+            // The device keeps the template's MAC; the agent gives eth0
+            // the container's (NetworkSetup's interface).
+            for n in &mut config.nets {
+                n.mac = Some(MacAddr(template::TEMPLATE_MAC));
+            }
         }
-        Ok(None) => None,
+        Ok(Restore::Cold(why)) => cold_reason = Some(why),
         Err(e) => {
-            warnings.push(format!("{}: cold-booting instead", crate::error::chain(&e)));
-            None
+            let why = format!("{}: cold-booting instead", crate::error::chain(&e));
+            warnings.push(why.clone());
+            cold_reason = Some(why);
         }
     };
+    let restored = cold_reason.is_none().then(|| RootDisks {
+        layers: layers.len() as u32,
+        upper: spec.upper.is_some(),
+        setup: setup.clone(),
+    });
     let config_path = spec.dir.join(VM_CONFIG_FILE);
     let log = spec.dir.join("vmm.log");
     let logf = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
@@ -139,6 +152,7 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         userns_owner,
         warnings,
         restored,
+        cold_reason,
     })
 }
 
@@ -189,29 +203,44 @@ fn shares(spec: &Spec<'_>) -> Result<(Vec<FsConfig>, VmSetup), SandboxError> {
     Ok((shares, setup))
 }
 
-/// The template this VM restores, made first if need be; None when it
-/// cold-boots: asked to, or for what a template cannot hold yet (a network
-/// device, which a template would need a tap for; virtio-fs shares, tmpfs
-/// mounts or a read-only root, which the agent learns from the command line
-/// at boot).
+/// Whether a microVM restores a template or boots.
+enum Restore {
+    /// The template's directory.
+    From(PathBuf),
+    /// Cold boot, and why.
+    Cold(String),
+}
+
+/// The template this VM restores, made first if need be, or why it
+/// cold-boots: asked to, or for what a template cannot hold yet (virtio-fs
+/// shares: a template's devices are fixed when it boots).
 fn restore_from(
     spec: &Spec<'_>,
     vmm: &Path,
     config: &VmConfig,
-    setup: &VmSetup,
+    cmdline: &str,
     cache: &Path,
-) -> Result<Option<PathBuf>, SandboxError> {
-    if spec.cold_boot
-        || template::cold_boot_by_env()
-        || !config.nets.is_empty()
-        || !config.fs.is_empty()
-        || *setup != VmSetup::default()
-        || config.disks.len() > template::DISK_SLOTS
-    {
-        return Ok(None);
+) -> Result<Restore, SandboxError> {
+    let cold = |why: &str| Ok(Restore::Cold(why.to_string()));
+    if spec.cold_boot {
+        return cold("--cold-boot");
+    }
+    if template::cold_boot_by_env() {
+        return cold(&format!("{}=1", template::COLD_BOOT_ENV));
+    }
+    if !config.fs.is_empty() {
+        return cold(
+            "virtio-fs shares (volumes, bind mounts, a host directory root) are not in templates yet",
+        );
+    }
+    if config.nets.len() > 1 {
+        return cold("more than one network device");
+    }
+    if config.disks.len() > template::DISK_SLOTS {
+        return cold("more disks than a template's slots");
     }
     let Some(initrd) = config.initrd.as_deref() else {
-        return Ok(None);
+        return cold("no initrd");
     };
     let inputs = template::Inputs {
         vmm,
@@ -220,9 +249,14 @@ fn restore_from(
         vcpus: config.vcpus,
         mem_mib: config.mem_mib,
         huge_pages: config.huge_pages,
-        cmdline: &config.cmdline,
+        cmdline,
+        net: !config.nets.is_empty(),
     };
-    Ok(Some(template::ensure(cache, &inputs, spec.progress)?))
+    Ok(Restore::From(template::ensure(
+        cache,
+        &inputs,
+        spec.progress,
+    )?))
 }
 
 /// The VM for `spec`: its kernel and initrd, vCPUs and memory, `disks`
