@@ -21,6 +21,12 @@ use crate::sys;
 /// Empty disk slots every template declares: as many disks as a cold-booted
 /// microVM may have (the layers and the writable upper together).
 pub const DISK_SLOTS: usize = MAX_DISKS;
+/// Empty virtio-fs slots of a template for containers with shares
+/// (volumes, bind mounts, a host-directory root), which then has
+/// [`DISK_SLOTS_WITH_FS`] disk slots: the IOAPIC's 19 pins for virtio
+/// devices hold 12 disks, 4 shares, rng, vsock and a network device.
+pub const FS_SLOTS: usize = 4;
+pub const DISK_SLOTS_WITH_FS: usize = DISK_SLOTS - FS_SLOTS;
 /// Set to 1, runs cold-boot every microVM (as `hull run --cold-boot`).
 pub const COLD_BOOT_ENV: &str = "HULL_COLD_BOOT";
 /// How long making a template may take (a cold boot in an emulated host
@@ -71,6 +77,9 @@ pub struct Inputs<'a> {
     pub cmdline: &'a str,
     /// A virtio-net device (for containers on a network).
     pub net: bool,
+    /// Empty virtio-fs slots (0, or [`FS_SLOTS`] for containers with
+    /// shares; fewer disk slots then).
+    pub fs_slots: usize,
 }
 
 impl Inputs<'_> {
@@ -95,11 +104,26 @@ impl Inputs<'_> {
             h.update([0]);
         }
         h.update(format!(
-            "{}:{}:{}:{}:{}:{}",
-            self.vcpus, self.mem_mib, self.huge_pages, DISK_SLOTS, self.net, self.cmdline
+            "{}:{}:{}:{}:{}:{}:{}",
+            self.vcpus,
+            self.mem_mib,
+            self.huge_pages,
+            self.disk_slots(),
+            self.fs_slots,
+            self.net,
+            self.cmdline
         ));
         let d = h.finalize();
         d[..12].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The template's empty disk slots.
+    pub fn disk_slots(&self) -> usize {
+        if self.fs_slots > 0 {
+            DISK_SLOTS_WITH_FS
+        } else {
+            DISK_SLOTS
+        }
     }
 
     fn expected(&self) -> Expected {
@@ -266,7 +290,8 @@ fn template_config(dir: &Path, uds: &Path, inputs: &Inputs<'_>) -> VmConfig {
     c.serial = SerialOutput::File(dir.join("console.log"));
     c.boot_timer = true;
     c.rng = true;
-    c.disk_slots = DISK_SLOTS;
+    c.disk_slots = inputs.disk_slots();
+    c.fs_slots = inputs.fs_slots;
     c.vsock = Some(VsockConfig {
         cid: GUEST_CID,
         uds: uds.to_path_buf(),
@@ -355,6 +380,7 @@ mod tests {
             huge_pages: true,
             cmdline: "",
             net: false,
+            fs_slots: 0,
         }
     }
 
@@ -426,6 +452,19 @@ mod tests {
         assert_eq!(c.nets.len(), 1);
         assert_eq!(c.nets[0].tap.as_deref(), Some(TEMPLATE_TAP));
         assert_eq!(c.nets[0].mac, Some(MacAddr(TEMPLATE_MAC)));
+        // One for containers with shares: empty fs slots, fewer disk slots.
+        let c = template_config(
+            t.path(),
+            &t.path().join("v.sock"),
+            &Inputs {
+                net: true,
+                fs_slots: FS_SLOTS,
+                ..inputs(&f)
+            },
+        );
+        c.validate().unwrap();
+        assert_eq!((c.fs.len(), c.fs_devices()), (0, FS_SLOTS));
+        assert_eq!(c.block_devices(), DISK_SLOTS_WITH_FS);
     }
 
     /// Old templates go and the most recently used stay, and so does one

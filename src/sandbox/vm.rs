@@ -25,7 +25,7 @@ pub const VM_CONFIG_FILE: &str = "vmm.json";
 const UPPER_DISK_ID: &str = "upper";
 
 pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
-    let (shares, setup) = shares(spec)?;
+    let (shares, mut setup) = shares(spec)?;
     let kernel = match spec.kernel.clone().or_else(paths::chosen_kernel) {
         // Named by the user: say which file is missing.
         Some(k) if !k.is_file() => return Err(SandboxError::KernelNotFound(k)),
@@ -76,9 +76,13 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     let mut cmd = Command::new(&vmm);
     let mut cold_reason = None;
     match restore_from(spec, &vmm, &config, &template_cmdline, &cache) {
-        Ok(Restore::From(t)) => {
+        Ok(Restore::From(t, slots)) => {
             cmd.arg("--restore").arg(&t);
-            config.disk_slots = template::DISK_SLOTS;
+            config.disk_slots = slots.disks;
+            if slots.fs > 0 {
+                config.fs_slots = slots.fs;
+                to_fs_slots(&mut config.fs, &mut setup);
+            }
             // The device keeps the template's MAC; the agent gives eth0
             // the container's (NetworkSetup's interface).
             for n in &mut config.nets {
@@ -205,15 +209,40 @@ fn shares(spec: &Spec<'_>) -> Result<(Vec<FsConfig>, VmSetup), SandboxError> {
 
 /// Whether a microVM restores a template or boots.
 enum Restore {
-    /// The template's directory.
-    From(PathBuf),
+    /// The template's directory, and its empty slots.
+    From(PathBuf, Slots),
     /// Cold boot, and why.
     Cold(String),
 }
 
+/// A template's empty slots.
+struct Slots {
+    disks: usize,
+    fs: usize,
+}
+
+/// Gives the shares the tags of the template's fs slots (the guest probed
+/// those tags when the template booted), and the agent's mounts with them.
+fn to_fs_slots(shares: &mut [FsConfig], setup: &mut VmSetup) {
+    for (i, f) in shares.iter_mut().enumerate() {
+        let slot = hull_vmm::config::fs_slot_tag(i);
+        if setup.root_tag.as_ref() == Some(&f.tag) {
+            setup.root_tag = Some(slot.clone());
+        }
+        for m in &mut setup.mounts {
+            if let MountKind::Virtiofs { tag } = &mut m.kind {
+                if *tag == f.tag {
+                    *tag = slot.clone();
+                }
+            }
+        }
+        f.tag = slot;
+    }
+}
+
 /// The template this VM restores, made first if need be, or why it
-/// cold-boots: asked to, or for what a template cannot hold yet (virtio-fs
-/// shares: a template's devices are fixed when it boots).
+/// cold-boots: asked to, or for what a template cannot hold (more shares
+/// or disks than its slots, more than one network device).
 fn restore_from(
     spec: &Spec<'_>,
     vmm: &Path,
@@ -228,17 +257,21 @@ fn restore_from(
     if template::cold_boot_by_env() {
         return cold(&format!("{}=1", template::COLD_BOOT_ENV));
     }
-    if !config.fs.is_empty() {
-        return cold(
-            "virtio-fs shares (volumes, bind mounts, a host directory root) are not in templates yet",
-        );
+    if config.fs.len() > template::FS_SLOTS {
+        return cold(&format!(
+            "{} shared directories, more than a template's {} fs slots",
+            config.fs.len(),
+            template::FS_SLOTS
+        ));
     }
     if config.nets.len() > 1 {
         return cold("more than one network device");
     }
-    if config.disks.len() > template::DISK_SLOTS {
-        return cold("more disks than a template's slots");
-    }
+    let fs_slots = if config.fs.is_empty() {
+        0
+    } else {
+        template::FS_SLOTS
+    };
     let Some(initrd) = config.initrd.as_deref() else {
         return cold("no initrd");
     };
@@ -251,12 +284,21 @@ fn restore_from(
         huge_pages: config.huge_pages,
         cmdline,
         net: !config.nets.is_empty(),
+        fs_slots,
     };
-    Ok(Restore::From(template::ensure(
-        cache,
-        &inputs,
-        spec.progress,
-    )?))
+    if config.disks.len() > inputs.disk_slots() {
+        return cold(&format!(
+            "{} disks, more than a template's {} disk slots",
+            config.disks.len(),
+            inputs.disk_slots()
+        ));
+    }
+    let slots = Slots {
+        disks: inputs.disk_slots(),
+        fs: fs_slots,
+    };
+    let dir = template::ensure(cache, &inputs, spec.progress)?;
+    Ok(Restore::From(dir, slots))
 }
 
 /// The VM for `spec`: its kernel and initrd, vCPUs and memory, `disks`
@@ -448,6 +490,19 @@ mod tests {
             }
         );
         assert!(matches!(setup.mounts[1].kind, MountKind::Tmpfs { .. }));
+        // Restored: the shares take the template's fs slots' tags, and the
+        // agent mounts those.
+        let (mut fs, mut setup) = (fs, setup);
+        to_fs_slots(&mut fs, &mut setup);
+        let tags: Vec<_> = fs.iter().map(|f| f.tag.as_str()).collect();
+        assert_eq!(tags, ["hullfs0", "hullfs1"]);
+        assert_eq!(setup.root_tag.as_deref(), Some("hullfs0"));
+        assert_eq!(
+            setup.mounts[0].kind,
+            MountKind::Virtiofs {
+                tag: "hullfs1".into()
+            }
+        );
         let file = t.path().join("f");
         std::fs::write(&file, "").unwrap();
         let spec = Spec {

@@ -333,7 +333,7 @@ pub(crate) fn attach_virtio(
         + usize::from(cfg.rng)
         + usize::from(cfg.vsock.is_some())
         + cfg.nets.len()
-        + cfg.fs.len();
+        + cfg.fs_devices();
     if let Some(saved) = saved.filter(|s| s.len() != count) {
         return Err(VmmError::DeviceCount {
             saved: saved.len(),
@@ -374,6 +374,10 @@ pub(crate) fn attach_virtio(
     }
     for f in &cfg.fs {
         let dev = Fs::new(&f.tag, &f.path, f.read_only, &event_loop)?;
+        add(Arc::new(Mutex::new(dev)))?;
+    }
+    for i in cfg.fs.len()..cfg.fs_slots {
+        let dev = Fs::empty(&crate::config::fs_slot_tag(i), &event_loop)?;
         add(Arc::new(Mutex::new(dev)))?;
     }
     Ok(Some(dm))
