@@ -244,7 +244,7 @@ pub fn prune(root: &Path, keep: usize, grace: Duration) -> Vec<String> {
             .unwrap_or(std::time::UNIX_EPOCH);
         templates.push((used, name, path));
     }
-    templates.sort_by(|a, b| b.0.cmp(&a.0));
+    templates.sort_by_key(|t| std::cmp::Reverse(t.0));
     let now = std::time::SystemTime::now();
     for (used, name, path) in templates.into_iter().skip(keep) {
         if now.duration_since(used).unwrap_or_default() < grace {
