@@ -257,12 +257,6 @@ fn restore_from(
     if template::cold_boot_by_env() {
         return cold(&format!("{}=1", template::COLD_BOOT_ENV));
     }
-    if matches!(spec.rootfs, RootFs::HostDir(_)) {
-        // run_vm's host_dir_root saw a restored VMM with its root in an fs
-        // slot killed by its seccomp filter (openat); until that is found,
-        // a host-directory root (hull-runtime's bundles) cold-boots.
-        return cold("a host-directory root is not restored yet");
-    }
     if config.fs.len() > template::FS_SLOTS {
         return cold(&format!(
             "{} shared directories, more than a template's {} fs slots",
