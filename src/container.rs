@@ -394,6 +394,7 @@ impl Container {
         self.state.status = Status::Running;
         self.state.sandbox = ProcessId::of(sandbox.pid() as i32);
         self.state.boot = sandbox.boot();
+        self.state.boot_reason = sandbox.cold_boot_reason().map(str::to_string);
         self.state.monitor = ProcessId::of(std::process::id() as i32);
         // On an error the sandbox is dropped: killed and cleaned up.
         if let Err(e) = self.states.save(&self.state) {

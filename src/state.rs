@@ -76,6 +76,9 @@ pub struct ContainerState {
     /// How its microVM started: `restore` (from a template) or `cold`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<crate::sandbox::Boot>,
+    /// Why a microVM cold-booted (`--cold-boot`, or what no template holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_reason: Option<String>,
     pub exit_code: Option<i32>,
     /// Why the container ended, when it is not simply its process exiting.
     pub exit_reason: Option<String>,
@@ -101,6 +104,7 @@ impl ContainerState {
             status: Status::Created,
             sandbox: None,
             boot: None,
+            boot_reason: None,
             monitor: None,
             id_map: None,
             exit_code: None,

@@ -171,6 +171,22 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Starts `cmd`'s process in a network namespace of its own (empty but for
+/// a down `lo`; it ends with the last process in it).
+pub fn in_new_netns(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and calls only
+    // unshare(2), which is async-signal-safe and takes no pointers.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Lets the child of `cmd` start with no signal blocked (hull blocks the
 /// stop signals for itself; a daemon it starts, such as a network's
 /// dnsmasq, must still obey SIGTERM and SIGHUP).

@@ -16,6 +16,12 @@ pub fn apply(net: &NetworkSetup, root: &Path) -> Result<(), String> {
     let _ = sys::link_up("lo");
     if let Some(i) = &net.interface {
         let name = &i.name;
+        if let Some(mac) = &i.mac {
+            // A guest restored from a template has the template's MAC.
+            let bytes = parse_mac(mac)
+                .ok_or_else(|| format!("the MAC {mac:?} is not aa:bb:cc:dd:ee:ff"))?;
+            sys::set_mac(name, bytes).map_err(|e| format!("setting the MAC of {name}: {e}"))?;
+        }
         sys::set_mtu(name, i.mtu).map_err(|e| format!("setting the MTU of {name}: {e}"))?;
         sys::set_ipv4(name, i.address, i.prefix_len)
             .map_err(|e| format!("setting the address of {name}: {e}"))?;
@@ -49,4 +55,40 @@ pub fn apply(net: &NetworkSetup, root: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_mac;
+
+    #[test]
+    fn macs_parse_and_anything_else_is_refused() {
+        assert_eq!(
+            parse_mac("02:42:ac:11:00:0a"),
+            Some([0x02, 0x42, 0xac, 0x11, 0x00, 0x0a])
+        );
+        for bad in [
+            "",
+            "02:42:ac:11:00",
+            "02:42:ac:11:00:0a:01",
+            "2:42:ac:11:00:0a",
+            "zz:42:ac:11:00:0a",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+    }
 }

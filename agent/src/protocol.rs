@@ -240,11 +240,12 @@ pub enum MountKind {
     Virtiofs { tag: String },
 }
 
-/// What hull tells a microVM's agent about its root and its mounts before
-/// anything connects: on the kernel command line, as the environment
-/// variable [`VM_SETUP_ENV`] holding this JSON in hex (the kernel passes
-/// unknown `KEY=VALUE` words to init's environment; hex has no character
-/// the command line would split or quote).
+/// What hull tells a microVM's agent about its root and its mounts: at a
+/// cold boot before anything connects, on the kernel command line, as the
+/// environment variable [`VM_SETUP_ENV`] holding this JSON in hex (the
+/// kernel passes unknown `KEY=VALUE` words to init's environment; hex has
+/// no character the command line would split or quote); to a guest
+/// restored from a template, in the main Start's [`RootDisks`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmSetup {
@@ -432,10 +433,15 @@ pub fn capability_number(name: &str) -> Option<u32> {
 /// What a template's empty disk slots hold after a restore: disks with
 /// serials `layer0`.. (bottom first) and, with `upper`, the writable disk
 /// with serial `upper`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootDisks {
     pub layers: u32,
     pub upper: bool,
+    /// The root's mounts and flags, which a cold-booted guest reads from
+    /// its command line ([`VM_SETUP_ENV`]): a template's was booted
+    /// without them.
+    #[serde(default)]
+    pub setup: VmSetup,
 }
 
 /// The kernel command line word (passed to init's environment) that boots
@@ -520,6 +526,10 @@ pub struct Interface {
     /// On a dual-stack network, the IPv6 address and route too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<Interface6>,
+    /// The MAC address the interface takes (`aa:bb:cc:dd:ee:ff`): a guest
+    /// restored from a template has the template's until it is told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// An interface's IPv6 address, prefix and default route.

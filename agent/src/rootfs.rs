@@ -165,7 +165,7 @@ fn vm_setup_request() -> Result<VmSetup, String> {
 /// share), the user's mounts in it, switch into the result.
 pub fn vm_setup() -> Result<(), String> {
     vm_base()?;
-    vm_root()
+    vm_root(&vm_setup_request()?)
 }
 
 /// The guest's own /proc, /sys, /dev and /run (before any disk).
@@ -223,7 +223,7 @@ pub fn vm_root_after_restore(
             layers.len() == disks.layers as usize && layers.iter().all(|d| sectors(d) > 0);
         let upper_ok = !disks.upper || upper.as_deref().is_some_and(|d| sectors(d) > 0);
         if layers_ok && upper_ok {
-            return vm_root();
+            return vm_root(&disks.setup);
         }
         if std::time::Instant::now() > deadline {
             return Err(format!(
@@ -243,8 +243,7 @@ pub fn vm_root_after_restore(
 
 /// Mounts the root (the layer disks stacked, or a virtio-fs share), the
 /// user's mounts in it, and switches into the result.
-fn vm_root() -> Result<(), String> {
-    let setup = vm_setup_request()?;
+fn vm_root(setup: &VmSetup) -> Result<(), String> {
     let root = "/run/hull/root";
     match &setup.root_tag {
         Some(tag) => {

@@ -633,6 +633,22 @@ pub fn link_up(name: &str) -> io::Result<()> {
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) })
 }
 
+/// Gives the Ethernet interface `name` the hardware address `mac` (as `ip
+/// link set address`; virtio-net takes it while up).
+pub fn set_mac(name: &str, mac: [u8; 6]) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let mut req = ifreq(name)?;
+    // SAFETY: sockaddr is plain data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr = unsafe { std::mem::zeroed() };
+    addr.sa_family = libc::ARPHRD_ETHER;
+    for (d, s) in addr.sa_data.iter_mut().zip(mac) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_hwaddr = addr;
+    // SAFETY: SIOCSIFHWADDR reads `req`, valid for the call.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFHWADDR, &req) })
+}
+
 /// Sets the MTU of interface `name`.
 pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
     let sock = inet_socket()?;

@@ -220,6 +220,7 @@ pub fn adopt_engine_link() -> Result<Option<(OwnedFd, String, Interface)>, LinkE
             prefix_len: v6.prefix_len,
             gateway: v6.gateway,
         }),
+        mac: Some(mac.clone()),
     };
     Ok(Some((tap, mac, interface)))
 }
@@ -425,6 +426,7 @@ pub fn prepare(
             prefix_len: s.prefix_len,
             gateway: network.gateway6.filter(|_| !network.internal),
         }),
+        mac: Some(mac_text.clone()),
     });
     Ok(Prepared {
         netns: Some(netns),

@@ -267,6 +267,8 @@ pub struct Sandbox {
     warnings: Vec<String>,
     /// Restored from a template (vm): the disks its slots were given.
     restored: Option<hull_agent::protocol::RootDisks>,
+    /// Why a microVM cold-booted.
+    cold_reason: Option<String>,
 }
 
 /// The guest CID hull gives every VM (each VM has its own vsock device).
@@ -295,7 +297,7 @@ impl Sandbox {
 
     /// How the microVM started (None: not a microVM).
     pub fn boot(&self) -> Option<Boot> {
-        match (self.isolation, self.restored) {
+        match (self.isolation, &self.restored) {
             (Isolation::Ns, _) => None,
             (Isolation::Vm, Some(_)) => Some(Boot::Restore),
             (Isolation::Vm, None) => Some(Boot::Cold),
@@ -304,7 +306,12 @@ impl Sandbox {
 
     /// The disks a restored microVM's agent mounts (its main Start says so).
     pub fn restored_disks(&self) -> Option<hull_agent::protocol::RootDisks> {
-        self.restored
+        self.restored.clone()
+    }
+
+    /// Why the microVM cold-booted (None: restored, or not a microVM).
+    pub fn cold_boot_reason(&self) -> Option<&str> {
+        self.cold_reason.as_deref()
     }
 
     /// The process that holds the sandbox (VMM, or the agent's parent).

@@ -126,5 +126,6 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         userns_owner,
         warnings,
         restored: None,
+        cold_reason: None,
     })
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hull_vmm::config::{MAX_DISKS, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::config::{MAX_DISKS, MacAddr, NetConfig, SerialOutput, VmConfig, VsockConfig};
 use hull_vmm::snapshot::{Expected, Snapshot};
 use sha2::{Digest, Sha256};
 
@@ -21,13 +21,31 @@ use crate::sys;
 /// Empty disk slots every template declares: as many disks as a cold-booted
 /// microVM may have (the layers and the writable upper together).
 pub const DISK_SLOTS: usize = MAX_DISKS;
+/// Empty virtio-fs slots of a template for containers with shares
+/// (volumes, bind mounts, a host-directory root), which then has
+/// [`DISK_SLOTS_WITH_FS`] disk slots: the IOAPIC's 19 pins for virtio
+/// devices hold 12 disks, 4 shares, rng, vsock and a network device.
+pub const FS_SLOTS: usize = 4;
+pub const DISK_SLOTS_WITH_FS: usize = DISK_SLOTS - FS_SLOTS;
 /// Set to 1, runs cold-boot every microVM (as `hull run --cold-boot`).
 pub const COLD_BOOT_ENV: &str = "HULL_COLD_BOOT";
 /// How long making a template may take (a cold boot in an emulated host
 /// takes seconds; a stuck guest must not hold the lock forever).
 const MAKE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Bumped when what a template holds changes in a way its inputs do not show.
-const FORMAT: &str = "hull-template 1";
+const FORMAT: &str = "hull-template 2";
+/// The MAC of a networked template's virtio-net device. A restored clone
+/// keeps it in the device (a restore must show the guest the device it
+/// saw) and its agent gives eth0 the container's MAC.
+pub const TEMPLATE_MAC: [u8; 6] = [0x02, 0x68, 0x75, 0x6c, 0x6c, 0x00];
+/// The tap a networked template is made with, in a network namespace of
+/// its own that ends with the template's VMM (no frame ever crosses it).
+const TEMPLATE_TAP: &str = "hulltpl0";
+/// Templates kept under the cache dir when one is made: the most recently
+/// used (a template is touched at each use), and any used in the last
+/// [`PRUNE_GRACE`] besides (a run may be about to restore it).
+pub const KEEP_TEMPLATES: usize = 8;
+const PRUNE_GRACE: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
@@ -57,6 +75,11 @@ pub struct Inputs<'a> {
     pub huge_pages: bool,
     /// Appended to hull-vmm's default command line (the guest keeps it).
     pub cmdline: &'a str,
+    /// A virtio-net device (for containers on a network).
+    pub net: bool,
+    /// Empty virtio-fs slots (0, or [`FS_SLOTS`] for containers with
+    /// shares; fewer disk slots then).
+    pub fs_slots: usize,
 }
 
 impl Inputs<'_> {
@@ -81,11 +104,26 @@ impl Inputs<'_> {
             h.update([0]);
         }
         h.update(format!(
-            "{}:{}:{}:{}:{}",
-            self.vcpus, self.mem_mib, self.huge_pages, DISK_SLOTS, self.cmdline
+            "{}:{}:{}:{}:{}:{}:{}",
+            self.vcpus,
+            self.mem_mib,
+            self.huge_pages,
+            self.disk_slots(),
+            self.fs_slots,
+            self.net,
+            self.cmdline
         ));
         let d = h.finalize();
         d[..12].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The template's empty disk slots.
+    pub fn disk_slots(&self) -> usize {
+        if self.fs_slots > 0 {
+            DISK_SLOTS_WITH_FS
+        } else {
+            DISK_SLOTS
+        }
     }
 
     fn expected(&self) -> Expected {
@@ -122,6 +160,7 @@ pub fn ensure(
     let root = cache.join("templates");
     let dir = root.join(inputs.key());
     if dir.exists() && refusal(&dir, inputs).is_none() {
+        touch(&dir);
         return Ok(dir);
     }
     std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
@@ -166,6 +205,10 @@ pub fn ensure(
     if made.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
+    drop(lock);
+    if made.is_ok() {
+        prune(&root, KEEP_TEMPLATES, PRUNE_GRACE);
+    }
     made.map(|()| dir)
 }
 
@@ -176,6 +219,76 @@ fn unique_suffix() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     format!("{}-{nanos}", std::process::id())
+}
+
+/// Marks the template in `dir` as used now (its modification time).
+fn touch(dir: &Path) {
+    let now = std::fs::FileTimes::new().set_modified(std::time::SystemTime::now());
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.set_times(now);
+    }
+}
+
+/// Removes the templates under `root` past the `keep` most recently used
+/// (templates of older kernels, agents, hull-vmm binaries or sizes), but
+/// none used within `grace`; and what failed makings left behind (a
+/// `KEY.tmpPID-NANOS` whose process is gone here and that is older than
+/// `grace`: a machine sharing the cache directory may be making it, under a
+/// pid this one does not have). A template someone holds the lock of (being
+/// made again) is left alone. Returns the names removed.
+pub fn prune(root: &Path, keep: usize, grace: Duration) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let now = std::time::SystemTime::now();
+    let mut templates = Vec::new();
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        let used = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let idle = now.duration_since(used).unwrap_or_default() >= grace;
+        if let Some((_, suffix)) = name.split_once(".tmp") {
+            let pid = suffix.split('-').next().unwrap_or_default();
+            let gone = pid.parse::<i32>().is_ok_and(
+                |p| matches!(sys::kill(p, 0), Err(e) if e.raw_os_error() == Some(libc::ESRCH)),
+            );
+            if gone && idle && std::fs::remove_dir_all(&path).is_ok() {
+                removed.push(name);
+            }
+            continue;
+        }
+        if name.contains('.') || !path.is_dir() {
+            continue;
+        }
+        templates.push((used, name, path));
+    }
+    templates.sort_by_key(|t| std::cmp::Reverse(t.0));
+    for (used, name, path) in templates.into_iter().skip(keep) {
+        if now.duration_since(used).unwrap_or_default() < grace {
+            continue;
+        }
+        let lock_path = root.join(format!("{name}.lock"));
+        let Ok(lock) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+        else {
+            continue;
+        };
+        if !matches!(sys::try_lock_exclusive(&lock), Ok(true)) {
+            continue;
+        }
+        if std::fs::remove_dir_all(&path).is_ok() {
+            let _ = std::fs::remove_file(&lock_path);
+            removed.push(name);
+        }
+    }
+    removed
 }
 
 /// The template's VM: no disks yet (empty slots), the agent told it is a
@@ -198,11 +311,19 @@ fn template_config(dir: &Path, uds: &Path, inputs: &Inputs<'_>) -> VmConfig {
     c.serial = SerialOutput::File(dir.join("console.log"));
     c.boot_timer = true;
     c.rng = true;
-    c.disk_slots = DISK_SLOTS;
+    c.disk_slots = inputs.disk_slots();
+    c.fs_slots = inputs.fs_slots;
     c.vsock = Some(VsockConfig {
         cid: GUEST_CID,
         uds: uds.to_path_buf(),
     });
+    if inputs.net {
+        c.nets = vec![NetConfig {
+            tap: Some(TEMPLATE_TAP.into()),
+            fd: None,
+            mac: Some(MacAddr(TEMPLATE_MAC)),
+        }];
+    }
     c.snapshot_at_ready = Some(dir.to_path_buf());
     c
 }
@@ -228,6 +349,10 @@ fn make_with(dir: &Path, uds: &Path, inputs: &Inputs<'_>) -> Result<(), Template
         .stdout(Stdio::null())
         .stderr(logf);
     sys::die_with_parent(&mut cmd);
+    if inputs.net {
+        // Its tap in a namespace of its own: nothing on the host's network.
+        sys::in_new_netns(&mut cmd);
+    }
     let mut child = cmd.spawn().map_err(io("starting", inputs.vmm))?;
     let deadline = Instant::now() + MAKE_TIMEOUT;
     let failed = |detail: String| TemplateError::Make {
@@ -275,6 +400,8 @@ mod tests {
             mem_mib: 256,
             huge_pages: true,
             cmdline: "",
+            net: false,
+            fs_slots: 0,
         }
     }
 
@@ -306,6 +433,10 @@ mod tests {
                 ..base.clone()
             },
             Inputs {
+                net: true,
+                ..base.clone()
+            },
+            Inputs {
                 kernel: &other,
                 ..base.clone()
             },
@@ -328,6 +459,86 @@ mod tests {
         assert!(c.nets.is_empty());
         assert!(c.cmdline.ends_with("HULL_TEMPLATE=1"), "{}", c.cmdline);
         assert_eq!(c.snapshot_at_ready.as_deref(), Some(t.path()));
+        // A networked template: one virtio-net device on a tap of its own,
+        // with the MAC every restored clone's device keeps.
+        let c = template_config(
+            t.path(),
+            &t.path().join("v.sock"),
+            &Inputs {
+                net: true,
+                ..inputs(&f)
+            },
+        );
+        c.validate().unwrap();
+        assert_eq!(c.nets.len(), 1);
+        assert_eq!(c.nets[0].tap.as_deref(), Some(TEMPLATE_TAP));
+        assert_eq!(c.nets[0].mac, Some(MacAddr(TEMPLATE_MAC)));
+        // One for containers with shares: empty fs slots, fewer disk slots.
+        let c = template_config(
+            t.path(),
+            &t.path().join("v.sock"),
+            &Inputs {
+                net: true,
+                fs_slots: FS_SLOTS,
+                ..inputs(&f)
+            },
+        );
+        c.validate().unwrap();
+        assert_eq!((c.fs.len(), c.fs_devices()), (0, FS_SLOTS));
+        assert_eq!(c.block_devices(), DISK_SLOTS_WITH_FS);
+    }
+
+    /// Old templates go and the most recently used stay, and so does one
+    /// being made again (locked); a dead making's leftovers go, a live
+    /// one's stay.
+    #[test]
+    fn pruning_keeps_the_newest_templates() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let hour = Duration::from_secs(3600);
+        let now = std::time::SystemTime::now();
+        let make = |name: &str, age: Duration| {
+            let d = root.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("state"), b"x").unwrap();
+            let f = std::fs::File::open(&d).unwrap();
+            f.set_times(std::fs::FileTimes::new().set_modified(now - age))
+                .unwrap();
+        };
+        for (i, name) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            make(name, hour * (i as u32 + 1));
+        }
+        make("fresh", Duration::ZERO);
+        // "e", the oldest, is being made again by another run.
+        let lock = std::fs::File::create(root.join("e.lock")).unwrap();
+        assert!(sys::try_lock_exclusive(&lock).unwrap());
+        // A making whose process is gone (no pid is this large), an hour
+        // old; and one as fresh, which a machine sharing the directory may
+        // be making right now.
+        make("f.tmp2147483646-17", hour);
+        make("h.tmp2147483645-18", Duration::ZERO);
+        let mine = format!("g.tmp{}-19", std::process::id());
+        make(&mine, hour);
+        let mut removed = prune(root, 2, Duration::from_secs(600));
+        removed.sort();
+        assert_eq!(removed, ["b", "c", "d", "f.tmp2147483646-17"]);
+        let mut left: Vec<String> = std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["a", "e", "fresh", mine.as_str(), "h.tmp2147483645-18"]
+        );
+        // Used again, "e" is among the two newest; "a" is then past them.
+        drop(lock);
+        touch(&root.join("e"));
+        // With no grace, the fresh leftover of a gone process goes too.
+        let mut removed = prune(root, 2, Duration::ZERO);
+        removed.sort();
+        assert_eq!(removed, ["a", "h.tmp2147483645-18"]);
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use hull_agent::protocol::{Mount, MountKind, VmSetup};
-use hull_vmm::config::{DiskConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use hull_vmm::config::{
+    DiskConfig, FsConfig, MacAddr, NetConfig, SerialOutput, VmConfig, VsockConfig,
+};
 
 use hull_agent::protocol::RootDisks;
 
@@ -23,7 +25,7 @@ pub const VM_CONFIG_FILE: &str = "vmm.json";
 const UPPER_DISK_ID: &str = "upper";
 
 pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
-    let (shares, setup) = shares(spec)?;
+    let (shares, mut setup) = shares(spec)?;
     let kernel = match spec.kernel.clone().or_else(paths::chosen_kernel) {
         // Named by the user: say which file is missing.
         Some(k) if !k.is_file() => return Err(SandboxError::KernelNotFound(k)),
@@ -63,27 +65,42 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     if std::env::var_os("HULL_AGENT_DEBUG").is_some() {
         words.push("HULL_AGENT_DEBUG=1".to_string());
     }
+    // What a template is booted with (the setup reaches a restored guest
+    // in its main Start).
+    let template_cmdline = words.join(" ");
     if setup != VmSetup::default() {
         words.push(setup.to_cmdline_word());
     }
     config.cmdline = words.join(" ");
     let mut warnings = Vec::new();
     let mut cmd = Command::new(&vmm);
-    let restored = match restore_from(spec, &vmm, &config, &setup, &cache) {
-        Ok(Some(t)) => {
+    let mut cold_reason = None;
+    match restore_from(spec, &vmm, &config, &template_cmdline, &cache) {
+        Ok(Restore::From(t, slots)) => {
             cmd.arg("--restore").arg(&t);
-            config.disk_slots = template::DISK_SLOTS;
-            Some(RootDisks {
-                layers: spec.layers.len() as u32,
-                upper: spec.upper.is_some(),
-            })
+            config.disk_slots = slots.disks;
+            if slots.fs > 0 {
+                config.fs_slots = slots.fs;
+                to_fs_slots(&mut config.fs, &mut setup);
+            }
+            // The device keeps the template's MAC; the agent gives eth0
+            // the container's (NetworkSetup's interface).
+            for n in &mut config.nets {
+                n.mac = Some(MacAddr(template::TEMPLATE_MAC));
+            }
         }
-        Ok(None) => None,
+        Ok(Restore::Cold(why)) => cold_reason = Some(why),
         Err(e) => {
-            warnings.push(format!("{}: cold-booting instead", crate::error::chain(&e)));
-            None
+            let why = format!("{}: cold-booting instead", crate::error::chain(&e));
+            warnings.push(why.clone());
+            cold_reason = Some(why);
         }
     };
+    let restored = cold_reason.is_none().then(|| RootDisks {
+        layers: layers.len() as u32,
+        upper: spec.upper.is_some(),
+        setup: setup.clone(),
+    });
     let config_path = spec.dir.join(VM_CONFIG_FILE);
     let log = spec.dir.join("vmm.log");
     let logf = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
@@ -139,6 +156,7 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         userns_owner,
         warnings,
         restored,
+        cold_reason,
     })
 }
 
@@ -189,29 +207,73 @@ fn shares(spec: &Spec<'_>) -> Result<(Vec<FsConfig>, VmSetup), SandboxError> {
     Ok((shares, setup))
 }
 
-/// The template this VM restores, made first if need be; None when it
-/// cold-boots: asked to, or for what a template cannot hold yet (a network
-/// device, which a template would need a tap for; virtio-fs shares, tmpfs
-/// mounts or a read-only root, which the agent learns from the command line
-/// at boot).
+/// Whether a microVM restores a template or boots.
+enum Restore {
+    /// The template's directory, and its empty slots.
+    From(PathBuf, Slots),
+    /// Cold boot, and why.
+    Cold(String),
+}
+
+/// A template's empty slots.
+struct Slots {
+    disks: usize,
+    fs: usize,
+}
+
+/// Gives the shares the tags of the template's fs slots (the guest probed
+/// those tags when the template booted), and the agent's mounts with them.
+fn to_fs_slots(shares: &mut [FsConfig], setup: &mut VmSetup) {
+    for (i, f) in shares.iter_mut().enumerate() {
+        let slot = hull_vmm::config::fs_slot_tag(i);
+        if setup.root_tag.as_ref() == Some(&f.tag) {
+            setup.root_tag = Some(slot.clone());
+        }
+        for m in &mut setup.mounts {
+            if let MountKind::Virtiofs { tag } = &mut m.kind {
+                if *tag == f.tag {
+                    *tag = slot.clone();
+                }
+            }
+        }
+        f.tag = slot;
+    }
+}
+
+/// The template this VM restores, made first if need be, or why it
+/// cold-boots: asked to, or for what a template cannot hold (more shares
+/// or disks than its slots, more than one network device).
 fn restore_from(
     spec: &Spec<'_>,
     vmm: &Path,
     config: &VmConfig,
-    setup: &VmSetup,
+    cmdline: &str,
     cache: &Path,
-) -> Result<Option<PathBuf>, SandboxError> {
-    if spec.cold_boot
-        || template::cold_boot_by_env()
-        || !config.nets.is_empty()
-        || !config.fs.is_empty()
-        || *setup != VmSetup::default()
-        || config.disks.len() > template::DISK_SLOTS
-    {
-        return Ok(None);
+) -> Result<Restore, SandboxError> {
+    let cold = |why: &str| Ok(Restore::Cold(why.to_string()));
+    if spec.cold_boot {
+        return cold("--cold-boot");
     }
+    if template::cold_boot_by_env() {
+        return cold(&format!("{}=1", template::COLD_BOOT_ENV));
+    }
+    if config.fs.len() > template::FS_SLOTS {
+        return cold(&format!(
+            "{} shared directories, more than a template's {} fs slots",
+            config.fs.len(),
+            template::FS_SLOTS
+        ));
+    }
+    if config.nets.len() > 1 {
+        return cold("more than one network device");
+    }
+    let fs_slots = if config.fs.is_empty() {
+        0
+    } else {
+        template::FS_SLOTS
+    };
     let Some(initrd) = config.initrd.as_deref() else {
-        return Ok(None);
+        return cold("no initrd");
     };
     let inputs = template::Inputs {
         vmm,
@@ -220,9 +282,23 @@ fn restore_from(
         vcpus: config.vcpus,
         mem_mib: config.mem_mib,
         huge_pages: config.huge_pages,
-        cmdline: &config.cmdline,
+        cmdline,
+        net: !config.nets.is_empty(),
+        fs_slots,
     };
-    Ok(Some(template::ensure(cache, &inputs, spec.progress)?))
+    if config.disks.len() > inputs.disk_slots() {
+        return cold(&format!(
+            "{} disks, more than a template's {} disk slots",
+            config.disks.len(),
+            inputs.disk_slots()
+        ));
+    }
+    let slots = Slots {
+        disks: inputs.disk_slots(),
+        fs: fs_slots,
+    };
+    let dir = template::ensure(cache, &inputs, spec.progress)?;
+    Ok(Restore::From(dir, slots))
 }
 
 /// The VM for `spec`: its kernel and initrd, vCPUs and memory, `disks`
@@ -414,6 +490,19 @@ mod tests {
             }
         );
         assert!(matches!(setup.mounts[1].kind, MountKind::Tmpfs { .. }));
+        // Restored: the shares take the template's fs slots' tags, and the
+        // agent mounts those.
+        let (mut fs, mut setup) = (fs, setup);
+        to_fs_slots(&mut fs, &mut setup);
+        let tags: Vec<_> = fs.iter().map(|f| f.tag.as_str()).collect();
+        assert_eq!(tags, ["hullfs0", "hullfs1"]);
+        assert_eq!(setup.root_tag.as_deref(), Some("hullfs0"));
+        assert_eq!(
+            setup.mounts[0].kind,
+            MountKind::Virtiofs {
+                tag: "hullfs1".into()
+            }
+        );
         let file = t.path().join("f");
         std::fs::write(&file, "").unwrap();
         let spec = Spec {

@@ -11,18 +11,32 @@ use libtest_mimic::{Failed, Trial};
 
 use super::scenarios::{busybox, hull_bin};
 
+/// What the restored web server serves.
+const PAGE: &str = "hello from a restored microVM\n";
+
 fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
     if ok { Ok(()) } else { Err(msg().into()) }
 }
 
 fn rootfs() -> &'static Path {
-    busybox::shared_rootfs()
+    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let d = tempfile::tempdir().expect("tempdir");
+        busybox::rootfs(d.path());
+        std::fs::create_dir_all(d.path().join("www")).expect("www");
+        std::fs::write(d.path().join("www/index.html"), PAGE).expect("page");
+        d
+    })
+    .path()
 }
 
 /// A state dir, and optionally a cache dir (templates) of its own.
 struct Hull {
     state: tempfile::TempDir,
     cache: Option<tempfile::TempDir>,
+    /// Containers get hull's default network (the caller is in a network
+    /// namespace of its own); else `HULL_NETWORK=none`.
+    networked: bool,
 }
 
 impl Hull {
@@ -30,6 +44,7 @@ impl Hull {
         Hull {
             state: tempfile::tempdir().expect("tempdir"),
             cache: own_cache.then(|| tempfile::tempdir().expect("tempdir")),
+            networked: false,
         }
     }
 
@@ -40,10 +55,12 @@ impl Hull {
             c.env("XDG_CACHE_HOME", cache.path());
         }
         c.env_remove("HULL_COLD_BOOT");
-        // No network: a networked container cold-boots (no template holds a
-        // network device yet), and this suite builds no bridge on the
-        // machine's own network.
-        c.env("HULL_NETWORK", "none");
+        if self.networked {
+            c.env_remove("HULL_NETWORK");
+        } else {
+            // No bridge on the machine's own network.
+            c.env("HULL_NETWORK", "none");
+        }
         c
     }
 
@@ -331,6 +348,132 @@ fn ten_idle_restored_microvms_take_less_memory_than_a_cold_one() -> Result<(), F
     result
 }
 
+/// Runs `f` on a thread of its own in a new network namespace (loopback
+/// up): hull's bridge, veths, taps and nftables rules live and die there.
+fn in_own_netns(f: fn() -> Result<(), Failed>) -> Result<(), Failed> {
+    std::thread::spawn(move || {
+        // SAFETY: unshare takes no pointers; it moves this thread only.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(format!(
+                "unshare(CLONE_NEWNET) (needs root): {}",
+                std::io::Error::last_os_error()
+            )
+            .into());
+        }
+        let lo = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .output()?;
+        check(lo.status.success(), || text(&lo.stderr))?;
+        f()
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the trial's thread panicked".into()))
+}
+
+/// Restored clones on a network: one serves a page on a published port,
+/// another fetches it by name over the network (on a network of their
+/// own) and has the MAC hull gave it, not the template's; the host reaches
+/// the published port. Both restored, not cold-booted.
+fn networked_clones_reach_each_other_and_publish_a_port() -> Result<(), Failed> {
+    let mut h = Hull::new(false);
+    h.networked = true;
+    let ok = |o: Output, what: &str| {
+        check(o.status.success(), || {
+            format!("{what}: {:?} {}", o.status, text(&o.stderr))
+        })
+        .map(|()| text(&o.stdout))
+    };
+    ok(
+        h.cmd(&["network", "create", "tnet"]).output()?,
+        "network create",
+    )?;
+    let result = (|| {
+        let srv = h.run(
+            &["-d", "--name", "srv", "--network", "tnet", "-p", "8080:80"],
+            &["httpd", "-f", "-h", "/www"],
+        )?;
+        ok(srv, "srv")?;
+        let got = h.run(
+            &["--name", "client", "--network", "tnet"],
+            &[
+                "sh",
+                "-c",
+                "cat /sys/class/net/eth0/address; \
+                 for i in $(seq 30); do wget -qO- http://srv/ && exit; sleep 1; done; exit 1",
+            ],
+        )?;
+        let got = ok(got, "client")?;
+        let (mac, page) = got.split_once('\n').unwrap_or_default();
+        check(page == PAGE, || format!("client fetched {got:?}"))?;
+        check(mac.len() == 17 && mac != "02:68:75:6c:6c:00", || {
+            format!("the client's MAC is {mac:?} (the template's is 02:68:75:6c:6c:00)")
+        })?;
+        for n in ["srv", "client"] {
+            let boot = h.boot(n)?;
+            check(boot == "restore", || format!("{n} booted {boot}"))?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let page = std::net::TcpStream::connect("127.0.0.1:8080").and_then(|mut s| {
+                use std::io::{Read, Write};
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                let mut r = String::new();
+                s.read_to_string(&mut r)?;
+                Ok(r)
+            });
+            match page {
+                Ok(r) if r.ends_with(PAGE) => return Ok(()),
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
+                other => return Err(format!("the published port 8080: {other:?}").into()),
+            }
+        }
+    })();
+    let _ = h.cmd(&["rm", "-f", "srv", "client"]).output();
+    let _ = h.cmd(&["network", "rm", "tnet"]).output();
+    result
+}
+
+/// A restored container with a volume (a host directory in a template's
+/// fs slot) writes a file the host sees, through a read-only root and
+/// beside a tmpfs mount (both told to the agent after restore).
+fn a_restored_container_writes_to_a_volume() -> Result<(), Failed> {
+    let h = Hull::new(false);
+    let dir = tempfile::tempdir()?;
+    let vol = format!("{}:/data", dir.path().display());
+    let out = h.run(
+        &[
+            "--name",
+            "vol",
+            "-v",
+            &vol,
+            "--read-only",
+            "--tmpfs",
+            "/scratch",
+        ],
+        &[
+            "sh",
+            "-c",
+            "echo from-the-guest > /scratch/t && cat /scratch/t > /data/f && \
+             ! touch /rootfile 2>/dev/null && echo ro",
+        ],
+    )?;
+    check(out.status.success() && text(&out.stdout) == "ro\n", || {
+        format!(
+            "{:?} {} {}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    })?;
+    let got = std::fs::read_to_string(dir.path().join("f"))?;
+    check(got == "from-the-guest\n", || {
+        format!("the host reads {got:?}")
+    })?;
+    let boot = h.boot("vol")?;
+    check(boot == "restore", || format!("booted {boot}"))
+}
+
 pub fn trials() -> Vec<Trial> {
     vec![
         Trial::test(
@@ -344,6 +487,14 @@ pub fn trials() -> Vec<Trial> {
         Trial::test(
             "restore::broken_templates_are_refused_and_made_again",
             broken_templates_are_refused_and_made_again,
+        ),
+        Trial::test(
+            "restore::networked_clones_reach_each_other_and_publish_a_port",
+            || in_own_netns(networked_clones_reach_each_other_and_publish_a_port),
+        ),
+        Trial::test(
+            "restore::a_restored_container_writes_to_a_volume",
+            a_restored_container_writes_to_a_volume,
         ),
         Trial::test(
             "restore::ten_idle_restored_microvms_take_less_memory_than_a_cold_one",

@@ -128,21 +128,47 @@ impl Vmm {
             None => None,
         };
         log::debug!("VM built in {:?}", start.elapsed());
-        Ok(Vmm {
+        let core = Core {
             vm,
             mem,
             vcpus,
-            pio: legacy.pio,
             mmio,
             devices,
+            exit: (exit_tx, exit_rx),
+        };
+        Ok(Vmm::assemble(core, legacy, plan))
+    }
+
+    /// The VM of `core` and `legacy` (built or restored), with the
+    /// snapshot to take at the agent's ready line, if any.
+    pub(crate) fn assemble(core: Core, legacy: Legacy, snapshot: Option<SnapshotPlan>) -> Vmm {
+        let (exit_tx, exit_rx) = core.exit;
+        Vmm {
+            vm: core.vm,
+            mem: core.mem,
+            vcpus: core.vcpus,
+            pio: legacy.pio,
+            mmio: core.mmio,
+            devices: core.devices,
             serial: legacy.serial,
             panic_note: legacy.panic_note,
             boot_marks: legacy.boot_marks,
             exit_tx,
             exit_rx,
-            snapshot: plan,
-        })
+            snapshot,
+        }
     }
+}
+
+/// A VM, its memory, vCPUs and virtio devices, and the channel its
+/// threads report exits on: what building and restoring both make.
+pub(crate) struct Core {
+    pub(crate) vm: Vm,
+    pub(crate) mem: GuestMemoryMmap,
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) mmio: Bus,
+    pub(crate) devices: Option<DeviceManager>,
+    pub(crate) exit: (mpsc::Sender<VmExit>, mpsc::Receiver<VmExit>),
 }
 
 /// The legacy devices on the I/O port bus, and what the VMM keeps of them.
@@ -334,7 +360,7 @@ pub(crate) fn attach_virtio(
         + usize::from(cfg.rng)
         + usize::from(cfg.vsock.is_some())
         + cfg.nets.len()
-        + cfg.fs.len();
+        + cfg.fs_devices();
     if let Some(saved) = saved.filter(|s| s.len() != count) {
         return Err(VmmError::DeviceCount {
             saved: saved.len(),
@@ -375,6 +401,10 @@ pub(crate) fn attach_virtio(
     }
     for f in &cfg.fs {
         let dev = Fs::new(&f.tag, &f.path, f.read_only, &event_loop)?;
+        add(Arc::new(Mutex::new(dev)))?;
+    }
+    for i in cfg.fs.len()..cfg.fs_slots {
+        let dev = Fs::empty(&crate::config::fs_slot_tag(i), &event_loop)?;
         add(Arc::new(Mutex::new(dev)))?;
     }
     Ok(Some(dm))

@@ -90,6 +90,14 @@ pub enum ConfigError {
     TooManyFs(usize),
     #[error("virtio-fs tag {0:?} is given twice")]
     FsTagTwice(String),
+    #[error("{shares} shared directories do not fit in {slots} fs slots (at most {MAX_FS})")]
+    FsSlots { shares: usize, slots: usize },
+    #[error("shared directory {index} has tag {tag:?}; fs slot {index}'s tag is {want:?}")]
+    FsSlotTag {
+        index: usize,
+        tag: String,
+        want: String,
+    },
     #[error(
         "a VM with a shared directory (--fs) cannot be snapshotted: the open host files of its virtio-fs server are not part of a snapshot"
     )]
@@ -268,6 +276,16 @@ impl NetConfig {
 /// Most shared directories one VM may have.
 pub const MAX_FS: usize = 8;
 
+/// The tag of virtio-fs slot `index` (fixed when the guest probes the
+/// device: a share given to a slot at restore is mounted by it).
+pub fn fs_slot_tag(index: usize) -> String {
+    format!("hullfs{index}")
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// One virtio-fs device sharing a host directory (JSON: `{"tag": ...,
 /// "path": ..., "read_only": ...}`; flag: `--fs tag=TAG,path=DIR[,ro]`).
 /// The guest mounts it with `mount -t virtiofs TAG DIR`.
@@ -431,6 +449,12 @@ pub struct VmConfig {
     /// none.
     #[serde(default)]
     pub fs: Vec<FsConfig>,
+    /// virtio-fs devices in all, as `disk_slots` for disks: `fs` take the
+    /// first ones (with the slots' tags, [`fs_slot_tag`]), the others are
+    /// empty (every request refused) until a restore gives them a
+    /// directory. Default 0: exactly `fs`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fs_slots: usize,
     /// Back guest RAM with transparent huge pages (see kvm::memory).
     /// Default true.
     #[serde(default = "default_huge_pages")]
@@ -459,6 +483,7 @@ impl VmConfig {
             vsock: None,
             nets: Vec::new(),
             fs: Vec::new(),
+            fs_slots: 0,
             huge_pages: default_huge_pages(),
             snapshot_at_ready: None,
         }
@@ -534,6 +559,25 @@ impl VmConfig {
                 return Err(ConfigError::FsTagTwice(f.tag.clone()));
             }
         }
+        if self.fs_slots > MAX_FS || (self.fs_slots > 0 && self.fs.len() > self.fs_slots) {
+            return Err(ConfigError::FsSlots {
+                shares: self.fs.len(),
+                slots: self.fs_slots,
+            });
+        }
+        if self.fs_slots > 0 {
+            for (index, f) in self.fs.iter().enumerate() {
+                let want = fs_slot_tag(index);
+                if f.tag != want {
+                    return Err(ConfigError::FsSlotTag {
+                        index,
+                        tag: f.tag.clone(),
+                        want,
+                    });
+                }
+            }
+        }
+        // A template's fs slots are empty: no server state to lose.
         if !self.fs.is_empty() && self.snapshot_at_ready.is_some() {
             return Err(ConfigError::FsSnapshot);
         }
@@ -551,6 +595,11 @@ impl VmConfig {
     /// Number of virtio-blk devices: the disks, or the slots when more.
     pub fn block_devices(&self) -> usize {
         self.disks.len().max(self.disk_slots)
+    }
+
+    /// Number of virtio-fs devices: the shares, or the slots when more.
+    pub fn fs_devices(&self) -> usize {
+        self.fs.len().max(self.fs_slots)
     }
 
     /// The full kernel command line.
@@ -664,9 +713,38 @@ mod tests {
                 "fd=5".parse().unwrap(),
             ],
             fs: vec!["tag=vol0,path=/srv/d,ro".parse().unwrap()],
+            // Written only when set (fs_slots_hold_the_shares_by_tag).
+            fs_slots: 0,
             huge_pages: false,
             snapshot_at_ready: Some("/var/cache/t".into()),
         }
+    }
+
+    #[test]
+    fn fs_slots_hold_the_shares_by_tag() {
+        let mut c = VmConfig::new("/k".into());
+        c.fs_slots = 4;
+        // A template: empty slots only, and it may be snapshotted.
+        c.snapshot_at_ready = Some("/snap".into());
+        c.validate().unwrap();
+        assert_eq!(c.fs_devices(), 4);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), c);
+        // A restore: the shares fill the first slots, by the slots' tags.
+        c.snapshot_at_ready = None;
+        c.fs = vec![format!("tag={},path=/d", fs_slot_tag(0)).parse().unwrap()];
+        c.validate().unwrap();
+        c.fs[0].tag = "vol0".into();
+        let e = c.validate().unwrap_err();
+        assert!(matches!(e, ConfigError::FsSlotTag { index: 0, .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "shared directory 0 has tag \"vol0\"; fs slot 0's tag is \"hullfs0\""
+        );
+        c.fs = (0..5)
+            .map(|i| format!("tag={},path=/d", fs_slot_tag(i)).parse().unwrap())
+            .collect();
+        assert!(matches!(c.validate(), Err(ConfigError::FsSlots { .. })));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Instant;
 use vm_memory::GuestAddress;
 
 use crate::VmExit;
-use crate::builder::{attach_virtio, legacy_devices};
+use crate::builder::{Core, attach_virtio, legacy_devices};
 use crate::config::VmConfig;
 use crate::devices::bus::Bus;
 use crate::kvm::memory::file_backed;
@@ -69,19 +69,14 @@ impl Vmm {
             .unwrap_or_else(|p| p.into_inner())
             .restore(&state.serial);
         log::debug!("VM restored in {:?}", start.elapsed());
-        Ok(Vmm {
+        let core = Core {
             vm,
             mem,
             vcpus,
-            pio: legacy.pio,
             mmio,
             devices,
-            serial: legacy.serial,
-            panic_note: legacy.panic_note,
-            boot_marks: legacy.boot_marks,
-            exit_tx,
-            exit_rx,
-            snapshot: None,
-        })
+            exit: (exit_tx, exit_rx),
+        };
+        Ok(Vmm::assemble(core, legacy, None))
     }
 }

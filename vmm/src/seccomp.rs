@@ -41,6 +41,8 @@ pub enum SeccompError {
     Handler(#[source] std::io::Error),
     #[error("seccomp filters are already enabled in this process")]
     AlreadyEnabled,
+    #[error("limiting malloc to one arena (mallopt M_ARENA_MAX)")]
+    MallocArenas,
 }
 
 /// The kinds of thread hull-vmm runs, each with its own filter.
@@ -346,10 +348,31 @@ thread_local! {
 /// installs its kind's filter when it starts (see [`enter`]). Call once,
 /// before [`crate::vmm::Vmm::build`].
 pub fn enable(filters: Filters) -> Result<(), SeccompError> {
+    one_malloc_arena()?;
     install_sigsys_handler()?;
     FILTERS
         .set(filters)
         .map_err(|_| SeccompError::AlreadyEnabled)
+}
+
+/// Makes every thread allocate from glibc's main arena, before any VMM
+/// thread starts. A thread with an arena of its own gets `mmap`ed heaps,
+/// and the first time glibc shrinks one (a `free` that leaves enough room
+/// at its top, so at a moment that depends on the load) it opens
+/// `/proc/sys/vm/overcommit_memory` to decide how: an `openat` that no
+/// filter allows. That is what killed restored VMs on their device thread
+/// (10 MiB of stdin through vsock; a host-directory root served over
+/// virtio-fs). The main arena grows and shrinks with `brk`, which every
+/// filter allows, and glibc opens nothing for it.
+fn one_malloc_arena() -> Result<(), SeccompError> {
+    // SAFETY: mallopt only sets a malloc parameter; it is called while
+    // this process has a single thread, before any arena but the main one
+    // exists.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) } == 1 {
+        Ok(())
+    } else {
+        Err(SeccompError::MallocArenas)
+    }
 }
 
 /// Whether [`enable`] was called.

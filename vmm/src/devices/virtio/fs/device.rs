@@ -90,9 +90,9 @@ pub enum FsError {
     Thread(#[source] std::io::Error),
 }
 
-/// What a fs device saves: where its queues are. A VM with one is never
-/// snapshotted (see the module); the state exists so the device has the
-/// shape of the others.
+/// What a fs device saves: where its queues are. Only empty slots are
+/// snapshotted (a template's; see the module): a restore gives the slot
+/// its directory and a fresh server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FsState {
     pub virtio: VirtioState,
@@ -102,7 +102,8 @@ pub struct FsState {
 pub struct Fs {
     tag: String,
     path: PathBuf,
-    server: Arc<Mutex<Server>>,
+    /// None: an empty slot (every request is refused).
+    server: Option<Arc<Mutex<Server>>>,
     acked_features: u64,
     served: Vec<Served<FsQueue>>,
     /// The device's own loop (a guest that resets the device again and
@@ -128,13 +129,26 @@ impl Fs {
         }
         let server = Server::open(path, read_only, proc_self_fd())?;
         raise_open_files();
+        let mut fs = Fs::empty(tag, shared)?;
+        fs.path = path.to_path_buf();
+        fs.server = Some(Arc::new(Mutex::new(server)));
+        Ok(fs)
+    }
+
+    /// An empty slot with `tag` (a template's): the guest may probe it,
+    /// and a request gets ENODEV; a restore gives the slot a directory
+    /// (a device made with [`Fs::new`] and the same tag).
+    pub fn empty(tag: &str, shared: &EventLoop) -> Result<Fs, FsError> {
+        if !valid_tag(tag) {
+            return Err(FsError::Tag(tag.into()));
+        }
         let own = shared
             .start_sibling_of_kind("virtio-fs", crate::seccomp::ThreadKind::Fs)
             .map_err(FsError::Thread)?;
         Ok(Fs {
             tag: tag.into(),
-            path: path.to_path_buf(),
-            server: Arc::new(Mutex::new(server)),
+            path: PathBuf::new(),
+            server: None,
             acked_features: 0,
             served: Vec::new(),
             own,
@@ -173,7 +187,7 @@ fn raise_open_files() {
 }
 
 pub(crate) struct FsQueue {
-    server: Arc<Mutex<Server>>,
+    server: Option<Arc<Mutex<Server>>>,
     errors: LogLimit,
     stats: Stats,
 }
@@ -220,11 +234,18 @@ impl RequestHandler for FsQueue {
             room,
         };
         let start = self.stats.start();
-        let answer = self
-            .server
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .handle_with(&req, room, io.then_some(&mut data as &mut dyn GuestData));
+        let answer = match &self.server {
+            Some(server) => server
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .handle_with(&req, room, io.then_some(&mut data as &mut dyn GuestData)),
+            // An empty slot (a template's, before a restore gives it a
+            // directory) answers every request with ENODEV.
+            None => match super::protocol::parse_header(&req) {
+                Some((h, _)) => Answer::Reply(super::protocol::reply(h.unique, libc::ENODEV, &[])),
+                None => Answer::None,
+            },
+        };
         let written = match answer {
             Answer::Reply(r) if r.len() <= room => match writer.write_all(&r) {
                 Ok(()) => r.len() as u32,
@@ -309,10 +330,31 @@ impl VirtioDevice for Fs {
             tag: self.tag.clone(),
         })
     }
-    fn restore(&mut self, state: &DeviceState, _a: Option<Activation>) -> Result<(), PersistError> {
-        Err(PersistError::WrongDevice {
-            found: state.kind(),
-            want: "fs (a virtio-fs device is never restored)",
-        })
+    fn restore(&mut self, state: &DeviceState, a: Option<Activation>) -> Result<(), PersistError> {
+        let DeviceState::Fs(s) = state else {
+            return Err(PersistError::WrongDevice {
+                found: state.kind(),
+                want: "fs",
+            });
+        };
+        s.virtio.check_version()?;
+        if s.tag != self.tag {
+            return Err(PersistError::Mismatch(format!(
+                "the fs slot's tag was {:?}, it is {:?}",
+                s.tag, self.tag
+            )));
+        }
+        if !s.virtio.queues.is_empty() && s.virtio.queues.len() != 2 {
+            return Err(PersistError::Mismatch(format!(
+                "{} saved fs queues, the device has 2",
+                s.virtio.queues.len()
+            )));
+        }
+        match a {
+            Some(a) if s.virtio.activated() => self
+                .activate(a, s.virtio.acked_features)
+                .map_err(PersistError::Activate),
+            _ => Ok(()),
+        }
     }
 }

@@ -4,9 +4,12 @@
 //! on the host's disk; the shared device loop never waits for them).
 //!
 //! Two queues: hiprio (FORGET, BATCH_FORGET) and one request queue.
-//! Snapshots: a VM with a virtio-fs device is not snapshotted (the server's
+//! Snapshots: a VM with a shared directory is not snapshotted (the server's
 //! table of open host files is not something a snapshot can carry);
-//! `VmConfig::validate` refuses the combination.
+//! `VmConfig::validate` refuses the combination. A template's empty fs
+//! slots are (`VmConfig::fs_slots`): a restore gives each slot a directory
+//! and a fresh server, which the guest, which never mounted the slot,
+//! first meets with FUSE_INIT.
 
 pub mod device;
 pub mod protocol;
