@@ -48,33 +48,13 @@ pub fn run_kill(state_dir: &Path, args: KillArgs) -> anyhow::Result<i32> {
     }))
 }
 
-/// `TERM`, `SIGTERM`, `term` or `15`.
+/// `TERM`, `SIGTERM`, `term` or `15` (hull::process::signal_number).
 pub fn parse_signal(s: &str) -> anyhow::Result<i32> {
-    if let Ok(n) = s.parse::<i32>() {
-        if (1..=64).contains(&n) {
-            return Ok(n);
-        }
-        bail!("invalid signal number {n}");
+    match (hull::process::signal_number(s), s.parse::<i32>()) {
+        (Some(n), _) => Ok(n),
+        (None, Ok(n)) => bail!("invalid signal number {n}"),
+        (None, Err(_)) => bail!("unknown signal {s:?}"),
     }
-    let name = s.to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    let n = match name {
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "KILL" => libc::SIGKILL,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "PIPE" => libc::SIGPIPE,
-        "ALRM" => libc::SIGALRM,
-        "TERM" => libc::SIGTERM,
-        "CONT" => libc::SIGCONT,
-        "STOP" => libc::SIGSTOP,
-        "TSTP" => libc::SIGTSTP,
-        "WINCH" => libc::SIGWINCH,
-        _ => bail!("unknown signal {s:?}"),
-    };
-    Ok(n)
 }
 
 #[cfg(test)]

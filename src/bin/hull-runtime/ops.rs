@@ -49,30 +49,9 @@ pub fn kill(g: &Global, args: KillArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `9`, `KILL`, `SIGKILL`.
+/// `9`, `KILL`, `SIGKILL` (hull::process::signal_number).
 pub fn parse_signal(s: &str) -> anyhow::Result<i32> {
-    if let Ok(n) = s.parse::<i32>() {
-        if (1..=64).contains(&n) {
-            return Ok(n);
-        }
-        bail!("invalid signal {s}");
-    }
-    let name = s.to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    Ok(match name {
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "KILL" => libc::SIGKILL,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "TERM" => libc::SIGTERM,
-        "WINCH" => libc::SIGWINCH,
-        "CONT" => libc::SIGCONT,
-        "STOP" => libc::SIGSTOP,
-        "ALRM" => libc::SIGALRM,
-        _ => bail!("invalid signal {s}"),
-    })
+    hull::process::signal_number(s).ok_or_else(|| anyhow::anyhow!("invalid signal {s}"))
 }
 
 #[derive(Debug, clap::Args)]
