@@ -167,6 +167,9 @@ pub struct Container {
     start_slot: Option<StartSlot>,
     /// The microVM's guest memory, committed while its sandbox lives.
     memory: Option<MemoryReservation>,
+    /// The userland proxy of its published ports on IPv6 (`::1`), in the
+    /// monitor, while they are published.
+    proxy: Option<network::Proxy>,
 }
 
 impl Container {
@@ -187,6 +190,7 @@ impl Container {
             network_setup: None,
             start_slot: None,
             memory: None,
+            proxy: None,
         };
         let path = c.dir().join(CONFIG_FILE);
         let json = serde_json::to_vec_pretty(config).expect("a ContainerConfig serializes");
@@ -215,6 +219,7 @@ impl Container {
             network_setup: None,
             start_slot: None,
             memory: None,
+            proxy: None,
         };
         c.reconcile()?;
         Ok(c)
@@ -232,6 +237,7 @@ impl Container {
                 network_setup: None,
                 start_slot: None,
                 memory: None,
+                proxy: None,
             };
             match c.reconcile() {
                 // Removed while we looked (`rm -f`): not a container any more.
@@ -336,6 +342,18 @@ impl Container {
             )?),
             None => None,
         };
+        // The proxy of the published ports on IPv6 goes with them: dropped
+        // (closed) on the errors below, and at `finish`.
+        let proxy = match (&prepared, network::attachment(&dir)) {
+            (Some(_), Some(att)) => match network::Proxy::start(&att) {
+                Ok(p) => p,
+                Err(e) => {
+                    network::release(self.states.root(), &dir);
+                    return Err(NetworkError::from(e).into());
+                }
+            },
+            _ => None,
+        };
         let (netns, tap) = match prepared {
             // A microVM in an engine's namespace takes over the engine's
             // veth through a tap (the guest gets its MAC and address).
@@ -405,6 +423,7 @@ impl Container {
         self.sandbox = Some(sandbox);
         self.start_slot = Some(slot);
         self.memory = memory;
+        self.proxy = proxy;
         Ok(())
     }
 
@@ -496,6 +515,7 @@ impl Container {
     /// not simply its process exiting).
     pub fn finish(&mut self, status: i32, reason: Option<String>) -> Result<(), ContainerError> {
         self.sandbox = None;
+        self.proxy = None;
         network::release(self.states.root(), &self.dir());
         self.start_slot = None;
         self.memory = None;

@@ -35,6 +35,9 @@ pub struct ConnectArgs {
     /// Another name the container answers to on the network.
     #[arg(long = "alias", value_name = "NAME")]
     pub alias: Vec<String>,
+    /// The container's IPv6 address on a network made with --ipv6.
+    #[arg(long)]
+    pub ip6: Option<std::net::Ipv6Addr>,
     pub network: String,
     /// A container name, id or unique id prefix.
     pub container: String,
@@ -144,8 +147,11 @@ pub fn run(state_dir: &Path, cmd: NetworkCommand) -> anyhow::Result<i32> {
                 &s.id,
                 &s.name,
                 s.isolation,
-                &a.network,
-                &a.alias,
+                &network::Join {
+                    network: a.network,
+                    aliases: a.alias,
+                    ip6: a.ip6,
+                },
             )?;
             Ok(0)
         }

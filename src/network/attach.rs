@@ -156,7 +156,7 @@ pub(super) fn attach_veth(
             Backend::Ns => {
                 nl.address_and_route(eth, ip, prefix_len, gateway)?;
                 if let Some((ip6, len6, gw6)) = v6 {
-                    nl.address6_and_route(eth, ip6, len6, gw6)?;
+                    nl.address_and_route(eth, ip6, len6, gw6)?;
                 }
                 Ok(None)
             }
@@ -333,7 +333,7 @@ pub fn prepare(
             })
             .ok_or_else(|| NetworkError::Full(name.clone()))?,
     };
-    let ip6 = ip6_for_request(req, &network, ip, &attached)?;
+    let ip6 = ip6_for_request(req.ip6, &network, ip, &attached)?;
     let mut ports = req.ports.clone();
     for p in &mut ports {
         let clash = attached.iter().find(|a| {
@@ -445,22 +445,23 @@ pub fn prepare(
     })
 }
 
-/// The container's IPv6 address on `network`: `--ip6` (inside the IPv6
-/// subnet, not the gateway, not held by another container), or the one
-/// that goes with its IPv4 lease `ip`; None on an IPv4-only network.
-fn ip6_for_request(
-    req: &Request,
+/// The container's IPv6 address on `network`: `asked` (`--ip6` of `run`
+/// and `network connect`: inside the IPv6 subnet, not the gateway, not
+/// held by another container), or the one that goes with its IPv4 lease
+/// `ip`; None on an IPv4-only network.
+pub(super) fn ip6_for_request(
+    asked: Option<Ipv6Addr>,
     network: &Network,
     ip: Ipv4Addr,
     attached: &[Attachment],
 ) -> Result<Option<Ipv6Addr>, NetworkError> {
     let (Some(subnet6), Some(gateway6)) = (network.subnet6, network.gateway6) else {
-        return match req.ip6 {
+        return match asked {
             Some(_) => Err(NetworkError::NoIpv6(network.name.clone())),
             None => Ok(None),
         };
     };
-    let ip6 = match req.ip6 {
+    let ip6 = match asked {
         Some(ip6) if !subnet6.usable(ip6) || ip6 == gateway6 => {
             return Err(NetworkError::OutsideSubnet6 {
                 ip: ip6,
@@ -484,7 +485,8 @@ fn ports_snapshot(p: &[PortMapping]) -> Vec<u16> {
 }
 
 /// A host port for `proto` that neither a container nor this request
-/// publishes and that nothing listens on, from docker's ephemeral range.
+/// publishes and that nothing listens on (on IPv4, nor on IPv6 where the
+/// port proxy listens), from docker's ephemeral range.
 fn free_port(proto: Proto, attached: &[Attachment], own: &[u16]) -> Option<u16> {
     (32768..60999u16).find(|&port| {
         !own.contains(&port)
@@ -497,6 +499,7 @@ fn free_port(proto: Proto, attached: &[Attachment], own: &[u16]) -> Option<u16> 
                 Proto::Tcp => std::net::TcpListener::bind(("0.0.0.0", port)).is_ok(),
                 Proto::Udp => std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok(),
             }
+            && super::proxy::free6(proto, port)
     })
 }
 
@@ -569,7 +572,7 @@ mod tests {
             ..Default::default()
         };
         let taken = [holding("fd00:7::99")];
-        let got = |a| ip6_for_request(&ask(a), &n, ip, &taken);
+        let got = |a| ip6_for_request(ask(a).ip6, &n, ip, &taken);
         assert_eq!(got(None).unwrap(), Some("fd00:7::5".parse().unwrap()));
         assert_eq!(
             got(Some("fd00:7::42")).unwrap(),
@@ -593,13 +596,13 @@ mod tests {
             gateway6: None,
             ..dual()
         };
-        let e = ip6_for_request(&ask(Some("fd00:7::5")), &v4_only, ip, &[]).unwrap_err();
+        let e = ip6_for_request(ask(Some("fd00:7::5")).ip6, &v4_only, ip, &[]).unwrap_err();
         assert_eq!(
             e.to_string(),
             "network dual has no IPv6 subnet: --ip6 needs a network made with --ipv6"
         );
         assert_eq!(
-            ip6_for_request(&ask(None), &v4_only, ip, &[]).unwrap(),
+            ip6_for_request(ask(None).ip6, &v4_only, ip, &[]).unwrap(),
             None
         );
     }

@@ -8,9 +8,10 @@
 //! A microVM would need a second virtio-net device hot-plugged into a
 //! running guest, which hull-vmm cannot do: refused in one line.
 
+use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 
-use super::attach::{Backend, VethLink, attach_veth};
+use super::attach::{Backend, VethLink, attach_veth, ip6_for_request};
 use super::link::{self, Netlink};
 use super::{
     ATTACHMENT_FILE, Attachment, NETNS_FILE, NetworkError, Networks, io_err, mac_for, parse_mac,
@@ -49,17 +50,28 @@ pub(super) fn all_attachments(dir: &Path) -> Vec<(PathBuf, Attachment)> {
         .collect()
 }
 
+/// What `hull network connect` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Join {
+    pub network: String,
+    /// `--alias`.
+    pub aliases: Vec<String>,
+    /// `--ip6`: the IPv6 address on a dual-stack network, checked as
+    /// `hull run --ip6` is.
+    pub ip6: Option<Ipv6Addr>,
+}
+
 /// Joins the running container `name` (id `id`, state dir `dir`,
-/// `isolation`) to `network` with `aliases`.
+/// `isolation`) to the network `join` names.
 pub fn connect(
     state_dir: &Path,
     dir: &Path,
     id: &str,
     name: &str,
     isolation: Isolation,
-    network: &str,
-    aliases: &[String],
+    join: &Join,
 ) -> Result<Attachment, NetworkError> {
+    let (network, aliases) = (join.network.as_str(), &join.aliases);
     if isolation == Isolation::Vm {
         return Err(NetworkError::ConnectVm);
     }
@@ -80,16 +92,13 @@ pub fn connect(
     }
     let leases = nets.leases(network);
     let attached = nets.attachments();
+    // With --ip6 the lease's own IPv6 address is not used: any free one.
     let ip = leases
-        .next_free(&n.subnet, n.gateway, |ip| n.lease_fits(ip, &attached))
+        .next_free(&n.subnet, n.gateway, |ip| {
+            join.ip6.is_some() || n.lease_fits(ip, &attached)
+        })
         .ok_or_else(|| NetworkError::Full(network.to_string()))?;
-    let ip6 = match n.subnet6 {
-        Some(_) => Some(
-            n.ip6_for(ip)
-                .ok_or_else(|| NetworkError::Full(network.to_string()))?,
-        ),
-        None => None,
-    };
+    let ip6 = ip6_for_request(join.ip6, &n, ip, &attached)?;
     let nl = Netlink::open()?;
     // hv + 9 characters of the id + one hex digit: beside the first
     // network's hv + 10.
@@ -127,7 +136,7 @@ pub fn connect(
         mac: mac_text,
         host_veth: host_veth.clone(),
         ports: Vec::new(),
-        aliases: aliases.to_vec(),
+        aliases: aliases.clone(),
     };
     leases
         .take(ip, id)

@@ -5,7 +5,8 @@
 //! - `postrouting` (nat): masquerade what leaves a non-internal network's
 //!   subnet for elsewhere, and what reaches a container from 127.0.0.0/8;
 //! - `prerouting` and `output` (nat): DNAT of published ports, for traffic
-//!   from outside and from the host itself (127.0.0.1 too);
+//!   from outside and from the host itself (127.0.0.1 too; not ::1, which
+//!   the port proxy serves);
 //! - `forward` (filter): no traffic between two networks; an internal
 //!   network's traffic stays on its bridge;
 //! - `input` (filter): an internal network reaches only its gateway's
@@ -216,6 +217,11 @@ fn rules(family: Family, networks: &[Network], attached: &[Attachment]) -> Vec<V
                     json!("local"),
                 )),
             }
+            if f == Family::V6 {
+                // The answer to ::1 would be dropped on the bridge: the
+                // port proxy takes ::1 (proxy.rs).
+                m.push(ne(payload("ip6", "daddr"), json!("::1")));
+            }
             m.push(eq(payload(p.proto.name(), "dport"), json!(p.host_port)));
             m.push(json!({"dnat": {"addr": to, "port": p.container_port}}));
             cmds.push(rule(f, "prerouting", m.clone()));
@@ -297,6 +303,8 @@ mod tests {
         assert!(text.contains(r#""family":"ip6""#), "{text}");
         assert!(text.contains(r#""addr":"fd00:7::2","port":80"#), "{text}");
         assert!(text.contains(r#""addr":"fd00:7::","len":64"#), "{text}");
+        // ::1 goes to the port proxy, not through DNAT.
+        assert!(text.contains(r#""op":"!=","right":"::1""#), "{text}");
         // IPv4 only: the ip6 table is only deleted, never filled.
         let v4 = ruleset(&[network("d", false)], &[att]);
         let rules6 = v4["nftables"]

@@ -4,7 +4,7 @@
 //! inside a container's namespace runs on a short-lived thread that joined
 //! it first.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -133,28 +133,6 @@ impl Netlink {
             .map_err(nl(format!("adding {addr}/{prefix_len}")))
     }
 
-    /// `addr`/`prefix_len` on link `idx`, and the IPv6 default route via
-    /// `gateway` when there is one.
-    pub fn address6_and_route(
-        &self,
-        idx: u32,
-        addr: Ipv6Addr,
-        prefix_len: u8,
-        gateway: Option<Ipv6Addr>,
-    ) -> Result<(), LinkError> {
-        self.add_address6(idx, addr, prefix_len)?;
-        let Some(gateway) = gateway else {
-            return Ok(());
-        };
-        let route = RouteMessageBuilder::<Ipv6Addr>::new()
-            .gateway(gateway)
-            .output_interface(idx)
-            .build();
-        self.rt
-            .block_on(self.handle.route().add(route).execute())
-            .map_err(nl(format!("adding the IPv6 default route via {gateway}")))
-    }
-
     pub fn set_up(&self, idx: u32, name: &str) -> Result<(), LinkError> {
         let msg = LinkUnspec::new_with_index(idx).up().build();
         self.rt
@@ -218,30 +196,41 @@ impl Netlink {
         Ok(idx)
     }
 
-    /// `addr`/`prefix_len` on link `idx`, and the default route via
+    /// `addr`/`prefix_len` on link `idx` (IPv4, or IPv6 without duplicate
+    /// address detection), and the default route of that family via
     /// `gateway` when there is one.
-    pub fn address_and_route(
+    pub fn address_and_route<A: Into<IpAddr>>(
         &self,
         idx: u32,
-        addr: Ipv4Addr,
+        addr: A,
         prefix_len: u8,
-        gateway: Option<Ipv4Addr>,
+        gateway: Option<A>,
     ) -> Result<(), LinkError> {
-        self.rt
-            .block_on(
-                self.handle
-                    .address()
-                    .add(idx, addr.into(), prefix_len)
-                    .execute(),
-            )
-            .map_err(nl(format!("adding {addr}/{prefix_len}")))?;
-        let Some(gateway) = gateway else {
+        match addr.into() {
+            IpAddr::V4(a) => self
+                .rt
+                .block_on(
+                    self.handle
+                        .address()
+                        .add(idx, a.into(), prefix_len)
+                        .execute(),
+                )
+                .map_err(nl(format!("adding {a}/{prefix_len}")))?,
+            IpAddr::V6(a) => self.add_address6(idx, a, prefix_len)?,
+        }
+        let Some(gateway) = gateway.map(Into::into) else {
             return Ok(());
         };
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(idx)
-            .build();
+        let route = match gateway {
+            IpAddr::V4(g) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(g)
+                .output_interface(idx)
+                .build(),
+            IpAddr::V6(g) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(g)
+                .output_interface(idx)
+                .build(),
+        };
         self.rt
             .block_on(self.handle.route().add(route).execute())
             .map_err(nl(format!("adding the default route via {gateway}")))

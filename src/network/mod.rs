@@ -20,6 +20,7 @@ pub mod firewall;
 pub mod ipam;
 pub mod link;
 pub mod ports;
+pub mod proxy;
 
 use std::fs::File;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -30,10 +31,11 @@ use hull_agent::protocol::NetworkSetup;
 use serde::{Deserialize, Serialize};
 
 pub use attach::{Backend, adopt_engine_link, attach_netns, attachment, prepare, release};
-pub use connect::{connect, disconnect};
+pub use connect::{Join, connect, disconnect};
 pub use ipam::{Subnet, Subnet6};
 use link::{LinkError, Netlink};
 pub use ports::{PortMapping, Proto};
+pub use proxy::Proxy;
 
 use crate::sys;
 
@@ -124,6 +126,8 @@ pub enum NetworkError {
     Firewall(#[from] firewall::FirewallError),
     #[error(transparent)]
     Dns(#[from] dns::DnsError),
+    #[error(transparent)]
+    Proxy(#[from] proxy::ProxyError),
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetworkError {

@@ -299,6 +299,9 @@ fn published_port_answers_on_host_addresses(b: &'static str) -> Result<(), Faile
     let h = Hull::new(b);
     let id = h.httpd(&["--name", "web", "--network", "bridge", "-p", "18080:80"])?;
     wait_page("127.0.0.1:18080")?;
+    // ::1 through the monitor's port proxy (DNAT's answer to ::1 would be
+    // dropped on the bridge).
+    wait_page("[::1]:18080")?;
     let o = h.hull(&["network", "inspect", "bridge"])?;
     let v: serde_json::Value = serde_json::from_str(&o.stdout).map_err(|e| format!("{e}: {o}"))?;
     let gw = v[0]["gateway"].as_str().ok_or("no gateway in inspect")?;
@@ -315,6 +318,14 @@ fn published_port_answers_on_host_addresses(b: &'static str) -> Result<(), Faile
     check(o.code == Some(0), || format!("rm -f: {o}"))?;
     check(http_get("127.0.0.1:18080").is_err(), || {
         "the port still answers after rm -f".into()
+    })?;
+    check(http_get("[::1]:18080").is_err(), || {
+        "the port still answers on ::1 after rm -f".into()
+    })?;
+    // Nothing holds the port on IPv6 any more: no proxy is left.
+    let taken = TcpListener::bind("[::]:18080");
+    check(taken.is_ok(), || {
+        format!("[::]:18080 still taken after rm -f (a port proxy left?): {taken:?}")
     })?;
     let left: Vec<String> = links()
         .into_iter()
@@ -333,22 +344,31 @@ fn published_port_answers_on_host_addresses(b: &'static str) -> Result<(), Faile
 
 fn published_udp_port_echoes(b: &'static str) -> Result<(), Failed> {
     let h = Hull::new(b);
-    // -p without --network: the default network, as docker's.
-    h.detach(&["-p", "127.0.0.1:15353:53/udp"], &["udp_echo", "53"])?;
-    let s = UdpSocket::bind("127.0.0.1:0")?;
+    // -p without --network: the default network, as docker's. The second
+    // port, on every address, answers on ::1 through the port proxy.
+    h.detach(
+        &["-p", "127.0.0.1:15353:53/udp", "-p", "15354:53/udp"],
+        &["udp_echo", "53"],
+    )?;
+    udp_echoes("127.0.0.1:0", "127.0.0.1:15353")?;
+    udp_echoes("[::1]:0", "[::1]:15354")
+}
+
+/// Sends from `from` to `to` until the echo comes back (READY at most).
+fn udp_echoes(from: &str, to: &str) -> Result<(), Failed> {
+    let s = UdpSocket::bind(from)?;
     s.set_read_timeout(Some(Duration::from_millis(500)))?;
     let deadline = Instant::now() + READY;
     let mut buf = [0u8; 64];
     loop {
-        s.send_to(b"are you there", "127.0.0.1:15353")?;
+        s.send_to(b"are you there", to)?;
         if let Ok((n, _)) = s.recv_from(&mut buf) {
-            check(&buf[..n] == b"are you there", || {
+            return check(&buf[..n] == b"are you there", || {
                 format!("echo came back as {:?}", String::from_utf8_lossy(&buf[..n]))
-            })?;
-            return Ok(());
+            });
         }
         if Instant::now() > deadline {
-            return Err("no UDP echo through -p 127.0.0.1:15353:53/udp".into());
+            return Err(format!("no UDP echo through {to}").into());
         }
     }
 }
@@ -497,6 +517,8 @@ fn containers_reach_each_other_over_ipv6_by_name(b: &'static str) -> Result<(), 
     // the host's IPv6 address (DNAT in ip6 hull, as docker with ip6tables).
     wait_page(&format!("[{ip6}]:80"))?;
     wait_page(&format!("[{gw6}]:18081"))?;
+    // ::1 is left out of the DNAT: the port proxy answers there.
+    wait_page("[::1]:18081")?;
     // db's /etc/hosts names it by its IPv6 address too (a later peer's
     // lines: the hosts_file unit test; no extra microVM boot here).
     let o = h.hull(&[
@@ -537,6 +559,15 @@ fn network_connect_and_disconnect(b: &'static str) -> Result<(), Failed> {
     let h = Hull::new(b);
     let o = h.hull(&["network", "create", "other"])?;
     check(o.code == Some(0), || format!("network create: {o}"))?;
+    let o = h.hull(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd00:79::/64",
+        "dual",
+    ])?;
+    check(o.code == Some(0), || format!("network create --ipv6: {o}"))?;
     if b == "vm" {
         h.detach(&["--name", "v"], &["sleep", "1000"])?;
         let o = h.hull(&["network", "connect", "other", "v"])?;
@@ -546,6 +577,22 @@ fn network_connect_and_disconnect(b: &'static str) -> Result<(), Failed> {
         );
     }
     h.httpd(&["--name", "web"])?;
+    // --ip6 as `run --ip6`: in the IPv6 subnet of a network made with
+    // --ipv6, else exit 125 in one line, and nothing joined.
+    for (args, what) in [
+        (&["--ip6", "fd00:80::5", "dual", "web"], "outside"),
+        (&["--ip6", "fd00:79::1", "dual", "web"], "outside"),
+        (&["--ip6", "fd00:79::5", "other", "web"], "no IPv6 subnet"),
+    ] {
+        let o = h.hull(&[&["network", "connect"][..], args].concat())?;
+        check(
+            o.code == Some(125) && o.stderr.trim().lines().count() == 1 && o.stderr.contains(what),
+            || format!("connect {args:?}: want exit 125 and one line with {what:?}; {o}"),
+        )?;
+    }
+    let o = h.hull(&["network", "connect", "--ip6", "fd00:79::42", "dual", "web"])?;
+    check(o.code == Some(0), || format!("network connect --ip6: {o}"))?;
+    wait_page("[fd00:79::42]:80")?;
     let o = h.hull(&["network", "connect", "--alias", "www", "other", "web"])?;
     check(o.code == Some(0), || format!("network connect: {o}"))?;
     let o = h.hull(&["network", "inspect", "other"])?;
@@ -567,6 +614,10 @@ fn network_connect_and_disconnect(b: &'static str) -> Result<(), Failed> {
     check(o.code == Some(0), || format!("network disconnect: {o}"))?;
     check(http_get(&format!("{ip}:80")).is_err(), || {
         format!("web still answers on other's address {ip} after disconnect")
+    })?;
+    let o = h.hull(&["network", "disconnect", "dual", "web"])?;
+    check(o.code == Some(0), || {
+        format!("network disconnect dual: {o}")
     })?;
     let veths = links().into_iter().filter(|l| l.starts_with("hv")).count();
     check(veths == 1, || {
