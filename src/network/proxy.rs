@@ -210,8 +210,13 @@ async fn relay_udp(socket: std::net::UdpSocket, to: SocketAddr) {
     let flows: Flows = Arc::default();
     let mut buf = vec![0u8; DATAGRAM];
     loop {
-        let Ok((n, client)) = listener.recv_from(&mut buf).await else {
-            continue;
+        let (n, client) = match listener.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("port proxy for {to}/udp: receiving: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let known = flows
             .lock()

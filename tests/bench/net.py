@@ -6,14 +6,15 @@ virtio-net, QEMU microvm's virtio-net-device on the same tap with vhost off
 behind a veth (the ns backend's link), with the same peer program
 (tests/support/net_probe.c) and the same guest kernel.
 
-    tests/kvm-host/run -- python3 -u tests/bench/net.py [-n RUNS]
+    tests/kvm-host/run -- python3 -u tests/bench/net.py [-n RUNS] [--exits]
 
 It re-runs itself under `unshare --net`: the tap, the veth and their
 addresses (10.99.0.0/24, 10.98.0.0/24) live and die in a network namespace
 of its own. Arms run interleaved, RUNS times each; only the ratios of one
 run mean anything inside the emulated KVM host. Both VMMs get the tap
 itself (no bridge, no tc redirect): this compares devices, not hull's
-whole container path.
+whole container path. With --exits, one more boot of each VMM counts its
+VM exits by reason and the interrupts it injected, for one leg each way.
 """
 import argparse
 import os
@@ -129,9 +130,38 @@ def measure(addr, args):
     return up, down, p50, p99
 
 
-def run_vmm(cmd, args):
+class NetCounter(boot.ExitCounter):
+    """VM exits by reason and interrupts injected by GSI (kvm:kvm_set_irq:
+    irqfd writes, one per interrupt the device raises)."""
+
+    HISTS = {"kvm_exit": "exit_reason", "kvm_set_irq": "gsi"}
+
+
+def counted(addr, args, name):
+    """One leg each way with the exits and interrupts counted."""
+    counter = NetCounter()
+    connect(addr, time.monotonic() + 300).close()
+    for leg, fn in (("host->guest", upload), ("guest->host", download)):
+        counter.start()
+        try:
+            mb = fn(addr, args.secs)
+        finally:
+            counts = counter.stop()
+        for event, c in counts.items():
+            print("%s %s %.1f MB/s, %s: %d in all; %s" % (
+                name, leg, mb, event, sum(c.values()),
+                ", ".join("%s %d" % kv for kv in c.most_common(8))))
+    try:
+        connect(addr, time.monotonic() + 10).sendall(b"Q")
+    except OSError:
+        pass
+
+
+def run_vmm(cmd, args, count_as=None):
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        if count_as:
+            return counted(TAP_GUEST, args, count_as)
         return measure(TAP_GUEST, args)
     finally:
         boot.reap(p, 120)
@@ -168,6 +198,9 @@ def main():
     ap.add_argument("--hull-vmm-base", metavar="PATH",
                     help="another hull-vmm build (before a change) as arm hull-vmm-base, "
                     "interleaved with the others")
+    ap.add_argument("--exits", action="store_true",
+                    help="after the runs, one more boot of each VMM arm with its VM exits by "
+                    "reason and its interrupts (kvm_set_irq by GSI) counted for a leg each way")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("net.py needs root (a network namespace, a tap, a veth)")
@@ -197,26 +230,28 @@ def main():
                     "-netdev", "tap,id=n0,ifname=%s,script=no,downscript=no,vhost=%s"
                     % (TAP, vhost),
                     "-device", "virtio-net-device,netdev=n0,mac=%s" % MAC]
-        arms = {
-            "hull-vmm": lambda: run_vmm([args.hull_vmm, "--kernel", args.kernel,
-                                         "--initrd", initrd, "--mem", "256",
-                                         "--net", "tap=%s,mac=%s" % (TAP, MAC)], args),
-            "qemu-vhost-off": lambda: run_vmm(qemu("off"), args),
-        }
+        def hull_vmm(binary):
+            return [binary, "--kernel", args.kernel, "--initrd", initrd, "--mem", "256",
+                    "--net", "tap=%s,mac=%s" % (TAP, MAC)]
+
+        vmms = {"hull-vmm": hull_vmm(args.hull_vmm), "qemu-vhost-off": qemu("off")}
         if args.hull_vmm_base:
-            arms["hull-vmm-base"] = lambda: run_vmm(
-                [args.hull_vmm_base, "--kernel", args.kernel, "--initrd", initrd,
-                 "--mem", "256", "--net", "tap=%s,mac=%s" % (TAP, MAC)], args)
+            vmms["hull-vmm-base"] = hull_vmm(args.hull_vmm_base)
         vhost = os.path.exists("/dev/vhost-net")
         if vhost:
-            arms["qemu-vhost-on"] = lambda: run_vmm(qemu("on"), args)
-        arms["ns-veth"] = lambda: run_ns(probe, args)
+            vmms["qemu-vhost-on"] = qemu("on")
         wanted = args.arms.split(",") + ["hull-vmm-base"]
-        arms = {n: a for n, a in arms.items() if n in wanted}
+        vmms = {n: c for n, c in vmms.items() if n in wanted}
+        arms = {n: (lambda c=c: run_vmm(c, args)) for n, c in vmms.items()}
+        if "ns-veth" in wanted:
+            arms["ns-veth"] = lambda: run_ns(probe, args)
         results = {}
         for _ in range(args.n):
             for name, arm in arms.items():
                 results.setdefault(name, []).append(arm())
+        if args.exits:
+            for name, cmd in vmms.items():
+                run_vmm(cmd, args, count_as=name)
     finally:
         shutil.rmtree(tmp)
     print("network benchmark: %d runs each, %.0f s per throughput leg, %d round trips, medians"
