@@ -300,8 +300,16 @@ fn published_port_answers_on_host_addresses(b: &'static str) -> Result<(), Faile
     let id = h.httpd(&["--name", "web", "--network", "bridge", "-p", "18080:80"])?;
     wait_page("127.0.0.1:18080")?;
     // ::1 through the monitor's port proxy (DNAT's answer to ::1 would be
-    // dropped on the bridge).
+    // dropped on the bridge), and, on a network without IPv6, the host's
+    // other IPv6 addresses too.
     wait_page("[::1]:18080")?;
+    let o = Command::new("ip")
+        .args(["-6", "addr", "add", "fd00:99::1/128", "dev", "lo", "nodad"])
+        .output()?;
+    check(o.status.success(), || {
+        format!("ip -6 addr add: {}", String::from_utf8_lossy(&o.stderr))
+    })?;
+    wait_page("[fd00:99::1]:18080")?;
     let o = h.hull(&["network", "inspect", "bridge"])?;
     let v: serde_json::Value = serde_json::from_str(&o.stdout).map_err(|e| format!("{e}: {o}"))?;
     let gw = v[0]["gateway"].as_str().ok_or("no gateway in inspect")?;
