@@ -784,9 +784,11 @@ fn kill_9_then_ps_reclaims(b: &'static str) -> Result<(), Failed> {
     check(!hull_rules().contains("18082"), || {
         format!("the port survived kill -9 and ps:\n{}", hull_rules())
     })?;
-    // The port is free again for another container.
+    // The port is free again for another container, on IPv6 too: the
+    // port proxy went with the killed monitor.
     h.httpd(&["--network", "bridge", "-p", "18082:80"])?;
-    wait_page("127.0.0.1:18082")
+    wait_page("127.0.0.1:18082")?;
+    wait_page("[::1]:18082")
 }
 
 fn many_containers_with_published_ports(b: &'static str) -> Result<(), Failed> {
