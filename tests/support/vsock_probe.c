@@ -80,6 +80,15 @@ static int stream(unsigned port, size_t size) {
     char line[64];
     int n = snprintf(line, sizeof line, "%zu %016" PRIx64 "\n", got, h);
     write_all(c, (unsigned char *)line, (size_t)n);
+    /* write() returns once the kernel holds the bytes, not once the host has
+       them: wait for the host to close its end before the caller reboots,
+       or the tail of the stream dies with the guest. */
+    shutdown(c, SHUT_WR);
+    for (;;) {
+        ssize_t r = read(c, buf, sizeof buf);
+        if (r > 0 || (r < 0 && errno == EINTR)) continue;
+        break;
+    }
     close(c);
     printf("vsock_probe: stream read %zu bytes\n", got);
     return got == size ? 0 : 1;
