@@ -91,6 +91,36 @@ pub struct ContainerConfig {
     pub inherit_netns: bool,
 }
 
+impl ContainerConfig {
+    /// A container of `image` running `command`: one vCPU and 128 MiB, no
+    /// layers, mounts or network, the user namespace chosen automatically.
+    /// Callers set what differs with struct update syntax.
+    pub fn new(image: impl Into<String>, command: Vec<String>, isolation: Isolation) -> Self {
+        ContainerConfig {
+            name: None,
+            image: image.into(),
+            command,
+            isolation,
+            layers: Vec::new(),
+            disks: Vec::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            kernel: None,
+            userns: userns::Mode::Auto,
+            huge_pages: true,
+            mounts: Vec::new(),
+            read_only: false,
+            rootfs: sandbox::RootFs::Layers,
+            network: None,
+            upper: None,
+            max_starting: None,
+            max_guest_memory_mib: None,
+            cold_boot: false,
+            inherit_netns: false,
+        }
+    }
+}
+
 fn is_layers(r: &sandbox::RootFs) -> bool {
     *r == sandbox::RootFs::Layers
 }
@@ -701,28 +731,7 @@ mod tests {
     use super::*;
 
     fn config() -> ContainerConfig {
-        ContainerConfig {
-            name: None,
-            image: "i".into(),
-            command: vec!["true".into()],
-            isolation: Isolation::Vm,
-            layers: Vec::new(),
-            disks: Vec::new(),
-            vcpus: 1,
-            memory_mib: 128,
-            kernel: None,
-            userns: userns::Mode::Auto,
-            huge_pages: true,
-            mounts: Vec::new(),
-            read_only: false,
-            rootfs: sandbox::RootFs::Layers,
-            network: None,
-            upper: None,
-            max_starting: None,
-            max_guest_memory_mib: None,
-            cold_boot: false,
-            inherit_netns: false,
-        }
+        ContainerConfig::new("i", vec!["true".into()], Isolation::Vm)
     }
 
     #[test]

@@ -16,9 +16,8 @@ use std::sync::{Arc, Mutex};
 use hull::client::{Sinks, Times};
 use hull::container::Session;
 use hull::state::Status;
-use hull::userns::Mode;
 use hull::{Container, ContainerConfig, ContainerError, Isolation};
-use hull_agent::protocol::{Start, User};
+use hull_agent::protocol::Start;
 
 /// A writer the test reads back.
 #[derive(Clone, Default)]
@@ -70,25 +69,8 @@ fn create_then_start_then_attach_then_delete() {
     let rootfs = busybox::rootfs(&t.path().join("rootfs"));
     let config = ContainerConfig {
         name: Some("lifecycle".into()),
-        image: "busybox".into(),
-        command: vec!["sh".into()],
-        isolation: Isolation::Ns,
         layers: vec![rootfs],
-        disks: Vec::new(),
-        vcpus: 1,
-        memory_mib: 128,
-        kernel: None,
-        userns: Mode::Auto,
-        huge_pages: true,
-        mounts: Vec::new(),
-        read_only: false,
-        rootfs: hull::sandbox::RootFs::Layers,
-        network: None,
-        upper: None,
-        max_starting: None,
-        max_guest_memory_mib: None,
-        cold_boot: false,
-        inherit_netns: false,
+        ..ContainerConfig::new("busybox", vec!["sh".into()], Isolation::Ns)
     };
 
     let mut c = Container::create(&state_dir, &config).unwrap();
@@ -110,29 +92,15 @@ fn create_then_start_then_attach_then_delete() {
 
     let out = Captured::default();
     let start = Start {
-        main: true,
-        argv: vec![
-            "sh".into(),
-            "-c".into(),
-            "echo hi from $(hostname); exit 3".into(),
-        ],
-        env: vec!["PATH=/bin".into()],
-        cwd: "/".into(),
-        user: User {
-            user: "0".into(),
-            group: None,
-        },
         hostname: Some("lc".into()),
-        tty: false,
-        rows: 24,
-        cols: 80,
-        stdin: false,
-        rlimits: Vec::new(),
-        freshen: None,
-        root_disks: None,
-        privileges: None,
-        network: None,
-        export_upper: false,
+        ..Start::main(
+            vec![
+                "sh".into(),
+                "-c".into(),
+                "echo hi from $(hostname); exit 3".into(),
+            ],
+            vec!["PATH=/bin".into()],
+        )
     };
     let mut times = Times::default();
     let session = Session {

@@ -336,6 +336,27 @@ pub struct Start {
     pub privileges: Option<Privileges>,
 }
 
+impl Start {
+    /// A container's main process: `argv` with `env`, as root in `/`, with
+    /// no stdin and no terminal (24x80 should a caller turn `tty` on).
+    /// Callers set what differs with struct update syntax.
+    pub fn main(argv: Vec<String>, env: Vec<String>) -> Self {
+        Start {
+            main: true,
+            argv,
+            env,
+            cwd: "/".into(),
+            user: User {
+                user: "0".into(),
+                group: None,
+            },
+            rows: 24,
+            cols: 80,
+            ..Start::default()
+        }
+    }
+}
+
 /// Most seccomp filters one process gets (the kernel stacks them).
 pub const MAX_SECCOMP_FILTERS: usize = 8;
 /// Most instructions in one filter (the kernel's BPF_MAXINSNS).

@@ -492,7 +492,7 @@ fn host_dir_root(b: Backend) -> Result<(), Failed> {
     use hull::container::Session;
     use hull::sandbox::RootFs;
     use hull::{Container, ContainerConfig, Isolation};
-    use hull_agent::protocol::{Start, User};
+    use hull_agent::protocol::Start;
     let c = Ctx::new(b);
     let root = c.state.path().join("bundle-root");
     let cp = std::process::Command::new("cp")
@@ -505,45 +505,22 @@ fn host_dir_root(b: Backend) -> Result<(), Failed> {
     for (name, read_only) in [("hostroot", false), ("hostroot-ro", true)] {
         let config = ContainerConfig {
             name: Some(name.into()),
-            image: "bundle".into(),
-            command: vec!["sh".into()],
-            isolation: Isolation::Vm,
-            layers: Vec::new(),
-            disks: Vec::new(),
-            vcpus: 1,
-            memory_mib: 128,
-            kernel: None,
-            userns: hull::userns::Mode::Auto,
-            huge_pages: true,
-            mounts: Vec::new(),
             read_only,
             rootfs: RootFs::HostDir(root.clone()),
-            network: None,
-            upper: None,
-            max_starting: None,
-            max_guest_memory_mib: None,
-            cold_boot: false,
-            inherit_netns: false,
+            ..ContainerConfig::new("bundle", vec!["sh".into()], Isolation::Vm)
         };
         let mut ctr = Container::create(&c.state.path().join("lib"), &config)?;
         ctr.start()?;
         let out = Captured::default();
         let err = Captured::default();
-        let start = Start {
-            main: true,
-            argv: vec![
+        let start = Start::main(
+            vec![
                 "sh".into(),
                 "-c".into(),
                 "cat /marker; echo written > /written-by-guest".into(),
             ],
-            env: vec!["PATH=/bin".into()],
-            cwd: "/".into(),
-            user: User {
-                user: "0".into(),
-                group: None,
-            },
-            ..Start::default()
-        };
+            vec!["PATH=/bin".into()],
+        );
         let mut times = hull::client::Times::default();
         let session = Session {
             sinks: hull::client::Sinks {
