@@ -482,18 +482,13 @@ impl Container {
             self.states.save(&self.state)?;
         }
         let dir = self.dir();
-        let mut sinks = session
-            .sinks
-            .with_logs(&dir.join(STDOUT_LOG), &dir.join(STDERR_LOG));
-        let outcome = relay(
-            stream,
-            start,
-            session.stdin,
-            session.raw_terminal,
-            &mut sinks,
-            session.times,
-        );
-        let outcome = match outcome {
+        let session = Session {
+            sinks: session
+                .sinks
+                .with_logs(&dir.join(STDOUT_LOG), &dir.join(STDERR_LOG)),
+            ..session
+        };
+        let outcome = match relay(stream, start, session) {
             Ok(o) => o,
             Err(e) => {
                 use std::os::unix::process::ExitStatusExt;
@@ -512,11 +507,6 @@ impl Container {
                 );
             }
         };
-        if let Outcome::Exited(e) = &outcome {
-            if let Some(reason) = &e.reason {
-                sinks.write_stderr(format!("hull: {reason}\n").as_bytes());
-            }
-        }
         sandbox.wait(Duration::from_secs(30));
         sandbox.cleanup();
         Ok(outcome)
@@ -543,25 +533,10 @@ impl Container {
         let socket = sandbox::agent_socket(isolation, &self.dir());
         let stream = sandbox::connect_agent(isolation, &socket)
             .ok_or_else(|| ContainerError::AgentGone(self.short_id().into()))?;
-        let mut sinks = session.sinks;
-        let outcome = relay(
-            stream,
-            start,
-            session.stdin,
-            session.raw_terminal,
-            &mut sinks,
-            session.times,
-        )
-        .map_err(|source| ContainerError::Exec {
+        relay(stream, start, session).map_err(|source| ContainerError::Exec {
             id: self.short_id().into(),
             source,
-        })?;
-        if let Outcome::Exited(e) = &outcome {
-            if let Some(reason) = &e.reason {
-                sinks.write_stderr(format!("hull: {reason}\n").as_bytes());
-            }
-        }
-        Ok(outcome)
+        })
     }
 
     /// Sends `signal` to the container: SIGKILL ends its sandbox (and with
@@ -709,19 +684,30 @@ impl Container {
 }
 
 /// Runs one session over `stream`, with our terminal raw while it lasts
-/// when `raw_terminal` is set and stdin is a terminal.
+/// when the session asks for it and stdin is a terminal; why the process
+/// ended, when the agent says, goes to its stderr.
 fn relay(
     stream: std::os::unix::net::UnixStream,
     start: &Start,
-    stdin: bool,
-    raw_terminal: bool,
-    sinks: &mut Sinks,
-    times: &mut Times,
+    mut session: Session<'_>,
 ) -> Result<Outcome, ClientError> {
-    let mut raw = (raw_terminal && std::io::stdin().is_terminal()).then(RawMode::enable);
-    let outcome = client::run_session(stream, start, stdin, sinks, times);
+    let mut raw = (session.raw_terminal && std::io::stdin().is_terminal()).then(RawMode::enable);
+    let outcome = client::run_session(
+        stream,
+        start,
+        session.stdin,
+        &mut session.sinks,
+        session.times,
+    );
     if let Some(r) = raw.as_mut() {
         r.restore();
+    }
+    if let Ok(Outcome::Exited(e)) = &outcome {
+        if let Some(reason) = &e.reason {
+            session
+                .sinks
+                .write_stderr(format!("hull: {reason}\n").as_bytes());
+        }
     }
     outcome
 }
