@@ -12,6 +12,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use hull_images::testing::{RawEntry, raw_tar};
+
 #[path = "support/registry.rs"]
 mod registry;
 #[path = "support/tree.rs"]
@@ -66,31 +68,9 @@ fn hull(data: &Path, args: &[&str]) -> (i32, String, String) {
 }
 
 /// Appends a layer made from raw tar entries (path, kind, data, link).
-fn add_raw_layer(layout: &Path, tag: &str, entries: &[(&str, tar::EntryType, &[u8], &str)]) {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, kind, data, link) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(*kind);
-        h.set_mode(if *kind == tar::EntryType::Directory {
-            0o755
-        } else {
-            0o644
-        });
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_size(data.len() as u64);
-        h.set_mtime(1_700_000_000);
-        if !link.is_empty() {
-            h.set_link_name(link).unwrap();
-        }
-        // Raw names: these tests also feed names tar would refuse to write.
-        let bytes = path.as_bytes();
-        h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
-        h.set_cksum();
-        b.append(&h, *data).unwrap();
-    }
+fn add_raw_layer(layout: &Path, tag: &str, entries: &[RawEntry<'_>]) {
     let tar = layout.with_extension("layer.tar");
-    fs::write(&tar, b.into_inner().unwrap()).unwrap();
+    fs::write(&tar, raw_tar(entries)).unwrap();
     sh(&format!(
         "umoci raw add-layer --image '{}:{tag}' '{}'",
         layout.display(),
