@@ -524,15 +524,20 @@ impl Container {
         Ok(())
     }
 
-    /// Runs another process in the running container.
-    pub fn exec(&self, start: &Start, session: Session<'_>) -> Result<Outcome, ContainerError> {
+    /// A new connection to the running container's agent.
+    fn agent(&self) -> Result<std::os::unix::net::UnixStream, ContainerError> {
         if self.state.status != Status::Running {
             return Err(ContainerError::NotRunning(self.short_id().into()));
         }
         let isolation = self.state.isolation;
         let socket = sandbox::agent_socket(isolation, &self.dir());
-        let stream = sandbox::connect_agent(isolation, &socket)
-            .ok_or_else(|| ContainerError::AgentGone(self.short_id().into()))?;
+        sandbox::connect_agent(isolation, &socket)
+            .ok_or_else(|| ContainerError::AgentGone(self.short_id().into()))
+    }
+
+    /// Runs another process in the running container.
+    pub fn exec(&self, start: &Start, session: Session<'_>) -> Result<Outcome, ContainerError> {
+        let stream = self.agent()?;
         relay(stream, start, session).map_err(|source| ContainerError::Exec {
             id: self.short_id().into(),
             source,
@@ -566,13 +571,7 @@ impl Container {
         if signal == libc::SIGKILL {
             return self.kill(signal);
         }
-        if self.state.status != Status::Running {
-            return Err(ContainerError::NotRunning(self.short_id().into()));
-        }
-        let isolation = self.state.isolation;
-        let socket = sandbox::agent_socket(isolation, &self.dir());
-        let stream = sandbox::connect_agent(isolation, &socket)
-            .ok_or_else(|| ContainerError::AgentGone(self.short_id().into()))?;
+        let stream = self.agent()?;
         client::signal_all(stream, signal).map_err(|source| ContainerError::SignalAll {
             id: self.short_id().into(),
             source,
