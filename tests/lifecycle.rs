@@ -9,29 +9,12 @@
 
 #[path = "support/busybox.rs"]
 mod busybox;
+#[path = "support/captured.rs"]
+mod captured;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-use hull::client::{Sinks, Times};
-use hull::container::Session;
 use hull::state::Status;
 use hull::{Container, ContainerConfig, ContainerError, Isolation};
 use hull_agent::protocol::Start;
-
-/// A writer the test reads back.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn status_on_disk(c: &Container) -> String {
     let raw = std::fs::read_to_string(c.dir().join("state.json")).unwrap();
@@ -90,7 +73,6 @@ fn create_then_start_then_attach_then_delete() {
     assert!(sandbox.is_alive());
     assert!(matches!(c.start(), Err(ContainerError::AlreadyStarted(_))));
 
-    let out = Captured::default();
     let start = Start {
         hostname: Some("lc".into()),
         ..Start::main(
@@ -102,26 +84,10 @@ fn create_then_start_then_attach_then_delete() {
             vec!["PATH=/bin".into()],
         )
     };
-    let mut times = Times::default();
-    let session = Session {
-        sinks: Sinks {
-            stdout: vec![Box::new(out.clone())],
-            stderr: Vec::new(),
-            on_started: None,
-            layer: None,
-        },
-        stdin: false,
-        raw_terminal: false,
-        times: &mut times,
-        warn: &|w| eprintln!("{w}"),
-    };
-    let outcome = c.attach(&start, session).unwrap();
-    assert_eq!(outcome.status(), 3);
-    assert_eq!(
-        String::from_utf8_lossy(&out.0.lock().unwrap()),
-        "hi from lc\n"
-    );
-    c.finish(outcome.status(), None).unwrap();
+    let attached = captured::attach(&mut c, &start).unwrap();
+    assert_eq!(attached.outcome.status(), 3);
+    assert_eq!(attached.stdout, "hi from lc\n");
+    c.finish(attached.outcome.status(), None).unwrap();
     assert_eq!(status_on_disk(&c), "exited");
     assert!(!sandbox.is_alive(), "the sandbox outlived its container");
     // The container's log has what it wrote, as `hull logs` shows it.

@@ -13,6 +13,8 @@ use libtest_mimic::{Failed, Trial};
 
 #[path = "busybox.rs"]
 pub mod busybox;
+#[path = "captured.rs"]
+pub mod captured;
 #[path = "hull_proc.rs"]
 pub mod hull_proc;
 
