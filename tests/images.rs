@@ -14,57 +14,28 @@ use std::process::Command;
 
 use hull_images::testing::{RawEntry, raw_tar};
 
+#[path = "support/build_env.rs"]
+mod build_env;
 #[path = "support/registry.rs"]
 mod registry;
 #[path = "support/tree.rs"]
 mod tree;
 
+use build_env::sh;
 use registry::{Registry, free_port, start_registry};
 use tree::walk;
 
-const HULL: &str = env!("CARGO_BIN_EXE_hull");
-
 fn require_root_and_tools() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert!(
-        euid == 0,
-        "the image tests need root (layer owners, device nodes, overlay mounts): run the tests as root"
+    build_env::require_root(
+        "the image tests need root (layer owners, device nodes, overlay mounts): run the tests as root",
     );
-    for tool in ["umoci", "skopeo", "mkfs.erofs"] {
-        let ok = Command::new(tool).arg("--help").output().is_ok();
-        assert!(ok, "{tool} is missing: run scripts/install-deps.sh");
-    }
-}
-
-fn sh(cmd: &str) {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    build_env::require_tools(&["umoci", "skopeo", "mkfs.erofs"]);
 }
 
 fn hull(data: &Path, args: &[&str]) -> (i32, String, String) {
     // Its own short state dir (container sockets live in it).
     let state = tempfile::tempdir().unwrap();
-    // No network: `run` defaults to the bridge network, which must not be
-    // built on the machine's own network.
-    let out = Command::new(HULL)
-        .env("HULL_NETWORK", "none")
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    build_env::hull_in(data, state.path(), args)
 }
 
 /// Appends a layer made from raw tar entries (path, kind, data, link).
