@@ -475,7 +475,7 @@ mod tests {
     #[test]
     fn hostile_agents_end_with_one_error_each() {
         let msg = |data: &[u8]| match fuzz_session(data) {
-            Err(e) => hull_error_line(&e),
+            Err(e) => crate::error::chain(&e),
             Ok(o) => panic!("accepted: {}", o.status()),
         };
         // A 4 GiB length claim: refused before any allocation.
@@ -516,17 +516,6 @@ mod tests {
 
     fn frame_raw(kind: u8) -> Vec<u8> {
         vec![0, 0, 0, 3, kind, 1, 2]
-    }
-
-    fn hull_error_line(e: &ClientError) -> String {
-        let mut line = e.to_string();
-        let mut cause = std::error::Error::source(e);
-        while let Some(c) = cause {
-            line.push_str(": ");
-            line.push_str(&c.to_string());
-            cause = c.source();
-        }
-        line
     }
 
     /// The fuzz target's input, generated: valid frames, mutated and cut

@@ -91,6 +91,36 @@ pub struct ContainerConfig {
     pub inherit_netns: bool,
 }
 
+impl ContainerConfig {
+    /// A container of `image` running `command`: one vCPU and 128 MiB, no
+    /// layers, mounts or network, the user namespace chosen automatically.
+    /// Callers set what differs with struct update syntax.
+    pub fn new(image: impl Into<String>, command: Vec<String>, isolation: Isolation) -> Self {
+        ContainerConfig {
+            name: None,
+            image: image.into(),
+            command,
+            isolation,
+            layers: Vec::new(),
+            disks: Vec::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            kernel: None,
+            userns: userns::Mode::Auto,
+            huge_pages: true,
+            mounts: Vec::new(),
+            read_only: false,
+            rootfs: sandbox::RootFs::Layers,
+            network: None,
+            upper: None,
+            max_starting: None,
+            max_guest_memory_mib: None,
+            cold_boot: false,
+            inherit_netns: false,
+        }
+    }
+}
+
 fn is_layers(r: &sandbox::RootFs) -> bool {
     *r == sandbox::RootFs::Layers
 }
@@ -471,18 +501,13 @@ impl Container {
             self.states.save(&self.state)?;
         }
         let dir = self.dir();
-        let mut sinks = session
-            .sinks
-            .with_logs(&dir.join(STDOUT_LOG), &dir.join(STDERR_LOG));
-        let outcome = relay(
-            stream,
-            start,
-            session.stdin,
-            session.raw_terminal,
-            &mut sinks,
-            session.times,
-        );
-        let outcome = match outcome {
+        let session = Session {
+            sinks: session
+                .sinks
+                .with_logs(&dir.join(STDOUT_LOG), &dir.join(STDERR_LOG)),
+            ..session
+        };
+        let outcome = match relay(stream, start, session) {
             Ok(o) => o,
             Err(e) => {
                 use std::os::unix::process::ExitStatusExt;
@@ -501,11 +526,6 @@ impl Container {
                 );
             }
         };
-        if let Outcome::Exited(e) = &outcome {
-            if let Some(reason) = &e.reason {
-                sinks.write_stderr(format!("hull: {reason}\n").as_bytes());
-            }
-        }
         sandbox.wait(Duration::from_secs(30));
         sandbox.cleanup();
         Ok(outcome)
@@ -524,34 +544,24 @@ impl Container {
         Ok(())
     }
 
-    /// Runs another process in the running container.
-    pub fn exec(&self, start: &Start, session: Session<'_>) -> Result<Outcome, ContainerError> {
+    /// A new connection to the running container's agent.
+    fn agent(&self) -> Result<std::os::unix::net::UnixStream, ContainerError> {
         if self.state.status != Status::Running {
             return Err(ContainerError::NotRunning(self.short_id().into()));
         }
         let isolation = self.state.isolation;
         let socket = sandbox::agent_socket(isolation, &self.dir());
-        let stream = sandbox::connect_agent(isolation, &socket)
-            .ok_or_else(|| ContainerError::AgentGone(self.short_id().into()))?;
-        let mut sinks = session.sinks;
-        let outcome = relay(
-            stream,
-            start,
-            session.stdin,
-            session.raw_terminal,
-            &mut sinks,
-            session.times,
-        )
-        .map_err(|source| ContainerError::Exec {
+        sandbox::connect_agent(isolation, &socket)
+            .ok_or_else(|| ContainerError::AgentGone(self.short_id().into()))
+    }
+
+    /// Runs another process in the running container.
+    pub fn exec(&self, start: &Start, session: Session<'_>) -> Result<Outcome, ContainerError> {
+        let stream = self.agent()?;
+        relay(stream, start, session).map_err(|source| ContainerError::Exec {
             id: self.short_id().into(),
             source,
-        })?;
-        if let Outcome::Exited(e) = &outcome {
-            if let Some(reason) = &e.reason {
-                sinks.write_stderr(format!("hull: {reason}\n").as_bytes());
-            }
-        }
-        Ok(outcome)
+        })
     }
 
     /// Sends `signal` to the container: SIGKILL ends its sandbox (and with
@@ -581,13 +591,7 @@ impl Container {
         if signal == libc::SIGKILL {
             return self.kill(signal);
         }
-        if self.state.status != Status::Running {
-            return Err(ContainerError::NotRunning(self.short_id().into()));
-        }
-        let isolation = self.state.isolation;
-        let socket = sandbox::agent_socket(isolation, &self.dir());
-        let stream = sandbox::connect_agent(isolation, &socket)
-            .ok_or_else(|| ContainerError::AgentGone(self.short_id().into()))?;
+        let stream = self.agent()?;
         client::signal_all(stream, signal).map_err(|source| ContainerError::SignalAll {
             id: self.short_id().into(),
             source,
@@ -699,19 +703,30 @@ impl Container {
 }
 
 /// Runs one session over `stream`, with our terminal raw while it lasts
-/// when `raw_terminal` is set and stdin is a terminal.
+/// when the session asks for it and stdin is a terminal; why the process
+/// ended, when the agent says, goes to its stderr.
 fn relay(
     stream: std::os::unix::net::UnixStream,
     start: &Start,
-    stdin: bool,
-    raw_terminal: bool,
-    sinks: &mut Sinks,
-    times: &mut Times,
+    mut session: Session<'_>,
 ) -> Result<Outcome, ClientError> {
-    let mut raw = (raw_terminal && std::io::stdin().is_terminal()).then(RawMode::enable);
-    let outcome = client::run_session(stream, start, stdin, sinks, times);
+    let mut raw = (session.raw_terminal && std::io::stdin().is_terminal()).then(RawMode::enable);
+    let outcome = client::run_session(
+        stream,
+        start,
+        session.stdin,
+        &mut session.sinks,
+        session.times,
+    );
     if let Some(r) = raw.as_mut() {
         r.restore();
+    }
+    if let Ok(Outcome::Exited(e)) = &outcome {
+        if let Some(reason) = &e.reason {
+            session
+                .sinks
+                .write_stderr(format!("hull: {reason}\n").as_bytes());
+        }
     }
     outcome
 }
@@ -721,28 +736,7 @@ mod tests {
     use super::*;
 
     fn config() -> ContainerConfig {
-        ContainerConfig {
-            name: None,
-            image: "i".into(),
-            command: vec!["true".into()],
-            isolation: Isolation::Vm,
-            layers: Vec::new(),
-            disks: Vec::new(),
-            vcpus: 1,
-            memory_mib: 128,
-            kernel: None,
-            userns: userns::Mode::Auto,
-            huge_pages: true,
-            mounts: Vec::new(),
-            read_only: false,
-            rootfs: sandbox::RootFs::Layers,
-            network: None,
-            upper: None,
-            max_starting: None,
-            max_guest_memory_mib: None,
-            cold_boot: false,
-            inherit_netns: false,
-        }
+        ContainerConfig::new("i", vec!["true".into()], Isolation::Vm)
     }
 
     #[test]

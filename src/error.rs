@@ -2,19 +2,7 @@
 //! and expose their cause as `source` (never in their own message too), so
 //! the whole story is the chain, joined as `anyhow`'s `{:#}` joins it.
 
-use std::error::Error;
-
-/// `error: cause: cause's cause`, as one line.
-pub fn chain(e: &dyn Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
-}
+pub use hull_vmm::error::chain;
 
 #[cfg(test)]
 mod tests {

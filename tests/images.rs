@@ -12,85 +12,36 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use hull_images::testing::{RawEntry, raw_tar};
+
+#[path = "support/build_env.rs"]
+mod build_env;
 #[path = "support/registry.rs"]
 mod registry;
 #[path = "support/tree.rs"]
 mod tree;
 
+use build_env::sh;
 use registry::{Registry, free_port, start_registry};
 use tree::walk;
 
-const HULL: &str = env!("CARGO_BIN_EXE_hull");
-
 fn require_root_and_tools() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert!(
-        euid == 0,
-        "the image tests need root (layer owners, device nodes, overlay mounts): run the tests as root"
+    build_env::require_root(
+        "the image tests need root (layer owners, device nodes, overlay mounts): run the tests as root",
     );
-    for tool in ["umoci", "skopeo", "mkfs.erofs"] {
-        let ok = Command::new(tool).arg("--help").output().is_ok();
-        assert!(ok, "{tool} is missing: run scripts/install-deps.sh");
-    }
-}
-
-fn sh(cmd: &str) {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    build_env::require_tools(&["umoci", "skopeo", "mkfs.erofs"]);
 }
 
 fn hull(data: &Path, args: &[&str]) -> (i32, String, String) {
     // Its own short state dir (container sockets live in it).
     let state = tempfile::tempdir().unwrap();
-    // No network: `run` defaults to the bridge network, which must not be
-    // built on the machine's own network.
-    let out = Command::new(HULL)
-        .env("HULL_NETWORK", "none")
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    build_env::hull_in(data, state.path(), args)
 }
 
 /// Appends a layer made from raw tar entries (path, kind, data, link).
-fn add_raw_layer(layout: &Path, tag: &str, entries: &[(&str, tar::EntryType, &[u8], &str)]) {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, kind, data, link) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(*kind);
-        h.set_mode(if *kind == tar::EntryType::Directory {
-            0o755
-        } else {
-            0o644
-        });
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_size(data.len() as u64);
-        h.set_mtime(1_700_000_000);
-        if !link.is_empty() {
-            h.set_link_name(link).unwrap();
-        }
-        // Raw names: these tests also feed names tar would refuse to write.
-        let bytes = path.as_bytes();
-        h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
-        h.set_cksum();
-        b.append(&h, *data).unwrap();
-    }
+fn add_raw_layer(layout: &Path, tag: &str, entries: &[RawEntry<'_>]) {
     let tar = layout.with_extension("layer.tar");
-    fs::write(&tar, b.into_inner().unwrap()).unwrap();
+    fs::write(&tar, raw_tar(entries)).unwrap();
     sh(&format!(
         "umoci raw add-layer --image '{}:{tag}' '{}'",
         layout.display(),

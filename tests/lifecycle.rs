@@ -9,30 +9,12 @@
 
 #[path = "support/busybox.rs"]
 mod busybox;
+#[path = "support/captured.rs"]
+mod captured;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-use hull::client::{Sinks, Times};
-use hull::container::Session;
 use hull::state::Status;
-use hull::userns::Mode;
 use hull::{Container, ContainerConfig, ContainerError, Isolation};
-use hull_agent::protocol::{Start, User};
-
-/// A writer the test reads back.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use hull_agent::protocol::Start;
 
 fn status_on_disk(c: &Container) -> String {
     let raw = std::fs::read_to_string(c.dir().join("state.json")).unwrap();
@@ -70,25 +52,8 @@ fn create_then_start_then_attach_then_delete() {
     let rootfs = busybox::rootfs(&t.path().join("rootfs"));
     let config = ContainerConfig {
         name: Some("lifecycle".into()),
-        image: "busybox".into(),
-        command: vec!["sh".into()],
-        isolation: Isolation::Ns,
         layers: vec![rootfs],
-        disks: Vec::new(),
-        vcpus: 1,
-        memory_mib: 128,
-        kernel: None,
-        userns: Mode::Auto,
-        huge_pages: true,
-        mounts: Vec::new(),
-        read_only: false,
-        rootfs: hull::sandbox::RootFs::Layers,
-        network: None,
-        upper: None,
-        max_starting: None,
-        max_guest_memory_mib: None,
-        cold_boot: false,
-        inherit_netns: false,
+        ..ContainerConfig::new("busybox", vec!["sh".into()], Isolation::Ns)
     };
 
     let mut c = Container::create(&state_dir, &config).unwrap();
@@ -108,52 +73,21 @@ fn create_then_start_then_attach_then_delete() {
     assert!(sandbox.is_alive());
     assert!(matches!(c.start(), Err(ContainerError::AlreadyStarted(_))));
 
-    let out = Captured::default();
     let start = Start {
-        main: true,
-        argv: vec![
-            "sh".into(),
-            "-c".into(),
-            "echo hi from $(hostname); exit 3".into(),
-        ],
-        env: vec!["PATH=/bin".into()],
-        cwd: "/".into(),
-        user: User {
-            user: "0".into(),
-            group: None,
-        },
         hostname: Some("lc".into()),
-        tty: false,
-        rows: 24,
-        cols: 80,
-        stdin: false,
-        rlimits: Vec::new(),
-        freshen: None,
-        root_disks: None,
-        privileges: None,
-        network: None,
-        export_upper: false,
+        ..Start::main(
+            vec![
+                "sh".into(),
+                "-c".into(),
+                "echo hi from $(hostname); exit 3".into(),
+            ],
+            vec!["PATH=/bin".into()],
+        )
     };
-    let mut times = Times::default();
-    let session = Session {
-        sinks: Sinks {
-            stdout: vec![Box::new(out.clone())],
-            stderr: Vec::new(),
-            on_started: None,
-            layer: None,
-        },
-        stdin: false,
-        raw_terminal: false,
-        times: &mut times,
-        warn: &|w| eprintln!("{w}"),
-    };
-    let outcome = c.attach(&start, session).unwrap();
-    assert_eq!(outcome.status(), 3);
-    assert_eq!(
-        String::from_utf8_lossy(&out.0.lock().unwrap()),
-        "hi from lc\n"
-    );
-    c.finish(outcome.status(), None).unwrap();
+    let attached = captured::attach(&mut c, &start).unwrap();
+    assert_eq!(attached.outcome.status(), 3);
+    assert_eq!(attached.stdout, "hi from lc\n");
+    c.finish(attached.outcome.status(), None).unwrap();
     assert_eq!(status_on_disk(&c), "exited");
     assert!(!sandbox.is_alive(), "the sandbox outlived its container");
     // The container's log has what it wrote, as `hull logs` shows it.

@@ -19,7 +19,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::sys;
+use hull_agent::overlay;
 
 /// The upper directory of the VM's overlay, opened before the agent
 /// switched into the container's root (where it is no longer reachable by
@@ -68,24 +68,19 @@ struct Entry<'a> {
 
 impl TarWriter<'_> {
     fn walk(&mut self, root: &Path, rel: &Path) -> io::Result<()> {
-        let mut names: Vec<_> = fs::read_dir(root.join(rel))?
-            .filter_map(|e| e.ok().map(|e| e.file_name()))
-            .collect();
-        names.sort();
-        for name in names {
+        for name in overlay::sorted_names(&root.join(rel))? {
             let r = rel.join(&name);
             let path = root.join(&r);
             let m = fs::symlink_metadata(&path)?;
-            let ft = m.file_type();
-            if ft.is_char_device() && m.rdev() == 0 {
+            if overlay::is_whiteout(&m) {
                 let mut wh = b".wh.".to_vec();
                 wh.extend_from_slice(name.as_bytes());
                 self.marker(&rel.join(std::ffi::OsStr::from_bytes(&wh)))?;
                 continue;
             }
             self.entry(&r, &path, &m)?;
-            if ft.is_dir() {
-                if sys::lgetxattr(&path, "trusted.overlay.opaque").as_deref() == Some(b"y") {
+            if m.is_dir() {
+                if overlay::is_opaque(&path) {
                     self.marker(&r.join(".wh..wh..opq"))?;
                 }
                 self.walk(root, &r)?;

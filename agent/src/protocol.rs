@@ -247,17 +247,14 @@ pub enum MountKind {
 /// no character the command line would split or quote); to a guest
 /// restored from a template, in the main Start's [`RootDisks`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct VmSetup {
     /// The user's mounts, in order.
-    #[serde(default)]
     pub mounts: Vec<Mount>,
     /// `--read-only`: the root is remounted read-only after the mounts.
-    #[serde(default)]
     pub read_only: bool,
     /// The root filesystem is this virtio-fs tag (a host directory) rather
     /// than the layer disks.
-    #[serde(default)]
     pub root_tag: Option<String>,
 }
 
@@ -339,6 +336,27 @@ pub struct Start {
     pub privileges: Option<Privileges>,
 }
 
+impl Start {
+    /// A container's main process: `argv` with `env`, as root in `/`, with
+    /// no stdin and no terminal (24x80 should a caller turn `tty` on).
+    /// Callers set what differs with struct update syntax.
+    pub fn main(argv: Vec<String>, env: Vec<String>) -> Self {
+        Start {
+            main: true,
+            argv,
+            env,
+            cwd: "/".into(),
+            user: User {
+                user: "0".into(),
+                group: None,
+            },
+            rows: 24,
+            cols: 80,
+            ..Start::default()
+        }
+    }
+}
+
 /// Most seccomp filters one process gets (the kernel stacks them).
 pub const MAX_SECCOMP_FILTERS: usize = 8;
 /// Most instructions in one filter (the kernel's BPF_MAXINSNS).
@@ -346,18 +364,15 @@ pub const MAX_BPF_INSTRUCTIONS: usize = 4096;
 
 /// A process's groups, capabilities and filters beyond its user.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Privileges {
     /// Supplementary groups added to those of the user's /etc/group entries.
-    #[serde(default)]
     pub additional_gids: Vec<u32>,
     /// The five capability sets; None leaves them as the agent has them.
-    #[serde(default)]
     pub capabilities: Option<Capabilities>,
-    #[serde(default)]
     pub no_new_privileges: bool,
     /// Classic BPF seccomp programs, installed in order (the host compiles
     /// them; at most [`MAX_SECCOMP_FILTERS`] of [`MAX_BPF_INSTRUCTIONS`]).
-    #[serde(default)]
     pub seccomp: Vec<Vec<BpfInstruction>>,
 }
 

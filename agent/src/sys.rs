@@ -56,21 +56,6 @@ pub fn mount(
     check(unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) })
 }
 
-/// `name`'s extended attribute on `path` (not following a symlink), if it
-/// has one of at most 256 bytes.
-pub fn lgetxattr(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
-    use std::os::unix::ffi::OsStrExt;
-    let p = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let n = CString::new(name).ok()?;
-    let mut buf = vec![0u8; 256];
-    // SAFETY: two NUL-terminated strings; the pointer and length describe `buf`.
-    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    (r >= 0).then(|| {
-        buf.truncate(r as usize);
-        buf
-    })
-}
-
 pub fn chroot_here() -> io::Result<()> {
     let dot = cstr(".")?;
     // SAFETY: valid NUL-terminated path.

@@ -9,6 +9,8 @@ pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod store;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 pub mod unpack;
 
 pub use digest::Digest;

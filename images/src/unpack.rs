@@ -302,38 +302,13 @@ pub fn unpack(r: impl Read, dest: &Path) -> Result<Unpacked, UnpackError> {
 mod tests {
     use super::*;
 
-    fn tar_of(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (path, kind, data, link) in entries {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(*kind);
-            h.set_mode(if *kind == tar::EntryType::Directory {
-                0o755
-            } else {
-                0o644
-            });
-            h.set_size(data.len() as u64);
-            h.set_mtime(1_000_000);
-            h.set_uid(0);
-            h.set_gid(0);
-            if !link.is_empty() {
-                h.set_link_name(link).unwrap();
-            }
-            // Bypass the builder's own path checks: these tests feed bad paths.
-            let bytes = path.as_bytes();
-            h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
-            h.set_cksum();
-            b.append(&h, *data).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
-
+    use crate::testing::raw_tar;
     use tar::EntryType as T;
 
     #[test]
     fn files_links_and_whiteouts() {
         let d = tempfile::tempdir().unwrap();
-        let t = tar_of(&[
+        let t = raw_tar(&[
             ("etc/", T::Directory, b"", ""),
             ("etc/hostname", T::Regular, b"box\n", ""),
             ("etc/alias", T::Link, b"", "etc/hostname"),
@@ -385,7 +360,7 @@ mod tests {
             ),
         ] {
             let d = tempfile::tempdir().unwrap();
-            let t = tar_of(&entries);
+            let t = raw_tar(&entries);
             let e = unpack(&t[..], d.path()).unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
         }
@@ -393,7 +368,7 @@ mod tests {
 
     #[test]
     fn compressed_layers() {
-        let t = tar_of(&[("f", T::Regular, b"data", "")]);
+        let t = raw_tar(&[("f", T::Regular, b"data", "")]);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         io::Write::write_all(&mut gz, &t).unwrap();
         let gz = gz.finish().unwrap();

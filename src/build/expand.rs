@@ -38,7 +38,21 @@ struct Lexer<'a> {
     stopped: bool,
 }
 
-impl Lexer<'_> {
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+impl<'a> Lexer<'a> {
+    fn new(s: &str, escape: char, vars: &'a dyn Vars) -> Self {
+        Lexer {
+            chars: s.chars().collect(),
+            pos: 0,
+            escape,
+            vars,
+            stopped: false,
+        }
+    }
+
     fn peek(&self) -> Option<char> {
         self.chars.get(self.pos).copied()
     }
@@ -119,30 +133,26 @@ impl Lexer<'_> {
                 self.pos += 1;
                 self.braced()
             }
-            Some(c) if c.is_ascii_alphanumeric() || c == '_' => {
-                let mut name = String::new();
-                while let Some(c) = self
-                    .peek()
-                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-                {
-                    name.push(c);
-                    self.pos += 1;
-                }
+            Some(c) if is_name_char(c) => {
+                let name = self.name();
                 Ok(self.vars.get(&name).unwrap_or_default())
             }
             _ => Ok("$".into()),
         }
     }
 
-    fn braced(&mut self) -> Result<String, ExpandError> {
+    /// A variable's name: the letters, digits and underscores from here.
+    fn name(&mut self) -> String {
         let mut name = String::new();
-        while let Some(c) = self
-            .peek()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-        {
+        while let Some(c) = self.peek().filter(|c| is_name_char(*c)) {
             name.push(c);
             self.pos += 1;
         }
+        name
+    }
+
+    fn braced(&mut self) -> Result<String, ExpandError> {
+        let name = self.name();
         if name.is_empty() {
             let rest: String = self.chars[self.pos..]
                 .iter()
@@ -185,27 +195,13 @@ impl Lexer<'_> {
 
 /// `s` as one word: quotes removed, variables replaced (spaces kept).
 pub fn word(s: &str, escape: char, vars: &dyn Vars) -> Result<String, ExpandError> {
-    let mut l = Lexer {
-        chars: s.chars().collect(),
-        pos: 0,
-        escape,
-        vars,
-        stopped: false,
-    };
-    Ok(l.words(false, None)?.concat())
+    Ok(Lexer::new(s, escape, vars).words(false, None)?.concat())
 }
 
 /// `s` as whitespace-separated words, each with quotes removed and
 /// variables replaced (a quoted space stays inside its word).
 pub fn words(s: &str, escape: char, vars: &dyn Vars) -> Result<Vec<String>, ExpandError> {
-    let mut l = Lexer {
-        chars: s.chars().collect(),
-        pos: 0,
-        escape,
-        vars,
-        stopped: false,
-    };
-    l.words(true, None)
+    Lexer::new(s, escape, vars).words(true, None)
 }
 
 /// Splits `s` at unquoted whitespace, keeping quotes and escapes as they

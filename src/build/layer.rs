@@ -4,7 +4,6 @@
 //! way, then stored in the content store like a pulled layer.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -13,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
+use hull_agent::overlay;
 use hull_images::digest::HashingSink;
 use hull_images::{LayerRecord, Store};
 
@@ -282,24 +282,6 @@ impl LayerWriter {
     }
 }
 
-/// `name`'s xattr on `path` (not following a symlink), if it has it.
-fn lgetxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
-    let p = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let n = CString::new(name).ok()?;
-    let mut buf = vec![0u8; 256];
-    // SAFETY: valid NUL-terminated strings; the pointer and length describe `buf`.
-    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    (r >= 0).then(|| {
-        buf.truncate(r as usize);
-        buf
-    })
-}
-
-/// What a whiteout looks like in an overlayfs upper dir: a 0/0 char device.
-fn is_whiteout(m: &fs::Metadata) -> bool {
-    m.file_type().is_char_device() && m.rdev() == 0
-}
-
 /// Adds an overlayfs upper dir's changes under `rel` to `w`: its files as
 /// they are, its whiteouts as `.wh.` entries, its opaque directories with
 /// their marker. `skip` says which top-level names to leave out (the mount
@@ -311,25 +293,20 @@ pub fn add_upper(
     skip: &dyn Fn(&Path) -> bool,
 ) -> Result<(), LayerError> {
     let dir = upper.join(rel);
-    let mut names: Vec<_> = fs::read_dir(&dir)
-        .map_err(io_at("reading", &dir))?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .collect();
-    names.sort();
-    for name in names {
+    for name in overlay::sorted_names(&dir).map_err(io_at("reading", &dir))? {
         let r = rel.join(&name);
         if skip(&r) {
             continue;
         }
         let path = upper.join(&r);
         let m = fs::symlink_metadata(&path).map_err(io_at("reading", &path))?;
-        if is_whiteout(&m) {
+        if overlay::is_whiteout(&m) {
             w.whiteout(&r)?;
             continue;
         }
         w.add_path(&r, &path, Overrides::default())?;
         if m.is_dir() {
-            if lgetxattr(&path, "trusted.overlay.opaque").as_deref() == Some(b"y") {
+            if overlay::is_opaque(&path) {
                 w.opaque(&r)?;
             }
             add_upper(w, upper, &r, skip)?;

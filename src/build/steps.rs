@@ -120,27 +120,14 @@ pub fn run(
             dirs.push(empty);
         }
         let config = ContainerConfig {
-            name: None,
-            image: "hull build".into(),
-            command: start.argv.clone(),
-            isolation: settings.isolation,
             layers: dirs,
             disks,
-            vcpus: 1,
             memory_mib: settings.memory_mib,
             kernel: settings.kernel.clone(),
             // The step's files keep the ids the Dockerfile gave them.
             userns: userns::Mode::Host,
-            huge_pages: true,
-            mounts: Vec::new(),
-            read_only: false,
-            rootfs: crate::sandbox::RootFs::Layers,
             upper: Some(upper.clone()),
-            network: None,
-            max_starting: None,
-            max_guest_memory_mib: None,
-            cold_boot: false,
-            inherit_netns: false,
+            ..ContainerConfig::new("hull build", start.argv.clone(), settings.isolation)
         };
         let mut c = Container::create(&settings.state_dir, &config)?;
         let mut times = Times::default();
@@ -465,21 +452,9 @@ pub fn start(argv: Vec<String>, env: Vec<String>, cwd: String, user: &str) -> St
         None => (user.to_string(), None),
     };
     Start {
-        main: true,
-        argv,
-        env,
         cwd: if cwd.is_empty() { "/".into() } else { cwd },
         user: User { user, group },
         hostname: Some("hull-build".into()),
-        tty: false,
-        rows: 24,
-        cols: 80,
-        stdin: false,
-        rlimits: Vec::new(),
-        freshen: None,
-        root_disks: None,
-        privileges: None,
-        network: None,
-        export_upper: false,
+        ..Start::main(argv, env)
     }
 }

@@ -22,6 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import boot  # noqa: E402  (same directory: command line and paths)
+import disk_common  # noqa: E402
 
 THP = "/sys/kernel/mm/transparent_hugepage"
 COUNTERS = ("thp_fault_alloc", "thp_fault_fallback", "thp_collapse_alloc",
@@ -85,18 +86,12 @@ def main():
                     help="another hull-vmm argument (repeatable)")
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--trace", help="append vmstat samples to this file")
-    ap.add_argument("--kernel", default=os.environ.get("HULL_KERNEL") or
-                    os.path.expanduser("~/.cache/hull/kernel/vmlinux"))
-    ap.add_argument("--hull-vmm", default=os.path.join(boot.REPO, "target/release/hull-vmm"))
+    disk_common.add_vmm_arguments(ap)
     args = ap.parse_args()
-    if not os.path.exists(args.hull_vmm):
-        sys.exit("%s missing: cargo build --release -p hull-vmm" % args.hull_vmm)
+    disk_common.require_hull_vmm(args)
     tmp = tempfile.mkdtemp()
     initrd = boot.initramfs(tmp, init_script(args.disk_mib))
-    disk = os.path.join(tmp, "disk.img")
-    with open(disk, "wb") as f:
-        for _ in range(args.disk_mib):
-            f.write(os.urandom(1 << 20))
+    disk = disk_common.random_disk(tmp, args.disk_mib)
     cmd = [args.hull_vmm, "--kernel", args.kernel, "--initrd", initrd,
            "--mem", str(args.mem), "--vcpus", "1", "--disk", disk + ",ro"]
     if args.no_huge_pages:

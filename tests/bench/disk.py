@@ -24,6 +24,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import boot  # noqa: E402  (same directory: command line and paths)
+import disk_common  # noqa: E402
 
 DISK_MIB = 256
 MEM_MIB = 256
@@ -51,19 +52,13 @@ def one_run(cmd, env):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=3, help="runs per VMM (default 3)")
-    ap.add_argument("--kernel", default=os.environ.get("HULL_KERNEL") or
-                    os.path.expanduser("~/.cache/hull/kernel/vmlinux"))
-    ap.add_argument("--hull-vmm", default=os.path.join(boot.REPO, "target/release/hull-vmm"))
+    disk_common.add_vmm_arguments(ap)
     args = ap.parse_args()
-    if not os.path.exists(args.hull_vmm):
-        sys.exit("%s missing: cargo build --release -p hull-vmm" % args.hull_vmm)
+    disk_common.require_hull_vmm(args)
     tmp = tempfile.mkdtemp()
     try:
         initrd = boot.initramfs(tmp, INIT)
-        disk = os.path.join(tmp, "disk.img")
-        with open(disk, "wb") as f:
-            for _ in range(DISK_MIB):
-                f.write(os.urandom(1 << 20))
+        disk = disk_common.random_disk(tmp, DISK_MIB)
         vmms = {
             "hull-vmm": [args.hull_vmm, "--kernel", args.kernel, "--initrd", initrd,
                          "--mem", str(MEM_MIB), "--vcpus", "1", "--disk", disk + ",ro"],

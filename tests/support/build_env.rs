@@ -1,5 +1,6 @@
-//! What the build tests share: a data dir holding the busybox image (made
-//! with umoci from Debian's busybox-static) and running hull on it.
+//! What the build and image tests share: a data dir holding the busybox
+//! image (made with umoci from Debian's busybox-static), running hull on a
+//! data dir, and the root and tools they need.
 
 #![allow(dead_code)]
 
@@ -21,13 +22,21 @@ pub fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Root and `tools`, for the build tests.
 pub fn require(tools: &[&str]) {
+    require_root("the build tests need root (namespaces, overlay mounts, layer owners)");
+    require_tools(tools);
+}
+
+/// Fails with `why` unless the tests run as root.
+pub fn require_root(why: &str) {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert!(
-        euid == 0,
-        "the build tests need root (namespaces, overlay mounts, layer owners)"
-    );
+    assert!(euid == 0, "{why}");
+}
+
+/// Fails naming the first of `tools` that is not installed.
+pub fn require_tools(tools: &[&str]) {
     for tool in tools {
         let ok = Command::new("sh")
             .arg("-c")
@@ -36,6 +45,26 @@ pub fn require(tools: &[&str]) {
             .is_ok_and(|o| o.status.success());
         assert!(ok, "{tool} is missing: run scripts/install-deps.sh");
     }
+}
+
+/// Runs hull on `data` and `state`: exit code, stdout, stderr.
+pub fn hull_in(data: &Path, state: &Path, args: &[&str]) -> (i32, String, String) {
+    // No network: `run` defaults to the bridge network, which must not be
+    // built on the machine's own network.
+    let out = Command::new(HULL)
+        .env("HULL_NETWORK", "none")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A data dir with the busybox image as `busybox`, in `t`.
@@ -84,22 +113,7 @@ impl Env {
     }
 
     pub fn hull(&self, args: &[&str]) -> (i32, String, String) {
-        // No network: `run` defaults to the bridge network, which must not
-        // be built on the machine's own network.
-        let out = Command::new(HULL)
-            .env("HULL_NETWORK", "none")
-            .arg("--data-dir")
-            .arg(&self.data)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        hull_in(&self.data, &self.state, args)
     }
 
     pub fn build(&self, context: &Path, extra: &[&str]) -> (i32, String, String) {

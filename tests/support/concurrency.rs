@@ -65,12 +65,7 @@ impl World {
     }
 
     fn containers(&self) -> Vec<String> {
-        std::fs::read_dir(self.state.path().join("containers"))
-            .map(|d| {
-                d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        hull_proc::containers_in(self.state.path())
     }
 
     /// What a finished trial must not leave: state dirs, processes or mounts

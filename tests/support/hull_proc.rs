@@ -8,6 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// The containers a hull state dir still holds (their directory names).
+pub fn containers_in(state: &Path) -> Vec<String> {
+    std::fs::read_dir(state.join("containers"))
+        .map(|d| {
+            d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The `hull` binary beside the test binary (target/PROFILE/hull).
 pub fn hull_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");

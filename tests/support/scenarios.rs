@@ -13,6 +13,8 @@ use libtest_mimic::{Failed, Trial};
 
 #[path = "busybox.rs"]
 pub mod busybox;
+#[path = "captured.rs"]
+pub mod captured;
 #[path = "hull_proc.rs"]
 pub mod hull_proc;
 
@@ -99,12 +101,7 @@ impl Ctx {
 
     /// Containers left in the state dir.
     fn containers(&self) -> Vec<String> {
-        std::fs::read_dir(self.state.path().join("containers"))
-            .map(|d| {
-                d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        hull_proc::containers_in(self.state.path())
     }
 }
 

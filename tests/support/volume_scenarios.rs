@@ -466,33 +466,15 @@ fn vmm_kill_9_leaves_nothing(b: Backend) -> Result<(), Failed> {
     })
 }
 
-/// Collects a container's output for [`host_dir_root`].
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The library's `RootFs::HostDir` (what the OCI runtime uses for a
 /// bundle's root.path): the microVM's root is a host directory over
 /// virtio-fs. The container reads the directory's files and its writes land
 /// in it, owned by root as the host sees them; with `read_only` the share
 /// refuses writes.
 fn host_dir_root(b: Backend) -> Result<(), Failed> {
-    use hull::container::Session;
     use hull::sandbox::RootFs;
     use hull::{Container, ContainerConfig, Isolation};
-    use hull_agent::protocol::{Start, User};
+    use hull_agent::protocol::Start;
     let c = Ctx::new(b);
     let root = c.state.path().join("bundle-root");
     let cp = std::process::Command::new("cp")
@@ -505,66 +487,25 @@ fn host_dir_root(b: Backend) -> Result<(), Failed> {
     for (name, read_only) in [("hostroot", false), ("hostroot-ro", true)] {
         let config = ContainerConfig {
             name: Some(name.into()),
-            image: "bundle".into(),
-            command: vec!["sh".into()],
-            isolation: Isolation::Vm,
-            layers: Vec::new(),
-            disks: Vec::new(),
-            vcpus: 1,
-            memory_mib: 128,
-            kernel: None,
-            userns: hull::userns::Mode::Auto,
-            huge_pages: true,
-            mounts: Vec::new(),
             read_only,
             rootfs: RootFs::HostDir(root.clone()),
-            network: None,
-            upper: None,
-            max_starting: None,
-            max_guest_memory_mib: None,
-            cold_boot: false,
-            inherit_netns: false,
+            ..ContainerConfig::new("bundle", vec!["sh".into()], Isolation::Vm)
         };
         let mut ctr = Container::create(&c.state.path().join("lib"), &config)?;
         ctr.start()?;
-        let out = Captured::default();
-        let err = Captured::default();
-        let start = Start {
-            main: true,
-            argv: vec![
+        let start = Start::main(
+            vec![
                 "sh".into(),
                 "-c".into(),
                 "cat /marker; echo written > /written-by-guest".into(),
             ],
-            env: vec!["PATH=/bin".into()],
-            cwd: "/".into(),
-            user: User {
-                user: "0".into(),
-                group: None,
-            },
-            ..Start::default()
-        };
-        let mut times = hull::client::Times::default();
-        let session = Session {
-            sinks: hull::client::Sinks {
-                stdout: vec![Box::new(out.clone())],
-                stderr: vec![Box::new(err.clone())],
-                on_started: None,
-                layer: None,
-            },
-            stdin: false,
-            raw_terminal: false,
-            times: &mut times,
-            warn: &|w| eprintln!("{w}"),
-        };
-        let outcome = ctr.attach(&start, session)?;
-        let status = outcome.status();
+            vec!["PATH=/bin".into()],
+        );
+        let attached = super::captured::attach(&mut ctr, &start)?;
+        let status = attached.outcome.status();
         ctr.finish(status, None)?;
         ctr.delete(false)?;
-        let stdout =
-            String::from_utf8_lossy(&out.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
-        let stderr =
-            String::from_utf8_lossy(&err.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+        let (stdout, stderr) = (attached.stdout, attached.stderr);
         check(stdout == "from the host dir\n", || {
             format!("{name}: the root must be the host dir; stdout {stdout:?} stderr {stderr:?}")
         })?;

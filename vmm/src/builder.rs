@@ -57,9 +57,13 @@ impl Vmm {
         // (a first copy into a buffer cost ~0.3 s of a cold boot in the
         // emulated KVM host, where memory copies are slow).
         let mut kernel_file = open_kernel(&cfg.kernel)?;
-        if detect_kvm_kind() == KvmKind::Pvm && !is_pvm_kernel(&cfg.kernel)? {
-            return Err(VmmError::PvmHost);
-        }
+        // A PVM host boots only a PVM-enabled kernel: there the file is
+        // read whole once, searched for the marker and loaded from that copy.
+        let pvm_kernel = if detect_kvm_kind() == KvmKind::Pvm {
+            Some(read_pvm_kernel(&cfg.kernel, &mut kernel_file)?)
+        } else {
+            None
+        };
         let mut initrd = match &cfg.initrd {
             Some(p) => Some(Initrd::open(p)?),
             None => None,
@@ -69,7 +73,10 @@ impl Vmm {
         let mem = guest_memory(&ram, cfg.mem_mib, cfg.huge_pages)?;
         // The kernel goes in before /dev/kvm is opened: a file that is not
         // a vmlinux is refused without touching KVM.
-        let kernel = load_kernel(&mem, &cfg.kernel, &mut kernel_file)?;
+        let kernel = match pvm_kernel {
+            Some(bytes) => load_kernel(&mem, &cfg.kernel, &mut std::io::Cursor::new(bytes))?,
+            None => load_kernel(&mem, &cfg.kernel, &mut kernel_file)?,
+        };
         drop(kernel_file);
         let entry = kernel.entry;
         log::debug!("kernel loaded at {:?}", start.elapsed());
@@ -264,14 +271,20 @@ fn open_kernel(path: &Path) -> Result<File, VmmError> {
     })
 }
 
-/// Whether the kernel at `path` carries the PVM guest entry code (read
-/// whole: only on PVM hosts, where a stock kernel cannot boot).
-fn is_pvm_kernel(path: &Path) -> Result<bool, VmmError> {
-    let bytes = std::fs::read(path).map_err(|source| VmmError::KernelFile {
+/// The whole kernel at `path` (open as `file`), if it carries the PVM
+/// guest entry code: only on PVM hosts, where a stock kernel cannot boot.
+/// The marker is a symbol name, outside the loadable segments, so the
+/// whole file is read.
+fn read_pvm_kernel(path: &Path, file: &mut File) -> Result<Vec<u8>, VmmError> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(file, &mut bytes).map_err(|source| VmmError::KernelFile {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(contains(&bytes, PVM_GUEST_MARKER))
+    if !contains(&bytes, PVM_GUEST_MARKER) {
+        return Err(VmmError::PvmHost);
+    }
+    Ok(bytes)
 }
 
 /// An initrd file, opened and sized before guest memory is laid out.

@@ -202,18 +202,7 @@ impl DeviceManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::error::Error;
-
-    /// An error and its chain of sources, as `{e:#}` in anyhow prints it.
-    fn chain(e: &dyn Error) -> String {
-        let mut s = e.to_string();
-        let mut next = e.source();
-        while let Some(cause) = next {
-            s = format!("{s}: {cause}");
-            next = cause.source();
-        }
-        s
-    }
+    use crate::error::chain;
 
     /// Each error says its cause once, in its message or as its source.
     #[test]

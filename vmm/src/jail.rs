@@ -245,7 +245,7 @@ fn waiter(
                 .map_err(|e| JailError::Seccomp(crate::seccomp::SeccompError::Install("waiter", e)))
         });
     if let Err(e) = dropped {
-        eprintln!("hull-vmm: the jail's waiter: {}", one_line(&e));
+        eprintln!("hull-vmm: the jail's waiter: {}", crate::error::chain(&e));
         // SAFETY: killing and reaping our own child; then ending at once.
         unsafe {
             libc::kill(child, libc::SIGKILL);
@@ -299,18 +299,6 @@ fn shed(jail: &JailConfig) -> Result<(), JailError> {
     check(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) })
         .map_err(step("setting RLIMIT_CORE"))?;
     drop_privileges(jail, &[])
-}
-
-/// `e` and its causes on one line.
-fn one_line(e: &JailError) -> String {
-    let mut line = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        line.push_str(": ");
-        line.push_str(&c.to_string());
-        cause = c.source();
-    }
-    line
 }
 
 fn mount(

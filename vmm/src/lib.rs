@@ -18,6 +18,7 @@ pub mod config;
 pub mod device_manager;
 #[allow(clippy::cast_possible_truncation)]
 pub mod devices;
+pub mod error;
 pub mod jail;
 pub mod kvm;
 mod restore;

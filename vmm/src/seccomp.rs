@@ -397,19 +397,6 @@ pub fn enter(kind: ThreadKind) -> Result<(), SeccompError> {
     Ok(())
 }
 
-/// `e` and its causes on one line, for a thread that can only report a
-/// message.
-pub(crate) fn one_line(e: &SeccompError) -> String {
-    let mut line = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        line.push_str(": ");
-        line.push_str(&c.to_string());
-        cause = c.source();
-    }
-    line
-}
-
 /// Where `si_syscall` sits in a SIGSYS `siginfo_t` on x86_64: after
 /// si_signo, si_errno, si_code (and padding to 8), then `_call_addr`.
 const SI_SYSCALL_OFFSET: usize = 24;

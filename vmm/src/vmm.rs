@@ -237,7 +237,7 @@ impl Vmm {
                 match entered {
                     Ok(()) => vcpu::run(fd, id, pio, mmio, tx, pause),
                     Err(e) => {
-                        let _ = tx.send(VmExit::Error(seccomp::one_line(&e)));
+                        let _ = tx.send(VmExit::Error(crate::error::chain(&e)));
                     }
                 }
             })

@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use std::os::fd::AsRawFd;
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap, Permissions};
 
 use super::iov::{GuestIovecs, segments};
-use super::persist::{DeviceState, PersistError, QueueSnapshot, VirtioState};
-use super::queue_worker::{self, Chain, RequestHandler, Served};
+use super::persist::{DeviceState, PersistError, VirtioState};
+use super::queue_worker::{Chain, RequestHandler, SingleQueue};
 use super::{
     ActivateError, Activation, F_EVENT_IDX, F_VERSION_1, LogLimit, TYPE_BLOCK, VirtioDevice,
     read_config_bytes,
@@ -73,8 +72,7 @@ pub struct Block {
     sectors: u64,
     id: Vec<u8>,
     config: [u8; 24],
-    acked_features: u64,
-    served: Option<Served<Disk>>,
+    queue: SingleQueue<Disk>,
     /// An empty slot of the snapshot got a disk at restore: the guest is
     /// told its configuration (capacity) changed.
     filled_at_restore: bool,
@@ -161,8 +159,7 @@ impl Block {
             sectors,
             id,
             config,
-            acked_features: 0,
-            served: None,
+            queue: SingleQueue::default(),
             filled_at_restore: false,
         })
     }
@@ -186,44 +183,25 @@ impl VirtioDevice for Block {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
-    fn activate(&mut self, mut a: Activation, features: u64) -> Result<(), ActivateError> {
-        if a.queues.len() != 1 || a.queue_evts.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                got: a.queues.len(),
-                want: 1,
-            });
-        }
-        let mut queue: Queue = a.queues.remove(0);
-        queue.set_event_idx(features & F_EVENT_IDX != 0);
-        let evt = a.queue_evts.remove(0);
+    fn activate(&mut self, a: Activation, features: u64) -> Result<(), ActivateError> {
         let disk = self.disk().map_err(|error| ActivateError::Clone {
             what: "the disk file",
             error,
-        })?;
-        let served = queue_worker::spawn(&a.event_loop, a.mem, queue, evt, a.interrupt, disk)?;
-        self.served = Some(served);
-        self.acked_features = features;
-        Ok(())
+        });
+        self.queue.serve(a, features, || disk)
     }
     fn reset(&mut self) {
-        self.served = None;
+        self.queue.stop();
     }
     fn pause(&mut self) {
-        if let Some(s) = &mut self.served {
-            s.pause();
-        }
+        self.queue.pause();
     }
     fn resume(&mut self) -> Result<(), ActivateError> {
-        match &mut self.served {
-            Some(s) => s.resume(),
-            None => Ok(()),
-        }
+        self.queue.resume()
     }
     fn save(&mut self) -> DeviceState {
-        self.pause();
-        let queues: Vec<QueueSnapshot> = self.served.iter().map(Served::queue).collect();
         DeviceState::Block(BlockState {
-            virtio: VirtioState::new(self.acked_features, queues),
+            virtio: self.queue.save(),
             sectors: self.sectors,
             read_only: self.read_only,
         })
@@ -256,12 +234,8 @@ impl VirtioDevice for Block {
                 if self.read_only { " read-only" } else { "" },
             )));
         }
-        match a {
-            Some(a) if s.virtio.activated() => self
-                .activate(a, s.virtio.acked_features)
-                .map_err(PersistError::Activate),
-            _ => Ok(()),
-        }
+        s.virtio
+            .reactivate(a, |a, features| self.activate(a, features))
     }
 }
 
@@ -428,9 +402,9 @@ mod tests {
     use super::*;
     use crate::devices::virtio::{TestRng, fuzz_iters};
     use std::os::unix::fs::FileExt;
-    use virtio_queue::QueueT;
     use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::{Queue, QueueT};
     use vm_memory::{Bytes, GuestAddress};
 
     const WRITE: u16 = 2;

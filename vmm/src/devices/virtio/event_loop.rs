@@ -108,7 +108,7 @@ impl EventLoop {
                 // The device thread's seccomp filter, before it serves any
                 // guest request (a no-op unless hull-vmm enabled them).
                 if let Err(e) = crate::seccomp::enter(kind) {
-                    hook(crate::seccomp::one_line(&e));
+                    hook(crate::error::chain(&e));
                     return;
                 }
                 if let Err(msg) = runner.run() {

@@ -12,6 +12,7 @@ use super::fs::FsState;
 use super::net::NetState;
 use super::rng::RngState;
 use super::vsock::VsockState;
+use super::{ActivateError, Activation};
 
 /// Version of the state formats in this module and the devices'.
 pub const STATE_VERSION: u32 = 1;
@@ -127,6 +128,21 @@ impl VirtioState {
 
     pub fn activated(&self) -> bool {
         !self.queues.is_empty()
+    }
+
+    /// After a restore: a device saved activated serves its queues again
+    /// (`a` carries them) through `activate`, with the saved features.
+    pub fn reactivate(
+        &self,
+        a: Option<Activation>,
+        activate: impl FnOnce(Activation, u64) -> Result<(), ActivateError>,
+    ) -> Result<(), PersistError> {
+        match a {
+            Some(a) if self.activated() => {
+                activate(a, self.acked_features).map_err(PersistError::Activate)
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -13,8 +13,8 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::event_loop::{EventHandler, EventLoop, EventOps};
-use super::persist::QueueSnapshot;
-use super::{ActivateError, Interrupt, LogLimit, Rounds};
+use super::persist::{QueueSnapshot, VirtioState};
+use super::{ActivateError, Activation, F_EVENT_IDX, Interrupt, LogLimit, Rounds};
 
 /// A descriptor chain as the device sees it.
 pub type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
@@ -162,4 +162,71 @@ pub fn spawn<H: RequestHandler>(
         event_loop: event_loop.clone(),
         token: Some(token),
     })
+}
+
+/// A device with one queue, served by one handler once the driver is ready
+/// (block, rng): what the device's activate, reset, pause, resume and save
+/// do with that queue.
+pub struct SingleQueue<H> {
+    acked_features: u64,
+    served: Option<Served<H>>,
+}
+
+impl<H> Default for SingleQueue<H> {
+    fn default() -> Self {
+        SingleQueue {
+            acked_features: 0,
+            served: None,
+        }
+    }
+}
+
+impl<H: RequestHandler> SingleQueue<H> {
+    /// The driver's one queue (with event index as negotiated), from now on
+    /// served by what `handler` makes.
+    pub fn serve(
+        &mut self,
+        mut a: Activation,
+        features: u64,
+        handler: impl FnOnce() -> Result<H, ActivateError>,
+    ) -> Result<(), ActivateError> {
+        if a.queues.len() != 1 || a.queue_evts.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                got: a.queues.len(),
+                want: 1,
+            });
+        }
+        let mut queue = a.queues.remove(0);
+        queue.set_event_idx(features & F_EVENT_IDX != 0);
+        let evt = a.queue_evts.remove(0);
+        let served = spawn(&a.event_loop, a.mem, queue, evt, a.interrupt, handler()?)?;
+        self.served = Some(served);
+        self.acked_features = features;
+        Ok(())
+    }
+
+    /// Stops serving (a driver reset).
+    pub fn stop(&mut self) {
+        self.served = None;
+    }
+
+    pub fn pause(&mut self) {
+        if let Some(s) = &mut self.served {
+            s.pause();
+        }
+    }
+
+    pub fn resume(&mut self) -> Result<(), ActivateError> {
+        match &mut self.served {
+            Some(s) => s.resume(),
+            None => Ok(()),
+        }
+    }
+
+    /// Pauses, and says where the queue is.
+    pub fn save(&mut self) -> VirtioState {
+        self.pause();
+        let queues = self.served.iter().map(Served::queue).collect();
+        VirtioState::new(self.acked_features, queues)
+    }
 }

@@ -1,11 +1,10 @@
 //! virtio-rng: fills the guest's buffers from the host's getrandom(2).
 
 use serde::{Deserialize, Serialize};
-use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use super::persist::{DeviceState, PersistError, QueueSnapshot, VirtioState};
-use super::queue_worker::{self, Chain, RequestHandler, Served};
+use super::persist::{DeviceState, PersistError, VirtioState};
+use super::queue_worker::{Chain, RequestHandler, SingleQueue};
 use super::{ActivateError, Activation, F_VERSION_1, LogLimit, TYPE_RNG, VirtioDevice};
 
 /// At most this many bytes per request.
@@ -13,8 +12,7 @@ const MAX_PER_REQUEST: usize = 64 * 1024;
 
 #[derive(Default)]
 pub struct Rng {
-    acked_features: u64,
-    served: Option<Served<Filler>>,
+    queue: SingleQueue<Filler>,
 }
 
 /// What an rng device saves: only where its queue is.
@@ -85,42 +83,25 @@ impl VirtioDevice for Rng {
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
-    fn activate(&mut self, mut a: Activation, features: u64) -> Result<(), ActivateError> {
-        if a.queues.len() != 1 || a.queue_evts.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                got: a.queues.len(),
-                want: 1,
-            });
-        }
-        let queue: Queue = a.queues.remove(0);
-        let evt = a.queue_evts.remove(0);
-        let filler = Filler {
-            errors: LogLimit::default(),
-        };
-        let served = queue_worker::spawn(&a.event_loop, a.mem, queue, evt, a.interrupt, filler)?;
-        self.served = Some(served);
-        self.acked_features = features;
-        Ok(())
+    fn activate(&mut self, a: Activation, features: u64) -> Result<(), ActivateError> {
+        self.queue.serve(a, features, || {
+            Ok(Filler {
+                errors: LogLimit::default(),
+            })
+        })
     }
     fn reset(&mut self) {
-        self.served = None;
+        self.queue.stop();
     }
     fn pause(&mut self) {
-        if let Some(s) = &mut self.served {
-            s.pause();
-        }
+        self.queue.pause();
     }
     fn resume(&mut self) -> Result<(), ActivateError> {
-        match &mut self.served {
-            Some(s) => s.resume(),
-            None => Ok(()),
-        }
+        self.queue.resume()
     }
     fn save(&mut self) -> DeviceState {
-        self.pause();
-        let queues: Vec<QueueSnapshot> = self.served.iter().map(Served::queue).collect();
         DeviceState::Rng(RngState {
-            virtio: VirtioState::new(self.acked_features, queues),
+            virtio: self.queue.save(),
         })
     }
     fn restore(&mut self, state: &DeviceState, a: Option<Activation>) -> Result<(), PersistError> {
@@ -131,21 +112,17 @@ impl VirtioDevice for Rng {
             });
         };
         s.virtio.check_version()?;
-        match a {
-            Some(a) if s.virtio.activated() => self
-                .activate(a, s.virtio.acked_features)
-                .map_err(PersistError::Activate),
-            _ => Ok(()),
-        }
+        s.virtio
+            .reactivate(a, |a, features| self.activate(a, features))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_queue::QueueT;
     use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::{Queue, QueueT};
     use vm_memory::{Bytes, GuestAddress};
 
     #[test]
