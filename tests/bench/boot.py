@@ -23,6 +23,17 @@ Finding where the time goes:
   --exits       counts the guest's VM exits by reason for one run of each VMM
                 (the kvm:kvm_exit tracepoint's histogram, needs tracefs)
   --extra ARGS  appended to every VMM's kernel command line (initcall_debug)
+
+Restore instead of cold boot (--restore): each VMM first boots the guest
+once to a snapshot point and saves it (hull-vmm --snapshot-at-ready, which
+pauses at the guest's "hull-agent: ready" console line; Firecracker through
+its API: PATCH /vm Paused, PUT /snapshot/create, Full), both to the
+emulated host's tmpfs. Then every run starts a fresh VMM from that snapshot
+(hull-vmm --restore DIR; Firecracker --api-sock, PUT /snapshot/load with
+resume_vm) and times the VMM's start to the first console line the resumed
+guest prints (its /init loops printing a marker after the ready line): the
+same point for both. Firecracker's figure includes its API round trip, as
+every Firecracker user's does.
 """
 import argparse
 import collections
@@ -30,6 +41,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +50,10 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MARKER = b"HULL-BENCH-INIT"
+# What a resumed guest prints, over and over (restore mode).
+RESUMED = b"HULL-BENCH-RESUMED"
+# hull-vmm's snapshot point (hull_vmm::snapshot::SNAPSHOT_LINE).
+READY_LINE = "hull-agent: ready"
 MEM_MIB = 128
 # hull-vmm always starts its guest's command line with these words
 # (vmm/src/config.rs DEFAULT_CMDLINE): the other VMMs get the same ones.
@@ -47,12 +63,18 @@ CMDLINE = "console=ttyS0 reboot=k panic=-1 pci=off nomodules 8250.nr_uarts=1 " \
 TRACEFS = "/sys/kernel/tracing"
 
 
-def initramfs(tmp, dmesg=False):
+def initramfs(tmp, dmesg=False, restore=False):
     """A busybox initramfs whose /init prints the marker (and with `dmesg`
-    the kernel log), idles a second and reboots."""
+    the kernel log), idles a second and reboots; with `restore`, it prints
+    the ready line after the marker and then the RESUMED marker in a loop
+    (the shell's own echo: no fork), never ending."""
     show = "/bin/busybox dmesg\n" if dmesg else ""
-    init = ("#!/bin/busybox sh\n/bin/busybox echo %s\n%s/bin/busybox sleep 1\n"
-            "/bin/busybox reboot -f\n" % (MARKER.decode(), show))
+    if restore:
+        init = ("#!/bin/busybox sh\n/bin/busybox echo %s\n/bin/busybox echo %s\n"
+                "while :; do echo %s; done\n" % (MARKER.decode(), READY_LINE, RESUMED.decode()))
+    else:
+        init = ("#!/bin/busybox sh\n/bin/busybox echo %s\n%s/bin/busybox sleep 1\n"
+                "/bin/busybox reboot -f\n" % (MARKER.decode(), show))
     root = os.path.join(tmp, "root")
     for d in ("bin", "proc", "sys", "dev"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
@@ -129,6 +151,209 @@ def firecracker_cmd(binary, tmp, kernel, initrd, cmdline):
     return [binary, "--no-api", "--config-file", path, "--level", "Error"]
 
 
+class Console:
+    """A VMM's console (its stdout), read on a thread so the VMM never
+    blocks on a full pipe; records when `marker` first appeared."""
+
+    def __init__(self, proc, start, marker):
+        import threading
+        self.buf = b""
+        self.seen = None
+        self._start = start
+        self._marker = marker
+        self._event = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe):
+        while True:
+            chunk = os.read(pipe.fileno(), 65536)
+            if not chunk:
+                break
+            if self.seen is None:
+                self.buf += chunk
+                if self._marker in self.buf:
+                    self.seen = time.monotonic() - self._start
+                    self._event.set()
+        self._event.set()
+
+    def wait(self, timeout=120):
+        """Seconds from start to the marker, or None if the VMM ended first."""
+        self._event.wait(timeout)
+        return self.seen
+
+
+def api(sock_path, method, path, body, timeout=60):
+    """One request to Firecracker's API on its Unix socket; returns the
+    status code (and raises with the body for anything but 2xx)."""
+    data = json.dumps(body).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(sock_path)
+        s.sendall(b"%s %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (method.encode(), path.encode(), len(data), data))
+        resp = b""
+        while b"\r\n\r\n" not in resp:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            resp += chunk
+        head, _, rest = resp.partition(b"\r\n\r\n")
+        status = int(head.split()[1])
+        m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+        want = int(m.group(1)) if m else 0
+        while len(rest) < want:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            rest += chunk
+    if status // 100 != 2:
+        raise RuntimeError("firecracker %s %s: %d %s" % (method, path, status, rest.decode(errors="replace")))
+    return status
+
+
+def wait_for_socket(path, proc, timeout=60):
+    """Polls until the API socket accepts a connection (every 0.5 ms)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError("firecracker exited (%s) before its API came up" % proc.returncode)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(path)
+            return
+        except OSError:
+            time.sleep(0.0005)
+    raise RuntimeError("firecracker's API socket %s never came up" % path)
+
+
+def stop(proc):
+    proc.kill()
+    proc.wait()
+
+
+def hull_snapshot(hull_vmm, kernel, initrd, extra, snap_dir):
+    """Boots to the ready line and saves a snapshot in `snap_dir`."""
+    cmd = [hull_vmm, "--kernel", kernel, "--initrd", initrd, "--mem", str(MEM_MIB),
+           "--vcpus", "1", "--snapshot-at-ready", snap_dir, "--serial", "none"] + \
+          (["--cmdline", extra] if extra else [])
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError("hull-vmm --snapshot-at-ready failed (%d): %s" % (r.returncode, r.stderr.decode()[-500:]))
+
+
+def hull_restore_run(hull_vmm, snap_dir):
+    """ms from hull-vmm's start to the resumed guest's first marker."""
+    start = time.monotonic()
+    p = subprocess.Popen([hull_vmm, "--restore", snap_dir], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    con = Console(p, start, RESUMED)
+    seen = con.wait()
+    stop(p)
+    if seen is None:
+        raise RuntimeError("hull-vmm --restore: no resumed guest: %s" % p.stderr.read().decode()[-500:])
+    return seen * 1000, None
+
+
+def firecracker_snapshot(binary, config, tmp, snap, mem):
+    """Boots Firecracker to the ready line, pauses it and saves a full
+    snapshot (`snap` state, `mem` memory)."""
+    sock = os.path.join(tmp, "fc-snap.sock")
+    p = subprocess.Popen([binary, "--api-sock", sock, "--config-file", config, "--level", "Error"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        con = Console(p, time.monotonic(), READY_LINE.encode())
+        if con.wait() is None:
+            raise RuntimeError("firecracker ended before the guest's ready line")
+        wait_for_socket(sock, p)
+        api(sock, "PATCH", "/vm", {"state": "Paused"})
+        api(sock, "PUT", "/snapshot/create", {"snapshot_type": "Full", "snapshot_path": snap,
+                                              "mem_file_path": mem})
+    finally:
+        stop(p)
+        if os.path.exists(sock):
+            os.unlink(sock)
+
+
+def firecracker_restore_run(binary, tmp, snap, mem):
+    """(ms from Firecracker's start to the resumed guest's first marker,
+    ms to the end of its PUT /snapshot/load)."""
+    sock = os.path.join(tmp, "fc-restore.sock")
+    if os.path.exists(sock):
+        os.unlink(sock)
+    start = time.monotonic()
+    p = subprocess.Popen([binary, "--api-sock", sock, "--level", "Error"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        con = Console(p, start, RESUMED)
+        wait_for_socket(sock, p)
+        api(sock, "PUT", "/snapshot/load", {"snapshot_path": snap, "resume_vm": True,
+                                            "mem_backend": {"backend_type": "File",
+                                                            "backend_path": mem}})
+        loaded = time.monotonic() - start
+        seen = con.wait()
+    finally:
+        stop(p)
+    if seen is None:
+        raise RuntimeError("firecracker: no resumed guest after /snapshot/load")
+    return seen * 1000, loaded * 1000
+
+
+def spread(values):
+    """'min-max, IQR lo-hi' of `values`."""
+    v = sorted(values)
+    if len(v) < 4:
+        return "min %.0f max %.0f" % (v[0], v[-1])
+    q = statistics.quantiles(v, n=4)
+    return "min %.0f, IQR %.0f-%.0f, max %.0f" % (v[0], q[0], q[2], v[-1])
+
+
+def restore_bench(args, tmp, kernel):
+    """The --restore mode: see the module's docs."""
+    initrd = initramfs(tmp, restore=True)
+    runs = {}
+    snap_root = tempfile.mkdtemp(prefix="boot-snap-")
+    hulls = {"hull-vmm": args.hull_vmm}
+    if args.hull_vmm_b:
+        hulls["hull-vmm-b"] = args.hull_vmm_b
+    for name, binary in hulls.items():
+        d = os.path.join(snap_root, name)
+        hull_snapshot(binary, kernel, initrd, args.extra, d)
+        runs[name] = lambda b=binary, d=d: hull_restore_run(b, d)
+    if args.firecracker:
+        cmdline = (CMDLINE + " " + args.extra).strip()
+        config = firecracker_cmd(args.firecracker, tmp, kernel, initrd, cmdline)[3]
+        snap, mem = os.path.join(snap_root, "fc.state"), os.path.join(snap_root, "fc.mem")
+        firecracker_snapshot(args.firecracker, config, tmp, snap, mem)
+        runs["firecracker"] = lambda: firecracker_restore_run(args.firecracker, tmp, snap, mem)
+    if args.vmms:
+        runs = {k: v for k, v in runs.items() if k in args.vmms.split(",")}
+    def used(paths):  # bytes the files take (hull-vmm leaves zero pages as holes)
+        return sum(os.stat(p).st_blocks * 512 for p in paths)
+    sizes = {n: used(os.path.join(snap_root, n, f) for f in os.listdir(os.path.join(snap_root, n)))
+             for n in hulls}
+    if args.firecracker:
+        sizes["firecracker"] = used([snap, mem])
+    print("restore benchmark: %d runs each, 1 vCPU, %d MiB; snapshot size in tmpfs: %s"
+          % (args.n, MEM_MIB, ", ".join("%s %d KiB" % (n, b // 1024) for n, b in sizes.items())))
+    results = {}
+    for _ in range(args.n):
+        for name, run in runs.items():
+            results.setdefault(name, []).append(run())
+    shutil.rmtree(snap_root)
+    print("%-14s %18s %14s   spread" % ("vmm", "to resumed (ms)", "load API (ms)"))
+    for n, rs in results.items():
+        loads = [r[1] for r in rs if r[1] is not None]
+        print("%-14s %18.1f %14s   %s" % (n, statistics.median(r[0] for r in rs),
+                                         "%.1f" % statistics.median(loads) if loads else "-",
+                                         spread([r[0] for r in rs])))
+        print("  runs: %s" % " ".join("%.0f" % r[0] for r in rs))
+    h, f = results.get("hull-vmm"), results.get("firecracker")
+    if h and f:
+        print("ratio hull/fc  %18.2f" % (statistics.median(r[0] for r in h) /
+                                         statistics.median(r[0] for r in f)))
+
+
 class ExitCounter:
     """Counts KVM exits by reason (kvm:kvm_exit) and port I/O by port
     (kvm:kvm_pio) through the tracepoints' histogram triggers, one count
@@ -181,6 +406,8 @@ def main():
     ap.add_argument("--extra", default="", help="words appended to every command line")
     ap.add_argument("--dmesg", metavar="DIR", help="keep each VMM's console with the kernel log")
     ap.add_argument("--exits", action="store_true", help="count VM exits by reason (one run each)")
+    ap.add_argument("--restore", action="store_true",
+                    help="time restores from a snapshot instead of cold boots (hull-vmm, firecracker)")
     args = ap.parse_args()
     if not os.path.exists(args.hull_vmm):
         sys.exit("%s missing: cargo build --release -p hull-vmm" % args.hull_vmm)
@@ -188,6 +415,10 @@ def main():
         sys.exit("--firecracker %s: not an executable file" % args.firecracker)
     cmdline = (CMDLINE + " " + args.extra).strip()
     tmp = tempfile.mkdtemp()
+    if args.restore:
+        restore_bench(args, tmp, args.kernel)
+        shutil.rmtree(tmp)
+        return
     initrd = initramfs(tmp, dmesg=bool(args.dmesg))
     vmms = {
         # hull-vmm prepends CMDLINE itself; only the extra words are passed.
