@@ -108,8 +108,23 @@ def guest_rss_kib(pid, mem_mib):
     return total, guest
 
 
+def reap(p, timeout=120):
+    """Waits for `p` (at most `timeout` s); returns its exit code and its
+    resource usage (minor page faults, CPU time: the guest's included)."""
+    end = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            p.returncode = os.waitstatus_to_exitcode(status)
+            return p.returncode, usage
+        if time.monotonic() > end:
+            raise subprocess.TimeoutExpired(p.args, timeout)
+        time.sleep(0.005)
+
+
 def one_run(cmd, mem_mib):
-    """(ms to init, ms to exit, VMM MiB outside guest RAM, console bytes)."""
+    """(ms to init, ms to exit, VMM MiB outside guest RAM, minor faults,
+    CPU ms, console bytes)."""
     start = time.monotonic()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     t_init = None
@@ -125,14 +140,15 @@ def one_run(cmd, mem_mib):
     total, guest = guest_rss_kib(p.pid, mem_mib)
     buf += p.stdout.read()
     try:
-        rc = p.wait(timeout=120)
+        rc, usage = reap(p)
     except subprocess.TimeoutExpired:
         p.kill()
         raise RuntimeError("%s did not exit after the guest rebooted" % cmd[0])
     t_exit = time.monotonic() - start
     if t_init is None or rc != 0:
         raise RuntimeError("%s failed (exit %s), output: %r" % (cmd[0], rc, buf[-500:]))
-    return t_init * 1000, t_exit * 1000, (total - guest) / 1024, buf
+    cpu = (usage.ru_utime + usage.ru_stime) * 1000
+    return t_init * 1000, t_exit * 1000, (total - guest) / 1024, usage.ru_minflt, cpu, buf
 
 
 def firecracker_cmd(binary, tmp, kernel, initrd, cmdline):
@@ -228,8 +244,9 @@ def wait_for_socket(path, proc, timeout=60):
 
 
 def stop(proc):
+    """Kills `proc`; returns its resource usage."""
     proc.kill()
-    proc.wait()
+    return reap(proc)[1]
 
 
 def hull_snapshot(hull_vmm, kernel, initrd, extra, snap_dir):
@@ -243,16 +260,17 @@ def hull_snapshot(hull_vmm, kernel, initrd, extra, snap_dir):
 
 
 def hull_restore_run(hull_vmm, snap_dir):
-    """ms from hull-vmm's start to the resumed guest's first marker."""
+    """(ms from hull-vmm's start to the resumed guest's first marker, None,
+    its resource usage once killed)."""
     start = time.monotonic()
     p = subprocess.Popen([hull_vmm, "--restore", snap_dir], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     con = Console(p, start, RESUMED)
     seen = con.wait()
-    stop(p)
+    usage = stop(p)
     if seen is None:
         raise RuntimeError("hull-vmm --restore: no resumed guest: %s" % p.stderr.read().decode()[-500:])
-    return seen * 1000, None
+    return seen * 1000, None, usage
 
 
 def firecracker_snapshot(binary, config, tmp, snap, mem):
@@ -277,7 +295,7 @@ def firecracker_snapshot(binary, config, tmp, snap, mem):
 
 def firecracker_restore_run(binary, tmp, snap, mem):
     """(ms from Firecracker's start to the resumed guest's first marker,
-    ms to the end of its PUT /snapshot/load)."""
+    ms to the end of its PUT /snapshot/load, its resource usage)."""
     sock = os.path.join(tmp, "fc-restore.sock")
     if os.path.exists(sock):
         os.unlink(sock)
@@ -293,10 +311,10 @@ def firecracker_restore_run(binary, tmp, snap, mem):
         loaded = time.monotonic() - start
         seen = con.wait()
     finally:
-        stop(p)
+        usage = stop(p)
     if seen is None:
         raise RuntimeError("firecracker: no resumed guest after /snapshot/load")
-    return seen * 1000, loaded * 1000
+    return seen * 1000, loaded * 1000, usage
 
 
 def spread(values):
@@ -341,12 +359,17 @@ def restore_bench(args, tmp, kernel):
         for name, run in runs.items():
             results.setdefault(name, []).append(run())
     shutil.rmtree(snap_root)
-    print("%-14s %18s %14s   spread" % ("vmm", "to resumed (ms)", "load API (ms)"))
+    # Faults and CPU time run to the kill, a moment after the marker.
+    print("%-14s %18s %14s %8s %8s   spread" % ("vmm", "to resumed (ms)", "load API (ms)",
+                                              "minflt", "CPU ms"))
     for n, rs in results.items():
         loads = [r[1] for r in rs if r[1] is not None]
-        print("%-14s %18.1f %14s   %s" % (n, statistics.median(r[0] for r in rs),
-                                         "%.1f" % statistics.median(loads) if loads else "-",
-                                         spread([r[0] for r in rs])))
+        print("%-14s %18.1f %14s %8.0f %8.0f   %s" % (
+            n, statistics.median(r[0] for r in rs),
+            "%.1f" % statistics.median(loads) if loads else "-",
+            statistics.median(r[2].ru_minflt for r in rs),
+            statistics.median((r[2].ru_utime + r[2].ru_stime) * 1000 for r in rs),
+            spread([r[0] for r in rs])))
         print("  runs: %s" % " ".join("%.0f" % r[0] for r in rs))
     h, f = results.get("hull-vmm"), results.get("firecracker")
     if h and f:
@@ -465,8 +488,8 @@ def main():
     guest = {}
     for _ in range(args.n):
         for name, cmd in vmms.items():
-            t_init, t_exit, rss, console = one_run(cmd, MEM_MIB)
-            results.setdefault(name, []).append((t_init, t_exit, rss))
+            t_init, t_exit, rss, faults, cpu, console = one_run(cmd, MEM_MIB)
+            results.setdefault(name, []).append((t_init, t_exit, rss, faults, cpu))
             m = re.search(rb"\[\s*(\d+\.\d+)\] Run /init as init process", console)
             if m:
                 guest.setdefault(name, []).append(float(m.group(1)) * 1000)
@@ -477,16 +500,18 @@ def main():
     shutil.rmtree(tmp)
     if not results:
         return
-    med = {n: [statistics.median(r[k] for r in rs) for k in range(3)]
+    med = {n: [statistics.median(r[k] for r in rs) for k in range(5)]
            for n, rs in results.items()}
     # Load on the machine only ever adds time: the fastest run of each VMM
     # is a second estimate, less noisy than the median on a busy machine.
-    print("%-14s %14s %14s %16s %14s" % ("vmm", "to init (ms)", "to exit (ms)",
-                                         "VMM RSS (MiB)", "min init (ms)"))
+    print("%-14s %14s %14s %16s %14s %10s %9s" % ("vmm", "to init (ms)", "to exit (ms)",
+                                                  "VMM RSS (MiB)", "min init (ms)",
+                                                  "minflt", "CPU ms"))
     for n, m in med.items():
-        print("%-14s %14.1f %14.1f %16.1f %14.1f"
-              % (n, m[0], m[1], m[2], min(r[0] for r in results[n])))
+        print("%-14s %14.1f %14.1f %16.1f %14.1f %10.0f %9.0f"
+              % (n, m[0], m[1], m[2], min(r[0] for r in results[n]), m[3], m[4]))
         print("  runs to init: %s" % " ".join("%.0f" % r[0] for r in results[n]))
+        print("  spread to init: %s" % spread([r[0] for r in results[n]]))
     for n, g in guest.items():
         # The kernel's clock starts with kvm-clock, just after it gets
         # control: the rest of the time to init is the VMM's start and the
