@@ -3,6 +3,7 @@
 #![warn(clippy::cast_possible_truncation)]
 
 mod cli;
+mod logger;
 
 use std::fs::File;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -156,7 +157,7 @@ fn fail(e: &(dyn std::error::Error + 'static), code: i32) -> ! {
 
 fn main() {
     let start = Instant::now();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    logger::init(start);
     let args = match cli::parse_args(std::env::args_os().skip(1)) {
         Ok(cli::Parsed::Run(args)) => *args,
         Ok(cli::Parsed::Help) => {
