@@ -375,6 +375,8 @@ def restore_bench(args, tmp, kernel):
     if h and f:
         print("ratio hull/fc  %18.2f" % (statistics.median(r[0] for r in h) /
                                          statistics.median(r[0] for r in f)))
+        print("  median of per-round ratios: %.2f"
+              % statistics.median(x[0] / y[0] for x, y in zip(h, f)))
 
 
 class ExitCounter:
@@ -524,6 +526,10 @@ def main():
         if h and b:
             label = "hull/%s" % ("fc" if base == "firecracker" else "qemu")
             print("ratio %-9s %14.2f %14.2f %16.2f" % (label, h[0] / b[0], h[1] / b[1], h[2] / b[2]))
+            # Both ran in the same round, under the same load: the median
+            # of the per-round ratios follows the machine's drift less.
+            paired = [x[0] / y[0] for x, y in zip(results["hull-vmm"], results[base])]
+            print("  to init, median of per-round ratios: %.2f" % statistics.median(paired))
 
 
 if __name__ == "__main__":
