@@ -12,7 +12,10 @@ Run it where /dev/kvm can boot a stock guest: directly on hardware KVM, or
 here through the emulated KVM host:
 
     tests/kvm-host/run -- python3 -u tests/bench/boot.py [-n RUNS] \\
-        [--firecracker PATH] [--vmms hull-vmm,firecracker]
+        [--firecracker PATH] [--vmms hull-vmm,firecracker] [--restore]
+
+(a Firecracker binary outside the repository needs --share DIR on the
+runner so the emulated host sees it).
 
 Figures inside the emulated host are inflated (software-emulated CPU); only
 the ratios between the VMMs of one run mean anything.
