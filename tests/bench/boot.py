@@ -12,7 +12,10 @@ Run it where /dev/kvm can boot a stock guest: directly on hardware KVM, or
 here through the emulated KVM host:
 
     tests/kvm-host/run -- python3 -u tests/bench/boot.py [-n RUNS] \\
-        [--firecracker PATH] [--vmms hull-vmm,firecracker]
+        [--firecracker PATH] [--vmms hull-vmm,firecracker] [--restore]
+
+(a Firecracker binary outside the repository needs --share DIR on the
+runner so the emulated host sees it).
 
 Figures inside the emulated host are inflated (software-emulated CPU); only
 the ratios between the VMMs of one run mean anything.
@@ -23,6 +26,17 @@ Finding where the time goes:
   --exits       counts the guest's VM exits by reason for one run of each VMM
                 (the kvm:kvm_exit tracepoint's histogram, needs tracefs)
   --extra ARGS  appended to every VMM's kernel command line (initcall_debug)
+
+Restore instead of cold boot (--restore): each VMM first boots the guest
+once to a snapshot point and saves it (hull-vmm --snapshot-at-ready, which
+pauses at the guest's "hull-agent: ready" console line; Firecracker through
+its API: PATCH /vm Paused, PUT /snapshot/create, Full), both to the
+emulated host's tmpfs. Then every run starts a fresh VMM from that snapshot
+(hull-vmm --restore DIR; Firecracker --api-sock, PUT /snapshot/load with
+resume_vm) and times the VMM's start to the first console line the resumed
+guest prints (its /init loops printing a marker after the ready line): the
+same point for both. Firecracker's figure includes its API round trip, as
+every Firecracker user's does.
 """
 import argparse
 import collections
@@ -30,6 +44,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +53,10 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MARKER = b"HULL-BENCH-INIT"
+# What a resumed guest prints, over and over (restore mode).
+RESUMED = b"HULL-BENCH-RESUMED"
+# hull-vmm's snapshot point (hull_vmm::snapshot::SNAPSHOT_LINE).
+READY_LINE = "hull-agent: ready"
 MEM_MIB = 128
 # hull-vmm always starts its guest's command line with these words
 # (vmm/src/config.rs DEFAULT_CMDLINE): the other VMMs get the same ones.
@@ -47,12 +66,17 @@ CMDLINE = "console=ttyS0 reboot=k panic=-1 pci=off nomodules 8250.nr_uarts=1 " \
 TRACEFS = "/sys/kernel/tracing"
 
 
-def initramfs(tmp, init=None, dmesg=False, files=()):
-    """A busybox initramfs whose /init is `init` (default: print the marker,
-    with `dmesg` the kernel log, idle a second, reboot), with `files` (host
-    paths) copied to its root."""
-    if init is None:
-        show = "/bin/busybox dmesg\n" if dmesg else ""
+def initramfs(tmp, init=None, dmesg=False, files=(), restore=False):
+    """A busybox initramfs whose /init is `init`, with `files` (host paths)
+    copied to its root. By default /init prints the marker (and with `dmesg`
+    the kernel log), idles a second and reboots; with `restore`, it prints
+    the ready line after the marker and then the RESUMED marker in a loop
+    (the shell's own echo: no fork), never ending."""
+    show = "/bin/busybox dmesg\n" if dmesg else ""
+    if init is None and restore:
+        init = ("#!/bin/busybox sh\n/bin/busybox echo %s\n/bin/busybox echo %s\n"
+                "while :; do echo %s; done\n" % (MARKER.decode(), READY_LINE, RESUMED.decode()))
+    elif init is None:
         init = ("#!/bin/busybox sh\n/bin/busybox echo %s\n%s/bin/busybox sleep 1\n"
                 "/bin/busybox reboot -f\n" % (MARKER.decode(), show))
     root = os.path.join(tmp, "root")
@@ -99,8 +123,23 @@ def guest_rss_kib(pid, mem_mib):
     return total, guest
 
 
+def reap(p, timeout=120):
+    """Waits for `p` (at most `timeout` s); returns its exit code and its
+    resource usage (minor page faults, CPU time: the guest's included)."""
+    end = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            p.returncode = os.waitstatus_to_exitcode(status)
+            return p.returncode, usage
+        if time.monotonic() > end:
+            raise subprocess.TimeoutExpired(p.args, timeout)
+        time.sleep(0.005)
+
+
 def one_run(cmd, mem_mib):
-    """(ms to init, ms to exit, VMM MiB outside guest RAM, console bytes)."""
+    """(ms to init, ms to exit, VMM MiB outside guest RAM, minor faults,
+    CPU ms, console bytes)."""
     start = time.monotonic()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     t_init = None
@@ -116,14 +155,15 @@ def one_run(cmd, mem_mib):
     total, guest = guest_rss_kib(p.pid, mem_mib)
     buf += p.stdout.read()
     try:
-        rc = p.wait(timeout=120)
+        rc, usage = reap(p)
     except subprocess.TimeoutExpired:
         p.kill()
         raise RuntimeError("%s did not exit after the guest rebooted" % cmd[0])
     t_exit = time.monotonic() - start
     if t_init is None or rc != 0:
         raise RuntimeError("%s failed (exit %s), output: %r" % (cmd[0], rc, buf[-500:]))
-    return t_init * 1000, t_exit * 1000, (total - guest) / 1024, buf
+    cpu = (usage.ru_utime + usage.ru_stime) * 1000
+    return t_init * 1000, t_exit * 1000, (total - guest) / 1024, usage.ru_minflt, cpu, buf
 
 
 def firecracker_cmd(binary, tmp, kernel, initrd, cmdline):
@@ -140,6 +180,218 @@ def firecracker_cmd(binary, tmp, kernel, initrd, cmdline):
     with open(path, "w") as f:
         json.dump(config, f)
     return [binary, "--no-api", "--config-file", path, "--level", "Error"]
+
+
+class Console:
+    """A VMM's console (its stdout), read on a thread so the VMM never
+    blocks on a full pipe; records when `marker` first appeared."""
+
+    def __init__(self, proc, start, marker):
+        import threading
+        self.buf = b""
+        self.seen = None
+        self._start = start
+        self._marker = marker
+        self._event = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe):
+        while True:
+            chunk = os.read(pipe.fileno(), 65536)
+            if not chunk:
+                break
+            if self.seen is None:
+                self.buf += chunk
+                if self._marker in self.buf:
+                    self.seen = time.monotonic() - self._start
+                    self._event.set()
+        self._event.set()
+
+    def wait(self, timeout=120):
+        """Seconds from start to the marker, or None if the VMM ended first."""
+        self._event.wait(timeout)
+        return self.seen
+
+
+def api(sock_path, method, path, body, timeout=60):
+    """One request to Firecracker's API on its Unix socket; returns the
+    status code (and raises with the body for anything but 2xx)."""
+    data = json.dumps(body).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(sock_path)
+        s.sendall(b"%s %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (method.encode(), path.encode(), len(data), data))
+        resp = b""
+        while b"\r\n\r\n" not in resp:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            resp += chunk
+        head, _, rest = resp.partition(b"\r\n\r\n")
+        status = int(head.split()[1])
+        m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+        want = int(m.group(1)) if m else 0
+        while len(rest) < want:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            rest += chunk
+    if status // 100 != 2:
+        raise RuntimeError("firecracker %s %s: %d %s" % (method, path, status, rest.decode(errors="replace")))
+    return status
+
+
+def wait_for_socket(path, proc, timeout=60):
+    """Polls until the API socket accepts a connection (every 0.5 ms)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError("firecracker exited (%s) before its API came up" % proc.returncode)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(path)
+            return
+        except OSError:
+            time.sleep(0.0005)
+    raise RuntimeError("firecracker's API socket %s never came up" % path)
+
+
+def stop(proc):
+    """Kills `proc`; returns its resource usage."""
+    proc.kill()
+    return reap(proc)[1]
+
+
+def hull_snapshot(hull_vmm, kernel, initrd, extra, snap_dir):
+    """Boots to the ready line and saves a snapshot in `snap_dir`."""
+    cmd = [hull_vmm, "--kernel", kernel, "--initrd", initrd, "--mem", str(MEM_MIB),
+           "--vcpus", "1", "--snapshot-at-ready", snap_dir, "--serial", "none"] + \
+          (["--cmdline", extra] if extra else [])
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError("hull-vmm --snapshot-at-ready failed (%d): %s" % (r.returncode, r.stderr.decode()[-500:]))
+
+
+def hull_restore_run(hull_vmm, snap_dir):
+    """(ms from hull-vmm's start to the resumed guest's first marker, None,
+    its resource usage once killed)."""
+    start = time.monotonic()
+    p = subprocess.Popen([hull_vmm, "--restore", snap_dir], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    con = Console(p, start, RESUMED)
+    seen = con.wait()
+    usage = stop(p)
+    if seen is None:
+        raise RuntimeError("hull-vmm --restore: no resumed guest: %s" % p.stderr.read().decode()[-500:])
+    return seen * 1000, None, usage
+
+
+def firecracker_snapshot(binary, config, tmp, snap, mem):
+    """Boots Firecracker to the ready line, pauses it and saves a full
+    snapshot (`snap` state, `mem` memory)."""
+    sock = os.path.join(tmp, "fc-snap.sock")
+    p = subprocess.Popen([binary, "--api-sock", sock, "--config-file", config, "--level", "Error"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        con = Console(p, time.monotonic(), READY_LINE.encode())
+        if con.wait() is None:
+            raise RuntimeError("firecracker ended before the guest's ready line")
+        wait_for_socket(sock, p)
+        api(sock, "PATCH", "/vm", {"state": "Paused"})
+        api(sock, "PUT", "/snapshot/create", {"snapshot_type": "Full", "snapshot_path": snap,
+                                              "mem_file_path": mem})
+    finally:
+        stop(p)
+        if os.path.exists(sock):
+            os.unlink(sock)
+
+
+def firecracker_restore_run(binary, tmp, snap, mem):
+    """(ms from Firecracker's start to the resumed guest's first marker,
+    ms to the end of its PUT /snapshot/load, its resource usage)."""
+    sock = os.path.join(tmp, "fc-restore.sock")
+    if os.path.exists(sock):
+        os.unlink(sock)
+    start = time.monotonic()
+    p = subprocess.Popen([binary, "--api-sock", sock, "--level", "Error"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        con = Console(p, start, RESUMED)
+        wait_for_socket(sock, p)
+        api(sock, "PUT", "/snapshot/load", {"snapshot_path": snap, "resume_vm": True,
+                                            "mem_backend": {"backend_type": "File",
+                                                            "backend_path": mem}})
+        loaded = time.monotonic() - start
+        seen = con.wait()
+    finally:
+        usage = stop(p)
+    if seen is None:
+        raise RuntimeError("firecracker: no resumed guest after /snapshot/load")
+    return seen * 1000, loaded * 1000, usage
+
+
+def spread(values):
+    """'min-max, IQR lo-hi' of `values`."""
+    v = sorted(values)
+    if len(v) < 4:
+        return "min %.0f max %.0f" % (v[0], v[-1])
+    q = statistics.quantiles(v, n=4)
+    return "min %.0f, IQR %.0f-%.0f, max %.0f" % (v[0], q[0], q[2], v[-1])
+
+
+def restore_bench(args, tmp, kernel):
+    """The --restore mode: see the module's docs."""
+    initrd = initramfs(tmp, restore=True)
+    runs = {}
+    snap_root = tempfile.mkdtemp(prefix="boot-snap-")
+    hulls = {"hull-vmm": args.hull_vmm}
+    if args.hull_vmm_b:
+        hulls["hull-vmm-b"] = args.hull_vmm_b
+    for name, binary in hulls.items():
+        d = os.path.join(snap_root, name)
+        hull_snapshot(binary, kernel, initrd, args.extra, d)
+        runs[name] = lambda b=binary, d=d: hull_restore_run(b, d)
+    if args.firecracker:
+        cmdline = (CMDLINE + " " + args.extra).strip()
+        config = firecracker_cmd(args.firecracker, tmp, kernel, initrd, cmdline)[3]
+        snap, mem = os.path.join(snap_root, "fc.state"), os.path.join(snap_root, "fc.mem")
+        firecracker_snapshot(args.firecracker, config, tmp, snap, mem)
+        runs["firecracker"] = lambda: firecracker_restore_run(args.firecracker, tmp, snap, mem)
+    if args.vmms:
+        runs = {k: v for k, v in runs.items() if k in args.vmms.split(",")}
+    def used(paths):  # bytes the files take (hull-vmm leaves zero pages as holes)
+        return sum(os.stat(p).st_blocks * 512 for p in paths)
+    sizes = {n: used(os.path.join(snap_root, n, f) for f in os.listdir(os.path.join(snap_root, n)))
+             for n in hulls}
+    if args.firecracker:
+        sizes["firecracker"] = used([snap, mem])
+    print("restore benchmark: %d runs each, 1 vCPU, %d MiB; snapshot size in tmpfs: %s"
+          % (args.n, MEM_MIB, ", ".join("%s %d KiB" % (n, b // 1024) for n, b in sizes.items())))
+    results = {}
+    for _ in range(args.n):
+        for name, run in runs.items():
+            results.setdefault(name, []).append(run())
+    shutil.rmtree(snap_root)
+    # Faults and CPU time run to the kill, a moment after the marker.
+    print("%-14s %18s %14s %8s %8s   spread" % ("vmm", "to resumed (ms)", "load API (ms)",
+                                              "minflt", "CPU ms"))
+    for n, rs in results.items():
+        loads = [r[1] for r in rs if r[1] is not None]
+        print("%-14s %18.1f %14s %8.0f %8.0f   %s" % (
+            n, statistics.median(r[0] for r in rs),
+            "%.1f" % statistics.median(loads) if loads else "-",
+            statistics.median(r[2].ru_minflt for r in rs),
+            statistics.median((r[2].ru_utime + r[2].ru_stime) * 1000 for r in rs),
+            spread([r[0] for r in rs])))
+        print("  runs: %s" % " ".join("%.0f" % r[0] for r in rs))
+    h, f = results.get("hull-vmm"), results.get("firecracker")
+    if h and f:
+        print("ratio hull/fc  %18.2f" % (statistics.median(r[0] for r in h) /
+                                         statistics.median(r[0] for r in f)))
+        print("  median of per-round ratios: %.2f"
+              % statistics.median(x[0] / y[0] for x, y in zip(h, f)))
 
 
 class ExitCounter:
@@ -194,6 +446,8 @@ def main():
     ap.add_argument("--extra", default="", help="words appended to every command line")
     ap.add_argument("--dmesg", metavar="DIR", help="keep each VMM's console with the kernel log")
     ap.add_argument("--exits", action="store_true", help="count VM exits by reason (one run each)")
+    ap.add_argument("--restore", action="store_true",
+                    help="time restores from a snapshot instead of cold boots (hull-vmm, firecracker)")
     args = ap.parse_args()
     if not os.path.exists(args.hull_vmm):
         sys.exit("%s missing: cargo build --release -p hull-vmm" % args.hull_vmm)
@@ -201,6 +455,10 @@ def main():
         sys.exit("--firecracker %s: not an executable file" % args.firecracker)
     cmdline = (CMDLINE + " " + args.extra).strip()
     tmp = tempfile.mkdtemp()
+    if args.restore:
+        restore_bench(args, tmp, args.kernel)
+        shutil.rmtree(tmp)
+        return
     initrd = initramfs(tmp, dmesg=bool(args.dmesg))
     vmms = {
         # hull-vmm prepends CMDLINE itself; only the extra words are passed.
@@ -247,8 +505,8 @@ def main():
     guest = {}
     for _ in range(args.n):
         for name, cmd in vmms.items():
-            t_init, t_exit, rss, console = one_run(cmd, MEM_MIB)
-            results.setdefault(name, []).append((t_init, t_exit, rss))
+            t_init, t_exit, rss, faults, cpu, console = one_run(cmd, MEM_MIB)
+            results.setdefault(name, []).append((t_init, t_exit, rss, faults, cpu))
             m = re.search(rb"\[\s*(\d+\.\d+)\] Run /init as init process", console)
             if m:
                 guest.setdefault(name, []).append(float(m.group(1)) * 1000)
@@ -259,16 +517,18 @@ def main():
     shutil.rmtree(tmp)
     if not results:
         return
-    med = {n: [statistics.median(r[k] for r in rs) for k in range(3)]
+    med = {n: [statistics.median(r[k] for r in rs) for k in range(5)]
            for n, rs in results.items()}
     # Load on the machine only ever adds time: the fastest run of each VMM
     # is a second estimate, less noisy than the median on a busy machine.
-    print("%-14s %14s %14s %16s %14s" % ("vmm", "to init (ms)", "to exit (ms)",
-                                         "VMM RSS (MiB)", "min init (ms)"))
+    print("%-14s %14s %14s %16s %14s %10s %9s" % ("vmm", "to init (ms)", "to exit (ms)",
+                                                  "VMM RSS (MiB)", "min init (ms)",
+                                                  "minflt", "CPU ms"))
     for n, m in med.items():
-        print("%-14s %14.1f %14.1f %16.1f %14.1f"
-              % (n, m[0], m[1], m[2], min(r[0] for r in results[n])))
+        print("%-14s %14.1f %14.1f %16.1f %14.1f %10.0f %9.0f"
+              % (n, m[0], m[1], m[2], min(r[0] for r in results[n]), m[3], m[4]))
         print("  runs to init: %s" % " ".join("%.0f" % r[0] for r in results[n]))
+        print("  spread to init: %s" % spread([r[0] for r in results[n]]))
     for n, g in guest.items():
         # The kernel's clock starts with kvm-clock, just after it gets
         # control: the rest of the time to init is the VMM's start and the
@@ -281,6 +541,10 @@ def main():
         if h and b:
             label = "hull/%s" % ("fc" if base == "firecracker" else "qemu")
             print("ratio %-9s %14.2f %14.2f %16.2f" % (label, h[0] / b[0], h[1] / b[1], h[2] / b[2]))
+            # Both ran in the same round, under the same load: the median
+            # of the per-round ratios follows the machine's drift less.
+            paired = [x[0] / y[0] for x, y in zip(results["hull-vmm"], results[base])]
+            print("  to init, median of per-round ratios: %.2f" % statistics.median(paired))
 
 
 if __name__ == "__main__":

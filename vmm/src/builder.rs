@@ -71,6 +71,7 @@ impl Vmm {
 
         let ram = arch::ram_ranges(cfg.mem_mib << 20);
         let mem = guest_memory(&ram, cfg.mem_mib, cfg.huge_pages)?;
+        log::debug!("guest memory mapped at {:?}", start.elapsed());
         // The kernel goes in before /dev/kvm is opened: a file that is not
         // a vmlinux is refused without touching KVM.
         let kernel = match pvm_kernel {

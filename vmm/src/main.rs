@@ -1,129 +1,20 @@
-//! `hull-vmm`: runs one microVM.
+//! `hull-vmm`: runs one microVM (flags: `hull-vmm --help`, src/cli.rs).
 
 #![warn(clippy::cast_possible_truncation)]
 
+mod cli;
+mod logger;
+
 use std::fs::File;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use clap::Parser;
-use hull_vmm::config::{
-    ConfigOrigin, DiskConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
-};
+use hull_vmm::config::{ConfigOrigin, SerialOutput, VmConfig, VsockConfig};
 use hull_vmm::jail::JailConfig;
 use hull_vmm::seccomp;
 use hull_vmm::snapshot::{Expected, Snapshot};
 use hull_vmm::vmm::{Vmm, VmmError};
-
-/// Boot a Linux guest (an uncompressed ELF vmlinux) in a KVM microVM.
-///
-/// Exit status: 0 when the guest reboots (how a hull guest ends), 1 for a bad
-/// configuration or host problem, 2 when the guest fails (triple fault, KVM
-/// error), 3 when the guest kernel panics, 4 when a snapshot given to
-/// --restore is refused (another version, kernel, agent, CPU model, vCPU
-/// count or memory size, truncated or corrupted); nothing was restored.
-#[derive(Debug, Parser)]
-#[command(name = "hull-vmm", version)]
-struct Args {
-    /// JSON file holding a whole VmConfig (kernel, initrd, cmdline, vcpus,
-    /// mem_mib, serial, boot_timer, disks, rng, vsock, nets, fs, huge_pages; see
-    /// hull_vmm::config); flags given too override it.
-    #[arg(long, value_name = "FILE", conflicts_with = "config_fd")]
-    config: Option<PathBuf>,
-    /// As --config, read from inherited file descriptor N up to its end
-    /// (a pipe whose write end the caller closed, or a memfd); hull-vmm
-    /// closes it after reading.
-    #[arg(long, value_name = "N")]
-    config_fd: Option<RawFd>,
-    /// Uncompressed ELF vmlinux.
-    #[arg(long, value_name = "PATH")]
-    kernel: Option<PathBuf>,
-    /// Initial ramdisk (cpio).
-    #[arg(long, value_name = "PATH")]
-    initrd: Option<PathBuf>,
-    /// Appended to hull's default kernel command line.
-    #[arg(long, value_name = "STR")]
-    cmdline: Option<String>,
-    /// Number of vCPUs (1-32).
-    #[arg(long, value_name = "N")]
-    vcpus: Option<u32>,
-    /// Guest memory in MiB.
-    #[arg(long, value_name = "MIB")]
-    mem: Option<u64>,
-    /// Where the serial console goes: stdout, none, or a file.
-    #[arg(long, value_name = "stdout|none|FILE")]
-    serial: Option<String>,
-    /// Print each boot-timer mark the guest writes to stderr.
-    #[arg(long)]
-    boot_timer: bool,
-    /// A virtio-blk disk backed by a raw file; repeatable (up to 16).
-    #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME]")]
-    disks: Vec<DiskConfig>,
-    /// virtio-blk devices in all: the --disk ones first, then empty slots
-    /// (zero sectors) that a restore fills (a template's disks).
-    #[arg(long, value_name = "N")]
-    disk_slots: Option<usize>,
-    /// A virtio-net device on a tap, by name (opened here: needs
-    /// CAP_NET_ADMIN where the tap lives) or an inherited fd of a tap opened
-    /// with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR; the guest sees MAC if given.
-    /// Repeatable: eth0, eth1, ...
-    #[arg(long = "net", value_name = "tap=NAME|fd=N[,mac=MAC]")]
-    nets: Vec<NetConfig>,
-    /// A host directory shared over virtio-fs (the guest mounts it with
-    /// `mount -t virtiofs TAG DIR`); `ro` is enforced by hull-vmm.
-    /// Repeatable (up to 8).
-    #[arg(long = "fs", value_name = "tag=TAG,path=DIR[,ro]")]
-    fs: Vec<FsConfig>,
-    /// Attach a virtio-rng device (the guest's /dev/hwrng).
-    #[arg(long)]
-    rng: bool,
-    /// Back guest RAM with 4 KiB pages only. By default it is laid out for
-    /// (and advised to use) transparent huge pages: guest memory access is
-    /// much faster, at a few MiB more host memory per VM.
-    #[arg(long)]
-    no_huge_pages: bool,
-    /// The guest's vsock CID (3 or more); needs --vsock-uds.
-    #[arg(long, value_name = "N", requires = "vsock_uds")]
-    vsock_cid: Option<u64>,
-    /// Host side of the vsock device: connect here and write "CONNECT <port>\n"
-    /// to reach a guest listener; guest connections to host port P go to PATH_P.
-    #[arg(long, value_name = "PATH", requires = "vsock_cid")]
-    vsock_uds: Option<PathBuf>,
-    /// Pause when the guest's agent is ready (its console line "hull-agent:
-    /// ready"), write a snapshot of the whole VM to DIR and exit 0. This run
-    /// takes no seccomp filters (it saves and exits; restored VMs have them).
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["restore", "jail"])]
-    snapshot_at_ready: Option<PathBuf>,
-    /// Start from the snapshot in DIR instead of booting. The devices must
-    /// be those of the snapshotted VM (their host side may differ: disk
-    /// files, vsock socket); --kernel, --initrd, --vcpus and --mem, when
-    /// given, are checked against what the snapshot was made from.
-    /// With --jail, the snapshot's two files are opened (and checked)
-    /// before the VMM enters its jail.
-    #[arg(long, value_name = "DIR")]
-    restore: Option<PathBuf>,
-    /// Run without the per-thread seccomp filters (debugging only: a guest
-    /// that takes over a device model then has every system call).
-    #[arg(long)]
-    no_seccomp: bool,
-    /// Jail the VMM before it opens /dev/kvm (see hull_vmm::jail): DIR/root
-    /// becomes its root, DIR/vmm.pid gets its pid; needs --uid and --gid,
-    /// a vsock socket and a console file in one directory.
-    #[arg(long, value_name = "DIR", requires_all = ["uid", "gid"])]
-    jail: Option<PathBuf>,
-    /// The unprivileged user the jailed VMM runs as.
-    #[arg(long, value_name = "UID", requires = "jail")]
-    uid: Option<u32>,
-    /// The unprivileged group the jailed VMM runs as.
-    #[arg(long, value_name = "GID", requires = "jail")]
-    gid: Option<u32>,
-    /// A cgroup.procs file the jailed VMM joins first; repeatable (one per
-    /// cgroup v1 hierarchy).
-    #[arg(long, value_name = "FILE", requires = "jail")]
-    cgroup_procs: Vec<PathBuf>,
-}
 
 /// The jailed VMM in its jail (its waiting parent never returns from
 /// `enter`: it ends as the VMM did, with its code or by the same signal).
@@ -196,7 +87,7 @@ fn expected(named: bool, vcpus: Option<u32>, mem: Option<u64>, cfg: &VmConfig) -
     }
 }
 
-fn config(args: Args) -> anyhow::Result<VmConfig> {
+fn config(args: cli::Args) -> anyhow::Result<VmConfig> {
     let mut cfg = match (&args.config, args.config_fd) {
         (Some(path), _) => VmConfig::from_file(path)?,
         (None, Some(fd)) => {
@@ -266,8 +157,19 @@ fn fail(e: &(dyn std::error::Error + 'static), code: i32) -> ! {
 
 fn main() {
     let start = Instant::now();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let args = Args::parse();
+    logger::init(start);
+    let args = match cli::parse_args(std::env::args_os().skip(1)) {
+        Ok(cli::Parsed::Run(args)) => *args,
+        Ok(cli::Parsed::Help) => {
+            print!("{}", cli::HELP);
+            std::process::exit(0);
+        }
+        Ok(cli::Parsed::Version) => {
+            println!("hull-vmm {}", env!("CARGO_PKG_VERSION"));
+            std::process::exit(0);
+        }
+        Err(e) => fail(&e, 1),
+    };
     let restore = args.restore.clone();
     let (named_vcpus, named_mem) = (args.vcpus, args.mem);
     let named_config = args.config.is_some() || args.config_fd.is_some();
@@ -299,6 +201,7 @@ fn main() {
         Some(Ok(s)) => Some(s),
         None => None,
     };
+    log::debug!("snapshot opened (if any) at {:?}", start.elapsed());
     let setup = match &jail_config {
         Some(j) => jail(cfg, j),
         None => Ok(cfg),
@@ -307,6 +210,10 @@ fn main() {
         Ok(c) => c,
         Err(e) => fail(e.as_ref(), 1),
     };
+    log::debug!(
+        "configured, seccomp filters compiled at {:?}",
+        start.elapsed()
+    );
     let vmm = match snapshot {
         Some(snap) => Vmm::restore(cfg, snap, start),
         None => Vmm::build_since(cfg, start),
