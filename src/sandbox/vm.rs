@@ -14,7 +14,8 @@ use hull_vmm::config::{
 use hull_agent::protocol::RootDisks;
 
 use super::{
-    GUEST_CID, Isolation, RootFs, Sandbox, SandboxError, Spec, agent_socket, io, template, vm_jail,
+    GUEST_CID, Isolation, RootFs, Sandbox, SandboxError, Spec, agent_socket, io, template,
+    template_local, vm_jail,
 };
 use crate::{initramfs, paths, sys, volume};
 
@@ -298,7 +299,7 @@ fn restore_from(
         fs: fs_slots,
     };
     let dir = template::ensure(cache, &inputs, spec.progress)?;
-    Ok(Restore::From(dir, slots))
+    Ok(Restore::From(template_local::for_restore(&dir), slots))
 }
 
 /// The VM for `spec`: its kernel and initrd, vCPUs and memory, `disks`
