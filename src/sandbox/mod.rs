@@ -4,6 +4,7 @@
 //! - `ns`: `hull-agent ns` as PID 1 of new namespaces on the host, with the
 //!   same root filesystem stacked read-only, over a Unix socket.
 
+pub mod layer_cache;
 mod ns;
 pub mod template;
 pub mod template_local;
