@@ -71,6 +71,48 @@ struct Entry<'a> {
 
 /// The initramfs for `agent`, from the cache under `cache_dir` or built now.
 pub fn for_agent(agent: &Path, cache_dir: &Path) -> Result<PathBuf, InitramfsError> {
+    // Known for this very file: not read (8 MiB) and hashed again per run.
+    let seen = identity_file(agent, cache_dir);
+    if let Some(known) = seen.as_deref().and_then(|s| known_image(s, cache_dir)) {
+        return Ok(known);
+    }
+    let path = build_for(agent, cache_dir)?;
+    if let (Some(seen), Some(name)) = (seen, path.file_name()) {
+        let tmp = seen.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, name.as_encoded_bytes()).is_ok() {
+            let _ = std::fs::rename(&tmp, &seen);
+        }
+    }
+    Ok(path)
+}
+
+/// The file naming the initramfs of the agent file `agent` as it is now
+/// (path, size, inode, modification time), as templates name their inputs.
+fn identity_file(agent: &Path, cache_dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(agent).ok()?;
+    let id = format!(
+        "{}:{}:{}:{}:{}",
+        agent.display(),
+        m.size(),
+        m.ino(),
+        m.mtime(),
+        m.mtime_nsec()
+    );
+    Some(cache_dir.join(format!("agent-{:016x}.id", fnv1a(id.as_bytes()) ^ FORMAT)))
+}
+
+/// The initramfs `seen` names, if it is one of this cache's and is there.
+fn known_image(seen: &Path, cache_dir: &Path) -> Option<PathBuf> {
+    let name = std::fs::read_to_string(seen).ok()?;
+    let plain = name.starts_with("initramfs-") && name.ends_with(".cpio") && !name.contains('/');
+    let path = cache_dir.join(name);
+    (plain && path.is_file()).then_some(path)
+}
+
+/// The initramfs for `agent` by its content: read, checked, hashed, and
+/// built unless the cache has it.
+fn build_for(agent: &Path, cache_dir: &Path) -> Result<PathBuf, InitramfsError> {
     let bytes = std::fs::read(agent).map_err(|source| InitramfsError::Agent {
         path: agent.to_path_buf(),
         source,
@@ -316,6 +358,8 @@ mod tests {
         std::fs::write(&agent, static_elf(b"one")).unwrap();
         let a = for_agent(&agent, dir.path()).unwrap();
         assert_eq!(for_agent(&agent, dir.path()).unwrap(), a);
+        // A rebuilt agent is a new file (as the linker writes it).
+        std::fs::remove_file(&agent).unwrap();
         std::fs::write(&agent, static_elf(b"two")).unwrap();
         assert_ne!(for_agent(&agent, dir.path()).unwrap(), a);
     }

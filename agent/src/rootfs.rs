@@ -28,13 +28,28 @@ fn mnt(
         .map_err(|e| format!("mounting {fstype} on {target}: {e}"))
 }
 
-/// The block devices hull attached as layers, bottom layer first: disks
-/// whose serial is `layerN`, or the single disk with serial `rootfs`.
-fn find_layer_disks() -> Result<Vec<String>, String> {
+/// The block devices hull attached, found by their serials: the layers
+/// (`layerN`, or the single disk `rootfs`), bottom first, and the writable
+/// `upper`.
+#[derive(Debug, Default)]
+struct RootDevices {
+    layers: Vec<String>,
+    upper: Option<String>,
+}
+
+/// Reads /sys/block once. A disk of zero sectors (an empty slot of a guest
+/// restored from a template, or one whose new size the driver has not
+/// taken yet) is left out, and its serial not read: each serial read is a
+/// request to the device, and a template has 16 slots.
+fn root_devices() -> Result<RootDevices, String> {
+    let mut found = RootDevices::default();
     let mut layers: Vec<(u32, String)> = Vec::new();
     let entries = fs::read_dir("/sys/block").map_err(|e| format!("reading /sys/block: {e}"))?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
+        if sectors(&name) == 0 {
+            continue;
+        }
         let serial = fs::read_to_string(e.path().join("serial")).unwrap_or_default();
         let serial = serial.trim_matches(|c: char| c == '\0' || c.is_whitespace());
         let index = match serial.strip_prefix("layer") {
@@ -44,23 +59,13 @@ fn find_layer_disks() -> Result<Vec<String>, String> {
         };
         if let Some(i) = index {
             layers.push((i, format!("/dev/{name}")));
+        } else if serial == "upper" {
+            found.upper = Some(format!("/dev/{name}"));
         }
     }
-    if layers.is_empty() {
-        return Err("no root filesystem disk (serial rootfs or layerN) attached".into());
-    }
     layers.sort();
-    Ok(layers.into_iter().map(|(_, d)| d).collect())
-}
-
-/// The block device whose serial is `serial`, if one is attached.
-fn find_disk(serial: &str) -> Option<String> {
-    let entries = fs::read_dir("/sys/block").ok()?;
-    entries.flatten().find_map(|e| {
-        let s = fs::read_to_string(e.path().join("serial")).unwrap_or_default();
-        (s.trim_matches(|c: char| c == '\0' || c.is_whitespace()) == serial)
-            .then(|| format!("/dev/{}", e.file_name().to_string_lossy()))
-    })
+    found.layers = layers.into_iter().map(|(_, d)| d).collect();
+    Ok(found)
 }
 
 /// Stacks `lowers` (bottom first) under a writable upper in `rw` at `root`.
@@ -165,7 +170,7 @@ fn vm_setup_request() -> Result<VmSetup, String> {
 /// share), the user's mounts in it, switch into the result.
 pub fn vm_setup() -> Result<(), String> {
     vm_base()?;
-    vm_root(&vm_setup_request()?)
+    vm_root(&vm_setup_request()?, root_devices()?)
 }
 
 /// The guest's own /proc, /sys, /dev and /run (before any disk).
@@ -217,24 +222,17 @@ pub fn vm_root_after_restore(
 ) -> Result<(), String> {
     let deadline = std::time::Instant::now() + limit;
     loop {
-        let layers = find_layer_disks().unwrap_or_default();
-        let upper = find_disk("upper");
-        let layers_ok =
-            layers.len() == disks.layers as usize && layers.iter().all(|d| sectors(d) > 0);
-        let upper_ok = !disks.upper || upper.as_deref().is_some_and(|d| sectors(d) > 0);
-        if layers_ok && upper_ok {
-            return vm_root(&disks.setup);
+        let found = root_devices()?;
+        let upper_ok = !disks.upper || found.upper.is_some();
+        if found.layers.len() == disks.layers as usize && upper_ok {
+            return vm_root(&disks.setup, found);
         }
         if std::time::Instant::now() > deadline {
             return Err(format!(
                 "the guest has {} of the {} layer disks{} after {limit:?} (restored from a template)",
-                layers.iter().filter(|d| sectors(d) > 0).count(),
+                found.layers.len(),
                 disks.layers,
-                if disks.upper && !upper_ok {
-                    " and no upper disk"
-                } else {
-                    ""
-                },
+                if upper_ok { "" } else { " and no upper disk" },
             ));
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
@@ -243,7 +241,7 @@ pub fn vm_root_after_restore(
 
 /// Mounts the root (the layer disks stacked, or a virtio-fs share), the
 /// user's mounts in it, and switches into the result.
-fn vm_root(setup: &VmSetup) -> Result<(), String> {
+fn vm_root(setup: &VmSetup, disks: RootDevices) -> Result<(), String> {
     let root = "/run/hull/root";
     match &setup.root_tag {
         Some(tag) => {
@@ -251,13 +249,13 @@ fn vm_root(setup: &VmSetup) -> Result<(), String> {
             mount_virtiofs(tag, root, 0)
                 .map_err(|e| format!("mounting the root share {tag} (virtiofs): {e}"))?;
         }
-        None => layered_root(root)?,
+        None => layered_root(root, &disks)?,
     }
     for m in &setup.mounts {
         user_mount(root, m, None)?;
     }
     let mut taken: Vec<String> = setup.mounts.iter().map(|m| m.target.clone()).collect();
-    if find_disk("upper").is_some() {
+    if disks.upper.is_some() {
         // A build step: /tmp is the image's own, as in docker's and
         // buildah's RUN, not a tmpfs.
         taken.push("/tmp".to_string());
@@ -275,10 +273,12 @@ fn vm_root(setup: &VmSetup) -> Result<(), String> {
 }
 
 /// The layer disks stacked under a writable upper at `root`.
-fn layered_root(root: &str) -> Result<(), String> {
-    let disks = find_layer_disks()?;
+fn layered_root(root: &str, disks: &RootDevices) -> Result<(), String> {
+    if disks.layers.is_empty() {
+        return Err("no root filesystem disk (serial rootfs or layerN) attached".into());
+    }
     let mut lowers = Vec::new();
-    for (i, disk) in disks.iter().enumerate() {
+    for (i, disk) in disks.layers.iter().enumerate() {
         let dir = format!("/run/hull/layers/{i}");
         mkdir(&dir)?;
         mount(disk, &dir, "erofs", RDONLY, "")
@@ -289,13 +289,13 @@ fn layered_root(root: &str) -> Result<(), String> {
     // A writable disk with serial `upper` (hull build) holds the upper and
     // work dirs instead of the tmpfs (a step may write more than guest RAM);
     // the agent sends the upper's changes to the host as a tar (export.rs).
-    if let Some(disk) = find_disk("upper") {
+    if let Some(disk) = &disks.upper {
         mkdir("/run/hull/rw")?;
-        mount(&disk, "/run/hull/rw", "ext4", 0, "")
+        mount(disk, "/run/hull/rw", "ext4", 0, "")
             .map_err(|e| format!("mounting the upper disk {disk} (ext4): {e}"))?;
     }
     overlay(&lowers, "/run/hull/rw", root)?;
-    if find_disk("upper").is_some() {
+    if disks.upper.is_some() {
         crate::export::keep_upper("/run/hull/rw/upper")?;
     }
     Ok(())

@@ -4,8 +4,10 @@
 //! - `ns`: `hull-agent ns` as PID 1 of new namespaces on the host, with the
 //!   same root filesystem stacked read-only, over a Unix socket.
 
+pub mod layer_cache;
 mod ns;
 pub mod template;
+pub mod template_local;
 mod vm;
 pub mod vm_jail;
 
@@ -342,7 +344,10 @@ impl Sandbox {
                 return Err(SandboxError::Timeout(timeout.as_secs()));
             }
             std::thread::sleep(delay);
-            delay = (delay * 2).min(Duration::from_millis(50));
+            // A restored agent answers within a few hundred ms of the
+            // VMM's start (its socket appears then): poll it closely.
+            let cap = if self.restored.is_some() { 10 } else { 50 };
+            delay = (delay * 2).min(Duration::from_millis(cap));
         }
     }
 

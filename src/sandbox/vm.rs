@@ -14,7 +14,8 @@ use hull_vmm::config::{
 use hull_agent::protocol::RootDisks;
 
 use super::{
-    GUEST_CID, Isolation, RootFs, Sandbox, SandboxError, Spec, agent_socket, io, template, vm_jail,
+    GUEST_CID, Isolation, RootFs, Sandbox, SandboxError, Spec, agent_socket, io, layer_cache,
+    template, template_local, vm_jail,
 };
 use crate::{initramfs, paths, sys, volume};
 
@@ -49,11 +50,7 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     for (i, layer) in layers.iter().enumerate() {
         match spec.disks.get(i) {
             Some(d) => disks.push(d.clone()),
-            None => {
-                let img = spec.dir.join(format!("layer{i}.erofs"));
-                erofs_image(layer, &img)?;
-                disks.push(img);
-            }
+            None => disks.push(layer_image(layer, &cache, spec.dir, i)?),
         }
     }
     let socket = agent_socket(Isolation::Vm, spec.dir);
@@ -298,7 +295,7 @@ fn restore_from(
         fs: fs_slots,
     };
     let dir = template::ensure(cache, &inputs, spec.progress)?;
-    Ok(Restore::From(dir, slots))
+    Ok(Restore::From(template_local::for_restore(&dir), slots))
 }
 
 /// The VM for `spec`: its kernel and initrd, vCPUs and memory, `disks`
@@ -346,6 +343,35 @@ fn vm_config(spec: &Spec<'_>, kernel: PathBuf, initrd: PathBuf, disks: Vec<PathB
         })
         .collect();
     config
+}
+
+/// The read-only erofs disk of the layer directory `layer` (the `i`th):
+/// the cache's image of the directory as it is (made there first if need
+/// be), or one made in the container's `dir` when the directory cannot be
+/// cached (layer_cache::key).
+fn layer_image(layer: &Path, cache: &Path, dir: &Path, i: usize) -> Result<PathBuf, SandboxError> {
+    let root = cache.join("layers");
+    if let Some(key) = layer_cache::key(layer) {
+        if let Some(img) = layer_cache::cached(&root, &key) {
+            return Ok(img);
+        }
+        if std::fs::create_dir_all(&root).is_ok() {
+            let tmp = root.join(format!("{key}.tmp{}", std::process::id()));
+            let kept = erofs_image(layer, &tmp).map(|()| layer_cache::keep(&root, &key, &tmp));
+            match kept {
+                Ok(Ok(img)) => return Ok(img),
+                Ok(Err(_)) => {}
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            }
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    let img = dir.join(format!("layer{i}.erofs"));
+    erofs_image(layer, &img)?;
+    Ok(img)
 }
 
 /// Makes a read-only erofs image of `dir` (Debian's erofs-utils).
