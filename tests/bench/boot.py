@@ -47,16 +47,20 @@ CMDLINE = "console=ttyS0 reboot=k panic=-1 pci=off nomodules 8250.nr_uarts=1 " \
 TRACEFS = "/sys/kernel/tracing"
 
 
-def initramfs(tmp, dmesg=False):
-    """A busybox initramfs whose /init prints the marker (and with `dmesg`
-    the kernel log), idles a second and reboots."""
-    show = "/bin/busybox dmesg\n" if dmesg else ""
-    init = ("#!/bin/busybox sh\n/bin/busybox echo %s\n%s/bin/busybox sleep 1\n"
-            "/bin/busybox reboot -f\n" % (MARKER.decode(), show))
+def initramfs(tmp, init=None, dmesg=False, files=()):
+    """A busybox initramfs whose /init is `init` (default: print the marker,
+    with `dmesg` the kernel log, idle a second, reboot), with `files` (host
+    paths) copied to its root."""
+    if init is None:
+        show = "/bin/busybox dmesg\n" if dmesg else ""
+        init = ("#!/bin/busybox sh\n/bin/busybox echo %s\n%s/bin/busybox sleep 1\n"
+                "/bin/busybox reboot -f\n" % (MARKER.decode(), show))
     root = os.path.join(tmp, "root")
     for d in ("bin", "proc", "sys", "dev"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
     shutil.copy("/bin/busybox", os.path.join(root, "bin/busybox"))
+    for f in files:
+        shutil.copy(f, root)
     with open(os.path.join(root, "init"), "w") as f:
         f.write(init)
     os.chmod(os.path.join(root, "init"), 0o755)
@@ -64,6 +68,15 @@ def initramfs(tmp, dmesg=False):
     subprocess.run("cd %s && find . | cpio -o -H newc --quiet > %s" % (root, out),
                    shell=True, check=True)
     return out
+
+
+def reap(p, timeout):
+    """Waits up to `timeout` s for process `p` to end, then kills it."""
+    try:
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
 
 
 def guest_rss_kib(pid, mem_mib):

@@ -134,11 +134,7 @@ def run_vmm(cmd, args):
     try:
         return measure(TAP_GUEST, args)
     finally:
-        try:
-            p.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        boot.reap(p, 120)
 
 
 def run_ns(probe, args):
@@ -155,11 +151,7 @@ def run_ns(probe, args):
         ip("link", "set", VETH, "up")
         return measure(VETH_NS, args)
     finally:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        boot.reap(p, 30)
         subprocess.run(["ip", "link", "del", VETH], capture_output=True)
 
 
@@ -194,11 +186,7 @@ def main():
         probe = os.path.join(tmp, "net_probe")
         subprocess.run(["gcc", "-static", "-O2", "-o", probe,
                         os.path.join(boot.REPO, "tests/support/net_probe.c")], check=True)
-        boot.initramfs(tmp, INIT)
-        shutil.copy(probe, os.path.join(tmp, "root/net_probe"))
-        initrd = os.path.join(tmp, "initramfs.cpio")
-        subprocess.run("cd %s/root && find . | cpio -o -H newc --quiet > %s" % (tmp, initrd),
-                       shell=True, check=True)
+        initrd = boot.initramfs(tmp, INIT, files=[probe])
 
         def qemu(vhost):
             return ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,rtc=off,acpi=off",

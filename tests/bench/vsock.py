@@ -93,11 +93,7 @@ def one_run(cmd, connect, target):
     try:
         return transfer(connect, target, time.monotonic() + 300)
     finally:
-        try:
-            p.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        boot.reap(p, 120)
 
 
 def main():
@@ -112,12 +108,7 @@ def main():
     tmp = tempfile.mkdtemp()
     try:
         probe = build_probe(tmp)
-        boot.initramfs(tmp, INIT)  # the busybox tree, under tmp/root
-        # Add the probe to that tree and pack it again.
-        shutil.copy(probe, os.path.join(tmp, "root/vsock_probe"))
-        initrd = os.path.join(tmp, "initramfs.cpio")
-        subprocess.run("cd %s/root && find . | cpio -o -H newc --quiet > %s" % (tmp, initrd),
-                       shell=True, check=True)
+        initrd = boot.initramfs(tmp, INIT, files=[probe])
         uds = os.path.join(tmp, "v.sock")
         vmms = {
             "hull-vmm": ([args.hull_vmm, "--kernel", args.kernel, "--initrd", initrd,
