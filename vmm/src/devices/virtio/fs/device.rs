@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap, Permissions};
 
 use super::protocol as p;
@@ -19,7 +19,7 @@ use crate::devices::virtio::iov::{self, GuestIovecs, segments};
 use crate::devices::virtio::persist::{DeviceState, PersistError, QueueSnapshot, VirtioState};
 use crate::devices::virtio::queue_worker::{self, Chain, RequestHandler, Served};
 use crate::devices::virtio::{
-    ActivateError, Activation, F_VERSION_1, LogLimit, TYPE_FS, VirtioDevice,
+    ActivateError, Activation, F_EVENT_IDX, F_VERSION_1, LogLimit, TYPE_FS, VirtioDevice,
 };
 
 /// Largest request copied out of the guest: the longest has two names or
@@ -275,7 +275,10 @@ impl VirtioDevice for Fs {
         &QUEUE_SIZES
     }
     fn features(&self) -> u64 {
-        F_VERSION_1
+        // EVENT_IDX: the guest kicks only when the device asked to hear of
+        // new requests, and takes an interrupt only once it has seen the
+        // used ones before it (readahead keeps several READs in flight).
+        F_VERSION_1 | F_EVENT_IDX
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut config = [0u8; TAG_MAX + 4];
@@ -294,7 +297,8 @@ impl VirtioDevice for Fs {
         let own = self.own.clone();
         self.served.clear();
         for (queue, evt) in a.queues.drain(..).zip(a.queue_evts.drain(..)) {
-            let queue: Queue = queue;
+            let mut queue: Queue = queue;
+            queue.set_event_idx(features & F_EVENT_IDX != 0);
             let served = queue_worker::spawn(
                 &own,
                 a.mem.clone(),

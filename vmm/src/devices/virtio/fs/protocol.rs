@@ -88,9 +88,16 @@ pub fn opcode_name(code: u32) -> std::borrow::Cow<'static, str> {
 pub const INIT_ASYNC_READ: u32 = 1 << 0;
 pub const INIT_ATOMIC_O_TRUNC: u32 = 1 << 3;
 pub const INIT_BIG_WRITES: u32 = 1 << 5;
+/// The guest drops a file's cached data when a refreshed attribute shows
+/// the host changed its mtime (a changed size drops it anyway).
+pub const INIT_AUTO_INVAL_DATA: u32 = 1 << 12;
 pub const INIT_DO_READDIRPLUS: u32 = 1 << 13;
 pub const INIT_PARALLEL_DIROPS: u32 = 1 << 18;
 pub const INIT_MAX_PAGES: u32 = 1 << 22;
+
+/// OPEN's and CREATE's reply flag: the guest keeps what it cached of the
+/// file's data at this open (without it, every open drops it).
+pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 
 /// SETATTR's `valid` bits.
 pub const FATTR_MODE: u32 = 1 << 0;

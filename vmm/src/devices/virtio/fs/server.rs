@@ -261,8 +261,13 @@ impl Server {
         // ATOMIC_O_TRUNC: an open with O_TRUNC truncates here (one
         // request, not OPEN then SETATTR). MAX_PAGES: requests of up to
         // MAX_IO (the guest splits at its queue's size too).
+        // AUTO_INVAL_DATA: files are opened with FOPEN_KEEP_CACHE, so the
+        // guest's cached data outlives a close; a read refreshes the
+        // attributes once they are TIMEOUT old, and a changed mtime or
+        // size drops the cache: a host change is seen within TIMEOUT.
         let want = p::INIT_ASYNC_READ
             | p::INIT_ATOMIC_O_TRUNC
+            | p::INIT_AUTO_INVAL_DATA
             | p::INIT_BIG_WRITES
             | p::INIT_DO_READDIRPLUS
             | p::INIT_PARALLEL_DIROPS
@@ -675,7 +680,9 @@ impl Server {
         let fd = sys::reopen(self.proc_fd.as_fd(), i.fd.as_fd(), flags)?;
         let fh = self.add_handle(fd)?;
         let mut o = Out::default();
-        o.u64(fh).u32(0).u32(0);
+        o.u64(fh)
+            .u32(if dir { 0 } else { p::FOPEN_KEEP_CACHE })
+            .u32(0);
         Ok(o.0)
     }
 
@@ -703,7 +710,7 @@ impl Server {
             }
         };
         let mut o = Out(std::mem::take(&mut entry));
-        o.u64(fh).u32(0).u32(0);
+        o.u64(fh).u32(p::FOPEN_KEEP_CACHE).u32(0);
         Ok(o.0)
     }
 

@@ -117,20 +117,41 @@ fn read(s: &mut Server, fh: u64) -> Result<Vec<u8>, i32> {
     if e != 0 { Err(e) } else { Ok(body) }
 }
 
-fn create(s: &mut Server, parent: u64, n: &str, mode: u32, uid: u32) -> Result<(u64, u64), i32> {
-    let mut b = Vec::new();
-    b.extend_from_slice(&((libc::O_RDWR | libc::O_CREAT) as u32).to_le_bytes());
-    b.extend_from_slice(&mode.to_le_bytes());
-    b.extend_from_slice(&0u32.to_le_bytes());
-    b.extend_from_slice(&[0; 4]);
+/// The body of a request that makes a name (CREATE, MKNOD, MKDIR): its
+/// struct's u32 fields, then the name.
+fn fields_then_name(fields: &[u32], n: &str) -> Vec<u8> {
+    let mut b: Vec<u8> = fields.iter().flat_map(|f| f.to_le_bytes()).collect();
     b.extend_from_slice(&name(n));
+    b
+}
+
+/// CREATE (fuse_create_in: flags, mode, umask, padding): the node, the
+/// handle and the reply's open flags.
+fn create_open(
+    s: &mut Server,
+    parent: u64,
+    n: &str,
+    mode: u32,
+    uid: u32,
+) -> Result<(u64, u64, u32), i32> {
+    let flags = (libc::O_RDWR | libc::O_CREAT) as u32;
+    let b = fields_then_name(&[flags, mode, 0, 0], n);
     let (e, body) = call_as(s, p::CREATE, parent, uid, &b);
     if e != 0 {
         return Err(e);
     }
     let node = u64::from_le_bytes(body[0..8].try_into().unwrap());
     let fh = u64::from_le_bytes(body[p::ENTRY_LEN..p::ENTRY_LEN + 8].try_into().unwrap());
-    Ok((node, fh))
+    let open_flags = u32::from_le_bytes(
+        body[p::ENTRY_LEN + 8..p::ENTRY_LEN + 12]
+            .try_into()
+            .unwrap(),
+    );
+    Ok((node, fh, open_flags))
+}
+
+fn create(s: &mut Server, parent: u64, n: &str, mode: u32, uid: u32) -> Result<(u64, u64), i32> {
+    create_open(s, parent, n, mode, uid).map(|(node, fh, _)| (node, fh))
 }
 
 fn write(s: &mut Server, fh: u64, data: &[u8]) -> Result<u32, i32> {
@@ -234,9 +255,7 @@ fn a_read_only_share_refuses_every_change_on_the_host_side() {
         Err(libc::EROFS)
     );
     assert_eq!(create(&mut s, ROOT_ID, "new", 0o644, 0), Err(libc::EROFS));
-    let mut mkdir = 0o755u32.to_le_bytes().to_vec();
-    mkdir.extend_from_slice(&[0; 4]);
-    mkdir.extend_from_slice(&name("d"));
+    let mkdir = fields_then_name(&[0o755, 0], "d");
     assert_eq!(call(&mut s, p::MKDIR, ROOT_ID, &mkdir).0, libc::EROFS);
     assert_eq!(
         call(&mut s, p::UNLINK, ROOT_ID, &name("inside")).0,
@@ -268,10 +287,8 @@ fn files_the_guest_makes_have_its_ids_and_no_set_id_bits() {
         assert_eq!((m.uid(), m.gid()), (1000, 1000));
     }
     // No device nodes.
-    let mut mknod = (libc::S_IFCHR | 0o666).to_le_bytes().to_vec();
-    mknod.extend_from_slice(&0x0103u32.to_le_bytes()); // 1:3, /dev/null
-    mknod.extend_from_slice(&[0; 8]);
-    mknod.extend_from_slice(&name("null"));
+    // mode, rdev 1:3 (/dev/null), umask, padding.
+    let mknod = fields_then_name(&[libc::S_IFCHR | 0o666, 0x0103, 0, 0], "null");
     assert_eq!(call(&mut s, p::MKNOD, ROOT_ID, &mknod).0, libc::EPERM);
     assert!(!share.dir.join("null").exists());
 }
@@ -384,4 +401,36 @@ fn a_directory_emptied_while_it_is_read_is_read_to_the_end() {
     }
     let left: Vec<_> = std::fs::read_dir(&share.dir).unwrap().collect();
     assert!(left.is_empty(), "{} entries were never listed", left.len());
+}
+
+/// The guest keeps a file's cached data across opens (FOPEN_KEEP_CACHE)
+/// and drops it when refreshed attributes show a host change
+/// (AUTO_INVAL_DATA): what makes a re-read come from its page cache.
+#[test]
+fn files_keep_their_cache_across_opens() {
+    let share = Share::new("cache");
+    let mut s = share.server(false);
+    let offered = p::INIT_ASYNC_READ | p::INIT_AUTO_INVAL_DATA | (1 << 10);
+    let mut init = Vec::new();
+    for f in [p::KERNEL_VERSION, p::KERNEL_MINOR, 1 << 20, offered] {
+        init.extend_from_slice(&f.to_le_bytes());
+    }
+    let (e, body) = call(&mut s, p::INIT, 0, &init);
+    assert_eq!(e, 0);
+    let flags = u32::from_le_bytes(body[12..16].try_into().unwrap());
+    assert_eq!(
+        flags,
+        p::INIT_ASYNC_READ | p::INIT_AUTO_INVAL_DATA,
+        "only offered flags the server wants"
+    );
+    let open_flags = |s: &mut Server, opcode, node| {
+        let (e, body) = call(s, opcode, node, &[0; 8]);
+        assert_eq!(e, 0);
+        u32::from_le_bytes(body[8..12].try_into().unwrap())
+    };
+    let inside = lookup(&mut s, ROOT_ID, "inside").unwrap();
+    assert_eq!(open_flags(&mut s, p::OPEN, inside), p::FOPEN_KEEP_CACHE);
+    assert_eq!(open_flags(&mut s, p::OPENDIR, ROOT_ID), 0);
+    let (_, _, created) = create_open(&mut s, ROOT_ID, "new", 0o644, 0).unwrap();
+    assert_eq!(created, p::FOPEN_KEEP_CACHE);
 }
