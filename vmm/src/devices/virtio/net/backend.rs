@@ -51,10 +51,6 @@ pub(crate) struct Backend {
     /// Bytes the rx buffers must hold before a frame is read: the largest
     /// frame the tap can hand over, with its header.
     pub(super) rx_frame_bytes: usize,
-    /// A frame read into `rx_spill` for want of guest buffers (its length;
-    /// 0 for none), and that buffer (the largest frame and one byte).
-    pub(super) rx_pending: usize,
-    pub(super) rx_spill: Vec<u8>,
     pub(super) rx_used: bool,
     pub(super) tx_used: bool,
     pub(super) stats: NetStats,
@@ -83,8 +79,6 @@ impl Backend {
             rx: RxBuffers::default(),
             mergeable: p.acked_features & F_MRG_RXBUF != 0,
             rx_frame_bytes: HDR_LEN + if gso { MAX_GSO_FRAME } else { MAX_PLAIN_FRAME },
-            rx_pending: 0,
-            rx_spill: Vec::new(),
             rx_used: false,
             tx_used: false,
             stats: NetStats::default(),

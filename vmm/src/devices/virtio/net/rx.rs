@@ -5,11 +5,7 @@
 //! without mergeable buffers; with them, as many chains as it takes). The
 //! frame is then read straight into them with one readv. With mergeable
 //! buffers the chains it filled go back used, `num_buffers` in the header
-//! saying how many; the others wait for the next frame. When the guest has
-//! given fewer bytes than the largest frame, the frame is read into the
-//! device's own buffer and copied in if it fits; one that does not waits
-//! there for the guest's next buffers (a snapshot taken meanwhile drops it,
-//! as a full link would).
+//! saying how many; the others wait for the next frame.
 
 use std::collections::VecDeque;
 
@@ -39,10 +35,6 @@ pub(super) struct RxBuffers {
 impl RxBuffers {
     pub(super) fn chains(&self) -> usize {
         self.chains.len()
-    }
-
-    fn bytes(&self) -> usize {
-        self.bytes
     }
 
     /// Whether a frame of up to `frame_bytes` can be read now: the buffers
@@ -99,58 +91,29 @@ enum Read {
     Dropped,
     /// The tap has nothing more.
     Empty,
-    /// The guest's rx buffers are short: the tap waits for its kick.
-    Waiting,
-}
-
-/// How far the rx buffers held go.
-enum Room {
-    /// Far enough for a frame of the largest size (or as far as they can).
-    Full,
-    /// Some buffers, fewer bytes than the largest frame (mergeable only).
-    Partial,
-    /// None.
-    Empty,
 }
 
 impl Backend {
     /// Moves frames from the tap to the guest: at most [`RX_BATCH`] now;
     /// the tap stays readable for the event loop's next round. Without
     /// buffers the tap is no longer watched until the guest adds some.
-    ///
-    /// With mergeable buffers a frame is read straight into the guest's
-    /// buffers when they hold the largest frame; when they hold less, it is
-    /// read into the device's own buffer and copied in if it fits (most
-    /// frames are far smaller than the largest), so the device neither
-    /// waits for the guest to refill its ring nor asks it for a kick while
-    /// it has buffers to fill.
     pub(super) fn process_rx(&mut self) {
-        if self.rx_pending > 0 && !self.place_pending() {
-            self.set_tap_interest(self.tap_interest - EventSet::IN);
-            return;
-        }
         for _ in 0..RX_BATCH {
-            let read = match self.take_rx_buffers(false) {
-                Room::Full => self.read_frame(),
-                Room::Partial => self.read_to_spill(),
-                Room::Empty => Read::Waiting,
-            };
-            match read {
+            if !self.take_rx_buffers() {
+                self.set_tap_interest(self.tap_interest - EventSet::IN);
+                return;
+            }
+            match self.read_frame() {
                 Read::Delivered | Read::Dropped => {}
                 Read::Empty => return,
-                Read::Waiting => {
-                    self.set_tap_interest(self.tap_interest - EventSet::IN);
-                    return;
-                }
             }
         }
     }
 
     /// Takes chains from the rx queue until a frame of the largest size
-    /// fits. When the queue runs out first, with buffers held and `ask`
-    /// false, that is [`Room::Partial`]; otherwise the guest is asked for a
-    /// kick (its next one brings more) and the queue looked at once more.
-    fn take_rx_buffers(&mut self, ask: bool) -> Room {
+    /// fits; false when the guest has not given enough (its next kick of
+    /// the rx queue brings more).
+    fn take_rx_buffers(&mut self) -> bool {
         let mem = self.mem.clone();
         let mut idle_rounds = 0;
         while !self
@@ -158,9 +121,6 @@ impl Backend {
             .ready(self.rx_frame_bytes, self.mergeable, self.rxq.size())
         {
             let Some(chain) = self.rxq.pop_descriptor_chain(&mem) else {
-                if !ask && self.rx.chains() > 0 {
-                    return Room::Partial;
-                }
                 // Ask for a kick, then look once more: buffers added meanwhile
                 // raised none. An available index past the queue (a broken
                 // guest) yields nothing however often it is asked.
@@ -169,11 +129,7 @@ impl Backend {
                     Ok(true) if idle_rounds < 2 => continue,
                     _ => {
                         self.meter.c.rx_waits += 1;
-                        return if self.rx.chains() > 0 {
-                            Room::Partial
-                        } else {
-                            Room::Empty
-                        };
+                        return false;
                     }
                 }
             };
@@ -196,68 +152,6 @@ impl Backend {
             }
             self.rx.push(RxChain { head, segs, bytes });
         }
-        Room::Full
-    }
-
-    /// Reads one frame from the tap into the device's own buffer, then into
-    /// the guest's buffers if they hold it (else it waits there for more).
-    fn read_to_spill(&mut self) -> Read {
-        let cap = self.rx_frame_bytes;
-        // One byte past the largest frame, as in `read_frame`.
-        self.rx_spill.resize(cap + 1, 0);
-        // SAFETY: the buffer is ours and `cap + 1` bytes long; the tap fd is
-        // ours.
-        let got = unsafe { libc::read(self.tap_fd(), self.rx_spill.as_mut_ptr().cast(), cap + 1) };
-        self.meter.c.tap_reads += 1;
-        if got < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::WouldBlock && self.errors.allow() {
-                log::warn!("virtio-net: reading the tap: {e}");
-            }
-            return Read::Empty;
-        }
-        let n = got as usize;
-        if !(HDR_LEN..=cap).contains(&n) {
-            self.stats.rx_dropped += 1;
-            if self.errors.allow() {
-                log::warn!("virtio-net: dropped a {n}-byte frame from the tap");
-            }
-            return Read::Dropped;
-        }
-        self.rx_pending = n;
-        if self.place_pending() {
-            Read::Delivered
-        } else {
-            Read::Waiting
-        }
-    }
-
-    /// Copies the frame waiting in the device's buffer into the guest's
-    /// buffers; false while they do not hold it (the guest was asked for a
-    /// kick). A frame that can never fit (the ring or a readv's worth of
-    /// buffers is smaller) is dropped.
-    fn place_pending(&mut self) -> bool {
-        let n = self.rx_pending;
-        if self.rx.bytes() < n
-            && !matches!(self.take_rx_buffers(true), Room::Full)
-            && self.rx.bytes() < n
-        {
-            return false;
-        }
-        self.rx_pending = 0;
-        if self.rx.bytes() < n {
-            self.stats.rx_dropped += 1;
-            if self.errors.allow() {
-                log::warn!(
-                    "virtio-net: dropped a {n}-byte frame; the guest's rx buffers hold {}",
-                    self.rx.bytes()
-                );
-            }
-            return true;
-        }
-        let segs = self.rx.frame_segs(true);
-        write_at(&self.mem, &segs, 0, &self.rx_spill[..n]);
-        self.deliver(n);
         true
     }
 

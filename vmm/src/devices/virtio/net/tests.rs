@@ -423,52 +423,6 @@ fn rx_frame_spans_mergeable_buffers() {
     assert_eq!((s.rx_frames, s.rx_bytes, s.rx_dropped), (2, 20060, 0));
 }
 
-/// With fewer buffers than a 64 KiB segment needs, a frame that fits them
-/// goes in at once; one that does not waits for the guest's next buffers
-/// and then arrives whole.
-#[test]
-fn rx_frames_fill_buffers_short_of_the_largest_frame() {
-    let mut r = rig(F_VERSION_1 | F_MRG_RXBUF | F_GUEST_CSUM | F_GUEST_TSO4);
-    let four = |from: u64| -> Vec<Vec<(u64, u32)>> {
-        (from..from + 4)
-            .map(|i| vec![(BUFS + i * 0x1000, 0x1000)])
-            .collect()
-    };
-    r.offer(RXQ, 0, &four(0), true);
-    r.kick_rx();
-    let mut f = header(VnetHeader::default());
-    f.extend_from_slice(&frame(6000, 3));
-    deliver(&mut r, &f);
-    let total = HDR_LEN + 6000;
-    assert_eq!(r.used(RXQ), vec![(0, 0x1000), (1, (total - 0x1000) as u32)]);
-    let mut back = r.read(BUFS + HDR_LEN as u64, 0x1000 - HDR_LEN);
-    back.extend(r.read(BUFS + 0x1000, total - 0x1000));
-    assert_eq!(back, frame(6000, 3));
-
-    // 12000 bytes do not fit the two buffers left: the frame waits, and the
-    // tap is not watched meanwhile.
-    let mut big = header(VnetHeader::default());
-    big.extend_from_slice(&frame(12000, 7));
-    deliver(&mut r, &big);
-    assert_eq!(r.used(RXQ).len(), 2);
-    assert!(!r.backend.tap_interest.contains(EventSet::IN));
-    r.offer(RXQ, 4, &four(4), true);
-    r.kick_rx();
-    let total = HDR_LEN + 12000;
-    assert_eq!(
-        r.used(RXQ)[2..],
-        [(2, 0x1000), (3, 0x1000), (4, (total - 0x2000) as u32)]
-    );
-    let h: VnetHeader = r.mem.read_obj(GuestAddress(BUFS + 0x2000)).unwrap();
-    assert_eq!(h.num_buffers, 3);
-    let mut back = r.read(BUFS + 0x2000 + HDR_LEN as u64, 0x1000 - HDR_LEN);
-    back.extend(r.read(BUFS + 0x3000, total - 0x1000));
-    assert_eq!(back, frame(12000, 7));
-    assert!(r.backend.tap_interest.contains(EventSet::IN));
-    let s = r.backend.stats();
-    assert_eq!((s.rx_frames, s.rx_dropped), (2, 0));
-}
-
 #[test]
 fn rx_without_mergeable_buffers_uses_one_chain_per_frame() {
     let mut r = rig(F_VERSION_1);
