@@ -105,6 +105,21 @@ impl Backend {
             return;
         }
         self.tap_interest = want;
+        self.apply_tap_interest();
+    }
+
+    /// Starts watching the tap on `el` under `token`, for what the backend
+    /// waits on now: the tap was added to the loop before this, so events
+    /// handled meanwhile may have changed the interest without the loop
+    /// knowing (and a tap watched for IN with no rx buffers to read into
+    /// wakes the loop over and over).
+    pub(crate) fn watch_tap(&mut self, el: EventLoop, token: u64) {
+        self.tap_watch = Some((el, token));
+        self.apply_tap_interest();
+    }
+
+    fn apply_tap_interest(&mut self) {
+        let want = self.tap_interest;
         if let Some((el, token)) = &self.tap_watch {
             if let Err(e) = el.modify(*token, want) {
                 if self.errors.allow() {

@@ -60,7 +60,9 @@ impl Active {
             }
         }
         let mut b = lock(&self.backend);
-        b.tap_watch = self.tokens.get(2).map(|&t| (self.event_loop.clone(), t));
+        if let Some(&t) = self.tokens.get(2) {
+            b.watch_tap(self.event_loop.clone(), t);
+        }
         b.start();
         Ok(())
     }
