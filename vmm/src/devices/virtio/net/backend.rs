@@ -108,11 +108,11 @@ impl Backend {
         self.apply_tap_interest();
     }
 
-    /// Starts watching the tap on `el` under `token`, for what the backend
-    /// waits on now: the tap was added to the loop before this, so events
-    /// handled meanwhile may have changed the interest without the loop
-    /// knowing (and a tap watched for IN with no rx buffers to read into
-    /// wakes the loop over and over).
+    /// Starts watching the tap on `el` under `token` (added there watched
+    /// for nothing) for what the backend waits on. Before, an event handled
+    /// between adding the tap and this could change the interest without
+    /// the loop knowing, and a tap watched for IN with no rx buffers to read
+    /// into woke the loop over and over until the guest's first rx kick.
     pub(crate) fn watch_tap(&mut self, el: EventLoop, token: u64) {
         self.tap_watch = Some((el, token));
         self.apply_tap_interest();
