@@ -11,6 +11,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::counts::Meter;
 use super::rx::RxBuffers;
 use super::{F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_UFO, F_MRG_RXBUF, HDR_LEN, NetStats};
 use super::{MAX_GSO_FRAME, MAX_PLAIN_FRAME};
@@ -54,6 +55,8 @@ pub(crate) struct Backend {
     pub(super) tx_used: bool,
     pub(super) stats: NetStats,
     pub(super) errors: LogLimit,
+    /// Work per interrupt and kick, logged at debug level.
+    pub(super) meter: Meter,
 }
 
 impl Backend {
@@ -80,6 +83,7 @@ impl Backend {
             tx_used: false,
             stats: NetStats::default(),
             errors: LogLimit::default(),
+            meter: Meter::default(),
         }
     }
 
@@ -101,6 +105,21 @@ impl Backend {
             return;
         }
         self.tap_interest = want;
+        self.apply_tap_interest();
+    }
+
+    /// Starts watching the tap on `el` under `token` (added there watched
+    /// for nothing) for what the backend waits on. Before, an event handled
+    /// between adding the tap and this could change the interest without
+    /// the loop knowing, and a tap watched for IN with no rx buffers to read
+    /// into woke the loop over and over until the guest's first rx kick.
+    pub(crate) fn watch_tap(&mut self, el: EventLoop, token: u64) {
+        self.tap_watch = Some((el, token));
+        self.apply_tap_interest();
+    }
+
+    fn apply_tap_interest(&mut self) {
+        let want = self.tap_interest;
         if let Some((el, token)) = &self.tap_watch {
             if let Err(e) = el.modify(*token, want) {
                 if self.errors.allow() {
@@ -119,6 +138,11 @@ impl Backend {
             std::mem::take(&mut self.tx_used) && self.txq.needs_notification(mem).unwrap_or(true);
         if rx || tx {
             self.interrupt.signal_used();
+            if rx {
+                self.meter.c.rx_irqs += 1;
+            } else {
+                self.meter.c.tx_irqs += 1;
+            }
         }
     }
 
@@ -140,11 +164,13 @@ impl Backend {
     pub(crate) fn handle_fd(&mut self, fd: RawFd, events: EventSet) {
         if fd == self.rx_evt.as_raw_fd() {
             let _ = self.rx_evt.read();
+            self.meter.c.rx_kicks += 1;
             // Fresh rx buffers: the tap is worth reading again.
             self.set_tap_interest(self.tap_interest | EventSet::IN);
             self.process_rx();
         } else if fd == self.tx_evt.as_raw_fd() {
             let _ = self.tx_evt.read();
+            self.meter.c.tx_kicks += 1;
             self.process_tx();
         } else if fd == self.tap_fd() {
             if events.contains(EventSet::OUT) {
@@ -156,6 +182,14 @@ impl Backend {
             }
         }
         self.notify();
+        self.meter.tick();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let over = self.meter.elapsed();
+        self.meter.flush(over);
     }
 }
 

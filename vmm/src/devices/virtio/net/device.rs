@@ -44,12 +44,14 @@ impl Active {
     /// Watches the queue eventfds and the tap (for what the backend waits
     /// on), then serves what waited meanwhile.
     fn watch(&mut self) -> Result<(), ActivateError> {
-        let (fds, tap_interest) = {
+        let fds = {
             let b = lock(&self.backend);
-            let fds = [b.rx_evt.as_raw_fd(), b.tx_evt.as_raw_fd(), b.tap_fd()];
-            (fds, b.tap_interest)
+            [b.rx_evt.as_raw_fd(), b.tx_evt.as_raw_fd(), b.tap_fd()]
         };
-        let interests = [EventSet::IN, EventSet::IN, tap_interest];
+        // The tap is watched for nothing until the backend knows its token
+        // (`watch_tap`): an event handled before that could not change what
+        // the loop watches.
+        let interests = [EventSet::IN, EventSet::IN, EventSet::empty()];
         for (fd, events) in fds.into_iter().zip(interests) {
             match self.event_loop.add(fd, events, self.backend.clone()) {
                 Ok(t) => self.tokens.push(t),
@@ -60,7 +62,9 @@ impl Active {
             }
         }
         let mut b = lock(&self.backend);
-        b.tap_watch = self.tokens.get(2).map(|&t| (self.event_loop.clone(), t));
+        if let Some(&t) = self.tokens.get(2) {
+            b.watch_tap(self.event_loop.clone(), t);
+        }
         b.start();
         Ok(())
     }

@@ -21,6 +21,7 @@ pub mod persist;
 pub mod tap;
 
 pub(crate) mod backend;
+mod counts;
 mod rx;
 mod tx;
 

@@ -127,7 +127,10 @@ impl Backend {
                 idle_rounds += 1;
                 match self.rxq.enable_notification(&mem) {
                     Ok(true) if idle_rounds < 2 => continue,
-                    _ => return false,
+                    _ => {
+                        self.meter.c.rx_waits += 1;
+                        return false;
+                    }
                 }
             };
             idle_rounds = 0;
@@ -195,6 +198,7 @@ impl Backend {
             unsafe { libc::readv(fd, v.as_ptr(), v.len() as libc::c_int) }
         });
         drop(iovs);
+        self.meter.c.tap_reads += 1;
         let n = match got {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Read::Empty,
@@ -239,6 +243,7 @@ impl Backend {
             }
         }
         let count = filled.len() as u16;
+        let count_used = filled.len() as u64;
         if let Some(segs) = first {
             write_at(&mem, &segs, NUM_BUFFERS_OFFSET, &count.to_le_bytes());
         }
@@ -250,6 +255,8 @@ impl Backend {
             }
         }
         self.rx_used = true;
+        self.meter.c.rx_used += count_used;
+        self.meter.c.rx_frames += 1;
         self.stats.rx_frames += 1;
         self.stats.rx_bytes += (n - HDR_LEN) as u64;
     }

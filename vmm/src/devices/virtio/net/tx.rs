@@ -49,6 +49,7 @@ impl Backend {
                             }
                         }
                         self.tx_used = true;
+                        self.meter.c.tx_chains += 1;
                     }
                     Sent::Later => {
                         let back = self.txq.next_avail().wrapping_sub(1);
