@@ -193,6 +193,9 @@ fn monitor(
         let _ = container.finish(hull::EXIT_HULL_ERROR, Some(reason));
         return hull::EXIT_HULL_ERROR;
     }
+    if let Some(resolver) = spec::loopback_nameserver(&plan) {
+        relay_dns(g, &container, resolver);
+    }
     let warn = |w: &str| g.log_line("warning", w);
     let session = Session {
         sinks: Sinks::terminal(),
@@ -212,6 +215,22 @@ fn monitor(
     };
     let _ = container.finish(status, reason);
     status
+}
+
+/// Serves a microVM's DNS queries to `resolver`, on the engine's loopback
+/// where the guest cannot reach it, on a thread of the monitor (in the
+/// engine's network namespace) for the sandbox's life: the guest's
+/// resolv.conf names the same address, which the agent takes in the guest.
+fn relay_dns(g: &Global, container: &Container, resolver: std::net::Ipv4Addr) {
+    let Ok(c) = g.load(container.id()) else {
+        return;
+    };
+    let g = g.clone();
+    std::thread::spawn(move || {
+        if let Err(e) = c.relay_dns(resolver, resolver) {
+            g.log_line("warning", &hull::error::chain(&e));
+        }
+    });
 }
 
 /// Blocks until `start` opens the fifo, then tells it the container goes.

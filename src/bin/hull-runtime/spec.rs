@@ -46,6 +46,26 @@ pub struct Plan {
     pub terminal: bool,
 }
 
+/// The first `nameserver` of a microVM's resolv.conf when it is on the
+/// loopback (docker's embedded resolver, 127.0.0.11, on a user-defined
+/// network): the guest reaches it only through a relay.
+pub fn loopback_nameserver(plan: &Plan) -> Option<std::net::Ipv4Addr> {
+    if plan.config.isolation != Isolation::Vm {
+        return None;
+    }
+    let resolv = plan.start.network.as_ref()?.resolv_conf.as_deref()?;
+    first_nameserver(resolv).filter(|a| a.is_loopback())
+}
+
+/// The first `nameserver` line's address, when it is IPv4.
+fn first_nameserver(resolv: &str) -> Option<std::net::Ipv4Addr> {
+    let first = resolv.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        (words.next() == Some("nameserver")).then(|| words.next())?
+    })?;
+    first.parse().ok()
+}
+
 /// Reads `dir/config.json` and checks its root exists.
 pub fn load(dir: &Path) -> anyhow::Result<Bundle> {
     let dir = if dir.as_os_str().is_empty() {
@@ -387,6 +407,19 @@ fn host_memory_mib() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_nameserver_is_read_from_resolv_conf() {
+        let docker = "search example.org\nnameserver 127.0.0.11\noptions ndots:0\n";
+        assert_eq!(first_nameserver(docker), Some([127, 0, 0, 11].into()));
+        assert_eq!(
+            first_nameserver("# x\nnameserver 10.0.0.1\nnameserver 127.0.0.11\n"),
+            Some([10, 0, 0, 1].into())
+        );
+        assert_eq!(first_nameserver("nameserver fd00::1\n"), None);
+        assert_eq!(first_nameserver("nameserver\n"), None);
+        assert_eq!(first_nameserver(""), None);
+    }
 
     fn bundle(config: serde_json::Value) -> (tempfile::TempDir, anyhow::Result<Bundle>) {
         let t = tempfile::tempdir().unwrap();
