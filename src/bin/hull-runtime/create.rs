@@ -153,7 +153,7 @@ pub fn write_pid_file(path: &Path, pid: &str) -> anyhow::Result<()> {
 fn monitor(
     g: &Global,
     mut container: Container,
-    plan: spec::Plan,
+    mut plan: spec::Plan,
     slave: Option<OwnedFd>,
     mut notify: std::fs::File,
     early: &[oci_spec::runtime::Hook],
@@ -178,6 +178,7 @@ fn monitor(
         state["pid"] = pty::own_pid().into();
         state["status"] = "created".into();
         record::run_hooks("prestart", early, &state)?;
+        plan.reread_etc();
         container.start_with(&|w| g.log_line("info", w))?;
         Ok(())
     })();

@@ -44,6 +44,37 @@ pub struct Plan {
     pub start: Start,
     pub net: NetPlan,
     pub terminal: bool,
+    /// vm: the engine's /etc/hosts and /etc/resolv.conf, read again by
+    /// [`Plan::reread_etc`].
+    etc_sources: EtcSources,
+}
+
+#[derive(Debug, Default)]
+struct EtcSources {
+    hosts: Option<PathBuf>,
+    resolv: Option<PathBuf>,
+}
+
+impl Plan {
+    /// Reads the engine's /etc/hosts and /etc/resolv.conf again for the
+    /// guest: an engine may rewrite them in its prestart hook (docker puts
+    /// its embedded resolver, 127.0.0.11, in resolv.conf there).
+    pub fn reread_etc(&mut self) {
+        let Some(net) = self.start.network.as_mut() else {
+            return;
+        };
+        for (source, content) in [
+            (&self.etc_sources.hosts, &mut net.hosts),
+            (&self.etc_sources.resolv, &mut net.resolv_conf),
+        ] {
+            if let Some(text) = source
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+            {
+                *content = Some(text);
+            }
+        }
+    }
 }
 
 /// The first `nameserver` of a microVM's resolv.conf when it is on the
@@ -216,6 +247,7 @@ pub fn plan(bundle: &Bundle, id: &str, default: Isolation) -> anyhow::Result<Pla
         terminal: start.tty,
         start,
         net,
+        etc_sources: etc_files.sources,
     })
 }
 
@@ -304,6 +336,7 @@ fn privileges_of(process: &Process) -> anyhow::Result<Privileges> {
 struct EtcFiles {
     hosts: Option<String>,
     resolv: Option<String>,
+    sources: EtcSources,
 }
 
 /// Where the agent makes its own mounts (proc, sysfs, dev, devpts, shm,
@@ -362,8 +395,14 @@ fn mounts(spec: &Spec, isolation: Isolation) -> anyhow::Result<(Vec<MountSpec>, 
             .with_context(|| format!("bind mount at {target} has no source"))?;
         if isolation == Isolation::Vm {
             match target.as_str() {
-                "/etc/hosts" => etc.hosts = std::fs::read_to_string(&source).ok(),
-                "/etc/resolv.conf" => etc.resolv = std::fs::read_to_string(&source).ok(),
+                "/etc/hosts" => {
+                    etc.hosts = std::fs::read_to_string(&source).ok();
+                    etc.sources.hosts = Some(source.clone());
+                }
+                "/etc/resolv.conf" => {
+                    etc.resolv = std::fs::read_to_string(&source).ok();
+                    etc.sources.resolv = Some(source.clone());
+                }
                 // The hostname comes from the spec; podman's marker file is
                 // not needed in a guest.
                 "/etc/hostname" | "/run/.containerenv" => {}
