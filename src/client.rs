@@ -217,6 +217,64 @@ pub fn signal_all(stream: UnixStream, signal: i32) -> Result<(), ClientError> {
     }
 }
 
+/// How long a relayed DNS query waits for the resolver's answer (a DNS
+/// client retries on its own).
+const DNS_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Serves a DNS relay over `stream` until the agent closes it: the agent
+/// takes the guest's queries to `listen` (port 53), and each is sent from
+/// here to `resolver` (port 53), one at a time, its answer sent back. Only
+/// `resolver` is ever asked, whatever the guest sends.
+pub fn dns_relay(
+    stream: UnixStream,
+    listen: std::net::Ipv4Addr,
+    resolver: std::net::Ipv4Addr,
+) -> Result<(), ClientError> {
+    let mut reader = stream.try_clone().map_err(protocol::ProtocolError::Io)?;
+    let timeout = Some(answer_timeout());
+    reader
+        .set_read_timeout(timeout)
+        .map_err(protocol::ProtocolError::Io)?;
+    let mut writer = stream;
+    match read_or_silent(&mut reader, "hello", timeout)? {
+        Some(f) => f.expect::<Hello>(Kind::Hello)?,
+        None => return Err(ClientError::Lost),
+    };
+    let relay = protocol::DnsRelay { address: listen };
+    write_frame(&mut writer, &Frame::json(Kind::DnsRelay, &relay))?;
+    // Queries come whenever the container asks.
+    reader
+        .set_read_timeout(None)
+        .map_err(protocol::ProtocolError::Io)?;
+    let mut buf = vec![0u8; protocol::MAX_DNS];
+    while let Some(f) = read_frame(&mut reader)? {
+        if f.kind == Kind::Error {
+            let e: ErrorMsg = f.parse()?;
+            return Err(ClientError::Refused(e.message));
+        }
+        let Some(query) = protocol::DnsPacket::parse(&f) else {
+            continue;
+        };
+        let answer = (|| -> std::io::Result<Vec<u8>> {
+            let sock = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
+            sock.connect((resolver, 53))?;
+            sock.set_read_timeout(Some(DNS_ANSWER_TIMEOUT))?;
+            sock.send(&query.message)?;
+            let n = sock.recv(&mut buf)?;
+            Ok(buf[..n].to_vec())
+        })();
+        // No answer: the guest's client times out and retries.
+        if let Some(message) = answer.ok().filter(|m| !m.is_empty()) {
+            let back = protocol::DnsPacket {
+                client: query.client,
+                message,
+            };
+            write_frame(&mut writer, &back.frame())?;
+        }
+    }
+    Ok(())
+}
+
 /// [`ANSWER_TIMEOUT`], or `HULL_AGENT_ANSWER_SECS` seconds (README: a test
 /// aid, so hostile-guest tests need not wait a minute each).
 fn answer_timeout() -> Duration {

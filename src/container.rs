@@ -11,6 +11,7 @@
 //! with it, and relays the session into the container's logs.
 
 use std::io::IsTerminal;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -162,6 +163,8 @@ pub enum ContainerError {
     Exec { id: String, source: ClientError },
     #[error("signalling every process of {id}")]
     SignalAll { id: String, source: ClientError },
+    #[error("relaying the DNS queries of {id}")]
+    DnsRelay { id: String, source: ClientError },
     /// The sandbox ended the session; its own words when it left any.
     #[error("{0}")]
     SandboxEnded(String),
@@ -593,6 +596,21 @@ impl Container {
         }
         let stream = self.agent()?;
         client::signal_all(stream, signal).map_err(|source| ContainerError::SignalAll {
+            id: self.short_id().into(),
+            source,
+        })
+    }
+
+    /// Relays the DNS queries the container's processes send to `listen`
+    /// (port 53, in the guest) to `resolver` (port 53) in the calling
+    /// thread's network namespace, until the sandbox ends: how a microVM
+    /// reaches a resolver an engine put on its namespace's loopback.
+    pub fn relay_dns(&self, listen: Ipv4Addr, resolver: Ipv4Addr) -> Result<(), ContainerError> {
+        let isolation = self.state.isolation;
+        let socket = sandbox::agent_socket(isolation, &self.dir());
+        let stream = sandbox::connect_agent(isolation, &socket)
+            .ok_or_else(|| ContainerError::AgentGone(self.short_id().into()))?;
+        client::dns_relay(stream, listen, resolver).map_err(|source| ContainerError::DnsRelay {
             id: self.short_id().into(),
             source,
         })

@@ -13,6 +13,8 @@
 
 #[path = "support/build_env.rs"]
 mod build_env;
+#[path = "support/podman.rs"]
+mod podman;
 #[path = "support/registry.rs"]
 mod registry;
 #[path = "support/tree.rs"]
@@ -367,21 +369,8 @@ fn cutting_proxy(target: String, nth: usize) -> String {
 /// podman with its own root, run root and config (storage on vfs, cgroups
 /// through cgroupfs, events in a file), runc, no network of its own.
 fn podman(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let mut cmd = std::process::Command::new("podman");
-    cmd.arg("--root")
-        .arg(dir.join("root"))
-        .arg("--runroot")
-        .arg(dir.join("runroot"))
-        .args([
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-            "--runtime",
-            "runc",
-        ])
+    let mut cmd = podman::with_own_storage(std::process::Command::new("podman"), dir);
+    cmd.args(["--runtime", "runc"])
         .args(args)
         .env("TMPDIR", dir);
     let out = cmd

@@ -25,6 +25,7 @@ macro_rules! debug {
     };
 }
 
+mod dns;
 mod export;
 mod network;
 mod privileges;

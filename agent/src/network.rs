@@ -1,11 +1,12 @@
 //! The container's network, from the main process's Start: `lo` up, the
-//! interface's address, MTU and default route (vm; the ns backend's host
+//! interface's address, MTU, default and other routes (vm; the ns backend's host
 //! side configured its interface already), and the container's /etc/hosts
 //! and /etc/resolv.conf.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use hull_agent::protocol::NetworkSetup;
+use hull_agent::protocol::{NetworkSetup, Route};
 
 use crate::sys;
 
@@ -27,7 +28,7 @@ pub fn apply(net: &NetworkSetup, root: &Path) -> Result<(), String> {
             .map_err(|e| format!("setting the address of {name}: {e}"))?;
         sys::link_up(name).map_err(|e| format!("setting {name} up: {e}"))?;
         if let Some(gw) = i.gateway {
-            sys::add_default_route(gw)
+            sys::add_route4(name, Ipv4Addr::UNSPECIFIED, 0, Some(gw))
                 .map_err(|e| format!("adding the default route via {gw}: {e}"))?;
         }
         if let Some(v6) = &i.ipv6 {
@@ -37,9 +38,18 @@ pub fn apply(net: &NetworkSetup, root: &Path) -> Result<(), String> {
             sys::set_ipv6(name, v6.address, v6.prefix_len)
                 .map_err(|e| format!("setting the IPv6 address of {name}: {e}"))?;
             if let Some(gw) = v6.gateway {
-                sys::add_default_route6(name, gw)
+                sys::add_route6(name, Ipv6Addr::UNSPECIFIED, 0, Some(gw))
                     .map_err(|e| format!("adding the IPv6 default route via {gw}: {e}"))?;
             }
+        }
+        for r in &i.routes {
+            add_route(name, r).map_err(|e| {
+                let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+                format!(
+                    "adding the route to {}/{}{via}: {e}",
+                    r.destination, r.prefix_len
+                )
+            })?;
         }
     }
     let etc = root.join("etc");
@@ -55,6 +65,18 @@ pub fn apply(net: &NetworkSetup, root: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Adds route `r` on interface `name`; a gateway of the other family than
+/// the destination is refused.
+fn add_route(name: &str, r: &Route) -> std::io::Result<()> {
+    match (r.destination, r.gateway) {
+        (IpAddr::V4(d), None) => sys::add_route4(name, d, r.prefix_len, None),
+        (IpAddr::V4(d), Some(IpAddr::V4(g))) => sys::add_route4(name, d, r.prefix_len, Some(g)),
+        (IpAddr::V6(d), None) => sys::add_route6(name, d, r.prefix_len, None),
+        (IpAddr::V6(d), Some(IpAddr::V6(g))) => sys::add_route6(name, d, r.prefix_len, Some(g)),
+        _ => Err(std::io::ErrorKind::InvalidInput.into()),
+    }
 }
 
 /// `aa:bb:cc:dd:ee:ff` as bytes.

@@ -8,7 +8,9 @@
 //! agent sends [`Kind::Exit`] (or [`Kind::Error`] when the process could not
 //! start). A connection whose first host frame is a [`Kind::Signal`]
 //! instead signals every process of the container (all but the agent) and
-//! gets an [`Exit`] with code 0 back. Anything malformed or oversized is an error, never a panic, and
+//! gets an [`Exit`] with code 0 back; one whose first host frame is a
+//! [`Kind::DnsRelay`] carries relayed DNS messages ([`Kind::Dns`]) both
+//! ways while it is open. Anything malformed or oversized is an error, never a panic, and
 //! nothing larger than one frame is ever allocated.
 
 use std::io::{self, Read, Write};
@@ -49,6 +51,12 @@ pub enum Kind {
     /// host, after the process ended and before its Exit, when the Start
     /// asked for it with `export_upper`).
     Layer = 13,
+    /// Host to agent, a connection's first frame ([`DnsRelay`]): the agent
+    /// takes DNS queries in the guest and relays them over this connection.
+    DnsRelay = 14,
+    /// One relayed DNS message ([`DnsPacket`], raw): a query from the
+    /// agent, its answer from the host.
+    Dns = 15,
 }
 
 impl Kind {
@@ -68,6 +76,8 @@ impl Kind {
             11 => Started,
             12 => Shutdown,
             13 => Layer,
+            14 => DnsRelay,
+            15 => Dns,
             _ => return None,
         })
     }
@@ -545,6 +555,20 @@ pub struct Interface {
     /// restored from a template has the template's until it is told.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// Routes through it other than the default ones (an engine's
+    /// namespace may have more), IPv4 and IPv6.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+}
+
+/// A route through an [`Interface`]: `destination/prefix_len`, via
+/// `gateway` or on the link when there is none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub destination: std::net::IpAddr,
+    pub prefix_len: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<std::net::IpAddr>,
 }
 
 /// An interface's IPv6 address, prefix and default route.
@@ -554,6 +578,55 @@ pub struct Interface6 {
     pub prefix_len: u8,
     /// The IPv6 default route's gateway.
     pub gateway: Option<std::net::Ipv6Addr>,
+}
+
+/// Asks the agent to take DNS queries on `address` port 53 in the guest
+/// (UDP) and relay them to the host, which sends them on to the resolver
+/// the engine put on its namespace's loopback (`nameserver 127.0.0.11`:
+/// docker's), out of the guest's reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsRelay {
+    pub address: std::net::Ipv4Addr,
+}
+
+/// The largest DNS message relayed (a UDP payload).
+pub const MAX_DNS: usize = 65_507;
+
+/// A relayed DNS message and the guest client it came from (a query) or
+/// goes to (its answer). Payload: the client's port (2 bytes, big endian)
+/// and IPv4 address (4 bytes), then the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsPacket {
+    pub client: std::net::SocketAddrV4,
+    pub message: Vec<u8>,
+}
+
+impl DnsPacket {
+    pub fn frame(&self) -> Frame {
+        let mut payload = Vec::with_capacity(6 + self.message.len());
+        payload.extend_from_slice(&self.client.port().to_be_bytes());
+        payload.extend_from_slice(&self.client.ip().octets());
+        payload.extend_from_slice(&self.message);
+        Frame::new(Kind::Dns, payload)
+    }
+
+    /// The packet in `f`; None unless it is a [`Kind::Dns`] frame with a
+    /// client and a message of at most [`MAX_DNS`] bytes.
+    pub fn parse(f: &Frame) -> Option<DnsPacket> {
+        if f.kind != Kind::Dns {
+            return None;
+        }
+        let (head, message) = f.payload.split_first_chunk::<6>()?;
+        if message.is_empty() || message.len() > MAX_DNS {
+            return None;
+        }
+        let port = u16::from_be_bytes([head[0], head[1]]);
+        let ip = std::net::Ipv4Addr::new(head[2], head[3], head[4], head[5]);
+        Some(DnsPacket {
+            client: std::net::SocketAddrV4::new(ip, port),
+            message: message.to_vec(),
+        })
+    }
 }
 
 /// The process started.
@@ -610,6 +683,22 @@ pub struct ErrorMsg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_packets_round_trip_and_malformed_ones_are_refused() {
+        let p = DnsPacket {
+            client: "127.0.0.1:40000".parse().unwrap(),
+            message: vec![1, 2, 3],
+        };
+        assert_eq!(DnsPacket::parse(&p.frame()), Some(p.clone()));
+        let short = Frame::new(Kind::Dns, vec![0; 6]);
+        assert_eq!(DnsPacket::parse(&short), None, "no message");
+        assert_eq!(DnsPacket::parse(&Frame::new(Kind::Dns, vec![0; 3])), None);
+        let big = Frame::new(Kind::Dns, vec![0; 6 + MAX_DNS + 1]);
+        assert_eq!(DnsPacket::parse(&big), None, "larger than a UDP payload");
+        let other = Frame::new(Kind::Stdout, p.frame().payload);
+        assert_eq!(DnsPacket::parse(&other), None, "not a Dns frame");
+    }
 
     #[test]
     fn a_vm_setup_round_trips_through_the_command_line() {

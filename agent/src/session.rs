@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use hull_agent::protocol::{
-    self, ErrorMsg, Exit, Frame, Hello, Kind, Marks, Resize, Signal, Start, Started, read_frame,
-    write_frame,
+    self, DnsRelay, ErrorMsg, Exit, Frame, Hello, Kind, Marks, Resize, Signal, Start, Started,
+    read_frame, write_frame,
 };
 use hull_agent::users;
 
@@ -179,6 +179,13 @@ pub fn serve(conn: File, ctx: &Ctx) -> Option<i32> {
             signal_all(s.signal, &writer);
             return None;
         }
+        Ok(Some(Ok(First::DnsRelay(r)))) => {
+            debug!("relaying DNS queries to {}:53", r.address);
+            if let Err(e) = crate::dns::relay(r.address, reader, |f| send(&writer, f)) {
+                send_error(&writer, format!("agent: {e}"), 125);
+            }
+            return None;
+        }
         Ok(Some(Err(e))) | Err(e) => {
             send_error(&writer, format!("agent: {}", chain(&e)), 125);
             return None;
@@ -211,11 +218,15 @@ pub fn serve(conn: File, ctx: &Ctx) -> Option<i32> {
 enum First {
     Start(Box<Start>),
     SignalAll(Signal),
+    DnsRelay(DnsRelay),
 }
 
 fn first_frame(f: Frame) -> Result<First, protocol::ProtocolError> {
     if f.kind == Kind::Signal {
         return f.parse::<Signal>().map(First::SignalAll);
+    }
+    if f.kind == Kind::DnsRelay {
+        return f.parse::<DnsRelay>().map(First::DnsRelay);
     }
     f.expect::<Start>(Kind::Start)
         .map(|s| First::Start(Box::new(s)))

@@ -661,29 +661,46 @@ pub fn set_ipv4(name: &str, addr: std::net::Ipv4Addr, prefix_len: u8) -> io::Res
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &req) })
 }
 
-/// Adds the default IPv4 route through `gateway`.
-pub fn add_default_route(gateway: std::net::Ipv4Addr) -> io::Result<()> {
+/// Adds the IPv4 route to `dest`/`prefix_len` on interface `name`, via
+/// `gateway` or on the link (`ip route add`); 0.0.0.0/0 is the default route.
+pub fn add_route4(
+    name: &str,
+    dest: std::net::Ipv4Addr,
+    prefix_len: u8,
+    gateway: Option<std::net::Ipv4Addr>,
+) -> io::Result<()> {
+    if prefix_len > 32 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let dev = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0);
+    let mut flags = libc::RTF_UP;
+    if gateway.is_some() {
+        flags |= libc::RTF_GATEWAY;
+    }
     let sock = inet_socket()?;
-    let any = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
     let route = RtEntry {
         rt_pad1: 0,
-        rt_dst: any,
-        rt_gateway: sockaddr_in(gateway),
-        rt_genmask: any,
-        rt_flags: (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort,
+        rt_dst: sockaddr_in((u32::from(dest) & mask).into()),
+        rt_gateway: sockaddr_in(gateway.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)),
+        rt_genmask: sockaddr_in(mask.into()),
+        rt_flags: flags as libc::c_ushort,
         rt_pad2: 0,
         rt_pad3: 0,
         rt_tos: 0,
         rt_class: 0,
         rt_pad4: [0; 3],
         rt_metric: 0,
-        rt_dev: std::ptr::null_mut(),
+        rt_dev: dev.as_ptr().cast_mut(),
         rt_mtu: 0,
         rt_window: 0,
         rt_irtt: 0,
     };
     // SAFETY: SIOCADDRT reads a struct rtentry, which RtEntry lays out; it
-    // is valid for the call and rt_dev is null (any device).
+    // is valid for the call, and rt_dev points at `dev`'s NUL-terminated
+    // name, which outlives it (the kernel only reads it).
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &route) })
 }
 
@@ -748,22 +765,39 @@ pub fn set_ipv6(name: &str, addr: std::net::Ipv6Addr, prefix_len: u8) -> io::Res
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &req) })
 }
 
-/// Adds the IPv6 default route through `gateway` on interface `name`.
-pub fn add_default_route6(name: &str, gateway: std::net::Ipv6Addr) -> io::Result<()> {
+/// Adds the IPv6 route to `dest`/`prefix_len` on interface `name`, via
+/// `gateway` or on the link; ::/0 is the default route (metric 1, as
+/// before; the others get the kernel's default for user routes).
+pub fn add_route6(
+    name: &str,
+    dest: std::net::Ipv6Addr,
+    prefix_len: u8,
+    gateway: Option<std::net::Ipv6Addr>,
+) -> io::Result<()> {
+    if prefix_len > 128 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(prefix_len))
+        .unwrap_or(0);
+    let mut flags = libc::RTF_UP;
+    if gateway.is_some() {
+        flags |= libc::RTF_GATEWAY;
+    }
     let sock = inet6_socket()?;
-    let any = libc::in6_addr { s6_addr: [0; 16] };
+    let addr = |a: std::net::Ipv6Addr| libc::in6_addr {
+        s6_addr: a.octets(),
+    };
     let route = In6Rtmsg {
-        rtmsg_dst: any,
-        rtmsg_src: any,
-        rtmsg_gateway: libc::in6_addr {
-            s6_addr: gateway.octets(),
-        },
+        rtmsg_dst: addr((u128::from(dest) & mask).into()),
+        rtmsg_src: addr(std::net::Ipv6Addr::UNSPECIFIED),
+        rtmsg_gateway: addr(gateway.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED)),
         rtmsg_type: 0,
-        rtmsg_dst_len: 0,
+        rtmsg_dst_len: u16::from(prefix_len),
         rtmsg_src_len: 0,
-        rtmsg_metric: 1,
+        rtmsg_metric: u32::from(prefix_len == 0),
         rtmsg_info: 0,
-        rtmsg_flags: (libc::RTF_UP | libc::RTF_GATEWAY) as u32,
+        rtmsg_flags: flags as u32,
         rtmsg_ifindex: if_index(&sock, name)?,
     };
     // SAFETY: SIOCADDRT on an AF_INET6 socket reads a struct in6_rtmsg,

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use hull_agent::protocol::{Interface, Interface6, NetworkSetup};
+use hull_agent::protocol::{Interface, Interface6, NetworkSetup, Route};
 
 use super::link::{self, LinkError, Netlink};
 use super::{
@@ -190,8 +190,9 @@ pub(super) fn attach_veth(
 /// network namespace (an engine's, which the runtime's monitor joined):
 /// the engine's link (a veth with an address) is tied by tc redirects both
 /// ways to a new tap, whose fd is returned with the veth's MAC and the
-/// guest's interface (the veth's address, prefix, MTU and gateway). None
-/// when the engine made no such link.
+/// guest's interface (the veth's addresses, prefixes, MTU, gateways and
+/// the namespace's other routes through it). None when the engine made no
+/// such link.
 pub fn adopt_engine_link() -> Result<Option<(OwnedFd, String, Interface)>, LinkError> {
     let nl = Netlink::open()?;
     let Some(link) = nl.engine_link()? else {
@@ -221,6 +222,15 @@ pub fn adopt_engine_link() -> Result<Option<(OwnedFd, String, Interface)>, LinkE
             gateway: v6.gateway,
         }),
         mac: Some(mac.clone()),
+        routes: link
+            .routes
+            .into_iter()
+            .map(|r| Route {
+                destination: r.destination,
+                prefix_len: r.prefix_len,
+                gateway: r.gateway,
+            })
+            .collect(),
     };
     Ok(Some((tap, mac, interface)))
 }
@@ -427,6 +437,7 @@ pub fn prepare(
             gateway: network.gateway6.filter(|_| !network.internal),
         }),
         mac: Some(mac_text.clone()),
+        routes: Vec::new(),
     });
     Ok(Prepared {
         netns: Some(netns),

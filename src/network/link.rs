@@ -238,12 +238,11 @@ impl Netlink {
 
     /// The engine-made link an OCI runtime's microVM takes over: the first
     /// link other than `lo` with an IPv4 address, with its MAC, MTU, that
-    /// address and the default route's gateway. None when there is none
-    /// (`--network none`).
+    /// address, the default routes' gateways and the namespace's other
+    /// routes through it. None when there is none (`--network none`).
     pub fn engine_link(&self) -> Result<Option<EngineLink>, LinkError> {
         use rtnetlink::packet_route::address::AddressAttribute;
         use rtnetlink::packet_route::link::LinkAttribute;
-        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
         let links: Vec<_> = self
             .rt
             .block_on(self.handle.link().get().execute().try_collect())
@@ -287,25 +286,18 @@ impl Netlink {
             let Some((address, prefix_len)) = v4 else {
                 continue;
             };
-            let routes: Vec<_> = self
-                .rt
-                .block_on(
-                    self.handle
-                        .route()
-                        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-                        .execute()
-                        .try_collect(),
-                )
-                .map_err(nl("listing routes"))?;
-            let gateway = routes
-                .iter()
-                .filter(|r| r.header.destination_prefix_length == 0)
-                .find_map(|r| {
-                    r.attributes.iter().find_map(|a| match a {
-                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
-                        _ => None,
-                    })
-                });
+            let routes4 = self.main_routes(RouteMessageBuilder::<Ipv4Addr>::new().build())?;
+            let routes6 = self.main_routes(RouteMessageBuilder::<Ipv6Addr>::new().build())?;
+            let default_via = |routes: &[EngineRoute]| {
+                routes
+                    .iter()
+                    .find(|r| r.prefix_len == 0)
+                    .and_then(|r| r.gateway)
+            };
+            let gateway = match default_via(&routes4) {
+                Some(std::net::IpAddr::V4(g)) => Some(g),
+                _ => None,
+            };
             // A global IPv6 address (not link-local: the guest makes its own)
             // and the IPv6 default route, when the engine's network has them.
             let v6 = addrs.iter().find_map(|m| {
@@ -321,14 +313,22 @@ impl Netlink {
                     _ => None,
                 })
             });
-            let ipv6 = match v6 {
-                Some((address, prefix_len)) => Some(EngineLink6 {
-                    address,
-                    prefix_len,
-                    gateway: self.default_gateway6()?,
-                }),
-                None => None,
+            let gateway6 = match default_via(&routes6) {
+                Some(std::net::IpAddr::V6(g)) => Some(g),
+                _ => None,
             };
+            let ipv6 = v6.map(|(address, prefix_len)| EngineLink6 {
+                address,
+                prefix_len,
+                gateway: gateway6,
+            });
+            // The others through this link, both families (the default
+            // ones are the gateways above).
+            let routes = routes4
+                .into_iter()
+                .chain(routes6)
+                .filter(|r| r.prefix_len > 0 && r.oif.is_none_or(|o| o == index))
+                .collect();
             return Ok(Some(EngineLink {
                 index,
                 name,
@@ -338,33 +338,66 @@ impl Netlink {
                 prefix_len,
                 gateway,
                 ipv6,
+                routes,
             }));
         }
         Ok(None)
     }
 
-    /// The gateway of this namespace's IPv6 default route.
-    fn default_gateway6(&self) -> Result<Option<Ipv6Addr>, LinkError> {
-        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+    /// This namespace's routes of `query`'s family in the main table that
+    /// an engine or a user added: unicast, not the kernel's own (an
+    /// address's prefix route, IPv6 link-local).
+    fn main_routes(
+        &self,
+        query: rtnetlink::packet_route::route::RouteMessage,
+    ) -> Result<Vec<EngineRoute>, LinkError> {
+        use rtnetlink::packet_route::route::{
+            RouteAddress, RouteAttribute, RouteHeader, RouteProtocol, RouteType,
+        };
+        let ip = |a: &RouteAddress| match a {
+            RouteAddress::Inet(v4) => Some(std::net::IpAddr::V4(*v4)),
+            RouteAddress::Inet6(v6) => Some(std::net::IpAddr::V6(*v6)),
+            _ => None,
+        };
         let routes: Vec<_> = self
             .rt
-            .block_on(
-                self.handle
-                    .route()
-                    .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-                    .execute()
-                    .try_collect(),
-            )
-            .map_err(nl("listing IPv6 routes"))?;
-        Ok(routes
-            .iter()
-            .filter(|r| r.header.destination_prefix_length == 0)
-            .find_map(|r| {
-                r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => Some(*g),
-                    _ => None,
-                })
-            }))
+            .block_on(self.handle.route().get(query).execute().try_collect())
+            .map_err(nl("listing routes"))?;
+        let mut out = Vec::new();
+        for r in routes {
+            let h = &r.header;
+            if h.table != RouteHeader::RT_TABLE_MAIN
+                || h.kind != RouteType::Unicast
+                || h.protocol == RouteProtocol::Kernel
+            {
+                continue;
+            }
+            let mut destination = None;
+            let mut gateway = None;
+            let mut oif = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Destination(d) => destination = ip(d),
+                    RouteAttribute::Gateway(g) => gateway = ip(g),
+                    RouteAttribute::Oif(o) => oif = Some(*o),
+                    _ => {}
+                }
+            }
+            let destination = match (destination, h.address_family) {
+                (Some(d), _) => d,
+                (None, rtnetlink::packet_route::AddressFamily::Inet6) => {
+                    Ipv6Addr::UNSPECIFIED.into()
+                }
+                (None, _) => Ipv4Addr::UNSPECIFIED.into(),
+            };
+            out.push(EngineRoute {
+                destination,
+                prefix_len: h.destination_prefix_length,
+                gateway,
+                oif,
+            });
+        }
+        Ok(out)
     }
 
     /// Every packet arriving on `from` leaves through `to`, and back (an
@@ -403,6 +436,18 @@ pub struct EngineLink {
     pub prefix_len: u8,
     pub gateway: Option<Ipv4Addr>,
     pub ipv6: Option<EngineLink6>,
+    /// The namespace's other routes through it (see [`EngineRoute`]).
+    pub routes: Vec<EngineRoute>,
+}
+
+/// A route of the engine's namespace other than the default ones:
+/// `destination/prefix_len` via `gateway` (or on the link), out of `oif`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineRoute {
+    pub destination: std::net::IpAddr,
+    pub prefix_len: u8,
+    pub gateway: Option<std::net::IpAddr>,
+    pub oif: Option<u32>,
 }
 
 /// The engine link's IPv6 address, prefix and default gateway.

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 #[path = "busybox.rs"]
 pub mod busybox;
+#[path = "podman.rs"]
+mod podman;
 
 /// The image every engine runs.
 pub const IMAGE: &str = "localhost/busybox:latest";
@@ -44,6 +46,51 @@ pub fn require(tool: &str) {
         found,
         "{tool} is missing: run scripts/install-deps.sh (podman, docker.io, containerd)"
     );
+}
+
+/// `cmd`'s output, or None when it has not exited within `limit` (it is
+/// killed then).
+pub fn output_within(mut cmd: Command, limit: Duration) -> Option<Output> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = read(Box::new(child.stdout.take()?));
+    let err = read(Box::new(child.stderr.take()?));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Some(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+/// The last 20 lines of the log file `path`.
+fn log_tail(path: &Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// Output as (status, stdout, stderr).
@@ -155,8 +202,15 @@ pub fn images() -> &'static Images {
     })
 }
 
+/// A route of the CNI network besides the default ones, and its gateway
+/// (an address on the bridge's subnets that nothing answers).
+pub const ROUTE4: &str = "10.89.99.0/24";
+pub const ROUTE4_VIA: &str = "10.89.7.99";
+pub const ROUTE6: &str = "fd89:99::/64";
+pub const ROUTE6_VIA: &str = "fd89:7::99";
+
 /// A dual-stack CNI bridge network `hullnet` (10.89.7.0/24, fd89:7::/64)
-/// with `portmap` for `-p`
+/// with a route more per family ([`ROUTE4`], [`ROUTE6`]) and `portmap` for `-p`
 /// (iptables-nft; the emulated KVM host loads the xtables modules for it).
 pub fn cni_dir(dir: &Path) -> PathBuf {
     let d = dir.join("cni");
@@ -165,7 +219,8 @@ pub fn cni_dir(dir: &Path) -> PathBuf {
     let conf = format!(
         r#"{{"cniVersion": "0.4.0", "name": "hullnet", "plugins": [
   {{"type": "bridge", "bridge": "hull-cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-   "ipam": {{"type": "host-local", "routes": [{{"dst": "0.0.0.0/0"}}, {{"dst": "::/0"}}],
+   "ipam": {{"type": "host-local", "routes": [{{"dst": "0.0.0.0/0"}}, {{"dst": "::/0"}},
+                                             {{"dst": "{ROUTE4}", "gw": "{ROUTE4_VIA}"}}, {{"dst": "{ROUTE6}", "gw": "{ROUTE6_VIA}"}}],
             "ranges": [[{{"subnet": "10.89.7.0/24", "gateway": "10.89.7.1"}}],
                        [{{"subnet": "fd89:7::/64", "gateway": "fd89:7::1"}}]]}}}}{portmap}
 ]}}"#
@@ -198,20 +253,8 @@ impl<'a> Podman<'a> {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let d = self.dir.path();
-        let mut c = self.ns.cmd("podman");
-        c.arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "file",
-            ])
-            .arg("--network-config-dir")
+        let mut c = podman::with_own_storage(self.ns.cmd("podman"), d);
+        c.arg("--network-config-dir")
             .arg(d.join("cni"))
             .arg("--runtime")
             .arg(runtime_bin())
@@ -276,33 +319,42 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn spawn(name: &str, mut cmd: Command, log: &Path, grace: Duration) -> Daemon {
+    /// Starts `cmd` and waits (at most 60 s) until `answers`; panics with
+    /// its log otherwise.
+    fn start(
+        name: &str,
+        mut cmd: Command,
+        log: &Path,
+        grace: Duration,
+        answers: impl Fn() -> bool,
+    ) -> Daemon {
         let file = std::fs::File::create(log).unwrap();
         let child = cmd
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Daemon {
+        let daemon = Daemon {
             child,
             log: log.to_path_buf(),
             grace,
-        }
-    }
-
-    /// Waits (at most 60 s) until `answers`; panics with the log otherwise.
-    fn wait_ready(&self, answers: impl Fn() -> bool) {
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !answers() {
             assert!(
                 Instant::now() < deadline,
-                "{} did not answer within 60 s: {}",
-                self.log.display(),
-                std::fs::read_to_string(&self.log).unwrap_or_default()
+                "{name} did not answer within 60 s: {}",
+                std::fs::read_to_string(&daemon.log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+        daemon
     }
+}
+
+/// Panics with `what`'s output unless it succeeded.
+fn succeeded(what: &str, o: Output) {
+    assert!(o.status.success(), "{what}: {:?}", text(&o));
 }
 
 impl Drop for Daemon {
@@ -325,13 +377,20 @@ impl Drop for Daemon {
 /// hull-runtime registered as runtime `hull` (and `hull-ns`).
 pub struct Dockerd<'a> {
     ns: &'a Netns,
-    daemon: Daemon,
+    _daemon: Daemon,
     pub dir: tempfile::TempDir,
     socket: PathBuf,
 }
 
 impl<'a> Dockerd<'a> {
+    /// dockerd with a containerd of its own.
     pub fn start(ns: &'a Netns) -> Dockerd<'a> {
+        Dockerd::start_on(ns, None)
+    }
+
+    /// dockerd on `containerd` (the test's, shared with `ctr`) when given,
+    /// else on one it starts itself; the busybox image loaded.
+    pub fn start_on(ns: &'a Netns, containerd: Option<&Containerd>) -> Dockerd<'a> {
         require("dockerd");
         require("containerd");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -363,23 +422,29 @@ impl<'a> Dockerd<'a> {
             ])
             .arg("--config-file")
             .arg(d.join("daemon.json"));
-        // SIGTERM: dockerd stops its containers and its containerd.
-        let daemon = Daemon::spawn(
+        if let Some(c) = containerd {
+            cmd.arg("--containerd").arg(&c.socket);
+        }
+        // SIGTERM: dockerd stops its containers (and its own containerd).
+        let daemon = Daemon::start(
             "dockerd",
             cmd,
             &d.join("dockerd.log"),
             Duration::from_secs(30),
+            || {
+                docker_cmd(ns, &socket, &["version"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            },
         );
         let dk = Dockerd {
             ns,
-            daemon,
+            _daemon: daemon,
             dir,
             socket,
         };
-        dk.daemon
-            .wait_ready(|| dk.docker(&["version"]).status.success());
-        let load = dk.docker(&["load", "-i", images().docker_archive.to_str().unwrap()]);
-        assert!(load.status.success(), "docker load: {:?}", text(&load));
+        let archive = images().docker_archive.to_str().unwrap();
+        succeeded("docker load", dk.docker(&["load", "-i", archive]));
         dk
     }
 
@@ -387,12 +452,18 @@ impl<'a> Dockerd<'a> {
         self.dir.path().join("hull-runtime")
     }
 
+    /// The tail of dockerd's log.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.dir.path().join("dockerd.log"))
+    }
+
+    /// Its socket as `DOCKER_HOST` takes it.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = self.ns.cmd("/usr/bin/docker");
-        c.arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(args);
-        c
+        docker_cmd(self.ns, &self.socket, args)
     }
 
     pub fn docker(&self, args: &[&str]) -> Output {
@@ -400,11 +471,20 @@ impl<'a> Dockerd<'a> {
     }
 }
 
-/// containerd with its own root, state and socket (CRI off); the shim
-/// finds hull-runtime through `ctr run --runc-binary`.
+fn docker_cmd(ns: &Netns, socket: &Path, args: &[&str]) -> Command {
+    let mut c = ns.cmd("/usr/bin/docker");
+    c.arg("-H")
+        .arg(format!("unix://{}", socket.display()))
+        .args(args);
+    c
+}
+
+/// containerd with its own root, state and socket (CRI off), the busybox
+/// image imported for `ctr`; the shim finds hull-runtime through `ctr run
+/// --runc-binary`.
 pub struct Containerd<'a> {
     ns: &'a Netns,
-    daemon: Daemon,
+    _daemon: Daemon,
     pub dir: tempfile::TempDir,
     socket: PathBuf,
 }
@@ -427,38 +507,50 @@ impl<'a> Containerd<'a> {
         cmd.arg("--config")
             .arg(d.join("config.toml"))
             .env("HULL_RUNTIME_ISOLATION", isolation);
-        let daemon = Daemon::spawn(
+        let daemon = Daemon::start(
             "containerd",
             cmd,
             &d.join("containerd.log"),
             Duration::from_secs(20),
+            || {
+                ctr_cmd(ns, &socket, &["version"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            },
         );
         let c = Containerd {
             ns,
-            daemon,
+            _daemon: daemon,
             dir,
             socket,
         };
-        c.daemon.wait_ready(|| c.ctr(&["version"]).status.success());
-        let import = c.ctr(&["image", "import", images().docker_archive.to_str().unwrap()]);
-        assert!(
-            import.status.success(),
-            "ctr image import: {:?}",
-            text(&import)
-        );
+        let archive = images().docker_archive.to_str().unwrap();
+        succeeded("ctr image import", c.ctr(&["image", "import", archive]));
         c
     }
 
     pub fn ctr(&self, args: &[&str]) -> Output {
-        self.ns
-            .cmd("ctr")
-            .arg("--address")
-            .arg(&self.socket)
-            .args(["--namespace", "hulltest"])
-            .args(args)
-            .output()
-            .expect("ctr")
+        ctr_cmd(self.ns, &self.socket, args).output().expect("ctr")
     }
+
+    /// `ctr args`, or None when it took longer than `limit`.
+    pub fn ctr_within(&self, args: &[&str], limit: Duration) -> Option<Output> {
+        output_within(ctr_cmd(self.ns, &self.socket, args), limit)
+    }
+
+    /// The tail of containerd's log.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.dir.path().join("containerd.log"))
+    }
+}
+
+fn ctr_cmd(ns: &Netns, socket: &Path, args: &[&str]) -> Command {
+    let mut c = ns.cmd("ctr");
+    c.arg("--address")
+        .arg(socket)
+        .args(["--namespace", "hulltest"])
+        .args(args);
+    c
 }
 
 /// An input of [`run_in_pty`] that resizes the terminal: `"\0resize 33 111"`.

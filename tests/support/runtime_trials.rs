@@ -52,12 +52,19 @@ pub fn engine_trials(backend: &'static str) -> Vec<Trial> {
             podman_detached,
         ),
         trial("podman_serves_on_its_network", backend, podman_network),
-        // vm: with docker's -p, -v and exec -it on the same dockerd.
-        trial("docker_exit_status", backend, docker_exit_status),
         trial("podman_volume_and_tmpfs", backend, podman_volume_tmpfs),
     ];
-    if backend == "ns" {
+    if backend == "vm" {
+        // Every docker and ctr check on one containerd and one dockerd:
+        // their start is the slow part in the emulated host.
+        t.push(trial(
+            "docker_ctr_on_one_containerd",
+            backend,
+            docker_and_ctr,
+        ));
+    } else {
         t.extend([
+            trial("docker_exit_status", backend, docker_exit_status),
             trial("podman_publish_and_volume", backend, podman_publish_volume),
             trial("podman_run_it_through_a_pty", backend, podman_tty),
             trial(
@@ -83,25 +90,20 @@ fn podman_run_rm(_backend: &'static str) -> Result<(), Failed> {
     // The process's privileges as the spec gives them, applied by the
     // agent (in the guest for a microVM): no capabilities left, an
     // additional group, no_new_privs, podman's default seccomp profile.
-    let mut args = vec![
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--cap-drop",
-        "ALL",
-        "--group-add",
-        "1234",
-        "--security-opt",
-        "no-new-privileges",
-    ];
-    args.extend(ULIMITS);
-    args.extend([
-        IMAGE,
-        "sh",
-        "-c",
+    let args = run_args(
+        &[
+            "--rm",
+            "--network",
+            "none",
+            "--cap-drop",
+            "ALL",
+            "--group-add",
+            "1234",
+            "--security-opt",
+            "no-new-privileges",
+        ],
         "echo hi; uname -r; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; id -G; exit 3",
-    ]);
+    );
     let o = p.run(&args);
     let (code, out, err) = text(&o);
     check(code == Some(3), || {
@@ -145,15 +147,10 @@ fn podman_detached(backend: &'static str) -> Result<(), Failed> {
     let ns = Netns::new();
     let p = Podman::new(&ns, backend);
     p.load_busybox();
-    let mut args = vec!["run", "-d", "--name", "d", "--network", "none"];
-    args.extend(ULIMITS);
-    args.extend([
-        IMAGE,
-        "sh",
-        "-c",
+    p.ok(&run_args(
+        &["-d", "--name", "d", "--network", "none"],
         "trap 'echo main-got-usr1' USR1; echo started; while :; do sleep 1; done",
-    ]);
-    p.ok(&args);
+    ));
     let o = p.run(&["exec", "d", "sh", "-c", "echo in-exec; exit 4"]);
     let (code, out, err) = text(&o);
     check(code == Some(4), || {
@@ -218,29 +215,16 @@ fn podman_detached(backend: &'static str) -> Result<(), Failed> {
 
 /// httpd in the container, reached at its IPv4 and IPv6 addresses on the
 /// engine's bridge and at the port CNI's portmap publishes on the test's
-/// localhost.
+/// localhost; it serves the container's routes, which are the network's
+/// (the CNI config's extra route per family too).
 fn podman_network(backend: &'static str) -> Result<(), Failed> {
     let ns = Netns::new();
     let p = Podman::new(&ns, backend);
     p.load_busybox();
-    let mut args = vec![
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "--network",
-        "hullnet",
-        "-p",
-        "8082:80",
-    ];
-    args.extend(ULIMITS);
-    args.extend([
-        IMAGE,
-        "sh",
-        "-c",
-        "mkdir /www && echo served-by-hull > /www/index.html && exec httpd -f -p 80 -h /www",
-    ]);
-    p.ok(&args);
+    p.ok(&run_args(
+        &["-d", "--name", "web", "--network", "hullnet", "-p", "8082:80"],
+        "mkdir /www && echo served-by-hull > /www/index.html && { ip route; ip -6 route; } > /www/routes && exec httpd -f -p 80 -h /www",
+    ));
     let ip = p.ok(&[
         "inspect",
         "-f",
@@ -257,7 +241,17 @@ fn podman_network(backend: &'static str) -> Result<(), Failed> {
     let published = curl(&ns, "http://127.0.0.1:8082/", 20);
     // The engine's IPv6 address too (a microVM's guest takes it over).
     let body6 = curl(&ns, &format!("http://[{}]/", ip6.trim()), 20);
+    let routes = curl(&ns, &format!("http://[{}]/routes", ip6.trim()), 20).unwrap_or_default();
     p.ok(&["rm", "-f", "web"]);
+    for (dst, via) in [
+        (engines::ROUTE4, engines::ROUTE4_VIA),
+        (engines::ROUTE6, engines::ROUTE6_VIA),
+    ] {
+        let want = format!("{dst} via {via} ");
+        check(routes.lines().any(|l| l.starts_with(&want)), || {
+            format!("the container has no route {want:?}, as the network has: {routes:?}")
+        })?;
+    }
     check(body6.as_deref() == Some("served-by-hull\n"), || {
         format!("curl of the container's IPv6 address {ip6:?}: {body6:?}")
     })?;
@@ -309,32 +303,41 @@ fn podman_publish_volume(backend: &'static str) -> Result<(), Failed> {
     let www = tempfile::tempdir()?;
     std::fs::write(www.path().join("index.html"), "from-the-host\n")?;
     let vol = format!("{}:/www", www.path().display());
-    let mut args = vec![
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "--network",
-        "hullnet",
-        "-p",
-        "8080:80",
-        "-v",
-        &vol,
-    ];
-    args.extend(ULIMITS);
-    args.extend([
-        IMAGE,
-        "sh",
-        "-c",
+    p.ok(&run_args(
+        &[
+            "-d",
+            "--name",
+            "web",
+            "--network",
+            "hullnet",
+            "-p",
+            "8080:80",
+            "-v",
+            &vol,
+        ],
         "echo written > /www/by-container; exec httpd -f -p 80 -h /www",
-    ]);
-    p.ok(&args);
+    ));
     let body = curl(&ns, "http://127.0.0.1:8080/", 20);
     p.ok(&["rm", "-f", "web"]);
     check(body.as_deref() == Some("from-the-host\n"), || {
         format!("curl of the published port: {body:?}")
     })?;
-    let written = std::fs::read_to_string(www.path().join("by-container")).unwrap_or_default();
+    check_written(&www.path().join("by-container"))
+}
+
+/// podman's `run` arguments: `opts`, the rlimits this machine allows, the
+/// image and `sh -c script`.
+fn run_args<'a>(opts: &[&'a str], script: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["run"];
+    args.extend(opts);
+    args.extend(ULIMITS);
+    args.extend([IMAGE, "sh", "-c", script]);
+    args
+}
+
+/// That the container wrote `written` to `file` in a `-v` directory.
+fn check_written(file: &Path) -> Result<(), Failed> {
+    let written = std::fs::read_to_string(file).unwrap_or_default();
     check(written == "written\n", || {
         format!("the container's write to the -v dir: {written:?}")
     })
@@ -349,24 +352,18 @@ fn podman_volume_tmpfs(backend: &'static str) -> Result<(), Failed> {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("in"), "from-the-host\n")?;
     let vol = format!("{}:/data", dir.path().display());
-    let mut args = vec![
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &vol,
-        "--tmpfs",
-        "/scratch:size=1m",
-    ];
-    args.extend(ULIMITS);
-    args.extend([
-        IMAGE,
-        "sh",
-        "-c",
+    let o = p.run(&run_args(
+        &[
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            &vol,
+            "--tmpfs",
+            "/scratch:size=1m",
+        ],
         "cat /data/in; echo written > /data/out; grep ' /scratch ' /proc/mounts | cut -d' ' -f3",
-    ]);
-    let o = p.run(&args);
+    ));
     let (code, out, err) = text(&o);
     check(code == Some(0), || {
         format!("exit status {code:?}\n{out}\n{err}")
@@ -374,10 +371,7 @@ fn podman_volume_tmpfs(backend: &'static str) -> Result<(), Failed> {
     check(out == "from-the-host\ntmpfs\n", || {
         format!("stdout {out:?}: want the host's file, then tmpfs for /scratch\n{err}")
     })?;
-    let written = std::fs::read_to_string(dir.path().join("out")).unwrap_or_default();
-    check(written == "written\n", || {
-        format!("the container's write to the -v dir: {written:?}")
-    })
+    check_written(&dir.path().join("out"))
 }
 
 fn podman_tty(backend: &'static str) -> Result<(), Failed> {
@@ -417,16 +411,21 @@ fn docker_runtime(backend: &str) -> &'static str {
 fn docker_exit_status(backend: &'static str) -> Result<(), Failed> {
     let ns = Netns::new();
     let d = Dockerd::start(&ns);
-    docker_exit_status_in(&ns, &d, backend)?;
-    if backend == "vm" {
-        // One dockerd for both: its start is the slow part in the
-        // emulated host.
-        docker_publish_exec_in(&ns, &d, backend)?;
-    }
-    Ok(())
+    docker_exit_status_in(&d, backend)
 }
 
-fn docker_exit_status_in(_ns: &Netns, d: &Dockerd, backend: &str) -> Result<(), Failed> {
+/// `ctr run`, and docker's exit status, `-p`, `-v` and `exec -it`, on one
+/// containerd the test started (ctr's and dockerd's).
+fn docker_and_ctr(backend: &'static str) -> Result<(), Failed> {
+    let ns = Netns::new();
+    let c = Containerd::start(&ns, backend);
+    let d = Dockerd::start_on(&ns, Some(&c));
+    containerd_run_in(&c)?;
+    docker_exit_status_in(&d, backend)?;
+    docker_publish_exec_in(&ns, &d, backend)
+}
+
+fn docker_exit_status_in(d: &Dockerd, backend: &str) -> Result<(), Failed> {
     let runtime = docker_runtime(backend);
     let o = d.docker(&[
         "run",
@@ -494,39 +493,54 @@ fn docker_publish_exec_in(ns: &Netns, d: &Dockerd, backend: &str) -> Result<(), 
     })
 }
 
-fn docker_compose(_backend: &'static str) -> Result<(), Failed> {
+fn docker_compose(backend: &'static str) -> Result<(), Failed> {
     engines::require("docker-compose");
     let ns = Netns::new();
     let d = Dockerd::start(&ns);
+    docker_compose_in(&ns, &d, backend)
+}
+
+/// Two services of a compose project on its network, `runtime:` hull's:
+/// the client fetches the web service's page by its service name.
+fn docker_compose_in(ns: &Netns, d: &Dockerd, backend: &str) -> Result<(), Failed> {
     let proj = tempfile::tempdir()?;
+    let runtime = docker_runtime(backend);
     let compose = format!(
-        "version: \"2.4\"\nservices:\n  web:\n    image: {IMAGE}\n    runtime: hull-ns\n    command: [\"sh\", \"-c\", \"mkdir /www && echo from-web > /www/index.html && exec httpd -f -p 80 -h /www\"]\n  client:\n    image: {IMAGE}\n    runtime: hull-ns\n    depends_on: [web]\n    command: [\"sh\", \"-c\", \"for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://web/ && exit 0; sleep 1; done; exit 1\"]\n"
+        "version: \"2.4\"\nservices:\n  web:\n    image: {IMAGE}\n    runtime: {runtime}\n    command: [\"sh\", \"-c\", \"mkdir /www && echo from-web > /www/index.html && exec httpd -f -p 80 -h /www\"]\n  client:\n    image: {IMAGE}\n    runtime: {runtime}\n    depends_on: [web]\n    command: [\"timeout\", \"60\", \"sh\", \"-c\", \"until wget -qO- http://web/; do sleep 1; done\"]\n"
     );
-    std::fs::write(proj.path().join("docker-compose.yml"), compose)?;
-    let host = format!("unix://{}", d.dir.path().join("docker.sock").display());
-    let o = ns
-        .cmd("docker-compose")
-        .current_dir(proj.path())
-        .env("DOCKER_HOST", &host)
-        .arg("-f")
-        .arg(proj.path().join("docker-compose.yml"))
-        .args([
-            "-p",
-            "hulltest",
+    let file = proj.path().join("docker-compose.yml");
+    std::fs::write(&file, compose)?;
+    let compose = |args: &[&str], limit: u64| {
+        let mut c = ns.cmd("docker-compose");
+        c.current_dir(proj.path())
+            .env("DOCKER_HOST", d.host())
+            .arg("-f")
+            .arg(&file)
+            .args(["-p", "hulltest"])
+            .args(args);
+        engines::output_within(c, Duration::from_secs(limit))
+    };
+    let up = compose(
+        &[
             "up",
             "--abort-on-container-exit",
             "--exit-code-from",
             "client",
-        ])
-        .output()?;
-    let _ = ns
-        .cmd("docker-compose")
-        .current_dir(proj.path())
-        .env("DOCKER_HOST", &host)
-        .arg("-f")
-        .arg(proj.path().join("docker-compose.yml"))
-        .args(["-p", "hulltest", "down"])
-        .output();
+        ],
+        300,
+    );
+    let Some(o) = up else {
+        let ps = d.docker(&["ps", "-a"]);
+        let logs = d.docker(&["logs", "hulltest_client_1"]);
+        return Err(format!(
+            "docker-compose up did not end within 300 s; docker ps -a:\n{}\nthe client's logs: {:?}\ndockerd's log ends with:\n{}",
+            String::from_utf8_lossy(&ps.stdout),
+            text(&logs),
+            d.log_tail()
+        )
+        .into());
+    };
+    let _ = compose(&["down"], 120);
     let (code, out, err) = text(&o);
     check(code == Some(0) && out.contains("from-web"), || {
         format!("docker-compose up: status {code:?}\n{out}\n{err}")
@@ -536,8 +550,14 @@ fn docker_compose(_backend: &'static str) -> Result<(), Failed> {
 fn containerd_run(backend: &'static str) -> Result<(), Failed> {
     let ns = Netns::new();
     let c = Containerd::start(&ns, backend);
+    containerd_run_in(&c)
+}
+
+/// `ctr run --rm` through the runc v2 shim with hull-runtime as its runc:
+/// the output and the exit status.
+fn containerd_run_in(c: &Containerd) -> Result<(), Failed> {
     let bin = engines::runtime_bin();
-    let o = c.ctr(&[
+    let args = [
         "run",
         "--rm",
         "--runtime",
@@ -549,7 +569,19 @@ fn containerd_run(backend: &'static str) -> Result<(), Failed> {
         "sh",
         "-c",
         "echo hi-from-ctr; exit 3",
-    ]);
+    ];
+    let limit = Duration::from_secs(240);
+    let Some(o) = c.ctr_within(&args, limit) else {
+        let ps = Command::new("ps")
+            .args(["-eo", "pid,ppid,etime,args"])
+            .output()?;
+        return Err(format!(
+            "ctr run did not end within {limit:?}; containerd's log ends with:\n{}\nprocesses:\n{}",
+            c.log_tail(),
+            String::from_utf8_lossy(&ps.stdout)
+        )
+        .into());
+    };
     let (code, out, err) = text(&o);
     check(code == Some(3) && out.contains("hi-from-ctr"), || {
         format!("ctr run: status {code:?}\n{out}\n{err}")

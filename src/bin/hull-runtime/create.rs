@@ -153,7 +153,7 @@ pub fn write_pid_file(path: &Path, pid: &str) -> anyhow::Result<()> {
 fn monitor(
     g: &Global,
     mut container: Container,
-    plan: spec::Plan,
+    mut plan: spec::Plan,
     slave: Option<OwnedFd>,
     mut notify: std::fs::File,
     early: &[oci_spec::runtime::Hook],
@@ -178,6 +178,7 @@ fn monitor(
         state["pid"] = pty::own_pid().into();
         state["status"] = "created".into();
         record::run_hooks("prestart", early, &state)?;
+        plan.reread_etc();
         container.start_with(&|w| g.log_line("info", w))?;
         Ok(())
     })();
@@ -192,6 +193,9 @@ fn monitor(
         let reason = format!("{e:#}");
         let _ = container.finish(hull::EXIT_HULL_ERROR, Some(reason));
         return hull::EXIT_HULL_ERROR;
+    }
+    if let Some(resolver) = spec::loopback_nameserver(&plan) {
+        relay_dns(g, &container, resolver);
     }
     let warn = |w: &str| g.log_line("warning", w);
     let session = Session {
@@ -212,6 +216,22 @@ fn monitor(
     };
     let _ = container.finish(status, reason);
     status
+}
+
+/// Serves a microVM's DNS queries to `resolver`, on the engine's loopback
+/// where the guest cannot reach it, on a thread of the monitor (in the
+/// engine's network namespace) for the sandbox's life: the guest's
+/// resolv.conf names the same address, which the agent takes in the guest.
+fn relay_dns(g: &Global, container: &Container, resolver: std::net::Ipv4Addr) {
+    let Ok(c) = g.load(container.id()) else {
+        return;
+    };
+    let g = g.clone();
+    std::thread::spawn(move || {
+        if let Err(e) = c.relay_dns(resolver, resolver) {
+            g.log_line("warning", &hull::error::chain(&e));
+        }
+    });
 }
 
 /// Blocks until `start` opens the fifo, then tells it the container goes.

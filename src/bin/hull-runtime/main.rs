@@ -28,7 +28,7 @@ struct Cli {
 }
 
 /// The flags engines pass before the subcommand.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Global {
     /// Where the containers' state lives.
     #[arg(long, global = true, default_value = "/run/hull-runtime")]

@@ -44,6 +44,57 @@ pub struct Plan {
     pub start: Start,
     pub net: NetPlan,
     pub terminal: bool,
+    /// vm: the engine's /etc/hosts and /etc/resolv.conf, read again by
+    /// [`Plan::reread_etc`].
+    etc_sources: EtcSources,
+}
+
+#[derive(Debug, Default)]
+struct EtcSources {
+    hosts: Option<PathBuf>,
+    resolv: Option<PathBuf>,
+}
+
+impl Plan {
+    /// Reads the engine's /etc/hosts and /etc/resolv.conf again for the
+    /// guest: an engine may rewrite them in its prestart hook (docker puts
+    /// its embedded resolver, 127.0.0.11, in resolv.conf there).
+    pub fn reread_etc(&mut self) {
+        let Some(net) = self.start.network.as_mut() else {
+            return;
+        };
+        for (source, content) in [
+            (&self.etc_sources.hosts, &mut net.hosts),
+            (&self.etc_sources.resolv, &mut net.resolv_conf),
+        ] {
+            if let Some(text) = source
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+            {
+                *content = Some(text);
+            }
+        }
+    }
+}
+
+/// The first `nameserver` of a microVM's resolv.conf when it is on the
+/// loopback (docker's embedded resolver, 127.0.0.11, on a user-defined
+/// network): the guest reaches it only through a relay.
+pub fn loopback_nameserver(plan: &Plan) -> Option<std::net::Ipv4Addr> {
+    if plan.config.isolation != Isolation::Vm {
+        return None;
+    }
+    let resolv = plan.start.network.as_ref()?.resolv_conf.as_deref()?;
+    first_nameserver(resolv).filter(|a| a.is_loopback())
+}
+
+/// The first `nameserver` line's address, when it is IPv4.
+fn first_nameserver(resolv: &str) -> Option<std::net::Ipv4Addr> {
+    let first = resolv.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        (words.next() == Some("nameserver")).then(|| words.next())?
+    })?;
+    first.parse().ok()
 }
 
 /// Reads `dir/config.json` and checks its root exists.
@@ -196,6 +247,7 @@ pub fn plan(bundle: &Bundle, id: &str, default: Isolation) -> anyhow::Result<Pla
         terminal: start.tty,
         start,
         net,
+        etc_sources: etc_files.sources,
     })
 }
 
@@ -284,6 +336,7 @@ fn privileges_of(process: &Process) -> anyhow::Result<Privileges> {
 struct EtcFiles {
     hosts: Option<String>,
     resolv: Option<String>,
+    sources: EtcSources,
 }
 
 /// Where the agent makes its own mounts (proc, sysfs, dev, devpts, shm,
@@ -342,8 +395,14 @@ fn mounts(spec: &Spec, isolation: Isolation) -> anyhow::Result<(Vec<MountSpec>, 
             .with_context(|| format!("bind mount at {target} has no source"))?;
         if isolation == Isolation::Vm {
             match target.as_str() {
-                "/etc/hosts" => etc.hosts = std::fs::read_to_string(&source).ok(),
-                "/etc/resolv.conf" => etc.resolv = std::fs::read_to_string(&source).ok(),
+                "/etc/hosts" => {
+                    etc.hosts = std::fs::read_to_string(&source).ok();
+                    etc.sources.hosts = Some(source.clone());
+                }
+                "/etc/resolv.conf" => {
+                    etc.resolv = std::fs::read_to_string(&source).ok();
+                    etc.sources.resolv = Some(source.clone());
+                }
                 // The hostname comes from the spec; podman's marker file is
                 // not needed in a guest.
                 "/etc/hostname" | "/run/.containerenv" => {}
@@ -387,6 +446,19 @@ fn host_memory_mib() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_nameserver_is_read_from_resolv_conf() {
+        let docker = "search example.org\nnameserver 127.0.0.11\noptions ndots:0\n";
+        assert_eq!(first_nameserver(docker), Some([127, 0, 0, 11].into()));
+        assert_eq!(
+            first_nameserver("# x\nnameserver 10.0.0.1\nnameserver 127.0.0.11\n"),
+            Some([10, 0, 0, 1].into())
+        );
+        assert_eq!(first_nameserver("nameserver fd00::1\n"), None);
+        assert_eq!(first_nameserver("nameserver\n"), None);
+        assert_eq!(first_nameserver(""), None);
+    }
 
     fn bundle(config: serde_json::Value) -> (tempfile::TempDir, anyhow::Result<Bundle>) {
         let t = tempfile::tempdir().unwrap();
