@@ -605,11 +605,23 @@ impl Container {
     /// (port 53, in the guest) to `resolver` (port 53) in the calling
     /// thread's network namespace, until the sandbox ends: how a microVM
     /// reaches a resolver an engine put on its namespace's loopback.
+    ///
+    /// The relay may start while the guest still boots: the agent is asked
+    /// again (every 100 ms) until it answers, for as long as a start waits
+    /// for it.
     pub fn relay_dns(&self, listen: Ipv4Addr, resolver: Ipv4Addr) -> Result<(), ContainerError> {
         let isolation = self.state.isolation;
         let socket = sandbox::agent_socket(isolation, &self.dir());
-        let stream = sandbox::connect_agent(isolation, &socket)
-            .ok_or_else(|| ContainerError::AgentGone(self.short_id().into()))?;
+        let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
+        let stream = loop {
+            if let Some(s) = sandbox::connect_agent(isolation, &socket) {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(ContainerError::AgentGone(self.short_id().into()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         client::dns_relay(stream, listen, resolver).map_err(|source| ContainerError::DnsRelay {
             id: self.short_id().into(),
             source,

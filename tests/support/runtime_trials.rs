@@ -456,11 +456,20 @@ fn docker_publish_exec_in(ns: &Netns, d: &Dockerd, backend: &str) -> Result<(), 
     let www = tempfile::tempdir()?;
     std::fs::write(www.path().join("index.html"), "docker-volume\n")?;
     let vol = format!("{}:/www", www.path().display());
+    // A user-defined network: its containers resolve each other's names
+    // through docker's embedded resolver (127.0.0.11; a microVM's queries
+    // go through hull's DNS relay), as docker-compose's services do.
+    let o = d.docker(&["network", "create", "hullnet"]);
+    check(o.status.success(), || {
+        format!("docker network create: {:?}", text(&o))
+    })?;
     let o = d.docker(&[
         "run",
         "-d",
         "--name",
         "web",
+        "--network",
+        "hullnet",
         "--runtime",
         docker_runtime(backend),
         "-p",
@@ -481,15 +490,19 @@ fn docker_publish_exec_in(ns: &Netns, d: &Dockerd, backend: &str) -> Result<(), 
     let body = curl(ns, "http://127.0.0.1:8081/", 30);
     let (code, out) = engines::run_in_pty(
         d.cmd(&["exec", "-it", "web", "sh"]),
-        &["echo in-$((40+2))\n", "exit 6\n"],
+        &["echo in-$((40+2))\n", "wget -qO- http://web/\n", "exit 6\n"],
         Duration::from_secs(60),
     );
     let _ = d.docker(&["rm", "-f", "web"]);
+    let _ = d.docker(&["network", "rm", "hullnet"]);
     check(body.as_deref() == Some("docker-volume\n"), || {
         format!("curl of docker's published port: {body:?}")
     })?;
     check(code == Some(6) && out.contains("in-42"), || {
         format!("docker exec -it: status {code:?}, output {out:?}")
+    })?;
+    check(out.contains("docker-volume"), || {
+        format!("wget http://web/ by the container's name on its docker network: {out:?}")
     })
 }
 

@@ -228,8 +228,10 @@ fn relay_dns(g: &Global, container: &Container, resolver: std::net::Ipv4Addr) {
     };
     let g = g.clone();
     std::thread::spawn(move || {
-        if let Err(e) = c.relay_dns(resolver, resolver) {
-            g.log_line("warning", &hull::error::chain(&e));
+        g.log_line("info", &format!("relaying DNS queries to {resolver}"));
+        match c.relay_dns(resolver, resolver) {
+            Ok(()) => g.log_line("info", "the DNS relay ended"),
+            Err(e) => g.log_line("warning", &hull::error::chain(&e)),
         }
     });
 }
