@@ -53,6 +53,22 @@ fn read_or_silent(
     })
 }
 
+/// A reading handle on `stream` with `timeout`, and the agent's Hello read
+/// through it: every connection to an agent opens this way.
+fn greeted(
+    stream: &UnixStream,
+    timeout: Option<Duration>,
+) -> Result<(UnixStream, Hello), ClientError> {
+    let mut reader = stream.try_clone().map_err(protocol::ProtocolError::Io)?;
+    reader
+        .set_read_timeout(timeout)
+        .map_err(protocol::ProtocolError::Io)?;
+    match read_or_silent(&mut reader, "hello", timeout)? {
+        Some(f) => Ok((reader, f.expect(Kind::Hello)?)),
+        None => Err(ClientError::Lost),
+    }
+}
+
 /// When things happened during the session (for `hull bench`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Times {
@@ -195,16 +211,9 @@ pub fn run_session(
 /// Asks the agent over `stream` to send `signal` to every process of the
 /// container (a connection whose first frame is a Signal).
 pub fn signal_all(stream: UnixStream, signal: i32) -> Result<(), ClientError> {
-    let mut reader = stream.try_clone().map_err(protocol::ProtocolError::Io)?;
     let timeout = Some(answer_timeout());
-    reader
-        .set_read_timeout(timeout)
-        .map_err(protocol::ProtocolError::Io)?;
+    let (mut reader, _) = greeted(&stream, timeout)?;
     let mut writer = stream;
-    match read_or_silent(&mut reader, "hello", timeout)? {
-        Some(f) => f.expect::<Hello>(Kind::Hello)?,
-        None => return Err(ClientError::Lost),
-    };
     write_frame(&mut writer, &Frame::json(Kind::Signal, &Signal { signal }))
         .map_err(ClientError::Protocol)?;
     match read_or_silent(&mut reader, "answer to the signal", timeout)? {
@@ -230,16 +239,9 @@ pub fn dns_relay(
     listen: std::net::Ipv4Addr,
     resolver: std::net::Ipv4Addr,
 ) -> Result<(), ClientError> {
-    let mut reader = stream.try_clone().map_err(protocol::ProtocolError::Io)?;
     let timeout = Some(answer_timeout());
-    reader
-        .set_read_timeout(timeout)
-        .map_err(protocol::ProtocolError::Io)?;
+    let (mut reader, _) = greeted(&stream, timeout)?;
     let mut writer = stream;
-    match read_or_silent(&mut reader, "hello", timeout)? {
-        Some(f) => f.expect::<Hello>(Kind::Hello)?,
-        None => return Err(ClientError::Lost),
-    };
     let relay = protocol::DnsRelay { address: listen };
     write_frame(&mut writer, &Frame::json(Kind::DnsRelay, &relay))?;
     // Queries come whenever the container asks.
@@ -303,16 +305,9 @@ fn session(
     sinks: &mut Sinks,
     times: &mut Times,
 ) -> Result<Outcome, ClientError> {
-    let mut reader = stream.try_clone().map_err(protocol::ProtocolError::Io)?;
     let timeout = Some(relay.answer_timeout);
-    reader
-        .set_read_timeout(timeout)
-        .map_err(protocol::ProtocolError::Io)?;
+    let (mut reader, hello) = greeted(&stream, timeout)?;
     let writer: Shared = Arc::new(Mutex::new(stream));
-    let hello: Hello = match read_or_silent(&mut reader, "hello", timeout)? {
-        Some(f) => f.expect(Kind::Hello)?,
-        None => return Err(ClientError::Lost),
-    };
     if hello.version != protocol::VERSION {
         return Err(protocol::ProtocolError::Version(hello.version).into());
     }

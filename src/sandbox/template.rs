@@ -59,9 +59,23 @@ pub enum TemplateError {
     Make { dir: PathBuf, detail: String },
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError {
+pub(super) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError {
     let path = path.to_path_buf();
     move |source| TemplateError::Io { what, path, source }
+}
+
+/// `root`/`name`.lock, created if missing and held exclusively (waiting for
+/// whoever holds it) until the returned file is dropped.
+pub(super) fn lock(root: &Path, name: &str) -> Result<std::fs::File, TemplateError> {
+    let lock_path = root.join(format!("{name}.lock"));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io("opening", &lock_path))?;
+    sys::lock_exclusive(&lock).map_err(io("locking", &lock_path))?;
+    Ok(lock)
 }
 
 /// What a template is made from (and what a restore must match).
@@ -164,14 +178,7 @@ pub fn ensure(
         return Ok(dir);
     }
     std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
-    let lock_path = root.join(format!("{}.lock", inputs.key()));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io("opening", &lock_path))?;
-    sys::lock_exclusive(&lock).map_err(io("locking", &lock_path))?;
+    let lock = lock(&root, &inputs.key())?;
     // Another run may have made it while this one waited.
     if dir.exists() {
         match refusal(&dir, inputs) {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use hull_vmm::snapshot::{MEMORY_FILE, STATE_FILE};
 
-use super::template::TemplateError;
+use super::template::{TemplateError, io, lock};
 use crate::sys;
 
 /// Where local copies go (default `/run/hull-templates`).
@@ -42,11 +42,6 @@ pub fn local_root() -> PathBuf {
     std::env::var_os(LOCAL_TEMPLATES_ENV)
         .filter(|v| !v.is_empty())
         .map_or_else(|| PathBuf::from(DEFAULT_LOCAL_ROOT), PathBuf::from)
-}
-
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError {
-    let path = path.to_path_buf();
-    move |source| TemplateError::Io { what, path, source }
 }
 
 /// Whether the template in `dir` lives on a network filesystem.
@@ -116,14 +111,7 @@ pub fn local_copy(dir: &Path, root: &Path) -> Result<PathBuf, TemplateError> {
         return Ok(copy);
     }
     std::fs::create_dir_all(root).map_err(io("creating", root))?;
-    let lock_path = root.join(format!("{}.lock", name.to_string_lossy()));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io("opening", &lock_path))?;
-    sys::lock_exclusive(&lock).map_err(io("locking", &lock_path))?;
+    let _lock = lock(root, &name.to_string_lossy())?;
     if current(&copy) {
         return Ok(copy);
     }
