@@ -64,6 +64,26 @@ pub(super) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error)
     move |source| TemplateError::Io { what, path, source }
 }
 
+/// Removes `dir` (and `root`/`name`.lock) unless somebody holds that lock;
+/// whether it was removed.
+pub(super) fn remove_unlocked(root: &Path, name: &str, dir: &Path) -> bool {
+    let lock_path = root.join(format!("{name}.lock"));
+    let Ok(lock) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+    else {
+        return false;
+    };
+    if !matches!(sys::try_lock_exclusive(&lock), Ok(true)) || std::fs::remove_dir_all(dir).is_err()
+    {
+        return false;
+    }
+    let _ = std::fs::remove_file(&lock_path);
+    true
+}
+
 /// `root`/`name`.lock, created if missing and held exclusively (waiting for
 /// whoever holds it) until the returned file is dropped.
 pub(super) fn lock(root: &Path, name: &str) -> Result<std::fs::File, TemplateError> {
@@ -278,20 +298,7 @@ pub fn prune(root: &Path, keep: usize, grace: Duration) -> Vec<String> {
         if now.duration_since(used).unwrap_or_default() < grace {
             continue;
         }
-        let lock_path = root.join(format!("{name}.lock"));
-        let Ok(lock) = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-        else {
-            continue;
-        };
-        if !matches!(sys::try_lock_exclusive(&lock), Ok(true)) {
-            continue;
-        }
-        if std::fs::remove_dir_all(&path).is_ok() {
-            let _ = std::fs::remove_file(&lock_path);
+        if remove_unlocked(root, &name, &path) {
             removed.push(name);
         }
     }

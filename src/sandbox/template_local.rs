@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 
 use hull_vmm::snapshot::{MEMORY_FILE, STATE_FILE};
 
-use super::template::{TemplateError, io, lock};
-use crate::sys;
+use super::template::{TemplateError, io, lock, remove_unlocked};
 
 /// Where local copies go (default `/run/hull-templates`).
 pub const LOCAL_TEMPLATES_ENV: &str = "HULL_LOCAL_TEMPLATES";
@@ -177,20 +176,7 @@ fn remove_orphans(root: &Path, templates: &Path) {
         if name.contains('.') || templates.join(&name).exists() {
             continue;
         }
-        let lock_path = root.join(format!("{name}.lock"));
-        let Ok(lock) = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-        else {
-            continue;
-        };
-        if matches!(sys::try_lock_exclusive(&lock), Ok(true))
-            && std::fs::remove_dir_all(e.path()).is_ok()
-        {
-            let _ = std::fs::remove_file(&lock_path);
-        }
+        remove_unlocked(root, &name, &e.path());
     }
 }
 
