@@ -643,6 +643,13 @@ pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU, &req) })
 }
 
+/// The IPv4 netmask of a `prefix_len` (at most 32) as a host-order u32.
+fn netmask4(prefix_len: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0)
+}
+
 /// Gives interface `name` the IPv4 address `addr`/`prefix_len`.
 pub fn set_ipv4(name: &str, addr: std::net::Ipv4Addr, prefix_len: u8) -> io::Result<()> {
     if prefix_len > 32 {
@@ -653,9 +660,7 @@ pub fn set_ipv4(name: &str, addr: std::net::Ipv4Addr, prefix_len: u8) -> io::Res
     req.ifr_ifru.ifru_addr = sockaddr_in(addr);
     // SAFETY: SIOCSIFADDR reads `req`, valid for the call.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &req) })?;
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(prefix_len))
-        .unwrap_or(0);
+    let mask = netmask4(prefix_len);
     req.ifr_ifru.ifru_netmask = sockaddr_in(mask.into());
     // SAFETY: SIOCSIFNETMASK reads `req`, valid for the call.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &req) })
@@ -673,9 +678,7 @@ pub fn add_route4(
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
     let dev = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(prefix_len))
-        .unwrap_or(0);
+    let mask = netmask4(prefix_len);
     let mut flags = libc::RTF_UP;
     if gateway.is_some() {
         flags |= libc::RTF_GATEWAY;
