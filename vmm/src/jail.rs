@@ -136,7 +136,6 @@ pub fn enter(cfg: VmConfig, jail: &JailConfig) -> Result<VmConfig, JailError> {
     let pid_path = jail.dir.join("vmm.pid");
     let pid_file = std::fs::File::create(&pid_path)
         .map_err(step(format!("creating {}", pid_path.display())))?;
-    let waiter_filter = crate::seccomp::compile_waiter().map_err(JailError::Seccomp)?;
     let flags = libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWIPC
@@ -150,7 +149,7 @@ pub fn enter(cfg: VmConfig, jail: &JailConfig) -> Result<VmConfig, JailError> {
     match pid {
         -1 => return Err(step("forking into the pid namespace")(last())),
         0 => drop(pid_file),
-        child => waiter(child, pid_file, &waiter_filter, jail),
+        child => waiter(child, pid_file, jail),
     }
     let root = jail.dir.join("root");
     let mut cfg = cfg;
@@ -226,12 +225,7 @@ fn device(path: &str) -> Result<libc::dev_t, JailError> {
 
 /// The waiter (step 3): records the VMM's pid, drops everything it holds,
 /// waits for the VMM and ends as it did. Never returns.
-fn waiter(
-    child: libc::pid_t,
-    mut pid_file: std::fs::File,
-    filter: &seccompiler::BpfProgram,
-    jail: &JailConfig,
-) -> ! {
+fn waiter(child: libc::pid_t, mut pid_file: std::fs::File, jail: &JailConfig) -> ! {
     use std::io::Write;
     let dropped = pid_file
         .write_all(child.to_string().as_bytes())
@@ -241,7 +235,7 @@ fn waiter(
             shed(jail)
         })
         .and_then(|()| {
-            seccompiler::apply_filter(filter)
+            seccompiler::apply_filter(crate::seccomp::waiter_program())
                 .map_err(|e| JailError::Seccomp(crate::seccomp::SeccompError::Install("waiter", e)))
         });
     if let Err(e) = dropped {

@@ -22,19 +22,13 @@
 //! `rt_sigaction`.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+use seccompiler::{BpfProgramRef, sock_filter};
 
 /// Why the filters could not be made or installed.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
-    #[error("compiling the {0} seccomp filter")]
-    Compile(&'static str, #[source] seccompiler::BackendError),
     #[error("installing the {0} seccomp filter")]
     Install(&'static str, #[source] seccompiler::Error),
     #[error("installing the SIGSYS handler")]
@@ -45,295 +39,43 @@ pub enum SeccompError {
     MallocArenas,
 }
 
-/// The kinds of thread hull-vmm runs, each with its own filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ThreadKind {
-    /// The main thread, once the VM runs: waits for the end, flushes, exits.
-    Main,
-    /// A vCPU: KVM_RUN and the exits it hands to devices on the buses.
-    Vcpu,
-    /// The virtio event loop (and any sibling loop a device starts).
-    Device,
-    /// The virtio-fs server's loop: the device calls plus the file system
-    /// calls of a passthrough server, each relative to a directory fd.
-    Fs,
-}
-
-impl ThreadKind {
-    pub const ALL: [ThreadKind; 4] = [
-        ThreadKind::Main,
-        ThreadKind::Vcpu,
-        ThreadKind::Device,
-        ThreadKind::Fs,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ThreadKind::Main => "main",
-            ThreadKind::Vcpu => "vcpu",
-            ThreadKind::Device => "device",
-            ThreadKind::Fs => "fs",
-        }
-    }
-
-    /// The kind a test-hook name ("main", "vcpu", "device") stands for.
-    pub fn from_name(name: &str) -> Option<ThreadKind> {
-        ThreadKind::ALL.into_iter().find(|k| k.name() == name)
-    }
-}
-
-/// `KVM_RUN`, `_IO(KVMIO, 0x80)`: the only ioctl a vCPU thread makes.
-const KVM_RUN: u64 = 0xae80;
 /// The system call the test hook makes and that no filter allows (a
 /// harmless one: it only reads the parent's pid).
 pub const FORBIDDEN_FOR_TESTS: i64 = libc::SYS_getppid;
 
-type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+#[path = "seccomp_rules.rs"]
+mod rules;
+pub use rules::{Rules, ThreadKind, compile, rules, waiter_rules};
 
-/// One argument condition; the values here are constants that always
-/// validate (argument index below 6).
-fn arg(index: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
-    SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value)
-        .expect("argument index below 6")
-}
+// The programs build.rs compiled from seccomp_rules.rs: MAIN, VCPU,
+// DEVICE, FS and WAITER, each a `&[sock_filter]`.
+include!(concat!(env!("OUT_DIR"), "/seccomp_filters.rs"));
 
-fn when(conditions: Vec<SeccompCondition>) -> Vec<SeccompRule> {
-    vec![SeccompRule::new(conditions).expect("a rule with conditions")]
-}
-
-fn allow(rules: &mut Rules, calls: &[i64]) {
-    for &c in calls {
-        rules.insert(c, Vec::new());
-    }
-}
-
-/// What every thread needs to live: memory (never executable), locks,
-/// signals masked and returned from, writing its log lines, exiting.
-fn base() -> Rules {
-    let mut r = Rules::new();
-    allow(
-        &mut r,
-        &[
-            libc::SYS_brk,
-            libc::SYS_munmap,
-            libc::SYS_madvise,
-            libc::SYS_mremap,
-            libc::SYS_futex,
-            libc::SYS_sched_yield,
-            libc::SYS_rt_sigprocmask,
-            libc::SYS_rt_sigreturn,
-            libc::SYS_sigaltstack,
-            libc::SYS_write,
-            libc::SYS_close,
-            libc::SYS_clock_gettime,
-            libc::SYS_getrandom,
-            libc::SYS_exit,
-            libc::SYS_exit_group,
-        ],
-    );
-    let no_exec = || {
-        when(vec![arg(
-            2,
-            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
-            0,
-        )])
-    };
-    r.insert(libc::SYS_mmap, no_exec());
-    r.insert(libc::SYS_mprotect, no_exec());
-    // Dropping an fd checks it is open first (std's OwnedFd in debug builds).
-    r.insert(libc::SYS_fcntl, fcntl(&[libc::F_GETFD]));
-    r
-}
-
-/// fcntl with one of `cmds` only.
-fn fcntl(cmds: &[libc::c_int]) -> Vec<SeccompRule> {
-    cmds.iter()
-        .map(|&c| {
-            SeccompRule::new(vec![arg(1, SeccompCmpOp::Eq, c as u64)])
-                .expect("a rule with a condition")
-        })
-        .collect()
-}
-
-/// The allowlist of `kind`, as data: syscall number -> rules (an empty
-/// list allows the call whatever its arguments).
-pub fn rules(kind: ThreadKind) -> Rules {
-    let mut r = base();
+/// The program compiled at build time for `kind`: its allowlist,
+/// anything else trapped.
+pub fn program(kind: ThreadKind) -> BpfProgramRef<'static> {
     match kind {
-        ThreadKind::Main => {}
-        ThreadKind::Vcpu => {
-            // KVM_RUN; and TUNSETOFFLOAD, which virtio-net sets from the
-            // features the driver acked when the guest activates it.
-            r.insert(
-                libc::SYS_ioctl,
-                vec![
-                    SeccompRule::new(vec![arg(1, SeccompCmpOp::Eq, KVM_RUN)])
-                        .expect("a rule with a condition"),
-                    SeccompRule::new(vec![arg(1, SeccompCmpOp::Eq, libc::TUNSETOFFLOAD)])
-                        .expect("a rule with a condition"),
-                ],
-            );
-            // A device activated by the guest's driver copies its queue
-            // eventfds (and its files) and registers them with the event
-            // loop, on the vCPU that wrote the status register.
-            allow(&mut r, &[libc::SYS_epoll_ctl]);
-            r.insert(
-                libc::SYS_fcntl,
-                fcntl(&[libc::F_GETFD, libc::F_DUPFD_CLOEXEC]),
-            );
-        }
-        ThreadKind::Device => {
-            allow(
-                &mut r,
-                &[
-                    libc::SYS_epoll_wait,
-                    libc::SYS_epoll_ctl,
-                    libc::SYS_read,
-                    libc::SYS_readv,
-                    libc::SYS_writev,
-                    libc::SYS_preadv,
-                    libc::SYS_pwritev,
-                    libc::SYS_fdatasync,
-                    libc::SYS_recvfrom,
-                    libc::SYS_sendto,
-                    libc::SYS_shutdown,
-                    libc::SYS_accept4,
-                    libc::SYS_connect,
-                ],
-            );
-            // vsock's host side: Unix sockets only, made non-blocking.
-            r.insert(
-                libc::SYS_socket,
-                when(vec![arg(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)]),
-            );
-            r.insert(
-                libc::SYS_ioctl,
-                when(vec![arg(1, SeccompCmpOp::Eq, libc::FIONBIO)]),
-            );
-        }
-        ThreadKind::Fs => {
-            // Queue work (eventfds, the event loop) and the server's calls
-            // (crate::devices::virtio::fs::sys): no socket, no ioctl.
-            allow(
-                &mut r,
-                &[
-                    libc::SYS_epoll_wait,
-                    libc::SYS_epoll_ctl,
-                    libc::SYS_read,
-                    libc::SYS_openat2,
-                    libc::SYS_newfstatat,
-                    libc::SYS_statx,
-                    libc::SYS_fstatfs,
-                    libc::SYS_readlinkat,
-                    libc::SYS_mkdirat,
-                    libc::SYS_mknodat,
-                    libc::SYS_symlinkat,
-                    libc::SYS_unlinkat,
-                    libc::SYS_renameat2,
-                    libc::SYS_linkat,
-                    libc::SYS_fchownat,
-                    libc::SYS_fchmodat,
-                    libc::SYS_utimensat,
-                    libc::SYS_ftruncate,
-                    // READ and WRITE move data straight between the file
-                    // and guest memory (fs::device::ChainData).
-                    libc::SYS_preadv,
-                    libc::SYS_pwritev,
-                    libc::SYS_fsync,
-                    libc::SYS_fdatasync,
-                    libc::SYS_fallocate,
-                    libc::SYS_lseek,
-                    libc::SYS_getdents64,
-                ],
-            );
-        }
+        ThreadKind::Main => MAIN,
+        ThreadKind::Vcpu => VCPU,
+        ThreadKind::Device => DEVICE,
+        ThreadKind::Fs => FS,
     }
-    r
 }
 
-/// The BPF program for `kind`: its allowlist, anything else trapped.
-pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
-    let filter = SeccompFilter::new(
-        rules(kind),
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(|e| SeccompError::Compile(kind.name(), e))?;
-    filter
-        .try_into()
-        .map_err(|e| SeccompError::Compile(kind.name(), e))
+/// The jail's waiter's program (compiled at build time): anything not in
+/// [`waiter_rules`] kills it (it has no SIGSYS handler and nothing to
+/// report with: its VMM, the child, then dies of its parent-death signal
+/// and hull sees the kill).
+pub fn waiter_program() -> BpfProgramRef<'static> {
+    WAITER
 }
 
-/// The allowlist of the jail's waiter (hull_vmm::jail): the process
-/// outside the VMM's pid namespace that only waits for the VMM and then ends
-/// as it did (its code, or the same signal raised again).
-pub fn waiter_rules() -> Rules {
-    let mut r = Rules::new();
-    allow(
-        &mut r,
-        &[
-            libc::SYS_wait4,
-            libc::SYS_rt_sigaction,
-            libc::SYS_rt_sigprocmask,
-            libc::SYS_rt_sigreturn,
-            libc::SYS_restart_syscall,
-            libc::SYS_getpid,
-            libc::SYS_gettid,
-            libc::SYS_tgkill,
-            libc::SYS_exit,
-            libc::SYS_exit_group,
-        ],
-    );
-    r
-}
-
-/// The waiter's BPF program: anything not in [`waiter_rules`] kills it
-/// (it has no SIGSYS handler and nothing to report with: its VMM, the
-/// child, then dies of its parent-death signal and hull sees the kill).
-pub fn compile_waiter() -> Result<BpfProgram, SeccompError> {
-    let filter = SeccompFilter::new(
-        waiter_rules(),
-        SeccompAction::KillProcess,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(|e| SeccompError::Compile("waiter", e))?;
-    filter
-        .try_into()
-        .map_err(|e| SeccompError::Compile("waiter", e))
-}
-
-/// The compiled filters of every thread kind, and the test hook.
+/// What [`enable`] turns on besides the built-in filters: the test hook.
+#[derive(Default)]
 pub struct Filters {
-    main: BpfProgram,
-    vcpu: BpfProgram,
-    device: BpfProgram,
-    fs: BpfProgram,
     /// The thread kind that makes [`FORBIDDEN_FOR_TESTS`] right after its
     /// filter is in (hull-vmm's `HULL_VMM_TEST_FORBIDDEN_SYSCALL`).
     pub test_forbidden: Option<ThreadKind>,
-}
-
-impl Filters {
-    pub fn compile() -> Result<Filters, SeccompError> {
-        Ok(Filters {
-            main: compile(ThreadKind::Main)?,
-            vcpu: compile(ThreadKind::Vcpu)?,
-            device: compile(ThreadKind::Device)?,
-            fs: compile(ThreadKind::Fs)?,
-            test_forbidden: None,
-        })
-    }
-
-    fn program(&self, kind: ThreadKind) -> &BpfProgram {
-        match kind {
-            ThreadKind::Main => &self.main,
-            ThreadKind::Vcpu => &self.vcpu,
-            ThreadKind::Device => &self.device,
-            ThreadKind::Fs => &self.fs,
-        }
-    }
 }
 
 static FILTERS: OnceLock<Filters> = OnceLock::new();
@@ -387,8 +129,7 @@ pub fn enter(kind: ThreadKind) -> Result<(), SeccompError> {
         return Ok(());
     };
     THREAD_KIND.with(|k| k.set(kind.name()));
-    seccompiler::apply_filter(filters.program(kind))
-        .map_err(|e| SeccompError::Install(kind.name(), e))?;
+    seccompiler::apply_filter(program(kind)).map_err(|e| SeccompError::Install(kind.name(), e))?;
     if filters.test_forbidden == Some(kind) {
         // SAFETY: getppid takes no arguments and touches no memory; the
         // filter traps it, and the handler ends the process.
@@ -489,11 +230,24 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
 mod tests {
     use super::*;
 
+    use seccompiler::SeccompAction;
+
+    /// The programs built into hull-vmm are those its allowlists compile
+    /// to now (build.rs compiled the same file).
     #[test]
-    fn every_kind_compiles_and_traps_what_it_does_not_list() {
+    fn the_built_in_programs_are_the_allowlists_compiled() {
         for kind in ThreadKind::ALL {
-            let prog = compile(kind).unwrap();
-            assert!(!prog.is_empty(), "{kind:?}");
+            let now = compile(rules(kind), SeccompAction::Trap).unwrap();
+            assert_eq!(program(kind), &now[..], "{kind:?}");
+        }
+        let now = compile(waiter_rules(), SeccompAction::KillProcess).unwrap();
+        assert_eq!(waiter_program(), &now[..]);
+    }
+
+    #[test]
+    fn every_kind_traps_what_it_does_not_list() {
+        for kind in ThreadKind::ALL {
+            assert!(!program(kind).is_empty(), "{kind:?}");
             let r = rules(kind);
             assert!(!r.contains_key(&FORBIDDEN_FOR_TESTS), "{kind:?}");
             // Nobody may replace the SIGSYS handler, start a process or
@@ -514,7 +268,7 @@ mod tests {
 
     #[test]
     fn the_waiter_only_waits_signals_and_exits() {
-        assert!(!compile_waiter().unwrap().is_empty());
+        assert!(!waiter_program().is_empty());
         let r = waiter_rules();
         assert_eq!(r.len(), 10);
         for nr in [
@@ -567,7 +321,7 @@ mod tests {
         let mut fds = [0; 2];
         // SAFETY: pipe fills two ints.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        let mut filters = Filters::compile().unwrap();
+        let mut filters = Filters::default();
         filters.test_forbidden = Some(ThreadKind::Device);
         // SAFETY: the child only makes plain system calls (dup2, sigaction,
         // prctl, seccomp) on values made before the fork, then ends.
