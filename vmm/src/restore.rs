@@ -47,10 +47,13 @@ impl Vmm {
             source,
         })?;
         drop(snap.memory);
+        log::debug!("guest memory mapped from the snapshot");
 
         let vm = Vm::new()?;
+        log::debug!("VM created");
         vm.set_memory(&mem)?;
         state.vm.restore(vm.fd())?;
+        log::debug!("guest memory given to KVM, VM state restored");
 
         let mut vcpus = Vec::with_capacity(state.vcpus.len());
         for saved in &state.vcpus {
@@ -58,10 +61,12 @@ impl Vmm {
             saved.restore(&fd)?;
             vcpus.push(Vcpu { id: saved.id, fd });
         }
+        log::debug!("{} vCPUs created and restored", vcpus.len());
 
         let mut mmio = Bus::new();
         let (exit_tx, exit_rx) = mpsc::channel::<VmExit>();
         let devices = attach_virtio(&cfg, &vm, &mem, &mut mmio, &exit_tx, Some(&state.devices))?;
+        log::debug!("virtio devices restored");
         let legacy = legacy_devices(&cfg, &vm, &exit_tx, start, None)?;
         legacy
             .serial

@@ -244,9 +244,11 @@ impl Vmm {
             .map_err(|source| VmmError::Thread { name, source })?;
         }
         drop(saved_tx);
+        log::debug!("vCPU threads started");
         let entered = seccomp::enter(ThreadKind::Main);
         filtered.wait();
         entered?;
+        log::debug!("seccomp filters in, vCPUs let into the guest");
         // Devices hold senders too (the i8042); when every vCPU has stopped
         // without a word and no device can speak, recv fails.
         drop(exit_tx);

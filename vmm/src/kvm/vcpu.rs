@@ -107,6 +107,7 @@ pub fn run(
         p.pause
             .enter(std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit));
     }
+    log::debug!("vCPU {cpu}: first KVM_RUN");
     loop {
         if let Some(p) = pause.as_ref().filter(|p| p.pause.requested()) {
             let saved = pause_and_save(&mut vcpu, cpu, &p.msrs);

@@ -145,6 +145,29 @@ fn another_version_or_no_header_is_refused() {
 }
 
 #[test]
+fn a_state_cut_short_or_with_bytes_after_it_is_unreadable_in_one_line() {
+    let s = state();
+    let dir = written(&s, full_len(&s));
+    let bytes = std::fs::read(dir.path().join(STATE_FILE)).unwrap();
+    let nl = bytes.iter().position(|&b| b == b'\n').unwrap();
+    let body = &bytes[nl + 1..];
+    let p = Path::new("/s/state");
+    // A header whose checksum matches a body that is not a whole state
+    // (as a hand-made or half-written file would be): refused, not read.
+    for cut in [&body[..body.len() / 2], &[body, &[0u8; 3][..]].concat()[..]] {
+        let mut f = format!(
+            "hull-snapshot {SNAPSHOT_VERSION} sha256={}\n",
+            hex(&Sha256::digest(cut))
+        )
+        .into_bytes();
+        f.extend_from_slice(cut);
+        let e = parse_state(p, &f).unwrap_err();
+        assert!(matches!(e, SnapshotError::Parse { .. }), "{e:?}");
+        assert_eq!(e.to_string(), "snapshot /s/state has an unreadable state");
+    }
+}
+
+#[test]
 fn another_memory_size_vcpu_count_kernel_or_cpu_is_refused() {
     let s = state();
     let dir = written(&s, full_len(&s));
