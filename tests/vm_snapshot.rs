@@ -23,12 +23,24 @@ use vmtest::{Failed, Trial, check, text};
 const BEFORE: &str = "BEFORE-SNAPSHOT";
 const AFTER: &str = "AFTER-RESTORE";
 
+/// The guest's init, in the agent's place: says it is ready (the snapshot
+/// point), then, restored, reads /dev/hwrng as a container would after the
+/// agent's post-restore reseed. Two steps keep the template's bytes out:
+/// `stty` sets the console with TCSADRAIN, which waits until the ready
+/// line's last byte has left the UART, i.e. until hull-vmm has paused the
+/// VM there (the console's output is interrupt-driven, so without it the
+/// shell ran on past the line and once read its 256 bytes before the
+/// snapshot, the same in every clone); and the 64 bytes the virtio-rng
+/// driver buffered before the snapshot are dropped, as the agent drops
+/// them when it freshens a restored guest.
 fn initramfs(dir: &Path) -> PathBuf {
     let init = format!(
         "mount -t proc proc /proc\n\
          mount -t devtmpfs dev /dev\n\
          echo {BEFORE} cpus=$(nproc)\n\
          echo hull-agent: ready\n\
+         stty -F /dev/console onlcr\n\
+         head -c 64 /dev/hwrng >/dev/null\n\
          echo \"{AFTER} cpus=$(nproc) rng=$(head -c 256 /dev/hwrng | od -An -tx1 | tr -d ' \\n')\"\n\
          reboot -f"
     );
@@ -93,24 +105,24 @@ fn snapshot_restores_twice_and_each_clone_carries_on() -> Result<(), Failed> {
             .find(|l| l.starts_with(AFTER))
             .ok_or_else(|| format!("restore {i} did not carry on after the mark:\n{out}"))?;
         check(line.contains("cpus=2"), || format!("restore {i}: {line}"))?;
-        let all = line.split("rng=").nth(1).unwrap_or("").to_string();
-        check(all.len() == 512, || {
+        let rng = line.split("rng=").nth(1).unwrap_or("").to_string();
+        check(rng.len() == 512, || {
             format!("restore {i}: no 256 bytes from the restored virtio-rng: {line}")
         })?;
-        // Past the first 64 bytes (the driver's buffer, filled before the
-        // snapshot and so the same in every clone).
-        let rng = all[128..].to_string();
         check(!out.contains(BEFORE), || {
             format!("restore {i} booted again instead of restoring:\n{out}")
         })?;
-        eprintln!("restore {i}: 256 bytes of /dev/hwrng: {all}");
+        eprintln!("restore {i}: 256 bytes of /dev/hwrng: {rng}");
         rngs.push(rng);
     }
-    // The guest's virtio-rng driver holds 64 bytes fetched before the
-    // snapshot, the same in every clone: bytes past those must come fresh
-    // from each clone's device.
-    check(rngs[0] != rngs[1], || {
-        format!("two clones read the same bytes from virtio-rng: {rngs:?}")
+    // Every byte comes fresh from each clone's device: no 8 bytes of one
+    // clone's read are anywhere in the other's.
+    let shared: Vec<&str> = (0..rngs[0].len() / 16)
+        .map(|k| &rngs[0][k * 16..k * 16 + 16])
+        .filter(|chunk| rngs[1].contains(chunk))
+        .collect();
+    check(shared.is_empty(), || {
+        format!("two clones read the same bytes from /dev/hwrng ({shared:?}): {rngs:?}")
     })
 }
 

@@ -251,7 +251,8 @@ fn signal_all(signal: i32, w: &Writer) {
     send(w, &Frame::json(Kind::Exit, &exit));
 }
 
-/// Makes a restored guest its own: the host's entropy, then its clock.
+/// Makes a restored guest its own: the host's entropy (and none of the
+/// template's hwrng bytes), then its clock.
 fn freshen(f: &protocol::Freshen) -> Result<(), String> {
     if f.entropy.is_empty() || f.entropy.len() > protocol::MAX_ENTROPY {
         return Err(format!(
@@ -261,8 +262,9 @@ fn freshen(f: &protocol::Freshen) -> Result<(), String> {
         ));
     }
     sys::add_entropy(&f.entropy).map_err(|e| format!("reseeding the entropy pool: {e}"))?;
+    let drained = sys::drain_hwrng().map_err(|e| format!("draining /dev/hwrng: {e}"))?;
     sys::set_wall_clock(f.wall_clock_ns).map_err(|e| format!("setting the clock: {e}"))?;
-    debug!("entropy reseeded, clock stepped");
+    debug!("entropy reseeded, {drained} template bytes of /dev/hwrng dropped, clock stepped");
     Ok(())
 }
 

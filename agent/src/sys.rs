@@ -122,6 +122,35 @@ pub fn add_entropy(bytes: &[u8]) -> io::Result<()> {
     check(unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG as _) })
 }
 
+/// Reads and drops what the guest's hwrng holds from before a snapshot:
+/// the virtio-rng driver's buffer (64 bytes the template's device filled)
+/// and any bytes the hw_random core kept from a short read. One
+/// non-blocking read returns exactly those (and at most a few fresh ones
+/// if this clone's device answered the driver's next request meanwhile),
+/// so every later read of /dev/hwrng gets this clone's own bytes. Returns
+/// how many bytes were dropped; a guest without an hwrng drops none.
+pub fn drain_hwrng() -> io::Result<usize> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/hwrng")
+    {
+        Ok(f) => f,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut buf = [0u8; 512];
+    match f.read(&mut buf) {
+        Ok(n) => Ok(n),
+        // Nothing buffered (the driver's request was in flight at the
+        // snapshot: this clone's device fills it), or no device behind it.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENODEV)) => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
 /// Steps the wall clock (CLOCK_REALTIME) to `ns` since the epoch.
 pub fn set_wall_clock(ns: u64) -> io::Result<()> {
     let ts = libc::timespec {
