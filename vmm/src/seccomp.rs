@@ -321,8 +321,9 @@ mod tests {
         let mut fds = [0; 2];
         // SAFETY: pipe fills two ints.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        let mut filters = Filters::default();
-        filters.test_forbidden = Some(ThreadKind::Device);
+        let filters = Filters {
+            test_forbidden: Some(ThreadKind::Device),
+        };
         // SAFETY: the child only makes plain system calls (dup2, sigaction,
         // prctl, seccomp) on values made before the fork, then ends.
         let pid = unsafe { libc::fork() };
