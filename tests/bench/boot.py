@@ -12,7 +12,7 @@ Run it where /dev/kvm can boot a stock guest: directly on hardware KVM, or
 here through the emulated KVM host:
 
     tests/kvm-host/run -- python3 -u tests/bench/boot.py [-n RUNS] \\
-        [--firecracker PATH] [--vmms hull-vmm,firecracker] [--restore]
+        [--firecracker PATH] [--vmms hull-vmm,firecracker] [--restore [--hull-devices]]
 
 (a Firecracker binary outside the repository needs --share DIR on the
 runner so the emulated host sees it).
@@ -264,21 +264,34 @@ def stop(proc):
     return reap(proc)[1]
 
 
-def hull_snapshot(hull_vmm, kernel, initrd, extra, snap_dir):
+def hull_devices(snap_dir, on):
+    """With --hull-devices, the devices of one of hull's templates: an
+    entropy device, vsock (its socket beside the snapshot, fresh each run)
+    and 16 empty disk slots."""
+    if not on:
+        return []
+    sock = os.path.join(os.path.dirname(snap_dir), os.path.basename(snap_dir) + ".vsock")
+    if os.path.exists(sock):
+        os.unlink(sock)
+    return ["--rng", "--disk-slots", "16", "--vsock-cid", "3", "--vsock-uds", sock]
+
+
+def hull_snapshot(hull_vmm, kernel, initrd, extra, snap_dir, devices=False):
     """Boots to the ready line and saves a snapshot in `snap_dir`."""
     cmd = [hull_vmm, "--kernel", kernel, "--initrd", initrd, "--mem", str(MEM_MIB),
            "--vcpus", "1", "--snapshot-at-ready", snap_dir, "--serial", "none"] + \
-          (["--cmdline", extra] if extra else [])
+          (["--cmdline", extra] if extra else []) + hull_devices(snap_dir, devices)
     r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
     if r.returncode != 0:
         raise RuntimeError("hull-vmm --snapshot-at-ready failed (%d): %s" % (r.returncode, r.stderr.decode()[-500:]))
 
 
-def hull_restore_run(hull_vmm, snap_dir):
+def hull_restore_run(hull_vmm, snap_dir, devices=False):
     """(ms from hull-vmm's start to the resumed guest's first marker, None,
     its resource usage once killed)."""
+    dev = hull_devices(snap_dir, devices)
     start = time.monotonic()
-    p = subprocess.Popen([hull_vmm, "--restore", snap_dir], stdout=subprocess.PIPE,
+    p = subprocess.Popen([hull_vmm, "--restore", snap_dir] + dev, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     con = Console(p, start, RESUMED)
     seen = con.wait()
@@ -351,8 +364,8 @@ def restore_bench(args, tmp, kernel):
         hulls["hull-vmm-b"] = args.hull_vmm_b
     for name, binary in hulls.items():
         d = os.path.join(snap_root, name)
-        hull_snapshot(binary, kernel, initrd, args.extra, d)
-        runs[name] = lambda b=binary, d=d: hull_restore_run(b, d)
+        hull_snapshot(binary, kernel, initrd, args.extra, d, args.hull_devices)
+        runs[name] = lambda b=binary, d=d: hull_restore_run(b, d, args.hull_devices)
     if args.firecracker:
         cmdline = (CMDLINE + " " + args.extra).strip()
         config = firecracker_cmd(args.firecracker, tmp, kernel, initrd, cmdline)[3]
@@ -365,6 +378,8 @@ def restore_bench(args, tmp, kernel):
         return sum(os.stat(p).st_blocks * 512 for p in paths)
     sizes = {n: used(os.path.join(snap_root, n, f) for f in os.listdir(os.path.join(snap_root, n)))
              for n in hulls}
+    if args.hull_devices:
+        print("hull-vmm guests with hull's template devices: rng, vsock, 16 empty disk slots")
     if args.firecracker:
         sizes["firecracker"] = used([snap, mem])
     print("restore benchmark: %d runs each, 1 vCPU, %d MiB; snapshot size in tmpfs: %s"
@@ -392,6 +407,13 @@ def restore_bench(args, tmp, kernel):
                                          statistics.median(r[0] for r in f)))
         print("  median of per-round ratios: %.2f"
               % statistics.median(x[0] / y[0] for x, y in zip(h, f)))
+    b = results.get("hull-vmm-b")
+    if h and b:
+        print("hull-vmm against hull-vmm-b: ratio of medians %.2f, median of per-round "
+              "ratios %.2f, median of per-round differences %+.1f ms"
+              % (statistics.median(r[0] for r in h) / statistics.median(r[0] for r in b),
+                 statistics.median(x[0] / y[0] for x, y in zip(h, b)),
+                 statistics.median(x[0] - y[0] for x, y in zip(h, b))))
 
 
 class ExitCounter:
@@ -448,6 +470,9 @@ def main():
     ap.add_argument("--exits", action="store_true", help="count VM exits by reason (one run each)")
     ap.add_argument("--restore", action="store_true",
                     help="time restores from a snapshot instead of cold boots (hull-vmm, firecracker)")
+    ap.add_argument("--hull-devices", action="store_true",
+                    help="with --restore: hull-vmm's guests get the devices of hull's templates "
+                         "(rng, vsock, 16 empty disk slots); Firecracker's none")
     args = ap.parse_args()
     if not os.path.exists(args.hull_vmm):
         sys.exit("%s missing: cargo build --release -p hull-vmm" % args.hull_vmm)
