@@ -43,4 +43,17 @@ mod tests {
         assert!(line.starts_with("creating "), "{line}");
         assert_eq!(line.matches("os error").count(), 1, "{line}");
     }
+
+    /// A module's error made from the shared [`PathIoError`] reads as the
+    /// module's own `Io` variant did: what, the path, then the OS error once.
+    #[test]
+    fn a_path_io_error_reads_what_path_then_its_cause() {
+        let e: crate::volume::VolumeError = io_at("removing the volume directory", Path::new("/v"))(
+            std::io::Error::from_raw_os_error(libc::EACCES),
+        );
+        assert_eq!(
+            chain(&e),
+            "removing the volume directory /v: Permission denied (os error 13)"
+        );
+    }
 }
