@@ -8,7 +8,7 @@ use std::path::Path;
 
 use libtest_mimic::{Failed, Trial};
 
-use super::{Backend, Ctx, check, mounts, patient, processes_mentioning, run_text};
+use super::{Backend, Ctx, check, mounts, mounts_left, patient, processes_mentioning, run_text};
 
 /// A data dir of its own (named volumes live there) beside the state dir.
 fn data_flag(c: &Ctx) -> [String; 2] {
@@ -388,8 +388,7 @@ fn rm_force_with_volumes_leaves_nothing(b: Backend) -> Result<(), Failed> {
     check(rm.code == Some(0), || format!("{rm}"))?;
     let left = processes_mentioning(&id);
     check(left.is_empty(), || format!("processes left: {left:?}"))?;
-    let after = mounts();
-    let new: Vec<_> = after.difference(&before).collect();
+    let new = mounts_left(&before, &[c.state.path(), host.path()]);
     check(new.is_empty(), || format!("mounts left: {new:?}"))?;
     check(data.exists(), || {
         "the volume's data must outlive rm -f".into()
@@ -483,8 +482,7 @@ fn vmm_kill_9_leaves_nothing(b: Backend) -> Result<(), Failed> {
     check(left.is_empty(), || format!("processes left: {left:?}"))?;
     let fds = fds_under(host.path());
     check(fds.is_empty(), || format!("fds on the share left: {fds:?}"))?;
-    let after = mounts();
-    let new: Vec<_> = after.difference(&before).collect();
+    let new = mounts_left(&before, &[c.state.path(), host.path()]);
     check(new.is_empty(), || format!("mounts left: {new:?}"))?;
     check(host.path().join("d/open").exists(), || {
         "the share's files stay".into()
