@@ -20,6 +20,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::error::PathIoError;
 use crate::sys;
 
 /// Where the slot and reservation files live, unless `HULL_ADMISSION_DIR` says.
@@ -46,17 +47,12 @@ pub enum AdmissionError {
     Unavailable { request: u64, available: u64 },
     #[error("interrupted by signal {0} while waiting for a start slot")]
     Interrupted(i32),
-    #[error("{what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AdmissionError {
-    let path = path.to_path_buf();
-    move |source| AdmissionError::Io { what, path, source }
+    crate::error::io_at(what, path)
 }
 
 /// The host-wide limits one run applies. 0 means no limit.

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::PathIoError;
+
 /// Ids per container: uid and gid 0..65535 inside.
 pub const SIZE: u32 = 65536;
 const DEFAULT_FIRST: u32 = 1 << 30;
@@ -57,17 +59,12 @@ pub enum UsernsError {
     Exhausted(u32),
     #[error("bad HULL_USERNS_RANGE {0:?}: want FIRST:COUNT, COUNT a multiple of 65536")]
     BadPool(String),
-    #[error("{what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> UsernsError {
-    let path = path.to_path_buf();
-    move |source| UsernsError::Io { what, path, source }
+    crate::error::io_at(what, path)
 }
 
 /// Why this host cannot give a container a user namespace, if it cannot.

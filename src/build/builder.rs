@@ -18,7 +18,7 @@ use super::expand;
 use super::image::{ImageState, duration_ns};
 use super::layer::Overrides;
 use super::steps::{self, CopySpec, MergedView, RunSettings, Source};
-use super::{BuildError, BuildOptions, Built, Event};
+use super::{BuildError, BuildOptions, Built, Event, io_at};
 
 /// The layer cache: one JSON file per step key with the image it left.
 const CACHE_DIR: &str = "build-cache";
@@ -69,11 +69,7 @@ pub fn build(
         .dockerfile
         .clone()
         .unwrap_or_else(|| opts.context.join("Dockerfile"));
-    let text = fs::read_to_string(&path).map_err(|source| BuildError::Io {
-        what: "reading",
-        path: path.clone(),
-        source,
-    })?;
+    let text = fs::read_to_string(&path).map_err(io_at("reading", &path))?;
     let file = path.file_name().map_or_else(
         || path.display().to_string(),
         |f| f.to_string_lossy().into_owned(),

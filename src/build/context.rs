@@ -9,21 +9,18 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use crate::error::PathIoError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
-    #[error("{what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("{0}: no such file or directory in the build context")]
     NotFound(String),
 }
 
 fn io_at(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ContextError {
-    let path = path.to_path_buf();
-    move |source| ContextError::Io { what, path, source }
+    crate::error::io_at(what, path)
 }
 
 /// One `.dockerignore` line: a pattern, `!` to re-include.

@@ -16,24 +16,21 @@ use hull_agent::overlay;
 use hull_images::digest::HashingSink;
 use hull_images::{LayerRecord, Store};
 
+use crate::error::PathIoError;
+
 /// The media type of the layers hull build makes.
 pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
-    #[error("{what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("storing the layer")]
     Store(#[from] hull_images::store::StoreError),
 }
 
 fn io_at(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LayerError {
-    let path = path.to_path_buf();
-    move |source| LayerError::Io { what, path, source }
+    crate::error::io_at(what, path)
 }
 
 /// Writes what goes through it to both: the hash of the plain tar, and

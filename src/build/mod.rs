@@ -15,6 +15,7 @@ use std::path::PathBuf;
 pub use builder::build;
 
 use crate::Isolation;
+use crate::error::PathIoError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -27,12 +28,8 @@ pub enum BuildError {
         line: usize,
         message: String,
     },
-    #[error("{what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error(transparent)]
     Context(#[from] context::ContextError),
     #[error(transparent)]
@@ -94,6 +91,11 @@ pub enum Event {
     /// That step's result came from the layer cache.
     Cached,
     Warning(String),
+}
+
+/// See [`crate::error::io_at`].
+fn io_at(what: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> BuildError {
+    crate::error::io_at(what, path)
 }
 
 /// How the build ended.

@@ -13,10 +13,10 @@ use std::process::Command;
 use hull_agent::protocol::{Start, User};
 use hull_images::{LayerRecord, Store};
 
-use super::BuildError;
 use super::context::Context;
 use super::layer::{self, LayerWriter, Overrides};
 use super::upper_tar;
+use super::{BuildError, io_at};
 use crate::client::{Sinks, Times};
 use crate::container::Session;
 use crate::{Container, ContainerConfig, Isolation, userns};
@@ -94,11 +94,7 @@ pub fn run(
     let mut start = start;
     start.export_upper = vm;
     let result = (|| {
-        fs::create_dir_all(&rw).map_err(|source| BuildError::Io {
-            what: "creating",
-            path: rw.clone(),
-            source,
-        })?;
+        fs::create_dir_all(&rw).map_err(io_at("creating", &rw))?;
         // ns: the upper is a host dir; vm: an ext4 disk, the guest's own
         // scratch space: the agent sends its changes as a tar, which hull
         // reads with upper_tar's checks (the host never mounts it).
@@ -112,11 +108,7 @@ pub fn run(
         let lower_dirs = dirs.clone();
         if dirs.is_empty() {
             let empty = work.join("empty");
-            fs::create_dir_all(&empty).map_err(|source| BuildError::Io {
-                what: "creating",
-                path: empty.clone(),
-                source,
-            })?;
+            fs::create_dir_all(&empty).map_err(io_at("creating", &empty))?;
             dirs.push(empty);
         }
         let config = ContainerConfig {
@@ -134,11 +126,7 @@ pub fn run(
         let tar_path = work.join("upper.tar");
         let mut sinks = Sinks::terminal();
         if vm {
-            let file = fs::File::create(&tar_path).map_err(|source| BuildError::Io {
-                what: "creating",
-                path: tar_path.clone(),
-                source,
-            })?;
+            let file = fs::File::create(&tar_path).map_err(io_at("creating", &tar_path))?;
             sinks.layer = Some(Box::new(upper_tar::BoundedFile { file, written: 0 }));
         }
         let outcome = c.start().and_then(|()| {
@@ -175,11 +163,7 @@ pub fn run(
         };
         let read = if vm {
             fs::File::open(&tar_path)
-                .map_err(|source| BuildError::Io {
-                    what: "opening",
-                    path: tar_path.clone(),
-                    source,
-                })
+                .map_err(io_at("opening", &tar_path))
                 .and_then(|f| {
                     upper_tar::add_upper_tar(&mut w, std::io::BufReader::new(f), &skip)
                         .map_err(BuildError::from)
@@ -221,17 +205,8 @@ fn run_tool(cmd: &mut Command, what: &str) -> Result<(), BuildError> {
 
 /// A sparse, empty ext4 image at `img` (Debian's e2fsprogs).
 fn make_ext4(img: &Path) -> Result<(), BuildError> {
-    let f = fs::File::create(img).map_err(|source| BuildError::Io {
-        what: "creating",
-        path: img.to_path_buf(),
-        source,
-    })?;
-    f.set_len(UPPER_DISK_BYTES)
-        .map_err(|source| BuildError::Io {
-            what: "sizing",
-            path: img.to_path_buf(),
-            source,
-        })?;
+    let f = fs::File::create(img).map_err(io_at("creating", img))?;
+    f.set_len(UPPER_DISK_BYTES).map_err(io_at("sizing", img))?;
     run_tool(
         Command::new("mkfs.ext4")
             .args(["-q", "-F", "-O", "^has_journal", "-E", "root_owner=0:0"])
@@ -301,11 +276,7 @@ pub fn copy(
     };
     for rel in &spec.sources {
         let full = ctx.root.join(rel);
-        let m = fs::symlink_metadata(&full).map_err(|source| BuildError::Io {
-            what: "reading",
-            path: full.clone(),
-            source,
-        })?;
+        let m = fs::symlink_metadata(&full).map_err(io_at("reading", &full))?;
         if m.is_dir() {
             // A directory's contents go into the destination directory.
             parents(&mut w, &dest.join("x"), &mut made)?;
@@ -330,17 +301,9 @@ pub fn copy(
             if let Some(r) = tar_stream(&full) {
                 parents(&mut w, &dest.join("x"), &mut made)?;
                 let mut a = tar::Archive::new(r);
-                let entries = a.entries().map_err(|source| BuildError::Io {
-                    what: "reading",
-                    path: full.clone(),
-                    source,
-                })?;
+                let entries = a.entries().map_err(io_at("reading", &full))?;
                 for e in entries {
-                    let e = e.map_err(|source| BuildError::Io {
-                        what: "reading",
-                        path: full.clone(),
-                        source,
-                    })?;
+                    let e = e.map_err(io_at("reading", &full))?;
                     let raw = e.path_bytes().into_owned();
                     let name = super::context::clean(&String::from_utf8_lossy(&raw));
                     if name.as_os_str().is_empty() {
@@ -371,13 +334,7 @@ pub struct MergedView {
 
 impl MergedView {
     pub fn new(dirs: &[PathBuf], at: &Path) -> Result<MergedView, BuildError> {
-        let mkdir = |p: &Path| {
-            fs::create_dir_all(p).map_err(|source| BuildError::Io {
-                what: "creating",
-                path: p.to_path_buf(),
-                source,
-            })
-        };
+        let mkdir = |p: &Path| fs::create_dir_all(p).map_err(io_at("creating", p));
         match dirs {
             [] => {
                 mkdir(at)?;
@@ -399,11 +356,7 @@ impl MergedView {
                     .arg(format!("ro,lowerdir={}", lower.join(":")))
                     .arg(at)
                     .output()
-                    .map_err(|source| BuildError::Io {
-                        what: "running mount for",
-                        path: at.to_path_buf(),
-                        source,
-                    })?;
+                    .map_err(io_at("running mount for", at))?;
                 if !out.status.success() {
                     return Err(BuildError::Mount(
                         String::from_utf8_lossy(&out.stderr).trim().to_string(),

@@ -41,11 +41,7 @@ pub(super) fn ensure_bridge(nl: &Netlink, n: &Network) -> Result<(), NetworkErro
     .into_iter()
     .chain(forward6)
     {
-        std::fs::write(&path, "1").map_err(|source| NetworkError::Io {
-            what,
-            path: path.into(),
-            source,
-        })?;
+        std::fs::write(&path, "1").map_err(io_err(what, Path::new(&path)))?;
     }
     Ok(())
 }

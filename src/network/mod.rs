@@ -37,6 +37,7 @@ use link::{LinkError, Netlink};
 pub use ports::{PortMapping, Proto};
 pub use proxy::Proxy;
 
+use crate::error::PathIoError;
 use crate::sys;
 
 /// The network every container joins unless told otherwise.
@@ -114,12 +115,8 @@ pub enum NetworkError {
         "--network host shares the host's network namespace: a microVM has none to share (use --network bridge, or --isolation ns)"
     )]
     HostForVm,
-    #[error("{what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error(transparent)]
     Link(#[from] LinkError),
     #[error(transparent)]
@@ -131,8 +128,7 @@ pub enum NetworkError {
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetworkError {
-    let path = path.to_path_buf();
-    move |source| NetworkError::Io { what, path, source }
+    crate::error::io_at(what, path)
 }
 
 /// One network, as `hull network inspect` shows it.
@@ -375,10 +371,8 @@ impl Networks {
     pub fn get(&self, name: &str) -> Result<Network, NetworkError> {
         let path = self.path(name);
         match std::fs::read(&path) {
-            Ok(data) => serde_json::from_slice(&data).map_err(|e| NetworkError::Io {
-                what: "reading",
-                path,
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            Ok(data) => serde_json::from_slice(&data).map_err(|e| {
+                io_err("reading", &path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && name == DEFAULT_NETWORK => {
                 let others = self.list_user_subnets()?;

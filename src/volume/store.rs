@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::spec::{MountSpecError, validate_volume_name};
+use crate::error::PathIoError;
 
 /// The folder under the data dir that holds the volumes.
 const VOLUMES_DIR: &str = "volumes";
@@ -39,12 +40,8 @@ pub enum VolumeError {
     NotFound(String),
     #[error("volume {name} is in use by container(s) {containers}")]
     InUse { name: String, containers: String },
-    #[error("{what} {}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("reading the record {}", path.display())]
     Record {
         path: PathBuf,
@@ -56,6 +53,11 @@ pub enum VolumeError {
 #[derive(Debug, Clone)]
 pub struct VolumeStore {
     root: PathBuf,
+}
+
+/// See [`crate::error::io_at`].
+fn io_at(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError {
+    crate::error::io_at(what, path)
 }
 
 impl VolumeStore {
@@ -75,11 +77,7 @@ impl VolumeStore {
         }
         let dir = self.root.join(name);
         let data = dir.join(DATA_DIR);
-        std::fs::create_dir_all(&data).map_err(|source| VolumeError::Io {
-            what: "creating the volume directory",
-            path: data.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&data).map_err(io_at("creating the volume directory", &data))?;
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -95,11 +93,7 @@ impl VolumeStore {
         let json = serde_json::to_vec_pretty(&volume).expect("a Volume serializes");
         std::fs::write(&tmp, json)
             .and_then(|()| std::fs::rename(&tmp, &record))
-            .map_err(|source| VolumeError::Io {
-                what: "writing the volume record",
-                path: record,
-                source,
-            })?;
+            .map_err(io_at("writing the volume record", &record))?;
         Ok((volume, true))
     }
 
@@ -113,11 +107,7 @@ impl VolumeStore {
                 return Err(VolumeError::NotFound(name.into()));
             }
             Err(source) => {
-                return Err(VolumeError::Io {
-                    what: "reading the volume record",
-                    path,
-                    source,
-                });
+                return Err(io_at("reading the volume record", &path)(source));
             }
         };
         serde_json::from_slice(&data).map_err(|source| VolumeError::Record { path, source })
@@ -129,11 +119,7 @@ impl VolumeStore {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => {
-                return Err(VolumeError::Io {
-                    what: "listing the volumes in",
-                    path: self.root.clone(),
-                    source,
-                });
+                return Err(io_at("listing the volumes in", &self.root)(source));
             }
         };
         let mut names: Vec<String> = entries
@@ -160,11 +146,7 @@ impl VolumeStore {
             });
         }
         let dir = self.root.join(name);
-        std::fs::remove_dir_all(&dir).map_err(|source| VolumeError::Io {
-            what: "removing the volume directory",
-            path: dir,
-            source,
-        })
+        std::fs::remove_dir_all(&dir).map_err(io_at("removing the volume directory", &dir))
     }
 
     /// Removes every volume no container mounts; returns their names.
@@ -187,11 +169,7 @@ impl VolumeStore {
     pub fn is_empty(&self, volume: &Volume) -> Result<bool, VolumeError> {
         std::fs::read_dir(&volume.mountpoint)
             .map(|mut d| d.next().is_none())
-            .map_err(|source| VolumeError::Io {
-                what: "reading the volume directory",
-                path: volume.mountpoint.clone(),
-                source,
-            })
+            .map_err(io_at("reading the volume directory", &volume.mountpoint))
     }
 }
 

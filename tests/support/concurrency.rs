@@ -54,6 +54,7 @@ impl World {
             .arg(self.state.path())
             .args(args)
             .stdin(Stdio::null());
+        hull_proc::answer_patiently(&mut c);
         c
     }
 
@@ -76,7 +77,7 @@ impl World {
         check(left.is_empty(), || format!("state dirs left: {left:?}"))?;
         let state = self.state.path().to_string_lossy().into_owned();
         // The last sandboxes may still be on their way out for a moment.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + hull_proc::patient(Duration::from_secs(30));
         loop {
             let procs = processes_mentioning(&state);
             if procs.is_empty() {
@@ -181,6 +182,8 @@ fn cgroups_named(ids: &BTreeSet<String>) -> Vec<PathBuf> {
 /// `n` concurrent `hull run --rm` each print their own line and exit 0,
 /// all within `bound`; nothing is left afterwards.
 pub fn concurrent_runs(backend: &'static str, n: usize, bound: Duration) -> Result<(), Failed> {
+    // The bound is a quiet machine's; a loaded one gets more time.
+    let bound = hull_proc::patient(bound);
     let w = World::new(backend);
     let t0 = Instant::now();
     let results: Vec<Result<Output, Failed>> = std::thread::scope(|s| {
@@ -232,8 +235,11 @@ pub fn concurrent_runs(backend: &'static str, n: usize, bound: Duration) -> Resu
 
 /// `ps --json` parsed: (id, status) of every container, or why not.
 fn ps(w: &World) -> Result<Vec<(String, String)>, String> {
-    let o = output(w.hull(&["ps", "-a", "--json"]), Duration::from_secs(60))
-        .map_err(|e| format!("{e:?}"))?;
+    let o = output(
+        w.hull(&["ps", "-a", "--json"]),
+        hull_proc::patient(Duration::from_secs(60)),
+    )
+    .map_err(|e| format!("{e:?}"))?;
     if o.status.code() != Some(0) || !o.stderr.is_empty() {
         return Err(format!("ps failed or warned: {}", show(&o)));
     }
@@ -262,6 +268,7 @@ pub fn clients_run_exec_rm(
     loops: usize,
     bound: Duration,
 ) -> Result<(), Failed> {
+    let bound = hull_proc::patient(bound);
     let w = World::new(backend);
     let held: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
     let seen: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());

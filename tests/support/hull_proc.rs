@@ -61,6 +61,57 @@ pub fn build_static_agent() {
     assert!(status.success(), "agent/build-static.sh failed");
 }
 
+/// How many times longer than on a quiet machine anything may take here:
+/// `HULL_TEST_PATIENCE` when set (the VM test harness sets it for its
+/// emulated hosts from the machine's load when it starts them), else this
+/// machine's load per CPU; at least 1, at most [`MAX_PATIENCE`]. Only
+/// limits that tell a hang or a lost event from a slow machine scale with
+/// it, never what a test asserts about speed on a quiet machine.
+pub fn patience() -> f64 {
+    let p = match std::env::var(PATIENCE_VAR) {
+        Ok(v) => v.trim().parse::<f64>().unwrap_or(1.0),
+        Err(_) => load_per_cpu(),
+    };
+    if p.is_finite() {
+        p.clamp(1.0, MAX_PATIENCE)
+    } else {
+        1.0
+    }
+}
+
+/// See [`patience`].
+pub const PATIENCE_VAR: &str = "HULL_TEST_PATIENCE";
+
+/// The most [`patience`] grants: past it the machine is not slow but stuck.
+pub const MAX_PATIENCE: f64 = 8.0;
+
+/// `base` scaled by [`patience`].
+pub fn patient(base: Duration) -> Duration {
+    base.mul_f64(patience())
+}
+
+/// The 1-minute load average divided by the CPUs this process may use.
+pub fn load_per_cpu() -> f64 {
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    load / cpus as f64
+}
+
+/// Sets `HULL_AGENT_ANSWER_SECS` (hull's test aid for how long the agent
+/// has to answer, 60 s by default) to the default scaled by [`patience`]
+/// when the machine is slow, so a loaded machine is not mistaken for a
+/// silent agent; on a quiet machine hull's own default stays.
+pub fn answer_patiently(cmd: &mut Command) -> &mut Command {
+    let p = patience();
+    if p > 1.0 {
+        cmd.env("HULL_AGENT_ANSWER_SECS", format!("{}", (60.0 * p).ceil()));
+    }
+    cmd
+}
+
 /// Collects `child`'s output, killing it (SIGKILL) once `limit` has passed;
 /// the second value says whether the limit was reached.
 pub fn wait_within(child: Child, limit: Duration) -> std::io::Result<(Output, bool)> {

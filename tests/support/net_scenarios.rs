@@ -25,8 +25,8 @@ use scenarios::{busybox, hull_bin, hull_proc};
 
 /// Set in the re-run of a trial inside its own network namespace.
 const INNER: &str = "HULL_NET_TEST_INNER";
-/// How long one hull command may take (a microVM under the emulated KVM
-/// host boots in seconds).
+/// How long one hull command may take on a quiet machine (a microVM under
+/// the emulated KVM host boots in seconds; scaled by `hull_proc::patience`).
 const HANG: Duration = Duration::from_secs(240);
 /// How long a detached server has to start answering.
 const READY: Duration = Duration::from_secs(120);
@@ -87,7 +87,7 @@ fn run(mut cmd: Command) -> Result<Out, Failed> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting {cmd:?}: {e}"))?;
-    let out = wait_output(child, HANG)?;
+    let out = wait_output(child, hull_proc::patient(HANG))?;
     Ok(Out {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

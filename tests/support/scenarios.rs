@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -18,13 +19,19 @@ pub mod captured;
 #[path = "hull_proc.rs"]
 pub mod hull_proc;
 
-pub use hull_proc::{hull_bin, processes_mentioning};
+pub use hull_proc::{hull_bin, patient, processes_mentioning};
 #[path = "volume_scenarios.rs"]
 pub mod volume_scenarios;
 
-/// How long any one `hull run` may take before the test calls it a hang
-/// (a microVM boot under the emulated KVM host takes seconds).
+/// How long any one `hull run` may take on a quiet machine before the test
+/// calls it a hang (a microVM boot under the emulated KVM host takes
+/// seconds); scaled by the machine's load ([`hang`]).
 const HANG: Duration = Duration::from_secs(180);
+
+/// [`HANG`] for this machine now (see `hull_proc::patience`).
+fn hang() -> Duration {
+    patient(HANG)
+}
 
 /// Builds what `hull run` needs besides `hull` itself: `hull-vmm` and the
 /// static agent (agent/build-static.sh).
@@ -87,6 +94,7 @@ impl Ctx {
             .arg(rootfs())
             .args(flags)
             .args(cmd);
+        hull_proc::answer_patiently(&mut c);
         c
     }
 
@@ -96,6 +104,7 @@ impl Ctx {
             .arg(self.state.path())
             .env("HULL_NETWORK", "none")
             .args(args);
+        hull_proc::answer_patiently(&mut c);
         c
     }
 
@@ -107,6 +116,8 @@ impl Ctx {
 
 struct Out {
     code: Option<i32>,
+    /// The signal that ended it, if one did.
+    signal: Option<i32>,
     stdout: String,
     stderr: String,
 }
@@ -115,8 +126,8 @@ impl std::fmt::Display for Out {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
+            "exit {:?} (signal {:?})\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.signal, self.stdout, self.stderr
         )
     }
 }
@@ -136,12 +147,13 @@ fn output(mut cmd: Command, input: &[u8]) -> Result<(Out, Vec<u8>), Failed> {
             let _ = s.write_all(&input);
         }
     });
-    let out = wait_output(child, HANG)?;
+    let out = wait_output(child, hang())?;
     let _ = feeder.join();
     let stdout = out.stdout.clone();
     Ok((
         Out {
             code: out.status.code(),
+            signal: out.status.signal(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         },
@@ -290,7 +302,7 @@ fn sigterm_exits_143(b: Backend) -> Result<(), Failed> {
     while !String::from_utf8_lossy(&seen).contains("ready") {
         match stdout.read(&mut buf) {
             Ok(0) | Err(_) => {
-                let out = wait_output(child, HANG)?;
+                let out = wait_output(child, hang())?;
                 return Err(format!(
                     "the container ended before it was ready: {:?} {}",
                     out.status,
@@ -304,7 +316,7 @@ fn sigterm_exits_143(b: Backend) -> Result<(), Failed> {
     // SAFETY: kill(2) of the hull process this test started.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let t = Instant::now();
-    let out = wait_output(child, HANG)?;
+    let out = wait_output(child, hang())?;
     check(out.status.code() == Some(143), || {
         format!(
             "want 143 after SIGTERM, got {:?} after {:?}: {}",
@@ -399,6 +411,18 @@ fn mounts() -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// The mounts there now and not in `before` that are this trial's: under
+/// one of `own` (its state dir, its shares). The other trials of the binary
+/// run at the same time and mount their own containers' (a netns, a root).
+fn mounts_left(before: &std::collections::BTreeSet<String>, own: &[&Path]) -> Vec<String> {
+    let own: Vec<String> = own.iter().map(|p| p.display().to_string()).collect();
+    mounts()
+        .difference(before)
+        .filter(|m| own.iter().any(|o| m.contains(o.as_str())))
+        .cloned()
+        .collect()
+}
+
 /// `run -d` prints the id; `exec` sees what the main process wrote and gets
 /// its own stdin and exit status; `stop` ends it with SIGTERM (143).
 fn detach_exec_stop(b: Backend) -> Result<(), Failed> {
@@ -422,6 +446,12 @@ fn detach_exec_stop(b: Backend) -> Result<(), Failed> {
         ps.stdout.contains(&id) && ps.stdout.contains("running"),
         || format!("ps must list it running; {ps}"),
     )?;
+    // `run -d` returns once sh has started, maybe before its first echo:
+    // main-out in the logs says /tmp/shared is written too.
+    let logs = logs_once_they_hold(&c, "svc", "main-out")?;
+    check(logs.stdout == "main-out\n", || {
+        format!("logs of a detached container; {logs}")
+    })?;
     let e = run_text(c.hull(&["exec", &id[..8], "cat", "/tmp/shared"]))?;
     check(e.code == Some(0) && e.stdout == "written\n", || {
         format!("exec must see the main process's file; {e}")
@@ -439,7 +469,7 @@ fn detach_exec_stop(b: Backend) -> Result<(), Failed> {
     })?;
     let logs = run_text(c.hull(&["logs", "svc"]))?;
     check(logs.stdout == "main-out\n", || {
-        format!("logs of a detached container; {logs}")
+        format!("logs of a detached container, after the execs; {logs}")
     })?;
     let st = run_text(c.hull(&["stop", "-t", "30", "svc"]))?;
     check(st.code == Some(0), || format!("{st}"))?;
@@ -452,6 +482,19 @@ fn detach_exec_stop(b: Backend) -> Result<(), Failed> {
         e.code == Some(125) && e.stderr.contains("not running"),
         || format!("exec in a stopped container; {e}"),
     )
+}
+
+/// `hull logs NAME` once its stdout holds `want` (polled: a detached
+/// container's output reaches its log a moment after `run -d` returns).
+fn logs_once_they_hold(c: &Ctx, name: &str, want: &str) -> Result<Out, Failed> {
+    let deadline = Instant::now() + hang();
+    loop {
+        let logs = run_text(c.hull(&["logs", name]))?;
+        if logs.stdout.contains(want) || Instant::now() >= deadline {
+            return Ok(logs);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// `stop -t 1` of a process that ignores SIGTERM kills it after a second.
@@ -467,17 +510,10 @@ fn stop_times_out_into_kill(b: Backend) -> Result<(), Failed> {
     ))?;
     check(o.code == Some(0), || format!("{o}"))?;
     // `run -d` returns once sh has started, maybe before it set the trap.
-    let deadline = Instant::now() + HANG;
-    loop {
-        let logs = run_text(c.hull(&["logs", "stubborn"]))?;
-        if logs.stdout.contains("ready") {
-            break;
-        }
-        check(Instant::now() < deadline, || {
-            format!("the container never said it ignores SIGTERM; {logs}")
-        })?;
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let logs = logs_once_they_hold(&c, "stubborn", "ready")?;
+    check(logs.stdout.contains("ready"), || {
+        format!("the container never said it ignores SIGTERM; {logs}")
+    })?;
     let t = Instant::now();
     let st = run_text(c.hull(&["stop", "-t", "1", "stubborn"]))?;
     let took = t.elapsed();
@@ -534,8 +570,7 @@ fn rm_force_leaves_nothing(b: Backend) -> Result<(), Failed> {
     })?;
     let left: Vec<_> = cgroups.iter().filter(|d| d.exists()).collect();
     check(left.is_empty(), || format!("cgroups left: {left:?}"))?;
-    let mounts_after = mounts();
-    let new: Vec<_> = mounts_after.difference(&mounts_before).collect();
+    let new = mounts_left(&mounts_before, &[c.state.path()]);
     check(new.is_empty(), || format!("mounts left: {new:?}"))
 }
 
@@ -598,7 +633,7 @@ fn openpty(rows: u16, cols: u16) -> Result<(Pty, OwnedFd), Failed> {
 impl Pty {
     /// Reads until `want` appears in what came since the last call.
     fn expect(&mut self, seen: &mut String, want: &str) -> Result<(), Failed> {
-        let deadline = Instant::now() + HANG;
+        let deadline = Instant::now() + hang();
         let fd = self.master.as_raw_fd();
         let mut buf = [0u8; 4096];
         while !seen.contains(want) {
@@ -673,7 +708,7 @@ fn terminal(b: Backend) -> Result<(), Failed> {
         pty.master.write_all(b"exit 5\r")?;
         Ok(())
     })();
-    let deadline = Instant::now() + HANG;
+    let deadline = Instant::now() + hang();
     let status = loop {
         if let Some(s) = child.try_wait()? {
             break Some(s);

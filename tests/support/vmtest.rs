@@ -106,7 +106,8 @@ fn without_done(trials: Vec<Trial>) -> Vec<Trial> {
 }
 
 /// How long the emulated host may go without any trial finishing before it
-/// counts as wedged (seconds; `HULL_VMTEST_STALL_SECS`, default 480).
+/// counts as wedged on a quiet machine (seconds; `HULL_VMTEST_STALL_SECS`,
+/// default 480; scaled by the machine's load, see `hull_proc::patience`).
 fn stall_limit() -> std::time::Duration {
     let secs = std::env::var("HULL_VMTEST_STALL_SECS")
         .ok()
@@ -147,16 +148,26 @@ fn run_in_kvm_host(
     use std::io::BufRead;
     use std::sync::mpsc;
     use std::time::Instant;
-    let stall = stall_limit();
     let mut done: Vec<String> = Vec::new();
     let mut failed = false;
     for attempt in 1..=ATTEMPTS {
+        // The machine's load now sets how patient this host's trials are
+        // (unless HULL_TEST_PATIENCE is given), and the stall limit with it.
+        let patience = hull_proc::patience();
+        let stall = stall_limit().mul_f64(patience);
         let mut cmd = Command::new(repo().join("tests/kvm-host/run"));
         cmd.arg("--")
             .arg(exe)
             .args(std::env::args_os().skip(1))
             .env(SKIP_VAR, done.join(","))
+            .env(hull_proc::PATIENCE_VAR, format!("{patience:.1}"))
             .stdout(std::process::Stdio::piped());
+        if patience > 1.0 {
+            eprintln!(
+                "vmtest: the machine is loaded: this host's limits for a hang are {patience:.1}x the quiet machine's ({})",
+                hull_proc::PATIENCE_VAR
+            );
+        }
         if let Some(only) = only {
             cmd.env(ONLY_VAR, only.join(","));
         }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use libtest_mimic::{Failed, Trial};
 
-use super::{Backend, Ctx, check, mounts, processes_mentioning, run_text};
+use super::{Backend, Ctx, check, mounts, mounts_left, patient, processes_mentioning, run_text};
 
 /// A data dir of its own (named volumes live there) beside the state dir.
 fn data_flag(c: &Ctx) -> [String; 2] {
@@ -44,9 +44,10 @@ fn run_detached(c: &Ctx, flags: &[&str], cmd: &[&str]) -> Result<String, Failed>
     Ok(o.stdout.trim().to_string())
 }
 
-/// Polls `done` every 100 ms for up to `secs` seconds; its last answer.
+/// Polls `done` every 100 ms for up to `secs` seconds on a quiet machine
+/// (scaled by its load, see `hull_proc::patience`); its last answer.
 fn wait_until(secs: u64, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let deadline = std::time::Instant::now() + patient(std::time::Duration::from_secs(secs));
     while !done() {
         if std::time::Instant::now() > deadline {
             return false;
@@ -377,15 +378,18 @@ fn rm_force_with_volumes_leaves_nothing(b: Backend) -> Result<(), Failed> {
         &["-v", &spec, "-v", "keep:/keep", "--tmpfs", "/t"],
         &["sh", "-c", "echo x > /keep/x; exec sleep 1000"],
     )?;
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // `run -d` returns once sh has started: wait for its write to the
+    // volume, so rm -f meets a container that has used its mounts.
+    let data = c.state.path().join("data/volumes/keep/_data/x");
+    check(wait_until(60, || data.exists()), || {
+        "the container's write to its volume never showed on the host".into()
+    })?;
     let rm = run_text(c.hull(&["rm", "-f", &id]))?;
     check(rm.code == Some(0), || format!("{rm}"))?;
     let left = processes_mentioning(&id);
     check(left.is_empty(), || format!("processes left: {left:?}"))?;
-    let after = mounts();
-    let new: Vec<_> = after.difference(&before).collect();
+    let new = mounts_left(&before, &[c.state.path(), host.path()]);
     check(new.is_empty(), || format!("mounts left: {new:?}"))?;
-    let data = c.state.path().join("data/volumes/keep/_data/x");
     check(data.exists(), || {
         "the volume's data must outlive rm -f".into()
     })
@@ -464,7 +468,7 @@ fn vmm_kill_9_leaves_nothing(b: Backend) -> Result<(), Failed> {
         // SAFETY: kill with integer arguments, on the VMM this test started.
         unsafe { libc::kill(*pid, libc::SIGKILL) };
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + patient(std::time::Duration::from_secs(60));
     loop {
         let ps = run_text(c.hull(&["ps", "-a"]))?;
         if !ps.stdout.contains("Up ") || std::time::Instant::now() > deadline {
@@ -478,8 +482,7 @@ fn vmm_kill_9_leaves_nothing(b: Backend) -> Result<(), Failed> {
     check(left.is_empty(), || format!("processes left: {left:?}"))?;
     let fds = fds_under(host.path());
     check(fds.is_empty(), || format!("fds on the share left: {fds:?}"))?;
-    let after = mounts();
-    let new: Vec<_> = after.difference(&before).collect();
+    let new = mounts_left(&before, &[c.state.path(), host.path()]);
     check(new.is_empty(), || format!("mounts left: {new:?}"))?;
     check(host.path().join("d/open").exists(), || {
         "the share's files stay".into()

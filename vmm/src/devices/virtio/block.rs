@@ -12,7 +12,7 @@ use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap, Permissions};
 
 use super::iov::{GuestIovecs, segments};
 use super::persist::{DeviceState, PersistError, VirtioState};
-use super::queue_worker::{Chain, RequestHandler, SingleQueue};
+use super::queue_worker::{Chain, RequestHandler, SingleQueue, single_queue_lifecycle};
 use super::{
     ActivateError, Activation, F_EVENT_IDX, F_VERSION_1, LogLimit, TYPE_BLOCK, VirtioDevice,
     read_config_bytes,
@@ -190,15 +190,7 @@ impl VirtioDevice for Block {
         });
         self.queue.serve(a, features, || disk)
     }
-    fn reset(&mut self) {
-        self.queue.stop();
-    }
-    fn pause(&mut self) {
-        self.queue.pause();
-    }
-    fn resume(&mut self) -> Result<(), ActivateError> {
-        self.queue.resume()
-    }
+    single_queue_lifecycle!();
     fn save(&mut self) -> DeviceState {
         DeviceState::Block(BlockState {
             virtio: self.queue.save(),

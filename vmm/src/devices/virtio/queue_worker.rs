@@ -230,3 +230,21 @@ impl<H: RequestHandler> SingleQueue<H> {
         VirtioState::new(self.acked_features, queues)
     }
 }
+
+/// The `reset`, `pause` and `resume` of a [`VirtioDevice`](super::VirtioDevice)
+/// whose one queue is served by its field `queue`, a [`SingleQueue`] (block,
+/// rng): they stop, pause and resume that queue and nothing else.
+macro_rules! single_queue_lifecycle {
+    () => {
+        fn reset(&mut self) {
+            self.queue.stop();
+        }
+        fn pause(&mut self) {
+            self.queue.pause();
+        }
+        fn resume(&mut self) -> Result<(), $crate::devices::virtio::ActivateError> {
+            self.queue.resume()
+        }
+    };
+}
+pub(crate) use single_queue_lifecycle;

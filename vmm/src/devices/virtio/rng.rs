@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
 
 use super::persist::{DeviceState, PersistError, VirtioState};
-use super::queue_worker::{Chain, RequestHandler, SingleQueue};
+use super::queue_worker::{Chain, RequestHandler, SingleQueue, single_queue_lifecycle};
 use super::{ActivateError, Activation, F_VERSION_1, LogLimit, TYPE_RNG, VirtioDevice};
 
 /// At most this many bytes per request.
@@ -90,15 +90,7 @@ impl VirtioDevice for Rng {
             })
         })
     }
-    fn reset(&mut self) {
-        self.queue.stop();
-    }
-    fn pause(&mut self) {
-        self.queue.pause();
-    }
-    fn resume(&mut self) -> Result<(), ActivateError> {
-        self.queue.resume()
-    }
+    single_queue_lifecycle!();
     fn save(&mut self) -> DeviceState {
         DeviceState::Rng(RngState {
             virtio: self.queue.save(),
