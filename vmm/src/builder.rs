@@ -466,12 +466,12 @@ pub(crate) fn attach_virtio(
     for n in &cfg.nets {
         add(Arc::new(Mutex::new(Net::from_config(n)?)))?;
     }
-    for i in 0..cfg.fs_devices() {
+    for (i, slot) in (0..cfg.fs_devices()).zip(DAX_FIRST_SLOT..) {
         let dev = match cfg.fs.get(i) {
             Some(f) => Fs::new(&f.tag, &f.path, f.read_only, &event_loop)?,
             None => Fs::empty(&crate::config::fs_slot_tag(i), &event_loop)?,
         };
-        let dev = match dax_window(cfg, vm, i)? {
+        let dev = match dax_window(cfg, vm, i, slot)? {
             Some(w) => dev.with_window(w),
             None => dev,
         };
@@ -484,13 +484,15 @@ pub(crate) fn attach_virtio(
 const DAX_FIRST_SLOT: u32 = 16;
 
 /// The DAX window of fs device `index`, when the configuration asks for
-/// windows: reserved on the host and given to the guest as a memory slot.
+/// windows: reserved on the host and given to the guest as memory slot
+/// `slot`.
 /// Its place depends only on the memory size and the index, so a restore
 /// puts it where the template's guest found it.
 fn dax_window(
     cfg: &VmConfig,
     vm: &Vm,
     index: usize,
+    slot: u32,
 ) -> Result<Option<Arc<crate::devices::virtio::fs::dax::DaxWindow>>, VmmError> {
     if cfg.fs_dax_mib == 0 {
         return Ok(None);
@@ -499,7 +501,7 @@ fn dax_window(
     let gpa = arch::dax_windows_start(cfg.mem_mib << 20) + index as u64 * len;
     let w = crate::devices::virtio::fs::dax::DaxWindow::new(gpa, len)
         .map_err(crate::devices::virtio::fs::FsError::from)?;
-    vm.add_window(DAX_FIRST_SLOT + index as u32, gpa, w.host_addr(), len)?;
+    vm.add_window(slot, gpa, w.host_addr(), len)?;
     Ok(Some(Arc::new(w)))
 }
 
