@@ -187,11 +187,41 @@ pub fn vm_base() -> Result<(), String> {
 /// trip to the VMM.
 const VIRTIOFS_READ_AHEAD_KB: u32 = 1024;
 
+/// Whether the virtio-fs devices have DAX windows: the driver claimed one
+/// (a /proc/iomem region named after a device the virtiofs driver holds).
+/// hull-vmm gives a window to every fs device of a VM or to none.
+fn virtiofs_dax_offered() -> bool {
+    static OFFERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFFERED.get_or_init(|| {
+        let Ok(devices) = fs::read_dir("/sys/bus/virtio/drivers/virtiofs") else {
+            return false;
+        };
+        let names: Vec<String> = devices
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("virtio"))
+            .collect();
+        let iomem = fs::read_to_string("/proc/iomem").unwrap_or_default();
+        iomem.lines().any(|l| {
+            l.rsplit_once(" : ")
+                .is_some_and(|(_, name)| names.iter().any(|n| n == name))
+        })
+    })
+}
+
 /// Mounts the virtio-fs share `tag` at `target` and widens its read-ahead
 /// (its backing device's read_ahead_kb in /sys; a hint: where that fails
 /// the mount still serves).
+///
+/// Where the VMM gave the virtio-fs devices a DAX window, the share is
+/// mounted with `dax=always`: file data is read and written in place in
+/// host memory mapped into the window, not copied through the queue and the
+/// guest's page cache. Without a window (or if that mount fails) it is
+/// mounted without.
 fn mount_virtiofs(tag: &str, target: &str, flags: libc::c_ulong) -> std::io::Result<()> {
-    mount(tag, target, "virtiofs", flags, "")?;
+    if !(virtiofs_dax_offered() && mount(tag, target, "virtiofs", flags, "dax=always").is_ok()) {
+        mount(tag, target, "virtiofs", flags, "")?;
+    }
     if let Ok(st) = fs::metadata(target) {
         use std::os::unix::fs::MetadataExt;
         let dev = st.dev();

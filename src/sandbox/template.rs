@@ -114,6 +114,9 @@ pub struct Inputs<'a> {
     /// Empty virtio-fs slots (0, or [`FS_SLOTS`] for containers with
     /// shares; fewer disk slots then).
     pub fs_slots: usize,
+    /// The DAX window of each fs slot, MiB (0: none): the guest maps it
+    /// when it probes the slot, so a restore must bring the same.
+    pub fs_dax_mib: u64,
 }
 
 impl Inputs<'_> {
@@ -147,6 +150,10 @@ impl Inputs<'_> {
             self.net,
             self.cmdline
         ));
+        // Only a window changes the key: templates without one keep theirs.
+        if self.fs_dax_mib > 0 {
+            h.update(format!(":dax{}", self.fs_dax_mib));
+        }
         let d = h.finalize();
         d[..12].iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -327,6 +334,9 @@ fn template_config(dir: &Path, uds: &Path, inputs: &Inputs<'_>) -> VmConfig {
     c.rng = true;
     c.disk_slots = inputs.disk_slots();
     c.fs_slots = inputs.fs_slots;
+    if inputs.fs_slots > 0 {
+        c.fs_dax_mib = inputs.fs_dax_mib;
+    }
     c.vsock = Some(VsockConfig {
         cid: GUEST_CID,
         uds: uds.to_path_buf(),
@@ -416,6 +426,7 @@ mod tests {
             cmdline: "",
             net: false,
             fs_slots: 0,
+            fs_dax_mib: 0,
         }
     }
 
@@ -448,6 +459,10 @@ mod tests {
             },
             Inputs {
                 net: true,
+                ..base.clone()
+            },
+            Inputs {
+                fs_dax_mib: 1024,
                 ..base.clone()
             },
             Inputs {

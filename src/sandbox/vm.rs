@@ -57,6 +57,9 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     let console = spec.dir.join("console.log");
     let mut config = vm_config(spec, kernel, initrd, disks);
     config.fs = shares;
+    if !config.fs.is_empty() {
+        config.fs_dax_mib = fs_dax_mib();
+    }
     // The kernel hands unknown KEY=VALUE words to init's environment.
     let mut words = Vec::new();
     if std::env::var_os("HULL_AGENT_DEBUG").is_some() {
@@ -282,6 +285,7 @@ fn restore_from(
         cmdline,
         net: !config.nets.is_empty(),
         fs_slots,
+        fs_dax_mib: config.fs_dax_mib,
     };
     if config.disks.len() > inputs.disk_slots() {
         return cold(&format!(
@@ -296,6 +300,21 @@ fn restore_from(
     };
     let dir = template::ensure(cache, &inputs, spec.progress)?;
     Ok(Restore::From(template_local::for_restore(&dir), slots))
+}
+
+/// The environment variable that sets the DAX window of each virtio-fs
+/// device, MiB (0: none; see docs/volumes.md for the figures behind the
+/// default).
+pub const FS_DAX_ENV: &str = "HULL_FS_DAX_MIB";
+
+/// The DAX window each virtio-fs device of a microVM gets, MiB: [`FS_DAX_ENV`]
+/// when it is a whole number of 2 MiB chunks, else the default (none).
+fn fs_dax_mib() -> u64 {
+    std::env::var(FS_DAX_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|m| m.is_multiple_of(2) && *m <= hull_vmm::config::MAX_FS_DAX_MIB)
+        .unwrap_or(0)
 }
 
 /// The VM for `spec`: its kernel and initrd, vCPUs and memory, `disks`

@@ -7,6 +7,10 @@ inside the container, on:
   vm-volume   --isolation vm, the same host directory over virtio-fs
   vm-overlay  --isolation vm, the microVM's own overlay root (its upper is a
               tmpfs in guest RAM: an upper bound, not a disk)
+  vm-volume-dax
+              vm-volume with a DAX window of --dax MiB per virtio-fs device
+              (HULL_FS_DAX_MIB; the guest mounts with dax=always and reads
+              and writes the host file in place); --dax 0 leaves it out
 
 and, with options:
 
@@ -20,10 +24,13 @@ and, with options:
                    vhost-user-fs-device served by virtiofsd
                    (qemu-virtiofsd: guest RAM a shared memfd, as vhost-user
                    needs; QEMU 7.2's own virtiofsd, /usr/lib/qemu/virtiofsd
-                   from Debian's qemu-system-common, cache=auto)
+                   from Debian's qemu-system-common, cache=auto), and
+                   hull-vmm-bare-dax (the bare hull-vmm with --fs-dax)
   --boot N         also the boot-time cost of a virtio-fs device: N boots of
                    a bare hull-vmm to init with and without one (the guest
-                   kernel always has FUSE and virtiofs built in)
+                   kernel always has FUSE and virtiofs built in), with a DAX
+                   window, and, with --kernel-base K, with the older kernel K
+                   (interleaved: what the new kernel options cost)
 
 Each figure is the median of N runs; ratios are against ns-bind. The write
 ends with fsync (conv=fsync); before the read the guest drops its page cache
@@ -138,7 +145,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /data /tmp
-mount -t virtiofs vol /data || echo MOUNT-FAILED
+mount -t virtiofs -o dax=always vol /data 2>/dev/null || mount -t virtiofs vol /data || echo MOUNT-FAILED
 echo 1024 > /sys/class/bdi/$(awk '$5 == "/data" {print $3}' /proc/self/mountinfo)/read_ahead_kb
 sh /bench.sh
 echo BENCH-END $?
@@ -167,10 +174,11 @@ def bare_run(name, cmd, env=None):
     return got
 
 
-def hull_vmm_bare(vmm, kernel, initrd, vol):
+def hull_vmm_bare(vmm, kernel, initrd, vol, dax=0):
     env = dict(os.environ, HULL_VMM_HUGE_PAGES="force")
+    extra = ["--fs-dax", str(dax)] if dax else []
     return bare_run("hull-vmm-bare", [vmm, "--kernel", kernel, "--initrd", initrd, "--mem",
-                                      "1024", "--fs", "tag=vol,path=" + vol], env)
+                                      "1024", "--fs", "tag=vol,path=" + vol] + extra, env)
 
 
 def qemu_virtiofsd(kernel, initrd, vol, tmp):
@@ -201,9 +209,9 @@ def qemu_virtiofsd(kernel, initrd, vol, tmp):
         vfsd.wait()
 
 
-def boot_cost(vmm, kernel, tmp, n):
+def boot_cost(vmm, kernel, tmp, n, dax, kernel_base=None):
     """Median time to init of a bare hull-vmm without and with a virtio-fs
-    device (ms)."""
+    device, with a DAX window, and with `kernel_base` instead (ms)."""
     d = os.path.join(tmp, "boot")
     os.makedirs(d)
     initrd = boot.initramfs(d)
@@ -211,7 +219,14 @@ def boot_cost(vmm, kernel, tmp, n):
     os.makedirs(share)
     base = [vmm, "--kernel", kernel, "--initrd", initrd, "--mem", str(boot.MEM_MIB),
             "--vcpus", "1"]
-    arms = {"no fs device": base, "one fs device": base + ["--fs", "tag=vol,path=" + share]}
+    fs = ["--fs", "tag=vol,path=" + share]
+    arms = {"no fs device": base, "one fs device": base + fs}
+    if dax:
+        arms["one fs device with a DAX window"] = base + fs + ["--fs-dax", str(dax)]
+    if kernel_base:
+        old = [vmm, "--kernel", kernel_base] + base[3:]
+        arms["base kernel, no fs device"] = old
+        arms["base kernel, one fs device"] = old + fs
     t = {k: [] for k in arms}
     for _ in range(n):
         for k, cmd in arms.items():
@@ -230,6 +245,10 @@ def main():
                     help="also a bare hull-vmm against QEMU microvm with virtiofsd")
     ap.add_argument("--boot", type=int, default=0, metavar="N",
                     help="also N boots each with and without a virtio-fs device")
+    ap.add_argument("--dax", type=int, default=1024, metavar="MIB",
+                    help="the DAX window of vm-volume-dax and hull-vmm-bare-dax (0: no DAX arms)")
+    ap.add_argument("--kernel-base", metavar="VMLINUX",
+                    help="with --boot: also boot this (older) kernel, interleaved")
     ap.add_argument("--kernel", default=os.environ.get("HULL_KERNEL") or
                     os.path.expanduser("~/.cache/hull/kernel/vmlinux"))
     args = ap.parse_args()
@@ -251,8 +270,11 @@ def main():
                     "HULL_AGENT": os.path.join(args.baseline, "hull-agent")}
             targets.append(("vm-volume-base", container("vm", ["-v", vol + ":/data"], "/data",
                                                         base)))
-        targets += [("vm-volume", container("vm", ["-v", vol + ":/data"], "/data")),
-                    ("vm-overlay", container("vm", [], "/work"))]
+        targets += [("vm-volume", container("vm", ["-v", vol + ":/data"], "/data"))]
+        if args.dax:
+            targets.append(("vm-volume-dax", container("vm", ["-v", vol + ":/data"], "/data",
+                                                       {"HULL_FS_DAX_MIB": str(args.dax)})))
+        targets.append(("vm-overlay", container("vm", [], "/work")))
         if args.qemu:
             if os.environ.get("HULL_IN_KVM_HOST") == "1":
                 # QEMU's RAM is a shared memfd (shmem): huge pages for it,
@@ -265,6 +287,9 @@ def main():
                 ("hull-vmm-bare", lambda: hull_vmm_bare(vmm, args.kernel, initrd, vol)),
                 ("qemu-virtiofsd", lambda: qemu_virtiofsd(args.kernel, initrd, vol, tmp)),
             ]
+            if args.dax:
+                targets.append(("hull-vmm-bare-dax",
+                                lambda: hull_vmm_bare(vmm, args.kernel, initrd, vol, args.dax)))
         runs = {name: [] for name, _ in targets}
         # Interleaved, so load drift hits every target alike.
         for _ in range(args.n):
@@ -273,7 +298,8 @@ def main():
                 runs[name].append(run())
                 print("%s: %s (%.0f s)" % (name, runs[name][-1], time.monotonic() - t0),
                       file=sys.stderr)
-        boots = boot_cost(vmm, args.kernel, tmp, args.boot) if args.boot else None
+        boots = boot_cost(vmm, args.kernel, tmp, args.boot, args.dax,
+                          args.kernel_base) if args.boot else None
         med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
                for name, rs in runs.items()}
         base = med["ns-bind"]
@@ -291,6 +317,10 @@ def main():
             q = med["qemu-virtiofsd"]
             print("hull-vmm-bare against qemu-virtiofsd (time, >1 is slower): " +
                   " ".join("%s %.2fx" % (k, med["hull-vmm-bare"][k] / max(q[k], 0.01)) for k in PHASES))
+            if args.dax:
+                print("hull-vmm-bare-dax against qemu-virtiofsd (time, >1 is slower): " +
+                      " ".join("%s %.2fx" % (k, med["hull-vmm-bare-dax"][k] / max(q[k], 0.01))
+                               for k in PHASES))
         if boots:
             print("boot to init, median of %d: " % args.boot +
                   ", ".join("%s %.0f ms" % kv for kv in boots.items()))

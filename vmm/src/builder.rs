@@ -466,15 +466,43 @@ pub(crate) fn attach_virtio(
     for n in &cfg.nets {
         add(Arc::new(Mutex::new(Net::from_config(n)?)))?;
     }
-    for f in &cfg.fs {
-        let dev = Fs::new(&f.tag, &f.path, f.read_only, &event_loop)?;
-        add(Arc::new(Mutex::new(dev)))?;
-    }
-    for i in cfg.fs.len()..cfg.fs_slots {
-        let dev = Fs::empty(&crate::config::fs_slot_tag(i), &event_loop)?;
+    for (i, slot) in (0..cfg.fs_devices()).zip(DAX_FIRST_SLOT..) {
+        let dev = match cfg.fs.get(i) {
+            Some(f) => Fs::new(&f.tag, &f.path, f.read_only, &event_loop)?,
+            None => Fs::empty(&crate::config::fs_slot_tag(i), &event_loop)?,
+        };
+        let dev = match dax_window(cfg, vm, i, slot)? {
+            Some(w) => dev.with_window(w),
+            None => dev,
+        };
         add(Arc::new(Mutex::new(dev)))?;
     }
     Ok(Some(dm))
+}
+
+/// First KVM memory slot of the DAX windows (guest RAM takes the first ones).
+const DAX_FIRST_SLOT: u32 = 16;
+
+/// The DAX window of fs device `index`, when the configuration asks for
+/// windows: reserved on the host and given to the guest as memory slot
+/// `slot`.
+/// Its place depends only on the memory size and the index, so a restore
+/// puts it where the template's guest found it.
+fn dax_window(
+    cfg: &VmConfig,
+    vm: &Vm,
+    index: usize,
+    slot: u32,
+) -> Result<Option<Arc<crate::devices::virtio::fs::dax::DaxWindow>>, VmmError> {
+    if cfg.fs_dax_mib == 0 {
+        return Ok(None);
+    }
+    let len = cfg.fs_dax_mib << 20;
+    let gpa = arch::dax_windows_start(cfg.mem_mib << 20) + index as u64 * len;
+    let w = crate::devices::virtio::fs::dax::DaxWindow::new(gpa, len)
+        .map_err(crate::devices::virtio::fs::FsError::from)?;
+    vm.add_window(slot, gpa, w.host_addr(), len)?;
+    Ok(Some(Arc::new(w)))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

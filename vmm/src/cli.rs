@@ -31,6 +31,7 @@ pub struct Args {
     pub disk_slots: Option<usize>,
     pub nets: Vec<NetConfig>,
     pub fs: Vec<FsConfig>,
+    pub fs_dax: Option<u64>,
     pub rng: bool,
     pub no_huge_pages: bool,
     pub vsock_cid: Option<u64>,
@@ -119,6 +120,9 @@ Flags:
                          a host directory shared over virtio-fs (the guest
                          mounts it with `mount -t virtiofs TAG DIR`); `ro` is
                          enforced by hull-vmm; repeatable (up to 8)
+  --fs-dax MIB           give each virtio-fs device a DAX cache window of MIB
+                         (a multiple of 2): the guest mounts with -o dax and
+                         reads and writes host files in place
   --rng                  attach a virtio-rng device (the guest's /dev/hwrng)
   --no-huge-pages        back guest RAM with 4 KiB pages only (by default it is
                          laid out for and advised to use transparent huge pages)
@@ -230,6 +234,7 @@ const FLAGS: &[&str] = &[
     "--disk-slots",
     "--net",
     "--fs",
+    "--fs-dax",
     "--rng",
     "--no-huge-pages",
     "--vsock-cid",
@@ -285,6 +290,7 @@ fn take_value(flag: &'static str, v: String, a: &mut Args) -> Result<(), CliErro
         "--disk-slots" => set(&mut a.disk_slots, parse(flag, v)?),
         "--net" => a.nets.push(v.parse()?),
         "--fs" => a.fs.push(v.parse()?),
+        "--fs-dax" => set(&mut a.fs_dax, parse(flag, v)?),
         "--vsock-cid" => set(&mut a.vsock_cid, parse(flag, v)?),
         "--vsock-uds" => set(&mut a.vsock_uds, v.into()),
         "--snapshot-at-ready" => set(&mut a.snapshot_at_ready, v.into()),

@@ -19,6 +19,7 @@
 //!   "vsock": { "cid": 3, "uds": "/path/to/vsock.sock" },
 //!   "nets": [{ "tap": "tap0", "mac": "02:00:00:00:00:01" }],
 //!   "fs": [{ "tag": "vol0", "path": "/srv/data", "read_only": false }],
+//!   "fs_dax_mib": 1024,
 //!   "huge_pages": true
 //! }
 //! ```
@@ -86,6 +87,8 @@ pub enum ConfigError {
     NetFdTwice(i32),
     #[error("--fs {0:?}: expected tag=TAG,path=DIR[,ro] (a tag of 1 to 36 bytes)")]
     Fs(String),
+    #[error("--fs-dax {0}: a DAX window is a multiple of 2 MiB, at most {MAX_FS_DAX_MIB}")]
+    FsDax(u64),
     #[error("{0} shared directories: at most {MAX_FS}")]
     TooManyFs(usize),
     #[error("virtio-fs tag {0:?} is given twice")]
@@ -275,6 +278,8 @@ impl NetConfig {
 
 /// Most shared directories one VM may have.
 pub const MAX_FS: usize = 8;
+/// Largest DAX window of one virtio-fs device, MiB.
+pub const MAX_FS_DAX_MIB: u64 = 64 << 10;
 
 /// The tag of virtio-fs slot `index` (fixed when the guest probes the
 /// device: a share given to a slot at restore is mounted by it).
@@ -283,6 +288,10 @@ pub fn fs_slot_tag(index: usize) -> String {
 }
 
 fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
@@ -455,6 +464,13 @@ pub struct VmConfig {
     /// directory. Default 0: exactly `fs`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub fs_slots: usize,
+    /// Give every virtio-fs device (slots included) a DAX cache window of
+    /// this many MiB, a multiple of 2 up to [`MAX_FS_DAX_MIB`] (see
+    /// devices::virtio::fs::dax; guest-physical space, no host memory until
+    /// the guest maps a file). Default 0: no window, the guest reads and
+    /// writes through the request queue.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub fs_dax_mib: u64,
     /// Back guest RAM with transparent huge pages (see kvm::memory).
     /// Default true.
     #[serde(default = "default_huge_pages")]
@@ -484,6 +500,7 @@ impl VmConfig {
             nets: Vec::new(),
             fs: Vec::new(),
             fs_slots: 0,
+            fs_dax_mib: 0,
             huge_pages: default_huge_pages(),
             snapshot_at_ready: None,
         }
@@ -576,6 +593,9 @@ impl VmConfig {
                     });
                 }
             }
+        }
+        if self.fs_dax_mib > MAX_FS_DAX_MIB || !self.fs_dax_mib.is_multiple_of(2) {
+            return Err(ConfigError::FsDax(self.fs_dax_mib));
         }
         // A template's fs slots are empty: no server state to lose.
         if !self.fs.is_empty() && self.snapshot_at_ready.is_some() {
@@ -715,8 +735,23 @@ mod tests {
             fs: vec!["tag=vol0,path=/srv/d,ro".parse().unwrap()],
             // Written only when set (fs_slots_hold_the_shares_by_tag).
             fs_slots: 0,
+            fs_dax_mib: 1024,
             huge_pages: false,
             snapshot_at_ready: Some("/var/cache/t".into()),
+        }
+    }
+
+    #[test]
+    fn dax_windows_are_whole_2_mib_chunks_within_the_limit() {
+        let mut c = VmConfig::new("/k".into());
+        c.fs_dax_mib = 1024;
+        c.validate().unwrap();
+        for bad in [3, MAX_FS_DAX_MIB + 2] {
+            c.fs_dax_mib = bad;
+            assert!(
+                matches!(c.validate(), Err(ConfigError::FsDax(b)) if b == bad),
+                "{bad}"
+            );
         }
     }
 
@@ -764,6 +799,7 @@ mod tests {
                 "disk_slots",
                 "disks",
                 "fs",
+                "fs_dax_mib",
                 "huge_pages",
                 "initrd",
                 "kernel",

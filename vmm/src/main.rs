@@ -120,6 +120,9 @@ fn config(args: cli::Args) -> anyhow::Result<VmConfig> {
     }
     cfg.nets.extend(args.nets);
     cfg.fs.extend(args.fs);
+    if let Some(m) = args.fs_dax {
+        cfg.fs_dax_mib = m;
+    }
     cfg.rng |= args.rng;
     cfg.huge_pages &= !args.no_huge_pages;
     if let (Some(cid), Some(uds)) = (args.vsock_cid, args.vsock_uds) {

@@ -105,6 +105,26 @@ impl Vm {
         Ok(())
     }
 
+    /// Gives the guest `len` bytes at `gpa` backed by the host range at
+    /// `host` in memory slot `slot` (a virtio-fs DAX window: a reservation
+    /// that is PROT_NONE where no file is mapped).
+    pub fn add_window(&self, slot: u32, gpa: u64, host: u64, len: u64) -> Result<(), VmError> {
+        let r = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: len,
+            userspace_addr: host,
+        };
+        // SAFETY: `host..host + len` is a reservation the caller keeps for
+        // the life of the process (fs::dax::DaxWindow never unmaps it); KVM
+        // reaches its pages through the host's page tables, so a PROT_NONE
+        // or truncated part faults (KVM_RUN fails with EFAULT) rather than
+        // touching anything else.
+        unsafe { self.fd.set_user_memory_region(r) }
+            .map_err(kvm_err("registering a virtio-fs DAX window"))
+    }
+
     /// KVM's supported CPUID set (to be normalised per vCPU).
     pub fn supported_cpuid(&self) -> Result<CpuId, VmError> {
         self.kvm

@@ -82,9 +82,26 @@ pub fn ram_ranges(mem_bytes: u64) -> Vec<(u64, u64)> {
     }
 }
 
+/// Where the virtio-fs DAX windows start: above RAM and the MMIO gap, at
+/// the next GiB (the guest hot-adds the window as device memory).
+pub fn dax_windows_start(mem_bytes: u64) -> u64 {
+    let top = ram_ranges(mem_bytes)
+        .last()
+        .map_or(0, |&(start, len)| start + len)
+        .max(MMIO_GAP_END);
+    top.div_ceil(1 << 30) * (1 << 30)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dax_windows_start_above_ram_and_the_gap() {
+        assert_eq!(dax_windows_start(128 << 20), 4 << 30);
+        assert_eq!(dax_windows_start(4 << 30), 5 << 30);
+        assert_eq!(dax_windows_start((4 << 30) + 1), 6 << 30);
+    }
 
     #[test]
     fn ram_below_and_above_the_gap() {

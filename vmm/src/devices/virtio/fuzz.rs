@@ -157,7 +157,14 @@ fn fs_devices() -> &'static [super::fs::Fs; 2] {
     static DEVS: OnceLock<[super::fs::Fs; 2]> = OnceLock::new();
     DEVS.get_or_init(|| {
         let el = super::event_loop::test_loop();
-        let dev = |ro| super::fs::Fs::new("fuzz", fs_share(), ro, &el).expect("fs device");
+        // A DAX window too, so that SETUPMAPPING and REMOVEMAPPING are
+        // served (the window's host pages are never touched here).
+        let dev = |ro| {
+            let w = super::fs::dax::DaxWindow::new(0, 4 << 20).expect("DAX window");
+            super::fs::Fs::new("fuzz", fs_share(), ro, &el)
+                .expect("fs device")
+                .with_window(std::sync::Arc::new(w))
+        };
         [dev(false), dev(true)]
     })
 }

@@ -47,6 +47,9 @@ pub struct MmioTransport {
     status: u32,
     config_generation: u32,
     activated: bool,
+    /// SHM_SEL: the shared memory region the SHM_LEN and SHM_BASE
+    /// registers describe (not saved: the driver selects before it reads).
+    shm_sel: u32,
     bad_access: LogLimit,
 }
 
@@ -80,6 +83,7 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
             activated: false,
+            shm_sel: 0,
             bad_access: LogLimit::default(),
         }
     }
@@ -206,6 +210,17 @@ impl MmioTransport {
             }
             0x60 => self.interrupt.status(),
             0x70 => self.status,
+            // SHM_LEN_LOW/HIGH, SHM_BASE_LOW/HIGH of region SHM_SEL; a
+            // region the device does not have reads as all ones (4.2.2).
+            0xb0..=0xbc => {
+                let (base, len) = dev.shm_region(self.shm_sel).unwrap_or((u64::MAX, u64::MAX));
+                let v = if offset < 0xb8 { len } else { base };
+                if offset & 4 == 0 {
+                    v as u32
+                } else {
+                    (v >> 32) as u32
+                }
+            }
             0xfc => self.config_generation,
             _ => 0,
         }
@@ -252,6 +267,7 @@ impl MmioTransport {
                 }
             }
             0x64 => self.interrupt.ack(v),
+            0xac => self.shm_sel = v,
             0x70 => self.set_status(v),
             0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 if setup => {
                 if let Some(q) = self.selected() {
@@ -524,6 +540,15 @@ mod tests {
         let mut c = [0u8; 2];
         t.read(CONFIG_OFFSET + 2, &mut c);
         assert_eq!(c, [3, 4]);
+    }
+
+    #[test]
+    fn shared_memory_registers_read_all_ones_without_a_region() {
+        let (mut t, _) = transport();
+        w(&mut t, 0xac, 0);
+        for off in [0xb0, 0xb4, 0xb8, 0xbc] {
+            assert_eq!(r(&mut t, off), u32::MAX, "register {off:#x}");
+        }
     }
 
     #[test]

@@ -161,6 +161,12 @@ pub trait VirtioDevice: Send {
     fn config_changed_at_restore(&self) -> bool {
         false
     }
+    /// Shared memory region `id` (virtio 1.2, 2.10): its guest-physical
+    /// address and length, if the device has one (virtio-fs: 0 is the DAX
+    /// cache window).
+    fn shm_region(&self, _id: u32) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// Copies the bytes of `config` at `offset` into `data` (zeros past its end).

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap, Permissions};
 
+use super::dax::DaxWindow;
 use super::protocol as p;
 use super::server::{Answer, GuestData, Server, ServerError};
 use super::stats::Stats;
@@ -86,6 +87,8 @@ pub enum FsError {
     Tag(String),
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error(transparent)]
+    Dax(#[from] super::dax::DaxError),
     #[error("starting the virtio-fs thread")]
     Thread(#[source] std::io::Error),
 }
@@ -97,6 +100,12 @@ pub enum FsError {
 pub struct FsState {
     pub virtio: VirtioState,
     pub tag: String,
+    /// The DAX window's guest-physical address and length (0, 0: none).
+    /// The guest mapped it when it probed the device, so a restore must
+    /// give the device the same one; no file is mapped in it at a
+    /// snapshot (a snapshotted device has no directory).
+    #[serde(default)]
+    pub dax_window: (u64, u64),
 }
 
 pub struct Fs {
@@ -104,6 +113,8 @@ pub struct Fs {
     path: PathBuf,
     /// None: an empty slot (every request is refused).
     server: Option<Arc<Mutex<Server>>>,
+    /// The DAX cache window (shared memory region 0), if any.
+    window: Option<Arc<DaxWindow>>,
     acked_features: u64,
     served: Vec<Served<FsQueue>>,
     /// The device's own loop (a guest that resets the device again and
@@ -149,10 +160,29 @@ impl Fs {
             tag: tag.into(),
             path: PathBuf::new(),
             server: None,
+            window: None,
             acked_features: 0,
             served: Vec::new(),
             own,
         })
+    }
+
+    /// Gives the device a DAX window: the guest finds it as shared memory
+    /// region 0, and the server maps files into it.
+    pub fn with_window(mut self, window: Arc<DaxWindow>) -> Fs {
+        if let Some(server) = &self.server {
+            server
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_window(window.clone());
+        }
+        self.window = Some(window);
+        self
+    }
+
+    /// The DAX window's guest-physical address and length (0, 0: none).
+    fn window_region(&self) -> (u64, u64) {
+        self.window.as_ref().map_or((0, 0), |w| w.region())
     }
 
     pub fn path(&self) -> &Path {
@@ -280,6 +310,13 @@ impl VirtioDevice for Fs {
         // used ones before it (readahead keeps several READs in flight).
         F_VERSION_1 | F_EVENT_IDX
     }
+    fn shm_region(&self, id: u32) -> Option<(u64, u64)> {
+        // Region 0 is the cache (VIRTIO_FS_SHMCAP_ID_CACHE).
+        (id == 0)
+            .then_some(())
+            .and(self.window.as_ref())
+            .map(|w| w.region())
+    }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut config = [0u8; TAG_MAX + 4];
         config[..self.tag.len()].copy_from_slice(self.tag.as_bytes());
@@ -314,6 +351,10 @@ impl VirtioDevice for Fs {
     }
     fn reset(&mut self) {
         self.served.clear();
+        // A reset driver forgets its mappings; so does the window.
+        if let Some(w) = &self.window {
+            w.clear();
+        }
     }
     fn pause(&mut self) {
         for s in &mut self.served {
@@ -332,6 +373,7 @@ impl VirtioDevice for Fs {
         DeviceState::Fs(FsState {
             virtio: VirtioState::new(self.acked_features, queues),
             tag: self.tag.clone(),
+            dax_window: self.window_region(),
         })
     }
     fn restore(&mut self, state: &DeviceState, a: Option<Activation>) -> Result<(), PersistError> {
@@ -346,6 +388,13 @@ impl VirtioDevice for Fs {
             return Err(PersistError::Mismatch(format!(
                 "the fs slot's tag was {:?}, it is {:?}",
                 s.tag, self.tag
+            )));
+        }
+        if s.dax_window != self.window_region() {
+            return Err(PersistError::Mismatch(format!(
+                "the fs slot's DAX window was {:x?} (address, length), it is {:x?}",
+                s.dax_window,
+                self.window_region()
             )));
         }
         if !s.virtio.queues.is_empty() && s.virtio.queues.len() != 2 {

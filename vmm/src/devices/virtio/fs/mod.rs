@@ -11,6 +11,7 @@
 //! and a fresh server, which the guest, which never mounted the slot,
 //! first meets with FUSE_INIT.
 
+pub mod dax;
 pub mod device;
 pub mod protocol;
 pub mod server;

@@ -41,6 +41,8 @@ pub const FALLOCATE: u32 = 43;
 pub const READDIRPLUS: u32 = 44;
 pub const RENAME2: u32 = 45;
 pub const LSEEK: u32 = 46;
+pub const SETUPMAPPING: u32 = 48;
+pub const REMOVEMAPPING: u32 = 49;
 pub const SYNCFS: u32 = 50;
 
 /// The name of an opcode, for logs ("OP42" for one this server does not know).
@@ -78,6 +80,8 @@ pub fn opcode_name(code: u32) -> std::borrow::Cow<'static, str> {
         FALLOCATE => "FALLOCATE",
         READDIRPLUS => "READDIRPLUS",
         RENAME2 => "RENAME2",
+        SETUPMAPPING => "SETUPMAPPING",
+        REMOVEMAPPING => "REMOVEMAPPING",
         LSEEK => "LSEEK",
         SYNCFS => "SYNCFS",
         _ => return std::borrow::Cow::Owned(format!("OP{code}")),
@@ -94,6 +98,10 @@ pub const INIT_AUTO_INVAL_DATA: u32 = 1 << 12;
 pub const INIT_DO_READDIRPLUS: u32 = 1 << 13;
 pub const INIT_PARALLEL_DIROPS: u32 = 1 << 18;
 pub const INIT_MAX_PAGES: u32 = 1 << 22;
+/// INIT's map_alignment holds the alignment of DAX mappings (log2).
+pub const INIT_MAP_ALIGNMENT: u32 = 1 << 26;
+/// SETUPMAPPING: the guest will write through the mapping.
+pub const SETUPMAPPING_FLAG_WRITE: u64 = 1 << 0;
 
 /// OPEN's and CREATE's reply flag: the guest keeps what it cached of the
 /// file's data at this open (without it, every open drops it).

@@ -25,11 +25,14 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 
+use super::dax::{DaxWindow, MAP_ALIGNMENT_SHIFT};
 use super::protocol::{self as p, Args, Out};
 use super::sys;
 
 mod io;
+mod mapping;
 mod readdir;
 
 pub use io::GuestData;
@@ -72,6 +75,8 @@ pub struct Server {
     next_node: u64,
     handles: HashMap<u64, Handle>,
     next_fh: u64,
+    /// The device's DAX window, if it has one (see super::dax).
+    window: Option<Arc<DaxWindow>>,
 }
 
 /// What a request gets back: a reply (errno 0 with a body, or an errno),
@@ -128,6 +133,7 @@ impl Server {
             next_node: ROOT_ID + 1,
             handles: HashMap::new(),
             next_fh: 1,
+            window: None,
         })
     }
 
@@ -162,6 +168,12 @@ impl Server {
                 open_err(std::io::Error::from_raw_os_error(e))
             }
         })
+    }
+
+    /// Gives the server the device's DAX window: INIT offers it and
+    /// SETUPMAPPING maps files into it.
+    pub fn set_window(&mut self, window: Arc<DaxWindow>) {
+        self.window = Some(window);
     }
 
     /// Inodes the guest holds (the root included).
@@ -240,6 +252,8 @@ impl Server {
             p::LSEEK => self.lseek(&mut a),
             p::READDIR => self.readdir(&mut a, max_reply, false),
             p::READDIRPLUS => self.readdir(&mut a, max_reply, true),
+            p::SETUPMAPPING => self.setup_mapping(h.nodeid, &mut a),
+            p::REMOVEMAPPING => self.remove_mapping(&mut a),
             _ => Err(libc::ENOSYS),
         };
         let reply = match result {
@@ -265,13 +279,21 @@ impl Server {
         // guest's cached data outlives a close; a read refreshes the
         // attributes once they are TIMEOUT old, and a changed mtime or
         // size drops the cache: a host change is seen within TIMEOUT.
-        let want = p::INIT_ASYNC_READ
+        let mut want = p::INIT_ASYNC_READ
             | p::INIT_ATOMIC_O_TRUNC
             | p::INIT_AUTO_INVAL_DATA
             | p::INIT_BIG_WRITES
             | p::INIT_DO_READDIRPLUS
             | p::INIT_PARALLEL_DIROPS
             | p::INIT_MAX_PAGES;
+        // MAP_ALIGNMENT: DAX mappings need only be page-aligned (the guest
+        // maps 2 MiB chunks anyway).
+        let alignment = if self.window.is_some() {
+            want |= p::INIT_MAP_ALIGNMENT;
+            MAP_ALIGNMENT_SHIFT
+        } else {
+            0
+        };
         let mut o = Out::default();
         o.u32(p::KERNEL_VERSION)
             .u32(minor.min(p::KERNEL_MINOR))
@@ -282,7 +304,7 @@ impl Server {
             .u32(MAX_IO as u32) // max_write
             .u32(1) // time_gran: nanoseconds
             .u16((MAX_IO / 4096) as u16) // max_pages
-            .u16(0)
+            .u16(alignment)
             .u32(0)
             .zeros(28);
         Ok(o.0)
@@ -415,6 +437,9 @@ impl Server {
     }
 
     fn destroy(&mut self) {
+        if let Some(w) = &self.window {
+            w.clear();
+        }
         self.handles.clear();
         self.inodes.retain(|&n, _| n == ROOT_ID);
         self.by_key.retain(|_, &mut n| n == ROOT_ID);

@@ -4,6 +4,9 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use super::dax::DaxWindow;
 use super::protocol as p;
 use super::server::{Answer, ROOT_ID, Server};
 
@@ -433,4 +436,169 @@ fn files_keep_their_cache_across_opens() {
     assert_eq!(open_flags(&mut s, p::OPENDIR, ROOT_ID), 0);
     let (_, _, created) = create_open(&mut s, ROOT_ID, "new", 0o644, 0).unwrap();
     assert_eq!(created, p::FOPEN_KEEP_CACHE);
+}
+
+/// The INIT reply's flags and map_alignment.
+fn init_reply(s: &mut Server) -> (u32, u16) {
+    let offered = p::INIT_ASYNC_READ | p::INIT_MAP_ALIGNMENT;
+    let mut init = Vec::new();
+    for f in [p::KERNEL_VERSION, p::KERNEL_MINOR, 1 << 20, offered] {
+        init.extend_from_slice(&f.to_le_bytes());
+    }
+    let (e, body) = call(s, p::INIT, 0, &init);
+    assert_eq!(e, 0);
+    let flags = u32::from_le_bytes(body[12..16].try_into().unwrap());
+    (flags, u16::from_le_bytes(body[30..32].try_into().unwrap()))
+}
+
+/// fuse_setupmapping_in: fh (the guest sends -1), foffset, len, flags, moffset.
+fn setup_mapping(
+    s: &mut Server,
+    node: u64,
+    foffset: u64,
+    len: u64,
+    write: bool,
+    moffset: u64,
+) -> i32 {
+    let flags = 2 | u64::from(write); // READ, and WRITE when asked
+    let b: Vec<u8> = [u64::MAX, foffset, len, flags, moffset]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    call(s, p::SETUPMAPPING, node, &b).0
+}
+
+/// fuse_removemapping_in (count) then `ranges` (moffset, len).
+fn remove_mapping(s: &mut Server, count: u32, ranges: &[(u64, u64)]) -> i32 {
+    let mut b = count.to_le_bytes().to_vec();
+    for (off, len) in ranges {
+        b.extend_from_slice(&off.to_le_bytes());
+        b.extend_from_slice(&len.to_le_bytes());
+    }
+    call(s, p::REMOVEMAPPING, 0, &b).0
+}
+
+/// The window's first `n` bytes as the guest would read them.
+fn window_bytes(w: &DaxWindow, n: usize) -> Vec<u8> {
+    // SAFETY: the caller mapped at least `n` readable bytes at the start of
+    // the window's reservation, which lives as long as `w`.
+    unsafe { std::slice::from_raw_parts(w.host_addr() as *const u8, n) }.to_vec()
+}
+
+/// The protection of the window's first page, from /proc/self/maps
+/// ("r--s", "rw-s", "---p").
+fn window_prot(w: &DaxWindow) -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let at = w.host_addr();
+    maps.lines()
+        .find_map(|l| {
+            let (range, rest) = l.split_once(' ')?;
+            let (a, b) = range.split_once('-')?;
+            let (a, b) = (
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            );
+            (a <= at && at < b).then(|| rest[..4].to_string())
+        })
+        .unwrap()
+}
+
+/// With a window, INIT offers page-aligned mappings; SETUPMAPPING puts the
+/// host file into the window (read-only unless asked to write), what the
+/// guest writes there reaches the host file, and REMOVEMAPPING puts the
+/// window back to no access.
+#[test]
+fn dax_mappings_show_the_host_file_and_go_away() {
+    let share = Share::new("dax");
+    let mut s = share.server(false);
+    assert_eq!(
+        init_reply(&mut s).0 & p::INIT_MAP_ALIGNMENT,
+        0,
+        "no window, no DAX"
+    );
+    let w = Arc::new(DaxWindow::new(0, 4 << 20).unwrap());
+    s.set_window(w.clone());
+    let (flags, align) = init_reply(&mut s);
+    assert_ne!(flags & p::INIT_MAP_ALIGNMENT, 0);
+    assert_eq!(align, 12);
+    assert_eq!(window_prot(&w), "---p");
+
+    let inside = lookup(&mut s, ROOT_ID, "inside").unwrap();
+    assert_eq!(setup_mapping(&mut s, inside, 0, 2 << 20, false, 0), 0);
+    assert_eq!(window_bytes(&w, 5), b"hello");
+    assert_eq!(window_prot(&w), "r--s");
+
+    assert_eq!(setup_mapping(&mut s, inside, 0, 2 << 20, true, 0), 0);
+    assert_eq!(window_prot(&w), "rw-s");
+    // SAFETY: the first page is mapped writable from the file (above).
+    unsafe { std::ptr::copy_nonoverlapping(b"HE".as_ptr(), w.host_addr() as *mut u8, 2) };
+    assert_eq!(std::fs::read(share.dir.join("inside")).unwrap(), b"HEllo");
+
+    assert_eq!(remove_mapping(&mut s, 1, &[(0, 2 << 20)]), 0);
+    assert_eq!(window_prot(&w), "---p");
+}
+
+/// Whatever the guest asks, a mapping stays inside the window, page-aligned,
+/// of a regular file the server looked up, and read-only on a read-only
+/// share; a removal list is no longer than the request.
+#[test]
+fn dax_requests_outside_the_rules_are_refused() {
+    let share = Share::new("daxbad");
+    let mut s = share.server(false);
+    let inside = lookup(&mut s, ROOT_ID, "inside").unwrap();
+    assert_eq!(
+        setup_mapping(&mut s, inside, 0, 4096, false, 0),
+        libc::ENOSYS,
+        "no window"
+    );
+    let w = Arc::new(DaxWindow::new(0, 2 << 20).unwrap());
+    s.set_window(w.clone());
+    let mb2 = 2u64 << 20;
+    for (foff, len, moff, why) in [
+        (0, mb2, 4096, "past the window's end"),
+        (0, 4096, mb2, "starts at the window's end"),
+        (0, 4096, u64::MAX - 4095, "offset + length overflows"),
+        (0, 100, 0, "length not page-aligned"),
+        (0, 4096, 100, "window offset not page-aligned"),
+        (100, 4096, 0, "file offset not page-aligned"),
+        (u64::MAX - 4095, 8192, 0, "file offset + length overflows"),
+        (0, 0, 0, "empty"),
+    ] {
+        assert_eq!(
+            setup_mapping(&mut s, inside, foff, len, false, moff),
+            libc::EINVAL,
+            "{why}"
+        );
+    }
+    assert_eq!(
+        setup_mapping(&mut s, ROOT_ID, 0, 4096, false, 0),
+        libc::EINVAL,
+        "a directory"
+    );
+    assert_eq!(
+        setup_mapping(&mut s, 999, 0, 4096, false, 0),
+        libc::EBADF,
+        "an unknown node"
+    );
+    assert_eq!(
+        remove_mapping(&mut s, 2, &[(0, 4096)]),
+        libc::EINVAL,
+        "count past the request"
+    );
+    assert_eq!(
+        remove_mapping(&mut s, 1, &[(mb2, 4096)]),
+        libc::EINVAL,
+        "outside the window"
+    );
+    assert_eq!(window_prot(&w), "---p", "nothing was mapped");
+
+    let mut ro = share.server(true);
+    ro.set_window(w.clone());
+    let inside = lookup(&mut ro, ROOT_ID, "inside").unwrap();
+    assert_eq!(
+        setup_mapping(&mut ro, inside, 0, 4096, true, 0),
+        libc::EROFS
+    );
+    assert_eq!(setup_mapping(&mut ro, inside, 0, 4096, false, 0), 0);
+    assert_eq!(window_prot(&w), "r--s");
 }

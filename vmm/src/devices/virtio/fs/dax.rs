@@ -1,0 +1,183 @@
+//! The DAX cache window of a virtio-fs device (virtio 1.2, 5.11.5, shared
+//! memory region 0): a stretch of guest-physical space, outside RAM and
+//! the MMIO gap, where the server maps ranges of host files on the guest's
+//! FUSE_SETUPMAPPING and unmaps them on FUSE_REMOVEMAPPING. The guest then
+//! reads and writes those files in place (its page cache is bypassed, and
+//! nothing is copied through a queue).
+//!
+//! On the host the window is one reservation of address space, PROT_NONE
+//! and MAP_NORESERVE (no memory until a file is mapped), given to KVM as a
+//! memory slot. A mapping replaces part of it with the file (MAP_FIXED |
+//! MAP_SHARED), and a removal puts PROT_NONE back: KVM follows both
+//! through its MMU notifier. A guest access to a part of the window that is
+//! not mapped, or to a mapped page past the end of a file the host
+//! truncated meanwhile, cannot be resolved by KVM: KVM_RUN fails with
+//! EFAULT and the VM stops with the one-line error "vCPU N: KVM_RUN
+//! failed: Bad address (os error 14)" (no panic; hull-vmm exits non-zero).
+//!
+//! Everything the guest sends is checked here: offsets and lengths must be
+//! page-aligned and lie inside the window.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// log2 of the alignment of offsets and lengths in SETUPMAPPING and
+/// REMOVEMAPPING (INIT's map_alignment): the host page.
+pub const MAP_ALIGNMENT_SHIFT: u16 = 12;
+const ALIGN: u64 = 1 << MAP_ALIGNMENT_SHIFT;
+/// The guest maps the window in chunks of this size (fs/fuse/dax.c): the
+/// window's length is a multiple of it.
+pub const CHUNK: u64 = 2 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaxError {
+    #[error("a DAX window of {0} bytes is not a positive multiple of 2 MiB")]
+    Size(u64),
+    #[error("reserving {len} bytes of address space for the DAX window")]
+    Reserve {
+        len: u64,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One device's window: the host reservation and where the guest sees it.
+pub struct DaxWindow {
+    /// The reservation's host address (a usize: the window is shared
+    /// between the device and its server thread).
+    host: usize,
+    len: u64,
+    gpa: u64,
+}
+
+impl DaxWindow {
+    /// Reserves `len` bytes of host address space for a window the guest
+    /// sees at guest-physical `gpa`.
+    pub fn new(gpa: u64, len: u64) -> Result<DaxWindow, DaxError> {
+        if len == 0 || !len.is_multiple_of(CHUNK) || !gpa.is_multiple_of(CHUNK) {
+            return Err(DaxError::Size(len));
+        }
+        let size = usize::try_from(len).map_err(|_| DaxError::Size(len))?;
+        // SAFETY: a fresh anonymous reservation at an address the kernel
+        // chooses; nothing else is touched.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(DaxError::Reserve {
+                len,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(DaxWindow {
+            host: p as usize,
+            len,
+            gpa,
+        })
+    }
+
+    /// Where the guest sees the window, and its length.
+    pub fn region(&self) -> (u64, u64) {
+        (self.gpa, self.len)
+    }
+
+    /// The reservation's host address (for the KVM memory slot).
+    pub fn host_addr(&self) -> u64 {
+        self.host as u64
+    }
+
+    /// The host address of `[off, off + len)` of the window, if that range
+    /// is page-aligned, not empty and inside the window.
+    fn range(&self, off: u64, len: u64) -> Result<*mut libc::c_void, i32> {
+        let end = off.checked_add(len).ok_or(libc::EINVAL)?;
+        if len == 0 || !off.is_multiple_of(ALIGN) || !len.is_multiple_of(ALIGN) || end > self.len {
+            return Err(libc::EINVAL);
+        }
+        Ok((self.host + off as usize) as *mut libc::c_void)
+    }
+
+    /// Maps `len` bytes of `file` from `foffset` at `moffset` in the window,
+    /// writable or read-only.
+    pub fn map(
+        &self,
+        file: BorrowedFd<'_>,
+        foffset: u64,
+        moffset: u64,
+        len: u64,
+        writable: bool,
+    ) -> Result<(), i32> {
+        let at = self.range(moffset, len)?;
+        if !foffset.is_multiple_of(ALIGN) || foffset.checked_add(len).is_none() {
+            return Err(libc::EINVAL);
+        }
+        let foff = libc::off_t::try_from(foffset).map_err(|_| libc::EINVAL)?;
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: `at..at + len` lies inside the window's reservation (checked
+        // by `range`), which this process owns and nothing but the guest (via
+        // KVM) reads; MAP_FIXED replaces only those pages.
+        let p = unsafe {
+            libc::mmap(
+                at,
+                len as usize,
+                prot,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                foff,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO));
+        }
+        Ok(())
+    }
+
+    /// Puts `[moffset, moffset + len)` of the window back to PROT_NONE.
+    pub fn unmap(&self, moffset: u64, len: u64) -> Result<(), i32> {
+        let at = self.range(moffset, len)?;
+        // SAFETY: as in `map`: the range is inside the reservation, which
+        // gets the same kind of anonymous PROT_NONE pages it started with.
+        let p = unsafe {
+            libc::mmap(
+                at,
+                len as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO));
+        }
+        Ok(())
+    }
+
+    /// Unmaps the whole window (the guest unmounted, or reset the device).
+    pub fn clear(&self) {
+        let _ = self.unmap(0, self.len);
+    }
+}
+
+impl Drop for DaxWindow {
+    fn drop(&mut self) {
+        // The reservation is kept (PROT_NONE again), never unmapped: a KVM
+        // slot may still point at it, and no other mapping may land there
+        // while one does. It is address space only, and the process ends
+        // with its VM.
+        self.clear();
+    }
+}
