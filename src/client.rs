@@ -306,15 +306,21 @@ fn session(
     times: &mut Times,
 ) -> Result<Outcome, ClientError> {
     let timeout = Some(relay.answer_timeout);
+    // The Start goes before the agent's Hello is read: the agent reads it
+    // right after sending its Hello, so no round trip waits on the other.
+    // An agent of another version is refused below all the same (and the
+    // connection closed) before anything else is sent.
+    let mut stream = stream;
+    if write_frame(&mut stream, &Frame::json(Kind::Start, start)).is_err() {
+        return Err(ClientError::Lost);
+    }
     let (mut reader, hello) = greeted(&stream, timeout)?;
     let writer: Shared = Arc::new(Mutex::new(stream));
     if hello.version != protocol::VERSION {
         return Err(protocol::ProtocolError::Version(hello.version).into());
     }
     times.hello = Some(Instant::now());
-    if !send(&writer, &Frame::json(Kind::Start, start)) {
-        return Err(ClientError::Lost);
-    }
+    crate::trace::mark("hello");
     if relay.stdin {
         let w = writer.clone();
         std::thread::spawn(move || relay_stdin(&w));
@@ -338,12 +344,14 @@ fn session(
                         .map_err(protocol::ProtocolError::Io)?;
                 }
                 times.started = Some(Instant::now());
+                crate::trace::mark("started");
                 if let Some(f) = sinks.on_started.take() {
                     f();
                 }
             }
             Kind::Stdout | Kind::Stderr => {
                 times.first_output.get_or_insert_with(Instant::now);
+                crate::trace::mark("output");
                 sinks.write(f.kind, &f.payload);
             }
             Kind::Layer => {
@@ -352,6 +360,7 @@ fn session(
                 }
             }
             Kind::Exit => {
+                crate::trace::mark("exit");
                 times.exit = Some(Instant::now());
                 last_frame_read(&reader);
                 return Ok(Outcome::Exited(f.parse()?));

@@ -360,9 +360,11 @@ impl Container {
                 "waiting for a start slot ({n} starting, limit {m})"
             ))
         };
+        crate::trace::mark("admission memory");
         let slot = StartSlot::acquire(&limits, waiting, || {
             sys::SignalSet::first_pending(&sandbox::STOP_SIGNALS)
         })?;
+        crate::trace::mark("admission slot");
         let dir = self.dir();
         let name = self.short_id().to_string();
         let prepared = match &config.network {
@@ -435,6 +437,7 @@ impl Container {
             cold_boot: config.cold_boot,
             progress: on_wait,
         };
+        crate::trace::mark("launch");
         let sandbox = match Sandbox::launch(&spec) {
             Ok(s) => s,
             Err(e) => {
@@ -442,6 +445,7 @@ impl Container {
                 return Err(e.into());
             }
         };
+        crate::trace::mark("launched");
         self.state.status = Status::Running;
         self.state.sandbox = ProcessId::of(sandbox.pid() as i32);
         self.state.boot = sandbox.boot();
@@ -453,6 +457,7 @@ impl Container {
             network::release(self.states.root(), &dir);
             return Err(e.into());
         }
+        crate::trace::mark("state saved");
         self.sandbox = Some(sandbox);
         self.start_slot = Some(slot);
         self.memory = memory;
@@ -493,6 +498,7 @@ impl Container {
         // Started (or failed to): the next launch may go.
         self.start_slot = None;
         let stream = connected?;
+        crate::trace::mark("connected");
         if let Some(map) = sandbox.id_map(&stream) {
             let wanted = self.config().map(|c| c.userns).ok();
             if userns::is_host_map(&map) && wanted != Some(userns::Mode::Host) {
@@ -510,6 +516,7 @@ impl Container {
                 .with_logs(&dir.join(STDOUT_LOG), &dir.join(STDERR_LOG)),
             ..session
         };
+        crate::trace::mark("relay");
         let outcome = match relay(stream, start, session) {
             Ok(o) => o,
             Err(e) => {
@@ -529,8 +536,10 @@ impl Container {
                 );
             }
         };
-        sandbox.wait(Duration::from_secs(30));
+        crate::trace::mark("session ended");
+        sandbox.end(Duration::from_secs(30));
         sandbox.cleanup();
+        crate::trace::mark("sandbox ended, cleaned up");
         Ok(outcome)
     }
 
@@ -680,6 +689,7 @@ impl Container {
             self.kill_now()?;
         }
         // Drops (kills) a sandbox this process still holds.
+        crate::trace::mark("leftovers cleaned");
         self.sandbox = None;
         sandbox::cleanup_leftovers(&self.dir());
         self.states.remove(&self.state)?;

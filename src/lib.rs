@@ -22,6 +22,7 @@ pub mod pty;
 pub mod sandbox;
 pub mod state;
 pub mod sys;
+pub mod trace;
 pub mod userns;
 pub mod volume;
 

@@ -298,7 +298,13 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
         send_error(writer, "no command given".into(), 125);
         return 125;
     }
-    if let Some(f) = start.freshen.as_ref().filter(|_| start.main && ctx.in_vm) {
+    // A restored guest's root was made after freshening (root_after_restore).
+    let freshened = *lock(&ctx.restored_root) != RestoredRoot::NotATemplate;
+    if let Some(f) = start
+        .freshen
+        .as_ref()
+        .filter(|_| start.main && ctx.in_vm && !freshened)
+    {
         if let Err(e) = freshen(f) {
             send_error(writer, e, 125);
             return 125;
@@ -464,21 +470,29 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
 
     debug!("sent Started");
     // Output relays.
-    let mut outputs = Vec::new();
-    let relay =
-        |src: File, kind: Kind, w: Writer| std::thread::spawn(move || relay_output(src, kind, &w));
+    // Each relay says on `relayed` when its stream ended.
+    let (relayed_tx, relayed) = channel::<()>();
+    let mut outputs = 0;
+    let mut relay = |src: File, kind: Kind, w: Writer| {
+        let done = relayed_tx.clone();
+        outputs += 1;
+        std::thread::spawn(move || {
+            relay_output(src, kind, &w);
+            let _ = done.send(());
+        });
+    };
     let mut stdin_sink: Option<File> = if let Some(master) = &pty_master {
         if let Ok(m) = master.try_clone() {
-            outputs.push(relay(m, Kind::Stdout, writer.clone()));
+            relay(m, Kind::Stdout, writer.clone());
         }
         master.try_clone().ok()
     } else {
         let take = |fd: Option<OwnedFd>| fd.map(File::from);
         if let Some(out) = take(child.stdout.take().map(OwnedFd::from)) {
-            outputs.push(relay(out, Kind::Stdout, writer.clone()));
+            relay(out, Kind::Stdout, writer.clone());
         }
         if let Some(err) = take(child.stderr.take().map(OwnedFd::from)) {
-            outputs.push(relay(err, Kind::Stderr, writer.clone()));
+            relay(err, Kind::Stderr, writer.clone());
         }
         take(child.stdin.take().map(OwnedFd::from))
     };
@@ -530,12 +544,10 @@ fn run(start: Start, ctx: &Ctx, reader: &mut File, writer: &Writer) -> i32 {
     // Output the process wrote before it exited; a background process that
     // keeps the pipe open must not hold the exit back for long.
     let deadline = std::time::Instant::now() + Duration::from_millis(500);
-    for t in outputs {
-        while !t.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if t.is_finished() {
-            let _ = t.join();
+    for _ in 0..outputs {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if relayed.recv_timeout(left).is_err() {
+            break;
         }
     }
     drop(pty_master);

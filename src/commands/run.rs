@@ -324,9 +324,11 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
         anyhow::bail!("unknown flag: {flag} (see hull run --help)");
     }
     client::block_signals();
+    hull::trace::mark("run");
     let t0 = Instant::now();
     let specs = mount_specs(&args)?;
     let src = source::source(data_dir, &args)?;
+    hull::trace::mark("source");
     let store = VolumeStore::new(data_dir);
     let mounts = volume::resolve(&store, &specs, &src.layers)?;
     // docker's --rm takes the container's anonymous volumes with it.
@@ -340,6 +342,7 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
         })
         .collect();
     let mut container = Container::create(state_dir, &container_config(&args, &src, mounts))?;
+    hull::trace::mark("created");
     let hostname = args
         .hostname
         .clone()
@@ -382,6 +385,7 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
         None => eprintln!("hull: {w}"),
     };
     let mut times = Times::default();
+    hull::trace::mark("start");
     let t_prepare = Instant::now();
     let mut t_create = t_prepare;
     let result = container.start_with(&warn).and_then(|()| {
@@ -396,6 +400,7 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
         container.attach(&start, session)
     });
     let t_end = Instant::now();
+    hull::trace::mark("attach returned");
     let (status, reason) = match &result {
         Ok(o) => (o.status(), o.failure().map(str::to_string)),
         Err(e) => (hull::EXIT_HULL_ERROR, Some(hull::error::chain(e))),
@@ -405,8 +410,10 @@ pub fn run(state_dir: &Path, data_dir: &Path, args: RunArgs) -> anyhow::Result<i
         n.failed(status, reason.as_deref().unwrap_or("the container ended"));
     }
     container.finish(status, reason)?;
+    hull::trace::mark("finished");
     if args.rm {
         container.delete(false)?;
+        hull::trace::mark("deleted");
         if !anonymous.is_empty() {
             let in_use = volume::volumes_in_use(state_dir)?;
             for name in &anonymous {

@@ -305,9 +305,14 @@ pub fn prepare(
     nets.reclaim();
     let netns = dir.join(NETNS_FILE);
     let Some(name) = name else {
-        link::create_netns(&netns)?;
+        // A microVM without a network has no NIC, and its VMM runs in a
+        // network namespace of its jail's: a namespace here would only be
+        // made and torn down (tens of ms each under emulation).
+        let netns = (isolation == Isolation::Ns)
+            .then(|| link::create_netns(&netns).map(|()| netns))
+            .transpose()?;
         return Ok(Prepared {
-            netns: Some(netns),
+            netns,
             tap: None,
             setup: NetworkSetup {
                 interface: None,

@@ -197,11 +197,11 @@ fn remove_cgroup(cg: &Cgroup) {
     for pid in cg.pids().unwrap_or_default() {
         let _ = sys::kill(pid as i32, libc::SIGKILL);
     }
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if cg.remove().is_ok() {
             break;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -271,6 +271,10 @@ pub struct Sandbox {
     restored: Option<hull_agent::protocol::RootDisks>,
     /// Why a microVM cold-booted.
     cold_reason: Option<String>,
+    /// Nothing of the sandbox outlives its main process (vm: no writable
+    /// disk, no shared directory): once that process's exit is read, the
+    /// sandbox may be killed instead of waited for.
+    discardable: bool,
 }
 
 /// The guest CID hull gives every VM (each VM has its own vsock device).
@@ -407,6 +411,17 @@ impl Sandbox {
             .rev()
             .find(|l| l.starts_with("hull-vmm: ") && !l.contains("boot-timer"))
             .map(|l| l.trim().to_string())
+    }
+
+    /// Ends a sandbox whose main process has exited: kills it at once when
+    /// nothing in it outlives that process (a microVM's guest would only
+    /// flush a RAM upper and reset), or waits for it to end by itself.
+    pub fn end(&mut self, timeout: Duration) {
+        if self.discardable {
+            self.kill();
+        } else {
+            self.wait(timeout);
+        }
     }
 
     /// Waits for the sandbox to end by itself (the agent resets the VM or

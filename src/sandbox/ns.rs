@@ -127,5 +127,6 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         warnings,
         restored: None,
         cold_reason: None,
+        discardable: false,
     })
 }

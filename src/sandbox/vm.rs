@@ -41,6 +41,7 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         .ok_or(SandboxError::NoAgent)?;
     let cache = paths::cache_dir().unwrap_or_else(|| spec.dir.to_path_buf());
     let initrd = initramfs::for_agent(&agent, &cache.join("initramfs"))?;
+    crate::trace::mark("vm: initramfs");
     let mut disks = Vec::new();
     // A host directory as the root: no layer disks.
     let layers = match spec.rootfs {
@@ -53,6 +54,7 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
             None => disks.push(layer_image(layer, &cache, spec.dir, i)?),
         }
     }
+    crate::trace::mark("vm: layer disks");
     let socket = agent_socket(Isolation::Vm, spec.dir);
     let console = spec.dir.join("console.log");
     let mut config = vm_config(spec, kernel, initrd, disks);
@@ -96,6 +98,7 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
             cold_reason = Some(why);
         }
     };
+    crate::trace::mark("vm: template");
     let restored = cold_reason.is_none().then(|| RootDisks {
         layers: layers.len() as u32,
         upper: spec.upper.is_some(),
@@ -110,6 +113,7 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         warnings.push(vm_jail::warning());
         None
     };
+    crate::trace::mark("vm: jail");
     let console = match &config.serial {
         SerialOutput::File(p) => p.clone(),
         _ => console,
@@ -120,6 +124,7 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         source,
     });
     cmd.arg("--config").arg(&config_path);
+    crate::trace::mark("vm: config written");
     if let Some((tap, _)) = &spec.tap {
         // The tap hull made in the container's network namespace
         // (config.nets names its fd), inherited across exec.
@@ -133,6 +138,7 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
             .spawn()
             .map_err(io(format!("starting {}", vmm.display())))
     });
+    crate::trace::mark("vm: spawned");
     let child = match child {
         Ok(c) => c,
         Err(e) => {
@@ -157,6 +163,7 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
         warnings,
         restored,
         cold_reason,
+        discardable: spec.upper.is_none() && config.fs.is_empty(),
     })
 }
 
@@ -299,6 +306,7 @@ fn restore_from(
         fs: fs_slots,
     };
     let dir = template::ensure(cache, &inputs, spec.progress)?;
+    crate::trace::mark("vm: template checked");
     Ok(Restore::From(template_local::for_restore(&dir), slots))
 }
 
