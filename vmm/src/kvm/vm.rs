@@ -88,27 +88,37 @@ impl Vm {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
                 .map_err(|_| VmError::MissingCap("host address of guest memory"))?;
-            let r = kvm_userspace_memory_region {
-                slot,
-                flags: 0,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-            };
             // SAFETY: the region is a live mmap owned by `mem`, which the caller
             // keeps alive for as long as the VM runs (it outlives every vCPU:
             // the process exits when the VM does); its host address and length
             // describe exactly that mapping.
-            unsafe { self.fd.set_user_memory_region(r) }
-                .map_err(kvm_err("registering guest memory"))?;
+            unsafe {
+                self.set_slot(
+                    slot,
+                    region.start_addr().0,
+                    host as u64,
+                    region.len(),
+                    "registering guest memory",
+                )
+            }?;
         }
         Ok(())
     }
 
-    /// Gives the guest `len` bytes at `gpa` backed by the host range at
-    /// `host` in memory slot `slot` (a virtio-fs DAX window: a reservation
-    /// that is PROT_NONE where no file is mapped).
-    pub fn add_window(&self, slot: u32, gpa: u64, host: u64, len: u64) -> Result<(), VmError> {
+    /// Memory slot `slot`: `len` bytes of guest-physical space at `gpa`,
+    /// backed by the host range at `host`.
+    ///
+    /// # Safety
+    /// `host..host + len` must stay mapped in this process while the VM
+    /// runs (KVM reaches it through the host's page tables).
+    unsafe fn set_slot(
+        &self,
+        slot: u32,
+        gpa: u64,
+        host: u64,
+        len: u64,
+        what: &'static str,
+    ) -> Result<(), VmError> {
         let r = kvm_userspace_memory_region {
             slot,
             flags: 0,
@@ -116,13 +126,20 @@ impl Vm {
             memory_size: len,
             userspace_addr: host,
         };
+        // SAFETY: the caller's contract above.
+        unsafe { self.fd.set_user_memory_region(r) }.map_err(kvm_err(what))
+    }
+
+    /// Gives the guest `len` bytes at `gpa` backed by the host range at
+    /// `host` in memory slot `slot` (a virtio-fs DAX window: a reservation
+    /// that is PROT_NONE where no file is mapped).
+    pub fn add_window(&self, slot: u32, gpa: u64, host: u64, len: u64) -> Result<(), VmError> {
         // SAFETY: `host..host + len` is a reservation the caller keeps for
         // the life of the process (fs::dax::DaxWindow never unmaps it); KVM
         // reaches its pages through the host's page tables, so a PROT_NONE
-        // or truncated part faults (KVM_RUN fails with EFAULT) rather than
-        // touching anything else.
-        unsafe { self.fd.set_user_memory_region(r) }
-            .map_err(kvm_err("registering a virtio-fs DAX window"))
+        // or truncated part cannot be resolved by KVM rather than touching
+        // anything else.
+        unsafe { self.set_slot(slot, gpa, host, len, "registering a virtio-fs DAX window") }
     }
 
     /// KVM's supported CPUID set (to be normalised per vCPU).

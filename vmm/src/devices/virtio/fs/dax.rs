@@ -9,11 +9,12 @@
 //! and MAP_NORESERVE (no memory until a file is mapped), given to KVM as a
 //! memory slot. A mapping replaces part of it with the file (MAP_FIXED |
 //! MAP_SHARED), and a removal puts PROT_NONE back: KVM follows both
-//! through its MMU notifier. A guest access to a part of the window that is
-//! not mapped, or to a mapped page past the end of a file the host
-//! truncated meanwhile, cannot be resolved by KVM: KVM_RUN fails with
-//! EFAULT and the VM stops with the one-line error "vCPU N: KVM_RUN
-//! failed: Bad address (os error 14)" (no panic; hull-vmm exits non-zero).
+//! through its MMU notifier. KVM cannot resolve a guest access to a part
+//! of the window that is not mapped, or to a mapped page past the end of a
+//! file the host truncated meanwhile. What the guest sees then is not
+//! settled: hull-vmm does not panic, but in the one check made (a file
+//! truncated by the host after the guest mapped it) the VM hung instead of
+//! stopping with an error (docs/volumes.md). DAX is off by default.
 //!
 //! Everything the guest sends is checked here: offsets and lengths must be
 //! page-aligned and lie inside the window.
@@ -57,24 +58,10 @@ impl DaxWindow {
             return Err(DaxError::Size(len));
         }
         let size = usize::try_from(len).map_err(|_| DaxError::Size(len))?;
-        // SAFETY: a fresh anonymous reservation at an address the kernel
-        // chooses; nothing else is touched.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(DaxError::Reserve {
-                len,
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        // SAFETY: a fresh reservation at an address the kernel chooses
+        // (no MAP_FIXED); nothing else is touched.
+        let p = unsafe { reserve(std::ptr::null_mut(), size, 0) }
+            .map_err(|source| DaxError::Reserve { len, source })?;
         Ok(DaxWindow {
             host: p as usize,
             len,
@@ -136,9 +123,7 @@ impl DaxWindow {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO));
+            return Err(errno(std::io::Error::last_os_error()));
         }
         Ok(())
     }
@@ -148,28 +133,50 @@ impl DaxWindow {
         let at = self.range(moffset, len)?;
         // SAFETY: as in `map`: the range is inside the reservation, which
         // gets the same kind of anonymous PROT_NONE pages it started with.
-        let p = unsafe {
-            libc::mmap(
-                at,
-                len as usize,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO));
-        }
-        Ok(())
+        unsafe { reserve(at, len as usize, libc::MAP_FIXED) }
+            .map(drop)
+            .map_err(errno)
     }
 
     /// Unmaps the whole window (the guest unmounted, or reset the device).
     pub fn clear(&self) {
         let _ = self.unmap(0, self.len);
     }
+}
+
+/// Anonymous PROT_NONE address space of `size` bytes that costs no memory
+/// (MAP_NORESERVE): at `at` with `MAP_FIXED` in `flags`, else where the
+/// kernel chooses.
+///
+/// # Safety
+/// With MAP_FIXED, `at..at + size` must be address space the caller owns
+/// and no Rust reference points into.
+unsafe fn reserve(
+    at: *mut libc::c_void,
+    size: usize,
+    flags: libc::c_int,
+) -> std::io::Result<*mut libc::c_void> {
+    // SAFETY: the caller's contract above; an anonymous mapping reads no file.
+    let p = unsafe {
+        libc::mmap(
+            at,
+            size,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | flags,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(p)
+    }
+}
+
+/// The errno a FUSE reply carries for a failed mmap.
+fn errno(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
 }
 
 impl Drop for DaxWindow {

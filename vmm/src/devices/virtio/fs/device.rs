@@ -312,10 +312,7 @@ impl VirtioDevice for Fs {
     }
     fn shm_region(&self, id: u32) -> Option<(u64, u64)> {
         // Region 0 is the cache (VIRTIO_FS_SHMCAP_ID_CACHE).
-        (id == 0)
-            .then_some(())
-            .and(self.window.as_ref())
-            .map(|w| w.region())
+        self.window.as_ref().filter(|_| id == 0).map(|w| w.region())
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut config = [0u8; TAG_MAX + 4];
