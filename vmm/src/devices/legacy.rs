@@ -72,8 +72,7 @@ pub type PauseHook = Arc<dyn Fn() + Send + Sync>;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SerialState {
     pub ier: u8,
-    /// FIFO control (absent from snapshots made before the FIFO: 0).
-    #[serde(default)]
+    /// FIFO control.
     pub fcr: u8,
     pub lcr: u8,
     pub mcr: u8,

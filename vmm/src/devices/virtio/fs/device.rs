@@ -104,7 +104,6 @@ pub struct FsState {
     /// The guest mapped it when it probed the device, so a restore must
     /// give the device the same one; no file is mapped in it at a
     /// snapshot (a snapshotted device has no directory).
-    #[serde(default)]
     pub dax_window: (u64, u64),
 }
 

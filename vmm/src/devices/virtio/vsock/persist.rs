@@ -26,7 +26,6 @@ pub struct VsockState {
     /// connected) needs no transport reset; and sending one would race
     /// with the first connection to the restored guest, which the guest
     /// may accept and then reset.
-    #[serde(default)]
     pub connections: usize,
 }
 
