@@ -31,6 +31,10 @@ and, with options:
                    folios, which KVM can map into the DAX window whole):
                    vm-volume-dax-huge and, with --qemu, hull-vmm-bare-dax-huge
                    and hull-vmm-bare-huge (no DAX, same share)
+  --cold-boot      also vm-volume-cold and vm-overlay-cold: cold-booted
+                   microVMs (HULL_COLD_BOOT=1; guest RAM in huge pages)
+                   instead of ones restored from a template (guest RAM
+                   mapped private from the template's file, 4 KiB pages)
   --vmm-b PATH     with --qemu: each bare hull-vmm arm again with this
                    hull-vmm (NAME-b, same rounds: a change A/B in one run)
   --only NAMES     only these targets (comma-separated; ns-bind always runs,
@@ -290,6 +294,8 @@ def main():
                     help="the DAX window of vm-volume-dax and hull-vmm-bare-dax (0: no DAX arms)")
     ap.add_argument("--huge-share", action="store_true",
                     help="also the DAX arms on a share in huge pages (tmpfs huge=always)")
+    ap.add_argument("--cold-boot", action="store_true",
+                    help="also vm-volume and vm-overlay cold-booted (HULL_COLD_BOOT=1)")
     ap.add_argument("--vmm-b", metavar="PATH",
                     help="with --qemu: each bare hull-vmm arm again with this hull-vmm (NAME-b)")
     ap.add_argument("--only", metavar="NAMES",
@@ -329,6 +335,10 @@ def main():
                 targets.append(("vm-volume-dax-huge",
                                 container("vm", ["-v", huge + ":/data"], "/data", dax_env)))
         targets.append(("vm-overlay", container("vm", [], "/work")))
+        if args.cold_boot:
+            cold = {"HULL_COLD_BOOT": "1"}
+            targets += [("vm-volume-cold", container("vm", ["-v", vol + ":/data"], "/data", cold)),
+                        ("vm-overlay-cold", container("vm", [], "/work", cold))]
         if args.qemu:
             if os.environ.get("HULL_IN_KVM_HOST") == "1":
                 # QEMU's RAM is a shared memfd (shmem): huge pages for it,
