@@ -209,6 +209,10 @@ impl Container {
     /// Records a new container in `state_dir`: its id, directory, name and
     /// configuration; nothing runs yet (status `created`).
     pub fn create(state_dir: &Path, config: &ContainerConfig) -> Result<Container, ContainerError> {
+        // A bad setting in the environment fails before anything is recorded.
+        if config.isolation == Isolation::Vm {
+            sandbox::fs_dax_mib()?;
+        }
         let states = StateDir::open(state_dir)?;
         let state = states.create(
             config.name.as_deref(),

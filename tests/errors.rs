@@ -147,6 +147,45 @@ fn no_built_kernel_says_how_to_build_one() {
     assert_no_repeated_cause(&line);
 }
 
+#[test]
+fn a_bad_dax_window_setting_is_one_line_before_anything_starts() {
+    let t = tempfile::Builder::new().prefix("h").tempdir().unwrap();
+    let state = t.path().join("s");
+    let rootfs = t.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    for bad in ["abc", "3", "131072"] {
+        // A missing kernel too: without the check, that is what hull reports.
+        let out = hull()
+            .env("HULL_FS_DAX_MIB", bad)
+            .arg("--state-dir")
+            .arg(&state)
+            .args([
+                "run",
+                "--rm",
+                "--isolation",
+                "vm",
+                "--kernel",
+                "/nonexistent",
+            ])
+            .arg("-v")
+            .arg(format!("{}:/data", rootfs.display()))
+            .arg("--rootfs")
+            .arg(&rootfs)
+            .arg("true")
+            .output()
+            .unwrap();
+        let line = error_line(&out);
+        assert!(
+            line.starts_with(&format!("hull: HULL_FS_DAX_MIB=\"{bad}\": ")),
+            "{line}"
+        );
+        assert!(
+            empty_dir(&state.join("containers")),
+            "HULL_FS_DAX_MIB={bad} left a container"
+        );
+    }
+}
+
 fn empty_dir(p: &Path) -> bool {
     std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none())
 }

@@ -9,6 +9,7 @@ mod ns;
 pub mod template;
 pub mod template_local;
 mod vm;
+pub use vm::{FS_DAX_ENV, fs_dax_mib};
 pub mod vm_jail;
 
 use std::io::{Read, Write};
@@ -100,6 +101,12 @@ pub enum SandboxError {
     UnresolvedMount(String),
     #[error(transparent)]
     Template(#[from] template::TemplateError),
+    #[error(
+        "{env}={0:?}: a DAX window is a whole number of MiB, a multiple of 2, at most {max} (0: none)",
+        env = vm::FS_DAX_ENV,
+        max = hull_vmm::config::MAX_FS_DAX_MIB
+    )]
+    FsDaxEnv(String),
 }
 
 /// How much of the console hull reads looking for the agent's ready line.

@@ -59,8 +59,9 @@ pub(super) fn launch(spec: &Spec<'_>) -> Result<Sandbox, SandboxError> {
     let console = spec.dir.join("console.log");
     let mut config = vm_config(spec, kernel, initrd, disks);
     config.fs = shares;
+    let dax_mib = fs_dax_mib()?;
     if !config.fs.is_empty() {
-        config.fs_dax_mib = fs_dax_mib();
+        config.fs_dax_mib = dax_mib;
     }
     // The kernel hands unknown KEY=VALUE words to init's environment.
     let mut words = Vec::new();
@@ -316,13 +317,21 @@ fn restore_from(
 pub const FS_DAX_ENV: &str = "HULL_FS_DAX_MIB";
 
 /// The DAX window each virtio-fs device of a microVM gets, MiB: [`FS_DAX_ENV`]
-/// when it is a whole number of 2 MiB chunks, else the default (none).
-fn fs_dax_mib() -> u64 {
-    std::env::var(FS_DAX_ENV)
-        .ok()
+/// (unset or empty: none), or an error naming the variable and its value
+/// when that is not a whole number of 2 MiB chunks up to the VMM's limit.
+pub fn fs_dax_mib() -> Result<u64, SandboxError> {
+    parse_fs_dax_mib(std::env::var_os(FS_DAX_ENV).as_deref())
+}
+
+fn parse_fs_dax_mib(value: Option<&std::ffi::OsStr>) -> Result<u64, SandboxError> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Ok(0);
+    };
+    value
+        .to_str()
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|m| m.is_multiple_of(2) && *m <= hull_vmm::config::MAX_FS_DAX_MIB)
-        .unwrap_or(0)
+        .ok_or_else(|| SandboxError::FsDaxEnv(value.to_string_lossy().into_owned()))
 }
 
 /// The VM for `spec`: its kernel and initrd, vCPUs and memory, `disks`
@@ -420,6 +429,46 @@ fn erofs_image(dir: &Path, img: &Path) -> Result<(), SandboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_dax_setting_is_an_error_naming_it() {
+        use std::ffi::OsStr;
+        for ok in [
+            None,
+            Some(""),
+            Some("0"),
+            Some("2"),
+            Some("1024"),
+            Some("65536"),
+        ] {
+            let want = ok
+                .filter(|v| !v.is_empty())
+                .map_or(0, |v| v.parse().unwrap());
+            assert_eq!(
+                parse_fs_dax_mib(ok.map(OsStr::new)).unwrap(),
+                want,
+                "{ok:?}"
+            );
+        }
+        for bad in [
+            "abc",
+            "1",
+            "1023",
+            "65538",
+            "-2",
+            "1 GiB",
+            "18446744073709551616",
+        ] {
+            let e = parse_fs_dax_mib(Some(OsStr::new(bad))).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "HULL_FS_DAX_MIB={bad:?}: a DAX window is a whole number of MiB, \
+                     a multiple of 2, at most 65536 (0: none)"
+                )
+            );
+        }
+    }
 
     #[test]
     fn the_vm_config_file_is_what_hull_vmm_reads() {

@@ -26,13 +26,30 @@ and, with options:
                    needs; QEMU 7.2's own virtiofsd, /usr/lib/qemu/virtiofsd
                    from Debian's qemu-system-common, cache=auto), and
                    hull-vmm-bare-dax (the bare hull-vmm with --fs-dax)
+  --huge-share     also the DAX arms with the shared directory on a tmpfs
+                   mounted huge=always (the host's page cache in 2 MiB
+                   folios, which KVM can map into the DAX window whole):
+                   vm-volume-dax-huge and, with --qemu, hull-vmm-bare-dax-huge
+                   and hull-vmm-bare-huge (no DAX, same share)
+  --cold-boot      also vm-volume-cold and vm-overlay-cold: cold-booted
+                   microVMs (HULL_COLD_BOOT=1; guest RAM in huge pages)
+                   instead of ones restored from a template (guest RAM
+                   mapped private from the template's file, 4 KiB pages)
+  --vmm-b PATH     with --qemu: each bare hull-vmm arm again with this
+                   hull-vmm (NAME-b, same rounds: a change A/B in one run)
+  --only NAMES     only these targets (comma-separated; ns-bind always runs,
+                   as the ratios are against it)
   --boot N         also the boot-time cost of a virtio-fs device: N boots of
                    a bare hull-vmm to init with and without one (the guest
                    kernel always has FUSE and virtiofs built in), with a DAX
                    window, and, with --kernel-base K, with the older kernel K
                    (interleaved: what the new kernel options cost)
 
-Each figure is the median of N runs; ratios are against ns-bind. The write
+Each round runs every target once, one after the other (interleaved), so
+load drift hits every target alike. The report gives each target's median
+over the rounds, and, per round, each target's time against ns-bind's in the
+same round, with the median of those per-round ratios: the figure that
+survives a machine whose load changes during the run. The write
 ends with fsync (conv=fsync); before the read the guest drops its page cache
 (vm: the guest's own cache; ns: the host's cache is not dropped, as that
 would disturb the machine: the ns read is a page-cache read). The reread
@@ -44,7 +61,8 @@ hardware KVM, or here through the emulated KVM host:
 
     cargo build -p hull -p hull-vmm && agent/build-static.sh
     HULL_KERNEL=$(guest-kernel/build.sh | tail -n1) \\
-        tests/kvm-host/run -- tests/bench/fs.py [-n RUNS] [--mib 256] [--files 10000] [--qemu]
+        tests/kvm-host/run -- tests/bench/fs.py [-n ROUNDS] [--mib 256] [--files 10000] \\
+            [--qemu] [--huge-share] [--only NAMES]
 
 Figures inside the emulated host are inflated; only ratios within one run
 mean anything. With RUST_LOG=hull_vmm::devices::virtio::fs=debug, the
@@ -67,11 +85,12 @@ REPO = boot.REPO
 PHASES = ("write", "read", "reread", "create", "stat", "unlink")
 
 # Timed phases, each printed as "NAME MILLISECONDS" by the container (busybox
-# date has no %N: /proc/uptime, 10 ms resolution).
+# date has no %N: /proc/uptime, 10 ms resolution; the hundredths without a
+# leading zero, which shell arithmetic would read as octal: 0.08 s is 80 ms).
 SCRIPT = r"""
 set -e
 cd {dir}
-t() {{ read up rest < /proc/uptime; echo ${{up%%.*}}${{up#*.}}0; }}
+t() {{ read up rest < /proc/uptime; f=${{up#*.}}; echo $((${{up%%.*}} * 1000 + ${{f#0}} * 10)); }}
 a=$(t); dd if=/dev/zero of=big bs=1M count={mib} conv=fsync 2>/tmp/dd.err || {{ cat /tmp/dd.err >&2; exit 1; }}; b=$(t)
 echo write $((b-a))
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
@@ -234,9 +253,35 @@ def boot_cost(vmm, kernel, tmp, n, dax, kernel_base=None):
     return {k: statistics.median(v) for k, v in t.items()}
 
 
+def huge_tmpfs(path, mib):
+    """A tmpfs at `path` whose files live in 2 MiB folios where they can
+    (huge=always), big enough for the workload; unmounted by the caller."""
+    os.makedirs(path)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "huge=always,size=%dm" % (2 * mib + 64),
+                    "hfshuge", path], check=True)
+
+
+def per_round_ratios(runs, base_name):
+    """{target: {phase: [time / base's time in the same round, ...]}}."""
+    base = runs[base_name]
+    return {name: {k: [r[k] / max(b[k], 0.01) for r, b in zip(rs, base)] for k in PHASES}
+            for name, rs in runs.items()}
+
+
+def print_ratios(title, ratios, base_name):
+    print(title)
+    for name, by_phase in ratios.items():
+        if name == base_name:
+            continue
+        print("%-22s " % name + "  ".join(
+            "%s %.2fx (%s)" % (k, statistics.median(v), "/".join("%.2f" % x for x in v))
+            for k, v in by_phase.items()))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("-n", type=int, default=3)
+    ap.add_argument("-n", type=int, default=3, metavar="ROUNDS",
+                    help="rounds; each runs every target once (interleaved)")
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--files", type=int, default=10000)
     ap.add_argument("--baseline", metavar="DIR",
@@ -247,6 +292,14 @@ def main():
                     help="also N boots each with and without a virtio-fs device")
     ap.add_argument("--dax", type=int, default=1024, metavar="MIB",
                     help="the DAX window of vm-volume-dax and hull-vmm-bare-dax (0: no DAX arms)")
+    ap.add_argument("--huge-share", action="store_true",
+                    help="also the DAX arms on a share in huge pages (tmpfs huge=always)")
+    ap.add_argument("--cold-boot", action="store_true",
+                    help="also vm-volume and vm-overlay cold-booted (HULL_COLD_BOOT=1)")
+    ap.add_argument("--vmm-b", metavar="PATH",
+                    help="with --qemu: each bare hull-vmm arm again with this hull-vmm (NAME-b)")
+    ap.add_argument("--only", metavar="NAMES",
+                    help="only these targets, comma-separated (and ns-bind)")
     ap.add_argument("--kernel-base", metavar="VMLINUX",
                     help="with --boot: also boot this (older) kernel, interleaved")
     ap.add_argument("--kernel", default=os.environ.get("HULL_KERNEL") or
@@ -255,15 +308,19 @@ def main():
     hull_bin = hull()
     vmm = os.environ.get("HULL_VMM") or os.path.join(os.path.dirname(hull_bin), "hull-vmm")
     tmp = tempfile.mkdtemp(prefix="hfs")
+    huge = os.path.join(tmp, "volhuge")
     try:
         rootfs = os.path.join(tmp, "rootfs")
         busybox_rootfs(rootfs)
         vol = os.path.join(tmp, "vol")
         os.makedirs(vol)
+        if args.huge_share and args.dax:
+            huge_tmpfs(huge, args.mib)
         state = os.path.join(tmp, "s")
         def container(iso, flags, wd, env_extra=None):
             return lambda: one(hull_bin, state, rootfs, iso, flags, wd, args.mib, args.files,
                                env_extra)
+        dax_env = {"HULL_FS_DAX_MIB": str(args.dax)}
         targets = [("ns-bind", container("ns", ["-v", vol + ":/data"], "/data"))]
         if args.baseline:
             base = {"HULL_VMM": os.path.join(args.baseline, "hull-vmm"),
@@ -273,8 +330,15 @@ def main():
         targets += [("vm-volume", container("vm", ["-v", vol + ":/data"], "/data"))]
         if args.dax:
             targets.append(("vm-volume-dax", container("vm", ["-v", vol + ":/data"], "/data",
-                                                       {"HULL_FS_DAX_MIB": str(args.dax)})))
+                                                       dax_env)))
+            if args.huge_share:
+                targets.append(("vm-volume-dax-huge",
+                                container("vm", ["-v", huge + ":/data"], "/data", dax_env)))
         targets.append(("vm-overlay", container("vm", [], "/work")))
+        if args.cold_boot:
+            cold = {"HULL_COLD_BOOT": "1"}
+            targets += [("vm-volume-cold", container("vm", ["-v", vol + ":/data"], "/data", cold)),
+                        ("vm-overlay-cold", container("vm", [], "/work", cold))]
         if args.qemu:
             if os.environ.get("HULL_IN_KVM_HOST") == "1":
                 # QEMU's RAM is a shared memfd (shmem): huge pages for it,
@@ -283,50 +347,65 @@ def main():
                 with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "w") as f:
                     f.write("advise")
             initrd = bare_initrd(tmp, args.mib, args.files)
-            targets += [
-                ("hull-vmm-bare", lambda: hull_vmm_bare(vmm, args.kernel, initrd, vol)),
-                ("qemu-virtiofsd", lambda: qemu_virtiofsd(args.kernel, initrd, vol, tmp)),
-            ]
+            bare = [("hull-vmm-bare", vol, 0)]
             if args.dax:
-                targets.append(("hull-vmm-bare-dax",
-                                lambda: hull_vmm_bare(vmm, args.kernel, initrd, vol, args.dax)))
+                bare.append(("hull-vmm-bare-dax", vol, args.dax))
+                if args.huge_share:
+                    bare += [("hull-vmm-bare-huge", huge, 0),
+                             ("hull-vmm-bare-dax-huge", huge, args.dax)]
+            def bare_arm(binary, share, dax):
+                return lambda: hull_vmm_bare(binary, args.kernel, initrd, share, dax)
+            targets.append(("qemu-virtiofsd", lambda: qemu_virtiofsd(args.kernel, initrd, vol,
+                                                                     tmp)))
+            for name, share, dax in bare:
+                targets.append((name, bare_arm(vmm, share, dax)))
+                if args.vmm_b:
+                    # Another build's twin, in the same rounds.
+                    targets.append((name + "-b", bare_arm(args.vmm_b, share, dax)))
+        if args.only:
+            only = set(args.only.split(",")) | {"ns-bind"}
+            unknown = only - {name for name, _ in targets}
+            if unknown:
+                sys.exit("--only: no such target (with these options): " + ",".join(sorted(unknown)))
+            targets = [(name, run) for name, run in targets if name in only]
         runs = {name: [] for name, _ in targets}
         # Interleaved, so load drift hits every target alike.
-        for _ in range(args.n):
+        for r in range(args.n):
             for name, run in targets:
                 t0 = time.monotonic()
                 runs[name].append(run())
-                print("%s: %s (%.0f s)" % (name, runs[name][-1], time.monotonic() - t0),
-                      file=sys.stderr)
+                print("round %d %s: %s (%.0f s)" % (r + 1, name, runs[name][-1],
+                                                    time.monotonic() - t0), file=sys.stderr)
         boots = boot_cost(vmm, args.kernel, tmp, args.boot, args.dax,
                           args.kernel_base) if args.boot else None
         med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
                for name, rs in runs.items()}
-        base = med["ns-bind"]
-        print("%-14s %12s %12s %13s %10s %10s %10s" %
+        print("medians over %d rounds" % args.n)
+        print("%-22s %12s %12s %13s %10s %10s %10s" %
               ("target", "write MiB/s", "read MiB/s", "reread MiB/s", "create s", "stat s",
                "unlink s"))
         for name, m in med.items():
-            print("%-14s %12.1f %12.1f %13.1f %10.2f %10.2f %10.2f" %
+            print("%-22s %12.1f %12.1f %13.1f %10.2f %10.2f %10.2f" %
                   (name, args.mib / m["write"], args.mib / m["read"],
                    args.mib / max(m["reread"], 0.01), m["create"], m["stat"], m["unlink"]))
-        print("ratios to ns-bind (time, >1 is slower):")
-        for name, m in med.items():
-            print("%-14s " % name + " ".join("%s %.2fx" % (k, m[k] / max(base[k], 0.01)) for k in PHASES))
-        if args.qemu:
-            q = med["qemu-virtiofsd"]
-            print("hull-vmm-bare against qemu-virtiofsd (time, >1 is slower): " +
-                  " ".join("%s %.2fx" % (k, med["hull-vmm-bare"][k] / max(q[k], 0.01)) for k in PHASES))
-            if args.dax:
-                print("hull-vmm-bare-dax against qemu-virtiofsd (time, >1 is slower): " +
-                      " ".join("%s %.2fx" % (k, med["hull-vmm-bare-dax"][k] / max(q[k], 0.01))
-                               for k in PHASES))
+        ratios = {"ns-bind": per_round_ratios(runs, "ns-bind")}
+        print_ratios("time against ns-bind in the same round (>1 is slower): "
+                     "median (each round)", ratios["ns-bind"], "ns-bind")
+        if "qemu-virtiofsd" in runs:
+            bare = {k: v for k, v in runs.items() if k.startswith("hull-vmm-bare") or
+                    k == "qemu-virtiofsd"}
+            ratios["qemu-virtiofsd"] = per_round_ratios(bare, "qemu-virtiofsd")
+            print_ratios("time against qemu-virtiofsd in the same round (>1 is slower): "
+                         "median (each round)", ratios["qemu-virtiofsd"], "qemu-virtiofsd")
         if boots:
             print("boot to init, median of %d: " % args.boot +
                   ", ".join("%s %.0f ms" % kv for kv in boots.items()))
-        print(json.dumps({"runs": args.n, "mib": args.mib, "files": args.files,
-                          "median_s": med, "boot_ms": boots}))
+        print(json.dumps({"rounds": args.n, "mib": args.mib, "files": args.files,
+                          "median_s": med, "runs_s": runs, "ratios": ratios,
+                          "boot_ms": boots}))
     finally:
+        if os.path.ismount(huge):
+            subprocess.run(["umount", huge])
         shutil.rmtree(tmp, ignore_errors=True)
 
 

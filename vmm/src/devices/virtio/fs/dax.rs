@@ -57,13 +57,24 @@ impl DaxWindow {
         if len == 0 || !len.is_multiple_of(CHUNK) || !gpa.is_multiple_of(CHUNK) {
             return Err(DaxError::Size(len));
         }
-        let size = usize::try_from(len).map_err(|_| DaxError::Size(len))?;
+        // One chunk more than the window, so that the window can start on a
+        // 2 MiB boundary of the host's address space, as it does in the
+        // guest's: KVM maps a huge page into the guest only where the host
+        // address and the guest address agree modulo 2 MiB, so a host file
+        // in huge pages (a tmpfs mounted huge=always) then reaches the guest
+        // 2 MiB at a time instead of in 4 KiB nested faults. The slack stays
+        // reserved with the rest.
+        let chunk = CHUNK as usize;
+        let size = usize::try_from(len)
+            .ok()
+            .and_then(|s| s.checked_add(chunk))
+            .ok_or(DaxError::Size(len))?;
         // SAFETY: a fresh reservation at an address the kernel chooses
         // (no MAP_FIXED); nothing else is touched.
         let p = unsafe { reserve(std::ptr::null_mut(), size, 0) }
             .map_err(|source| DaxError::Reserve { len, source })?;
         Ok(DaxWindow {
-            host: p as usize,
+            host: (p as usize).next_multiple_of(chunk),
             len,
             gpa,
         })
@@ -186,5 +197,23 @@ impl Drop for DaxWindow {
         // while one does. It is address space only, and the process ends
         // with its VM.
         self.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The window starts on a 2 MiB boundary of host address space, as it
+    /// does in the guest's, whatever address the kernel chose: without it
+    /// KVM cannot map a host huge page into the window whole.
+    #[test]
+    fn the_window_starts_on_a_2_mib_host_boundary() {
+        let windows: Vec<DaxWindow> = (0..8)
+            .map(|i| DaxWindow::new(i * CHUNK, CHUNK).unwrap())
+            .collect();
+        for w in &windows {
+            assert_eq!(w.host_addr() % CHUNK, 0, "{:#x}", w.host_addr());
+        }
     }
 }
