@@ -72,6 +72,9 @@ enum Command {
 }
 
 fn main() {
+    // The first mark: what passes before it is the exec and the dynamic
+    // loader; between it and `run`, the command line's parsing.
+    hull::trace::mark("main");
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     // Usage errors are hull's own errors: 125, as docker exits for them.
     let cli = Cli::try_parse().unwrap_or_else(|e| {
