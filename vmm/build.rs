@@ -3,6 +3,9 @@
 //! `$OUT_DIR/seccomp_filters.rs` as constant `&[sock_filter]` slices that
 //! `crate::seccomp` includes. A unit test there checks that they are what
 //! the same lists compile to at run time.
+//!
+//! On glibc Linux it also links `hull-vmm` with packed relative relocations
+//! (`-z pack-relative-relocs`, DT_RELR): see the repository's build.rs.
 
 use std::fmt::Write;
 
@@ -30,6 +33,11 @@ fn program(name: &str, rules: rules::Rules, otherwise: SeccompAction, out: &mut 
 
 fn main() {
     println!("cargo:rerun-if-changed=src/seccomp_rules.rs");
+    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
+    if os == "linux" && env == "gnu" {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
     let mut out = String::new();
     for kind in ThreadKind::ALL {
         let name = kind.name().to_uppercase();
