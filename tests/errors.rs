@@ -100,22 +100,7 @@ fn a_missing_kernel_is_one_line_and_leaves_no_container() {
     let state = t.path().join("s");
     let rootfs = t.path().join("rootfs");
     std::fs::create_dir(&rootfs).unwrap();
-    let out = hull()
-        .arg("--state-dir")
-        .arg(&state)
-        .args([
-            "run",
-            "--rm",
-            "--isolation",
-            "vm",
-            "--kernel",
-            "/nonexistent",
-        ])
-        .arg("--rootfs")
-        .arg(&rootfs)
-        .arg("true")
-        .output()
-        .unwrap();
+    let out = run_vm_without_kernel(&state, &rootfs, &[], &[]);
     let line = error_line(&out);
     assert!(
         line.contains("guest kernel /nonexistent is not a file"),
@@ -155,25 +140,13 @@ fn a_bad_dax_window_setting_is_one_line_before_anything_starts() {
     std::fs::create_dir(&rootfs).unwrap();
     for bad in ["abc", "3", "131072"] {
         // A missing kernel too: without the check, that is what hull reports.
-        let out = hull()
-            .env("HULL_FS_DAX_MIB", bad)
-            .arg("--state-dir")
-            .arg(&state)
-            .args([
-                "run",
-                "--rm",
-                "--isolation",
-                "vm",
-                "--kernel",
-                "/nonexistent",
-            ])
-            .arg("-v")
-            .arg(format!("{}:/data", rootfs.display()))
-            .arg("--rootfs")
-            .arg(&rootfs)
-            .arg("true")
-            .output()
-            .unwrap();
+        let volume = format!("{}:/data", rootfs.display());
+        let out = run_vm_without_kernel(
+            &state,
+            &rootfs,
+            &[("HULL_FS_DAX_MIB", bad)],
+            &["-v", &volume],
+        );
         let line = error_line(&out);
         assert!(
             line.starts_with(&format!("hull: HULL_FS_DAX_MIB=\"{bad}\": ")),
@@ -184,6 +157,35 @@ fn a_bad_dax_window_setting_is_one_line_before_anything_starts() {
             "HULL_FS_DAX_MIB={bad} left a container"
         );
     }
+}
+
+/// `hull run --rm --isolation vm --kernel /nonexistent [EXTRA] --rootfs
+/// ROOTFS true` with `env` set: what fails before the kernel is looked at
+/// fails first.
+fn run_vm_without_kernel(
+    state: &Path,
+    rootfs: &Path,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> std::process::Output {
+    hull()
+        .envs(env.iter().copied())
+        .arg("--state-dir")
+        .arg(state)
+        .args([
+            "run",
+            "--rm",
+            "--isolation",
+            "vm",
+            "--kernel",
+            "/nonexistent",
+        ])
+        .args(extra)
+        .arg("--rootfs")
+        .arg(rootfs)
+        .arg("true")
+        .output()
+        .unwrap()
 }
 
 fn empty_dir(p: &Path) -> bool {
