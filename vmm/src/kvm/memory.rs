@@ -109,22 +109,45 @@ fn is_emulator_signature(sig: &[u8; 12]) -> bool {
 fn aligned_region(gpa: GuestAddress, len: usize) -> Result<MmapRegion, MemoryError> {
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-    let span = len.checked_add(HUGE).ok_or(MemoryError::TooLarge(gpa.0))?;
+    let start = huge_aligned_mapping(gpa.0, len, prot, flags)
+        .ok_or(MemoryError::TooLarge(gpa.0))?
+        .map_err(|source| MemoryError::Mmap {
+            mib: len >> 20,
+            source,
+        })?;
+    // SAFETY: [start, start + len) is the live mapping made above; advice
+    // only (where THP is off the memory is simply not huge).
+    unsafe { libc::madvise(start.cast(), len, libc::MADV_HUGEPAGE) };
+    // SAFETY: [start, start + len) is a live anonymous mapping with exactly
+    // these protection and flags, never unmapped while the process runs.
+    unsafe { MmapRegion::build_raw(start, len, prot, flags) }
+        .map_err(|source| MemoryError::Region { gpa: gpa.0, source })
+}
+
+/// A fresh anonymous mapping (`prot`, `flags`, which must not hold
+/// MAP_FIXED) of `len` bytes at an address congruent to `gpa` modulo 2 MiB:
+/// KVM maps a host huge page into the guest only where the host and guest
+/// addresses agree modulo 2 MiB. 2 MiB more is mapped, then the head and
+/// tail around the aligned range are unmapped again. None when `len` is
+/// too large to map 2 MiB more.
+pub fn huge_aligned_mapping(
+    gpa: u64,
+    len: usize,
+    prot: libc::c_int,
+    flags: libc::c_int,
+) -> Option<std::io::Result<*mut u8>> {
+    let span = len.checked_add(HUGE)?;
     // SAFETY: a fresh anonymous mapping at an address of the kernel's choice.
     let base = unsafe { libc::mmap(std::ptr::null_mut(), span, prot, flags, -1, 0) };
     if base == libc::MAP_FAILED {
-        return Err(MemoryError::Mmap {
-            mib: len >> 20,
-            source: std::io::Error::last_os_error(),
-        });
+        return Some(Err(std::io::Error::last_os_error()));
     }
     let base = base as usize;
-    let want = crate::arch::x86_64::u64_to_usize(gpa.0) % HUGE;
+    let want = crate::arch::x86_64::u64_to_usize(gpa) % HUGE;
     let start = base + (want + HUGE - base % HUGE) % HUGE;
     let (head, tail) = (start - base, base + span - (start + len));
     // SAFETY: both ranges lie inside the mapping made above and outside
-    // [start, start + len), which is all that is kept; the advice only
-    // concerns that kept range.
+    // [start, start + len), which is all that is kept.
     unsafe {
         if head > 0 {
             libc::munmap(base as *mut libc::c_void, head);
@@ -132,13 +155,8 @@ fn aligned_region(gpa: GuestAddress, len: usize) -> Result<MmapRegion, MemoryErr
         if tail > 0 {
             libc::munmap((start + len) as *mut libc::c_void, tail);
         }
-        // Advice only: where THP is off the memory is simply not huge.
-        libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
     }
-    // SAFETY: [start, start + len) is a live anonymous mapping with exactly
-    // these protection and flags, never unmapped while the process runs.
-    unsafe { MmapRegion::build_raw(start as *mut u8, len, prot, flags) }
-        .map_err(|source| MemoryError::Region { gpa: gpa.0, source })
+    Some(Ok(start as *mut u8))
 }
 
 /// Guest memory for `ranges` (guest address, length, offset in `file`)

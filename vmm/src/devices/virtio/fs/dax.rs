@@ -57,24 +57,19 @@ impl DaxWindow {
         if len == 0 || !len.is_multiple_of(CHUNK) || !gpa.is_multiple_of(CHUNK) {
             return Err(DaxError::Size(len));
         }
-        // One chunk more than the window, so that the window can start on a
-        // 2 MiB boundary of the host's address space, as it does in the
-        // guest's: KVM maps a huge page into the guest only where the host
-        // address and the guest address agree modulo 2 MiB, so a host file
-        // in huge pages (a tmpfs mounted huge=always) then reaches the guest
-        // 2 MiB at a time instead of in 4 KiB nested faults. The slack stays
-        // reserved with the rest.
-        let chunk = CHUNK as usize;
-        let size = usize::try_from(len)
+        // The window starts on a 2 MiB boundary of the host's address
+        // space, as it does in the guest's, so a host file in huge pages (a
+        // tmpfs mounted huge=always) reaches the guest 2 MiB at a time
+        // instead of in 4 KiB nested faults.
+        let p = usize::try_from(len)
             .ok()
-            .and_then(|s| s.checked_add(chunk))
-            .ok_or(DaxError::Size(len))?;
-        // SAFETY: a fresh reservation at an address the kernel chooses
-        // (no MAP_FIXED); nothing else is touched.
-        let p = unsafe { reserve(std::ptr::null_mut(), size, 0) }
+            .and_then(|size| {
+                crate::kvm::memory::huge_aligned_mapping(gpa, size, libc::PROT_NONE, RESERVE_FLAGS)
+            })
+            .ok_or(DaxError::Size(len))?
             .map_err(|source| DaxError::Reserve { len, source })?;
         Ok(DaxWindow {
-            host: (p as usize).next_multiple_of(chunk),
+            host: p as usize,
             len,
             gpa,
         })
@@ -155,6 +150,10 @@ impl DaxWindow {
     }
 }
 
+/// The flags of the window's PROT_NONE address space: anonymous, costing no
+/// memory.
+const RESERVE_FLAGS: libc::c_int = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+
 /// Anonymous PROT_NONE address space of `size` bytes that costs no memory
 /// (MAP_NORESERVE): at `at` with `MAP_FIXED` in `flags`, else where the
 /// kernel chooses.
@@ -168,16 +167,7 @@ unsafe fn reserve(
     flags: libc::c_int,
 ) -> std::io::Result<*mut libc::c_void> {
     // SAFETY: the caller's contract above; an anonymous mapping reads no file.
-    let p = unsafe {
-        libc::mmap(
-            at,
-            size,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | flags,
-            -1,
-            0,
-        )
-    };
+    let p = unsafe { libc::mmap(at, size, libc::PROT_NONE, RESERVE_FLAGS | flags, -1, 0) };
     if p == libc::MAP_FAILED {
         Err(std::io::Error::last_os_error())
     } else {
