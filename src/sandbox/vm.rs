@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use hull_agent::protocol::{Mount, MountKind, VmSetup};
 use hull_vmm::config::{
-    DiskConfig, FsConfig, MacAddr, NetConfig, SerialOutput, VmConfig, VsockConfig,
+    DiskConfig, FsCache, FsConfig, MacAddr, NetConfig, SerialOutput, VmConfig, VsockConfig,
 };
 
 use hull_agent::protocol::RootDisks;
@@ -185,6 +185,7 @@ fn shares(spec: &Spec<'_>) -> Result<(Vec<FsConfig>, VmSetup), SandboxError> {
             tag: ROOT_TAG.into(),
             path: dir.clone(),
             read_only: spec.read_only,
+            cache: FsCache::Auto,
         });
         setup.root_tag = Some(ROOT_TAG.into());
     }
@@ -202,6 +203,7 @@ fn shares(spec: &Spec<'_>) -> Result<(Vec<FsConfig>, VmSetup), SandboxError> {
                     tag: tag.clone(),
                     path,
                     read_only: m.readonly,
+                    cache: m.cache,
                 });
                 MountKind::Virtiofs { tag }
             }
@@ -542,6 +544,7 @@ mod tests {
             target: target.into(),
             readonly,
             nocopy: false,
+            cache: Default::default(),
         };
         let spec = Spec {
             isolation: Isolation::Vm,

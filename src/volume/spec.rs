@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use hull_vmm::config::FsCache;
 use serde::{Deserialize, Serialize};
 
 /// Where a mount's content comes from.
@@ -42,6 +43,27 @@ pub struct MountSpec {
     /// Do not seed an empty named volume from the image (`nocopy`).
     #[serde(default)]
     pub nocopy: bool,
+    /// In a microVM: whether the guest caches the share's file data
+    /// (docker's consistency modes: `consistent` is
+    /// [`FsCache::Never`], `cached`, `delegated` and the default are
+    /// [`FsCache::Auto`]). A namespace container's bind mount is the
+    /// host's own file system either way.
+    #[serde(default, skip_serializing_if = "is_auto")]
+    pub cache: FsCache,
+}
+
+fn is_auto(c: &FsCache) -> bool {
+    *c == FsCache::Auto
+}
+
+/// Docker's consistency mode (`-v` mode, `--mount consistency=`) as the
+/// virtio-fs cache setting that gives it; None for any other word.
+fn consistency(mode: &str) -> Option<FsCache> {
+    match mode {
+        "consistent" => Some(FsCache::Never),
+        "cached" | "delegated" | "default" => Some(FsCache::Auto),
+        _ => None,
+    }
 }
 
 /// A mount the user wrote that hull cannot take; each message names the
@@ -86,7 +108,8 @@ pub enum MountSpecError {
 impl MountSpec {
     /// `-v SRC:DST[:OPTS]`, `-v DST` (an anonymous volume). SRC is a host
     /// directory when it is an absolute path, a volume name otherwise; OPTS
-    /// is a comma list of `ro`, `rw`, `nocopy` (SELinux's `z`/`Z` are taken
+    /// is a comma list of `ro`, `rw`, `nocopy`, a consistency mode
+    /// (`consistent`, `cached`, `delegated`) and SELinux's `z`/`Z` (taken
     /// and ignored: nothing here labels files).
     pub fn parse_volume(spec: &str) -> Result<MountSpec, MountSpecError> {
         let parts: Vec<&str> = spec.split(':').collect();
@@ -101,18 +124,22 @@ impl MountSpec {
         }
         let mut readonly = false;
         let mut nocopy = false;
+        let mut cache = FsCache::Auto;
         for mode in opts.into_iter().flat_map(|o| o.split(',')) {
             match mode {
                 "ro" => readonly = true,
                 "rw" => readonly = false,
                 "nocopy" => nocopy = true,
                 "z" | "Z" => {}
-                _ => {
-                    return Err(MountSpecError::VolumeMode {
-                        spec: spec.into(),
-                        mode: mode.into(),
-                    });
-                }
+                _ => match consistency(mode) {
+                    Some(c) if mode != "default" => cache = c,
+                    _ => {
+                        return Err(MountSpecError::VolumeMode {
+                            spec: spec.into(),
+                            mode: mode.into(),
+                        });
+                    }
+                },
             }
         }
         let source = match src {
@@ -129,7 +156,7 @@ impl MountSpec {
                 }
             }
         };
-        MountSpec::new(source, dst, readonly, nocopy)
+        MountSpec::new(source, dst, readonly, nocopy).map(|m| m.with_cache(cache))
     }
 
     /// `--mount type=bind|volume|tmpfs,src=..,dst=..[,readonly][,tmpfs-size=..]`
@@ -142,6 +169,7 @@ impl MountSpec {
         let mut nocopy = false;
         let mut size = None;
         let mut mode = None;
+        let mut cache = FsCache::Auto;
         for field in spec.split(',').filter(|f| !f.is_empty()) {
             let (key, value) = match field.split_once('=') {
                 Some((k, v)) => (k, Some(v)),
@@ -157,7 +185,14 @@ impl MountSpec {
                 "volume-nocopy" => nocopy = parse_bool(key, value)?,
                 "tmpfs-size" => size = Some(parse_size(need(value)?)?),
                 "tmpfs-mode" => mode = Some(parse_mode(key, need(value)?)?),
-                "bind-propagation" | "consistency" => {
+                "consistency" => {
+                    let v = need(value)?;
+                    cache = consistency(v).ok_or_else(|| MountSpecError::MountValue {
+                        key: key.into(),
+                        value: v.into(),
+                    })?;
+                }
+                "bind-propagation" => {
                     need(value)?;
                 }
                 _ => {
@@ -218,7 +253,7 @@ impl MountSpec {
                 what: "tmpfs options are only for type tmpfs",
             });
         }
-        MountSpec::new(source, dst, readonly, nocopy)
+        MountSpec::new(source, dst, readonly, nocopy).map(|m| m.with_cache(cache))
     }
 
     /// `--tmpfs PATH[:OPTS]`: OPTS a comma list of `size=N`, `mode=OCTAL`,
@@ -258,7 +293,13 @@ impl MountSpec {
             target,
             readonly,
             nocopy,
+            cache: FsCache::Auto,
         })
+    }
+
+    fn with_cache(mut self, cache: FsCache) -> MountSpec {
+        self.cache = cache;
+        self
     }
 
     /// Checks a bind mount's host directory: `-v` makes a missing one (as
@@ -375,6 +416,7 @@ mod tests {
             target: target.into(),
             readonly,
             nocopy: false,
+            cache: FsCache::Auto,
         }
     }
 
@@ -406,6 +448,42 @@ mod tests {
             }
         );
         assert_eq!(anon.target, "/scratch");
+    }
+
+    /// Docker's consistency modes choose whether a microVM's guest caches
+    /// the share's data; a stored spec without the field reads as the
+    /// default.
+    #[test]
+    fn consistency_modes_set_the_share_cache() {
+        let cache = |s: &str| MountSpec::parse_volume(s).unwrap().cache;
+        assert_eq!(cache("/srv:/data"), FsCache::Auto);
+        assert_eq!(cache("/srv:/data:ro,consistent"), FsCache::Never);
+        assert_eq!(cache("v:/data:cached"), FsCache::Auto);
+        assert_eq!(cache("v:/data:delegated"), FsCache::Auto);
+        let mount = |s: &str| MountSpec::parse_mount(s).unwrap().cache;
+        assert_eq!(
+            mount("type=bind,src=/s,dst=/d,consistency=consistent"),
+            FsCache::Never
+        );
+        assert_eq!(mount("src=v,dst=/d,consistency=default"), FsCache::Auto);
+        assert_eq!(
+            MountSpec::parse_mount("src=v,dst=/d,consistency=eventual").unwrap_err(),
+            MountSpecError::MountValue {
+                key: "consistency".into(),
+                value: "eventual".into()
+            }
+        );
+        assert!(matches!(
+            MountSpec::parse_volume("/s:/d:default").unwrap_err(),
+            MountSpecError::VolumeMode { .. }
+        ));
+        let stored = r#"{"source":{"bind":{"path":"/s"}},"target":"/d","readonly":false}"#;
+        let old: MountSpec = serde_json::from_str(stored).unwrap();
+        assert_eq!(old.cache, FsCache::Auto);
+        let json = serde_json::to_string(&MountSpec::parse_volume("/s:/d").unwrap()).unwrap();
+        assert!(!json.contains("cache"), "{json}");
+        let json = serde_json::to_string(&MountSpec::parse_volume("/s:/d:consistent").unwrap());
+        assert!(json.unwrap().contains(r#""cache":"never""#));
     }
 
     #[test]

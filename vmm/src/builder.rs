@@ -468,7 +468,7 @@ pub(crate) fn attach_virtio(
     }
     for (i, slot) in (0..cfg.fs_devices()).zip(DAX_FIRST_SLOT..) {
         let dev = match cfg.fs.get(i) {
-            Some(f) => Fs::new(&f.tag, &f.path, f.read_only, &event_loop)?,
+            Some(f) => Fs::new(&f.tag, &f.path, f.read_only, &event_loop)?.with_cache(f.cache),
             None => Fs::empty(&crate::config::fs_slot_tag(i), &event_loop)?,
         };
         let dev = match dax_window(cfg, vm, i, slot)? {

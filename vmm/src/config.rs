@@ -85,7 +85,9 @@ pub enum ConfigError {
     NetBackend,
     #[error("fd {0} is given to more than one network device")]
     NetFdTwice(i32),
-    #[error("--fs {0:?}: expected tag=TAG,path=DIR[,ro] (a tag of 1 to 36 bytes)")]
+    #[error(
+        "--fs {0:?}: expected tag=TAG,path=DIR[,ro][,cache=auto|never] (a tag of 1 to 36 bytes)"
+    )]
     Fs(String),
     #[error("--fs-dax {0}: a DAX window is a multiple of 2 MiB, at most {MAX_FS_DAX_MIB}")]
     FsDax(u64),
@@ -296,7 +298,8 @@ fn is_zero_u64(n: &u64) -> bool {
 }
 
 /// One virtio-fs device sharing a host directory (JSON: `{"tag": ...,
-/// "path": ..., "read_only": ...}`; flag: `--fs tag=TAG,path=DIR[,ro]`).
+/// "path": ..., "read_only": ..., "cache": ...}`; flag:
+/// `--fs tag=TAG,path=DIR[,ro][,cache=auto|never]`).
 /// The guest mounts it with `mount -t virtiofs TAG DIR`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -308,19 +311,56 @@ pub struct FsConfig {
     /// Every change is refused with EROFS on the host side. Default false.
     #[serde(default)]
     pub read_only: bool,
+    /// Whether the guest keeps file data in its own page cache.
+    #[serde(default)]
+    pub cache: FsCache,
+}
+
+/// Whether a share's file data goes through the guest's page cache (the
+/// server's answer to each OPEN and CREATE; names and attributes are
+/// cached either way, for a second). See docs/volumes.md, "Caching".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsCache {
+    /// The guest caches what it reads, and keeps it across opens until the
+    /// host file's size or mtime changes; a file opened write-only (which
+    /// can never be mapped) bypasses the cache: each write goes straight
+    /// from the writer's buffer to the host file.
+    #[default]
+    Auto,
+    /// No data in the guest's page cache: every read and write goes to the
+    /// host file (FOPEN_DIRECT_IO), so the guest always sees the host's
+    /// bytes and its memory holds no copy of them. A 6.1 guest kernel
+    /// refuses MAP_SHARED of such a file (ENODEV); private mappings, and
+    /// so executables, work.
+    Never,
+}
+
+impl std::str::FromStr for FsCache {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "auto" => Ok(FsCache::Auto),
+            "never" => Ok(FsCache::Never),
+            _ => Err(()),
+        }
+    }
 }
 
 impl std::str::FromStr for FsConfig {
     type Err = ConfigError;
-    /// `tag=TAG,path=DIR[,ro]`.
+    /// `tag=TAG,path=DIR[,ro][,cache=auto|never]`.
     fn from_str(s: &str) -> Result<Self, ConfigError> {
         let bad = || ConfigError::Fs(s.into());
-        let (mut tag, mut path, mut read_only) = (None, None, false);
+        let (mut tag, mut path, mut read_only, mut cache) = (None, None, false, None);
         for opt in s.split(',') {
             match opt.split_once('=') {
                 Some(("tag", v)) if tag.is_none() => tag = Some(v.to_string()),
                 Some(("path", v)) if path.is_none() && !v.is_empty() => {
                     path = Some(PathBuf::from(v))
+                }
+                Some(("cache", v)) if cache.is_none() => {
+                    cache = Some(v.parse().map_err(|()| bad())?)
                 }
                 None if opt == "ro" => read_only = true,
                 _ => return Err(bad()),
@@ -333,6 +373,7 @@ impl std::str::FromStr for FsConfig {
             tag,
             path,
             read_only,
+            cache: cache.unwrap_or_default(),
         };
         fs.validate().map_err(|_| bad())?;
         Ok(fs)
@@ -664,12 +705,23 @@ mod tests {
             FsConfig {
                 tag: "vol0".into(),
                 path: "/srv/d".into(),
-                read_only: true
+                read_only: true,
+                cache: FsCache::Auto,
             }
         );
+        let f2: FsConfig = "tag=vol0,path=/srv/d,cache=never".parse().unwrap();
+        assert_eq!((f2.cache, f2.read_only), (FsCache::Never, false));
+        let json: FsConfig = serde_json::from_str(r#"{"tag":"a","path":"/d"}"#).unwrap();
+        assert_eq!(json.cache, FsCache::Auto);
+        let json: FsConfig =
+            serde_json::from_str(r#"{"tag":"a","path":"/d","cache":"never"}"#).unwrap();
+        assert_eq!(json.cache, FsCache::Never);
         for bad in [
             "tag=vol0",
             "path=/d",
+            "tag=a,path=/d,cache=always",
+            "tag=a,path=/d,cache=",
+            "tag=a,path=/d,cache=never,cache=auto",
             "tag=,path=/d",
             "tag=a b,path=/d",
             &format!("tag={},path=/d", "x".repeat(37)),

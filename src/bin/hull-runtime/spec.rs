@@ -382,6 +382,7 @@ fn mounts(spec: &Spec, isolation: Isolation) -> anyhow::Result<(Vec<MountSpec>, 
                 target,
                 readonly,
                 nocopy: true,
+                cache: Default::default(),
             });
             continue;
         }
@@ -413,6 +414,7 @@ fn mounts(spec: &Spec, isolation: Isolation) -> anyhow::Result<(Vec<MountSpec>, 
                     target,
                     readonly,
                     nocopy: true,
+                    cache: Default::default(),
                 }),
                 _ => bail!(
                     "bind mount of the file {} at {target}: a microVM shares directories only (use the annotation hull.isolation=ns)",
@@ -426,6 +428,7 @@ fn mounts(spec: &Spec, isolation: Isolation) -> anyhow::Result<(Vec<MountSpec>, 
             target,
             readonly,
             nocopy: true,
+            cache: Default::default(),
         });
     }
     Ok((out, etc))

@@ -15,6 +15,7 @@ use super::protocol as p;
 use super::server::{Answer, GuestData, Server, ServerError};
 use super::stats::Stats;
 use super::{TAG_MAX, proc_self_fd};
+use crate::config::FsCache;
 use crate::devices::virtio::event_loop::EventLoop;
 use crate::devices::virtio::iov::{self, GuestIovecs, segments};
 use crate::devices::virtio::persist::{DeviceState, PersistError, QueueSnapshot, VirtioState};
@@ -164,6 +165,18 @@ impl Fs {
             served: Vec::new(),
             own,
         })
+    }
+
+    /// Sets whether the guest keeps the share's file data in its page
+    /// cache (see [`FsCache`]); an empty slot has no server to set.
+    pub fn with_cache(self, cache: FsCache) -> Fs {
+        if let Some(server) = &self.server {
+            server
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_cache(cache);
+        }
+        self
     }
 
     /// Gives the device a DAX window: the guest finds it as shared memory

@@ -103,8 +103,11 @@ pub const INIT_MAP_ALIGNMENT: u32 = 1 << 26;
 /// SETUPMAPPING: the guest will write through the mapping.
 pub const SETUPMAPPING_FLAG_WRITE: u64 = 1 << 0;
 
-/// OPEN's and CREATE's reply flag: the guest keeps what it cached of the
-/// file's data at this open (without it, every open drops it).
+/// OPEN's and CREATE's reply flags: the file's data bypasses the guest's
+/// page cache (every read and write is a request) ...
+pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
+/// ... or the guest keeps what it cached of the file's data at this open
+/// (without it, every open drops it).
 pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 
 /// SETATTR's `valid` bits.

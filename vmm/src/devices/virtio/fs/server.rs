@@ -30,6 +30,7 @@ use std::sync::Arc;
 use super::dax::{DaxWindow, MAP_ALIGNMENT_SHIFT};
 use super::protocol::{self as p, Args, Out};
 use super::sys;
+use crate::config::FsCache;
 
 mod io;
 mod mapping;
@@ -77,6 +78,8 @@ pub struct Server {
     next_fh: u64,
     /// The device's DAX window, if it has one (see super::dax).
     window: Option<Arc<DaxWindow>>,
+    /// Whether opened files' data goes through the guest's page cache.
+    cache: FsCache,
 }
 
 /// What a request gets back: a reply (errno 0 with a body, or an errno),
@@ -134,6 +137,7 @@ impl Server {
             handles: HashMap::new(),
             next_fh: 1,
             window: None,
+            cache: FsCache::Auto,
         })
     }
 
@@ -168,6 +172,29 @@ impl Server {
                 open_err(std::io::Error::from_raw_os_error(e))
             }
         })
+    }
+
+    /// Sets whether the guest caches file data (see [`FsCache`]); it
+    /// applies to the files opened from then on.
+    pub fn set_cache(&mut self, cache: FsCache) {
+        self.cache = cache;
+    }
+
+    /// What OPEN and CREATE tell the guest about a file opened with the
+    /// guest's `flags`: FOPEN_DIRECT_IO (no page cache: each read and
+    /// write is a request, straight between the caller's buffer and the
+    /// host file) or FOPEN_KEEP_CACHE (what the guest cached survives the
+    /// open). Under [`FsCache::Auto`], a write-only open goes direct: its
+    /// writes would otherwise be copied into the guest's page cache as
+    /// well as sent, and no process can map it through that open (mmap
+    /// needs a readable file), so nothing that needs the cache loses it.
+    fn open_reply_flags(&self, flags: u32) -> u32 {
+        let write_only = flags as i32 & libc::O_ACCMODE == libc::O_WRONLY;
+        match self.cache {
+            FsCache::Never => p::FOPEN_DIRECT_IO,
+            FsCache::Auto if write_only => p::FOPEN_DIRECT_IO,
+            FsCache::Auto => p::FOPEN_KEEP_CACHE,
+        }
     }
 
     /// Gives the server the device's DAX window: INIT offers it and
@@ -697,16 +724,16 @@ impl Server {
         if i.kind != want {
             return Err(if dir { libc::ENOTDIR } else { libc::EINVAL });
         }
-        let flags = if dir {
+        let oflags = if dir {
             libc::O_RDONLY | libc::O_DIRECTORY
         } else {
             self.open_flags(flags)?
         };
-        let fd = sys::reopen(self.proc_fd.as_fd(), i.fd.as_fd(), flags)?;
+        let fd = sys::reopen(self.proc_fd.as_fd(), i.fd.as_fd(), oflags)?;
         let fh = self.add_handle(fd)?;
         let mut o = Out::default();
         o.u64(fh)
-            .u32(if dir { 0 } else { p::FOPEN_KEEP_CACHE })
+            .u32(if dir { 0 } else { self.open_reply_flags(flags) })
             .u32(0);
         Ok(o.0)
     }
@@ -735,7 +762,7 @@ impl Server {
             }
         };
         let mut o = Out(std::mem::take(&mut entry));
-        o.u64(fh).u32(p::FOPEN_KEEP_CACHE).u32(0);
+        o.u64(fh).u32(self.open_reply_flags(flags)).u32(0);
         Ok(o.0)
     }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::dax::DaxWindow;
 use super::protocol as p;
 use super::server::{Answer, ROOT_ID, Server};
+use crate::config::FsCache;
 
 struct Share {
     top: PathBuf,
@@ -436,6 +437,56 @@ fn files_keep_their_cache_across_opens() {
     assert_eq!(open_flags(&mut s, p::OPENDIR, ROOT_ID), 0);
     let (_, _, created) = create_open(&mut s, ROOT_ID, "new", 0o644, 0).unwrap();
     assert_eq!(created, p::FOPEN_KEEP_CACHE);
+}
+
+/// What OPEN and CREATE answer for each open mode, per cache setting: by
+/// default only write-only opens bypass the guest's page cache; with
+/// cache=never every file does, and directories are never direct.
+#[test]
+fn the_cache_setting_decides_which_opens_go_direct() {
+    let share = Share::new("direct");
+    let open_reply = |s: &mut Server, opcode, node, flags: i32| {
+        let mut b = (flags as u32).to_le_bytes().to_vec();
+        b.extend_from_slice(&[0; 4]);
+        let (e, body) = call(s, opcode, node, &b);
+        assert_eq!(e, 0);
+        u32::from_le_bytes(body[8..12].try_into().unwrap())
+    };
+    let create_reply = |s: &mut Server, name: &str, flags: i32| {
+        let b = fields_then_name(&[(flags | libc::O_CREAT) as u32, 0o644, 0, 0], name);
+        let (e, body) = call(s, p::CREATE, ROOT_ID, &b);
+        assert_eq!(e, 0);
+        u32::from_le_bytes(body[body.len() - 8..body.len() - 4].try_into().unwrap())
+    };
+    let (direct, cached) = (p::FOPEN_DIRECT_IO, p::FOPEN_KEEP_CACHE);
+    for (cache, rd, wr, rdwr) in [
+        (FsCache::Auto, cached, direct, cached),
+        (FsCache::Never, direct, direct, direct),
+    ] {
+        let mut s = share.server(false);
+        s.set_cache(cache);
+        let inside = lookup(&mut s, ROOT_ID, "inside").unwrap();
+        assert_eq!(
+            open_reply(&mut s, p::OPEN, inside, libc::O_RDONLY),
+            rd,
+            "{cache:?}"
+        );
+        assert_eq!(
+            open_reply(&mut s, p::OPEN, inside, libc::O_WRONLY),
+            wr,
+            "{cache:?}"
+        );
+        assert_eq!(
+            open_reply(&mut s, p::OPEN, inside, libc::O_RDWR),
+            rdwr,
+            "{cache:?}"
+        );
+        assert_eq!(open_reply(&mut s, p::OPENDIR, ROOT_ID, libc::O_RDONLY), 0);
+        let name = format!("w-{cache:?}");
+        assert_eq!(create_reply(&mut s, &name, libc::O_WRONLY), wr, "{cache:?}");
+        let name = format!("rw-{cache:?}");
+        assert_eq!(create_reply(&mut s, &name, libc::O_RDWR), rdwr, "{cache:?}");
+    }
 }
 
 /// The INIT reply's flags and map_alignment.
