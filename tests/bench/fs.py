@@ -4,7 +4,13 @@ and a metadata workload (create, stat and unlink 10 000 small files), timed
 inside the container, on:
 
   ns-bind     --isolation ns, a host directory bound at /data
-  vm-volume   --isolation vm, the same host directory over virtio-fs
+  vm-volume   --isolation vm, the same host directory over virtio-fs (the
+              default cache setting, auto: the guest caches what it reads,
+              write-only opens go straight to the host file)
+  vm-volume-consistent
+              vm-volume mounted -v DIR:/data:consistent (cache=never: every
+              read and write goes to the host file, none is cached in the
+              guest)
   vm-overlay  --isolation vm, the microVM's own overlay root (its upper is a
               tmpfs in guest RAM: an upper bound, not a disk)
   vm-volume-dax
@@ -25,7 +31,10 @@ and, with options:
                    (qemu-virtiofsd: guest RAM a shared memfd, as vhost-user
                    needs; QEMU 7.2's own virtiofsd, /usr/lib/qemu/virtiofsd
                    from Debian's qemu-system-common, cache=auto), and
-                   hull-vmm-bare-dax (the bare hull-vmm with --fs-dax)
+                   hull-vmm-bare-dax (the bare hull-vmm with --fs-dax);
+                   hull-vmm-bare-never and qemu-virtiofsd-never are the two
+                   with no data cached in the guest (hull-vmm's cache=never,
+                   virtiofsd's cache=none), compared with each other
   --huge-share     also the DAX arms with the shared directory on a tmpfs
                    mounted huge=always (the host's page cache in 2 MiB
                    folios, which KVM can map into the DAX window whole):
@@ -193,17 +202,20 @@ def bare_run(name, cmd, env=None):
     return got
 
 
-def hull_vmm_bare(vmm, kernel, initrd, vol, dax=0):
+def hull_vmm_bare(vmm, kernel, initrd, vol, dax=0, cache="auto"):
     env = dict(os.environ, HULL_VMM_HUGE_PAGES="force")
     extra = ["--fs-dax", str(dax)] if dax else []
     return bare_run("hull-vmm-bare", [vmm, "--kernel", kernel, "--initrd", initrd, "--mem",
-                                      "1024", "--fs", "tag=vol,path=" + vol] + extra, env)
+                                      "1024", "--fs", "tag=vol,path=%s,cache=%s" % (vol, cache)]
+                    + extra, env)
 
 
-def qemu_virtiofsd(kernel, initrd, vol, tmp):
+def qemu_virtiofsd(kernel, initrd, vol, tmp, cache="auto"):
+    """QEMU microvm with virtiofsd; `cache` is virtiofsd's (auto: the guest
+    caches data, none: every read and write goes to virtiofsd)."""
     sock = os.path.join(tmp, "vfsd.sock")
     vfsd = subprocess.Popen(["/usr/lib/qemu/virtiofsd", "--socket-path=" + sock,
-                             "-o", "source=" + vol, "-o", "cache=auto"],
+                             "-o", "source=" + vol, "-o", "cache=" + cache],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -327,7 +339,9 @@ def main():
                     "HULL_AGENT": os.path.join(args.baseline, "hull-agent")}
             targets.append(("vm-volume-base", container("vm", ["-v", vol + ":/data"], "/data",
                                                         base)))
-        targets += [("vm-volume", container("vm", ["-v", vol + ":/data"], "/data"))]
+        targets += [("vm-volume", container("vm", ["-v", vol + ":/data"], "/data")),
+                    ("vm-volume-consistent",
+                     container("vm", ["-v", vol + ":/data:consistent"], "/data"))]
         if args.dax:
             targets.append(("vm-volume-dax", container("vm", ["-v", vol + ":/data"], "/data",
                                                        dax_env)))
@@ -347,21 +361,23 @@ def main():
                 with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "w") as f:
                     f.write("advise")
             initrd = bare_initrd(tmp, args.mib, args.files)
-            bare = [("hull-vmm-bare", vol, 0)]
+            bare = [("hull-vmm-bare", vol, 0, "auto"), ("hull-vmm-bare-never", vol, 0, "never")]
             if args.dax:
-                bare.append(("hull-vmm-bare-dax", vol, args.dax))
+                bare.append(("hull-vmm-bare-dax", vol, args.dax, "auto"))
                 if args.huge_share:
-                    bare += [("hull-vmm-bare-huge", huge, 0),
-                             ("hull-vmm-bare-dax-huge", huge, args.dax)]
-            def bare_arm(binary, share, dax):
-                return lambda: hull_vmm_bare(binary, args.kernel, initrd, share, dax)
-            targets.append(("qemu-virtiofsd", lambda: qemu_virtiofsd(args.kernel, initrd, vol,
-                                                                     tmp)))
-            for name, share, dax in bare:
-                targets.append((name, bare_arm(vmm, share, dax)))
+                    bare += [("hull-vmm-bare-huge", huge, 0, "auto"),
+                             ("hull-vmm-bare-dax-huge", huge, args.dax, "auto")]
+            def bare_arm(binary, share, dax, cache):
+                return lambda: hull_vmm_bare(binary, args.kernel, initrd, share, dax, cache)
+            targets += [("qemu-virtiofsd", lambda: qemu_virtiofsd(args.kernel, initrd, vol,
+                                                                  tmp)),
+                        ("qemu-virtiofsd-never",
+                         lambda: qemu_virtiofsd(args.kernel, initrd, vol, tmp, "none"))]
+            for name, share, dax, cache in bare:
+                targets.append((name, bare_arm(vmm, share, dax, cache)))
                 if args.vmm_b:
                     # Another build's twin, in the same rounds.
-                    targets.append((name + "-b", bare_arm(args.vmm_b, share, dax)))
+                    targets.append((name + "-b", bare_arm(args.vmm_b, share, dax, cache)))
         if args.only:
             only = set(args.only.split(",")) | {"ns-bind"}
             unknown = only - {name for name, _ in targets}
@@ -391,12 +407,18 @@ def main():
         ratios = {"ns-bind": per_round_ratios(runs, "ns-bind")}
         print_ratios("time against ns-bind in the same round (>1 is slower): "
                      "median (each round)", ratios["ns-bind"], "ns-bind")
-        if "qemu-virtiofsd" in runs:
-            bare = {k: v for k, v in runs.items() if k.startswith("hull-vmm-bare") or
-                    k == "qemu-virtiofsd"}
-            ratios["qemu-virtiofsd"] = per_round_ratios(bare, "qemu-virtiofsd")
-            print_ratios("time against qemu-virtiofsd in the same round (>1 is slower): "
-                         "median (each round)", ratios["qemu-virtiofsd"], "qemu-virtiofsd")
+        # The bare hull-vmm arms against QEMU's with the same cache policy
+        # (cache=never against virtiofsd's cache=none), and all against
+        # QEMU's default.
+        for base, pick in (("qemu-virtiofsd", lambda k: True),
+                           ("qemu-virtiofsd-never", lambda k: k.endswith("-never"))):
+            if base not in runs:
+                continue
+            bare = {k: v for k, v in runs.items()
+                    if (k.startswith("hull-vmm-bare") and pick(k)) or k == base}
+            ratios[base] = per_round_ratios(bare, base)
+            print_ratios("time against %s in the same round (>1 is slower): "
+                         "median (each round)" % base, ratios[base], base)
         if boots:
             print("boot to init, median of %d: " % args.boot +
                   ", ".join("%s %.0f ms" % kv for kv in boots.items()))

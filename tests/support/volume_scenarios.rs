@@ -165,6 +165,67 @@ fn bind_mount_both_ways(b: Backend) -> Result<(), Failed> {
     check(rm.code == Some(0), || format!("{rm}"))
 }
 
+/// The share's cache settings (docs/volumes.md, "Caching"). By default a
+/// file written through a write-only open (which goes straight to the
+/// host) and read back in the same container reads the new bytes, also
+/// where the container had cached the old ones. With `:consistent` every
+/// read goes to the host: a host rewrite the container has no way to
+/// notice by size or mtime (same length, mtime put back) is read at once.
+fn cache_settings_keep_reads_coherent(b: Backend) -> Result<(), Failed> {
+    let c = Ctx::new(b);
+    let host = tempfile::tempdir()?;
+    let spec = format!("{}:/data", p(host.path()));
+    let o = run_text(run(
+        &c,
+        &["--rm", "-v", &spec],
+        &[
+            "sh",
+            "-c",
+            "echo one > /data/g; cat /data/g; \
+             printf two | dd of=/data/g conv=notrunc 2>/dev/null; cat /data/g",
+        ],
+    ))?;
+    check(o.code == Some(0) && o.stdout == "one\ntwo\n", || {
+        format!("an in-place write-only rewrite must be read back at once; {o}")
+    })?;
+    let f = host.path().join("f");
+    std::fs::write(&f, "old\n")?;
+    let spec = format!("{}:/data:consistent", p(host.path()));
+    let cmd = run(
+        &c,
+        &["--rm", "-v", &spec],
+        &[
+            "sh",
+            "-c",
+            "cat /data/f; : > /data/ready; \
+             i=0; while [ ! -f /data/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
+             cat /data/f",
+        ],
+    );
+    let container = std::thread::spawn(move || run_text(cmd));
+    let ready = wait_until(120, || host.path().join("ready").exists());
+    if ready {
+        let mtime = std::fs::metadata(&f)?.modified()?;
+        std::fs::write(&f, "new\n")?;
+        std::fs::File::options()
+            .write(true)
+            .open(&f)?
+            .set_modified(mtime)?;
+        std::fs::write(host.path().join("go"), "")?;
+    }
+    let o = container
+        .join()
+        .map_err(|_| Failed::from("the container's thread panicked"))??;
+    check(ready, || {
+        format!("the container never got to its first read; {o}")
+    })?;
+    check(o.code == Some(0) && o.stdout == "old\nnew\n", || {
+        format!(
+            "with :consistent, a host rewrite that keeps size and mtime must be read at once; {o}"
+        )
+    })
+}
+
 /// `:ro` and `--mount ...,readonly`: writes fail with EROFS, the host's
 /// files stay as they were.
 fn read_only_mounts_refuse_writes(b: Backend) -> Result<(), Failed> {
@@ -559,6 +620,10 @@ type Scenario = fn(Backend) -> Result<(), Failed>;
 pub fn volume_trials(b: Backend) -> Vec<Trial> {
     let mut all: Vec<(&str, Scenario)> = vec![
         ("bind_mount_both_ways", bind_mount_both_ways),
+        (
+            "cache_settings_keep_reads_coherent",
+            cache_settings_keep_reads_coherent,
+        ),
         (
             "read_only_mounts_refuse_writes",
             read_only_mounts_refuse_writes,

@@ -42,10 +42,11 @@ impl Vmm {
                 mib: state.origin.mem_mib,
                 source,
             })?;
-        let mem = file_backed(&ranges, &snap.memory).map_err(|source| VmmError::Memory {
-            mib: state.origin.mem_mib,
-            source,
-        })?;
+        let mem =
+            file_backed(&ranges, &snap.memory, &state.data).map_err(|source| VmmError::Memory {
+                mib: state.origin.mem_mib,
+                source,
+            })?;
         drop(snap.memory);
         log::debug!("guest memory mapped from the snapshot");
 

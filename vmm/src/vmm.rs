@@ -337,9 +337,10 @@ fn take_snapshot(
         .collect::<Result<Vec<_>, _>>()?;
     vcpus.sort_by_key(|v| v.id);
     let devices = parts.devices.map(DeviceManager::save).unwrap_or_default();
-    let state = SnapshotState {
+    let mut state = SnapshotState {
         origin: plan.origin,
         memory: snapshot::layout(parts.mem),
+        data: Vec::new(),
         vm: VmState::save(parts.vm.fd())?,
         vcpus,
         serial: parts
@@ -357,7 +358,7 @@ fn take_snapshot(
     let state_path = plan.dir.join(snapshot::STATE_FILE);
     // A state file left from an older snapshot must not meet new memory.
     let _ = std::fs::remove_file(&state_path);
-    snapshot::write_memory(parts.mem, &plan.dir.join(snapshot::MEMORY_FILE))?;
+    state.data = snapshot::write_memory(parts.mem, &plan.dir.join(snapshot::MEMORY_FILE))?;
     snapshot::write_state(&state, &state_path)?;
     Ok(plan.dir)
 }

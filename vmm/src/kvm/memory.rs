@@ -160,38 +160,84 @@ pub fn huge_aligned_mapping(
 }
 
 /// Guest memory for `ranges` (guest address, length, offset in `file`)
-/// mapped private from `file`: copy on write, so every VM restored from one
-/// snapshot shares the file's pages (through the page cache) until it
-/// writes them. Note that MADV_DONTNEED on such a mapping brings back the
-/// file's bytes, not zeros.
+/// mapped private from `file` where `data` (the file's runs of data,
+/// offset and length, page-aligned and in order) says it has any: copy on
+/// write, so every VM restored from one snapshot shares those pages
+/// (through the page cache) until it writes them. The rest of each range
+/// is fresh anonymous memory, as the file has only zeros there: a guest's
+/// first touch of such a page neither reads the file (which may be on a
+/// slow or network file system) nor leaves a page of zeros in the host's
+/// page cache. Transparent huge pages stay off for the whole range, as
+/// they are for the file's pages (copy-on-write copies are 4 KiB): a
+/// guest touching one page must not cost a clone 2 MiB. Note that
+/// MADV_DONTNEED brings back the file's bytes where it is mapped, zeros
+/// elsewhere (the same bytes either way).
 pub fn file_backed(
     ranges: &[(GuestAddress, usize, u64)],
     file: &std::fs::File,
+    data: &[(u64, u64)],
 ) -> Result<GuestMemoryMmap, MemoryError> {
     use std::os::fd::AsRawFd;
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let flags = libc::MAP_PRIVATE | libc::MAP_NORESERVE;
     let mut regions = Vec::new();
     for &(gpa, len, offset) in ranges {
-        let off = libc::off_t::try_from(offset).map_err(|_| MemoryError::TooLarge(gpa.0))?;
-        // SAFETY: a fresh private mapping of an open file at an address of
-        // the kernel's choice; the caller checked that the file holds
-        // [offset, offset + len).
+        let mmap_err = || MemoryError::Mmap {
+            mib: len >> 20,
+            source: std::io::Error::last_os_error(),
+        };
+        // SAFETY: a fresh private anonymous mapping at an address of the
+        // kernel's choice.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 prot,
-                flags,
-                file.as_raw_fd(),
-                off,
+                flags | libc::MAP_ANONYMOUS,
+                -1,
+                0,
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(MemoryError::Mmap {
-                mib: len >> 20,
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(mmap_err());
+        }
+        // SAFETY: advice on the mapping just made; failure only leaves the
+        // host's default.
+        unsafe { libc::madvise(base, len, libc::MADV_NOHUGEPAGE) };
+        let end = offset
+            .checked_add(len as u64)
+            .ok_or(MemoryError::TooLarge(gpa.0))?;
+        for &(start, run) in data {
+            let (from, to) = (start.max(offset), start.saturating_add(run).min(end));
+            if from >= to {
+                continue;
+            }
+            let off = libc::off_t::try_from(from).map_err(|_| MemoryError::TooLarge(gpa.0))?;
+            // `from - offset` < len: inside the mapping above.
+            let at = base
+                .cast::<u8>()
+                .wrapping_add(crate::arch::x86_64::u64_to_usize(from - offset));
+            // SAFETY: replaces pages [at, at + to - from) of the anonymous
+            // mapping made above (inside it: offset <= from < to <= end)
+            // with a private mapping of the file there; the caller checked
+            // that the file holds [offset, offset + len) and that `data` is
+            // page-aligned.
+            let got = unsafe {
+                libc::mmap(
+                    at.cast(),
+                    crate::arch::x86_64::u64_to_usize(to - from),
+                    prot,
+                    flags | libc::MAP_FIXED,
+                    file.as_raw_fd(),
+                    off,
+                )
+            };
+            if got == libc::MAP_FAILED {
+                let e = mmap_err();
+                // SAFETY: the whole mapping made above, not yet handed out.
+                unsafe { libc::munmap(base, len) };
+                return Err(e);
+            }
         }
         // SAFETY: [base, base + len) is the live mapping made above with
         // exactly these protection and flags, never unmapped while the

@@ -49,6 +49,7 @@ fn state() -> SnapshotState {
             mem_mib: 128,
         },
         memory,
+        data: vec![(0, 4096), (1 << 20, 8192)],
         vm: VmState {
             pic_master: Default::default(),
             pic_slave: Default::default(),
@@ -235,6 +236,74 @@ fn a_state_that_disagrees_with_itself_is_refused() {
         .err()
         .unwrap();
     assert!(matches!(e, SnapshotError::Inconsistent { .. }), "{e:?}");
+}
+
+/// Data extents that are not page-aligned, out of order, empty or past
+/// the memory file are refused before anything is mapped.
+#[test]
+fn bad_data_extents_are_refused() {
+    let total = full_len(&state());
+    for bad in [
+        vec![(1, 4096)],
+        vec![(0, 100)],
+        vec![(0, 0)],
+        vec![(8192, 4096), (0, 4096)],
+        vec![(0, 8192), (4096, 4096)],
+        vec![(total - 4096, 8192)],
+        vec![(u64::MAX - 4095, 4096)],
+    ] {
+        let mut s = state();
+        s.data = bad.clone();
+        let dir = written(&s, full_len(&s));
+        let e = Snapshot::open(dir.path(), &Expected::default())
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?} was taken"));
+        assert!(e.to_string().contains("data extent"), "{bad:?}: {e}");
+    }
+}
+
+/// What write_memory lists as data is where the non-zero pages are (short
+/// holes merged in), and a mapping made from that list reads back every
+/// byte of guest memory, holes as zeros, while a clone's writes stay its
+/// own.
+#[test]
+fn memory_written_and_mapped_back_by_its_data_extents() {
+    use crate::kvm::memory::{file_backed, guest_memory};
+    use vm_memory::{Bytes, GuestAddress};
+    let mem = guest_memory(&[(GuestAddress(0), 4 << 20)], false).unwrap();
+    let page = 4096u64;
+    for (at, byte) in [
+        (0, 1u8),
+        (page, 2),
+        (5 * page, 3),
+        (300 * page, 4),
+        ((4 << 20) - page, 5),
+    ] {
+        mem.write_obj(byte, GuestAddress(at + 7)).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(MEMORY_FILE);
+    let data = write_memory(&mem, &path).unwrap();
+    // Pages 0-1 and 5 (a 3-page hole between: merged), 300, the last one.
+    assert_eq!(
+        data,
+        vec![(0, 6 * page), (300 * page, page), ((4 << 20) - page, page)]
+    );
+    let file = std::fs::File::open(&path).unwrap();
+    let clone = file_backed(&[(GuestAddress(0), 4 << 20, 0)], &file, &data).unwrap();
+    for at in (0..(4u64 << 20)).step_by(2048) {
+        let want: u8 = mem.read_obj(GuestAddress(at + 7)).unwrap();
+        let got: u8 = clone.read_obj(GuestAddress(at + 7)).unwrap();
+        assert_eq!(got, want, "byte at {:#x}", at + 7);
+    }
+    clone.write_obj(9u8, GuestAddress(7)).unwrap();
+    clone.write_obj(9u8, GuestAddress(100 * page)).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(
+        (bytes[7], bytes[409_600]),
+        (1, 0),
+        "the file is not written"
+    );
 }
 
 #[test]
