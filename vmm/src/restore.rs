@@ -42,11 +42,16 @@ impl Vmm {
                 mib: state.origin.mem_mib,
                 source,
             })?;
-        let mem =
-            file_backed(&ranges, &snap.memory, &state.data).map_err(|source| VmmError::Memory {
-                mib: state.origin.mem_mib,
-                source,
-            })?;
+        let mem = file_backed(
+            &ranges,
+            &snap.memory,
+            &state.data,
+            crate::kvm::memory::huge_pages_here(cfg.huge_pages),
+        )
+        .map_err(|source| VmmError::Memory {
+            mib: state.origin.mem_mib,
+            source,
+        })?;
         drop(snap.memory);
         log::debug!("guest memory mapped from the snapshot");
 

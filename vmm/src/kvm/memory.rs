@@ -42,11 +42,15 @@ pub fn guest_memory(
     ranges: &[(GuestAddress, usize)],
     huge_pages: bool,
 ) -> Result<GuestMemoryMmap, MemoryError> {
+    mapped_memory(ranges, huge_pages_here(huge_pages))
+}
+
+/// Whether guest RAM gets huge pages when the configuration asks for them
+/// (`wanted`): not on a software-emulated CPU (see the module docs) unless
+/// HULL_VMM_HUGE_PAGES=force.
+pub fn huge_pages_here(wanted: bool) -> bool {
     let forced = std::env::var("HULL_VMM_HUGE_PAGES").is_ok_and(|v| v == "force");
-    mapped_memory(
-        ranges,
-        huge_pages && (forced || !cpu_is_software_emulated()),
-    )
+    wanted && (forced || !cpu_is_software_emulated())
 }
 
 /// Guest memory for `ranges`; with `huge_pages`, each region lines up with
@@ -167,15 +171,18 @@ pub fn huge_aligned_mapping(
 /// is fresh anonymous memory, as the file has only zeros there: a guest's
 /// first touch of such a page neither reads the file (which may be on a
 /// slow or network file system) nor leaves a page of zeros in the host's
-/// page cache. Transparent huge pages stay off for the whole range, as
-/// they are for the file's pages (copy-on-write copies are 4 KiB): a
-/// guest touching one page must not cost a clone 2 MiB. Note that
-/// MADV_DONTNEED brings back the file's bytes where it is mapped, zeros
-/// elsewhere (the same bytes either way).
+/// page cache. With `huge_pages` (see [`huge_pages_here`]) the anonymous
+/// memory lines up with its guest addresses modulo 2 MiB and is advised
+/// for huge pages, as a cold-booted VM's RAM is, so a clone's fresh memory
+/// comes 2 MiB at a time where no data of the file lies; without, huge
+/// pages stay off for the whole range (the file's copy-on-write copies
+/// are 4 KiB either way). Note that MADV_DONTNEED brings back the file's
+/// bytes where it is mapped, zeros elsewhere (the same bytes either way).
 pub fn file_backed(
     ranges: &[(GuestAddress, usize, u64)],
     file: &std::fs::File,
     data: &[(u64, u64)],
+    huge_pages: bool,
 ) -> Result<GuestMemoryMmap, MemoryError> {
     use std::os::fd::AsRawFd;
     let prot = libc::PROT_READ | libc::PROT_WRITE;
@@ -186,24 +193,27 @@ pub fn file_backed(
             mib: len >> 20,
             source: std::io::Error::last_os_error(),
         };
-        // SAFETY: a fresh private anonymous mapping at an address of the
-        // kernel's choice.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                flags | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
+        let anon = flags | libc::MAP_ANONYMOUS;
+        let (base, advice) = if huge_pages {
+            let start = huge_aligned_mapping(gpa.0, len, prot, anon)
+                .ok_or(MemoryError::TooLarge(gpa.0))?
+                .map_err(|source| MemoryError::Mmap {
+                    mib: len >> 20,
+                    source,
+                })?;
+            (start.cast::<libc::c_void>(), libc::MADV_HUGEPAGE)
+        } else {
+            // SAFETY: a fresh private anonymous mapping at an address of
+            // the kernel's choice.
+            let base = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, anon, -1, 0) };
+            if base == libc::MAP_FAILED {
+                return Err(mmap_err());
+            }
+            (base, libc::MADV_NOHUGEPAGE)
         };
-        if base == libc::MAP_FAILED {
-            return Err(mmap_err());
-        }
         // SAFETY: advice on the mapping just made; failure only leaves the
         // host's default.
-        unsafe { libc::madvise(base, len, libc::MADV_NOHUGEPAGE) };
+        unsafe { libc::madvise(base, len, advice) };
         let end = offset
             .checked_add(len as u64)
             .ok_or(MemoryError::TooLarge(gpa.0))?;

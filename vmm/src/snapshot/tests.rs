@@ -290,14 +290,16 @@ fn memory_written_and_mapped_back_by_its_data_extents() {
         vec![(0, 6 * page), (300 * page, page), ((4 << 20) - page, page)]
     );
     let file = std::fs::File::open(&path).unwrap();
-    let clone = file_backed(&[(GuestAddress(0), 4 << 20, 0)], &file, &data).unwrap();
-    for at in (0..(4u64 << 20)).step_by(2048) {
-        let want: u8 = mem.read_obj(GuestAddress(at + 7)).unwrap();
-        let got: u8 = clone.read_obj(GuestAddress(at + 7)).unwrap();
-        assert_eq!(got, want, "byte at {:#x}", at + 7);
+    for huge in [false, true] {
+        let clone = file_backed(&[(GuestAddress(0), 4 << 20, 0)], &file, &data, huge).unwrap();
+        for at in (0..(4u64 << 20)).step_by(2048) {
+            let want: u8 = mem.read_obj(GuestAddress(at + 7)).unwrap();
+            let got: u8 = clone.read_obj(GuestAddress(at + 7)).unwrap();
+            assert_eq!(got, want, "byte at {:#x} (huge pages {huge})", at + 7);
+        }
+        clone.write_obj(9u8, GuestAddress(7)).unwrap();
+        clone.write_obj(9u8, GuestAddress(100 * page)).unwrap();
     }
-    clone.write_obj(9u8, GuestAddress(7)).unwrap();
-    clone.write_obj(9u8, GuestAddress(100 * page)).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(
         (bytes[7], bytes[409_600]),
