@@ -107,13 +107,14 @@ fn is_emulator_signature(sig: &[u8; 12]) -> bool {
     !HARDWARE_HYPERVISORS.contains(&sig)
 }
 
-/// An anonymous mapping of `len` bytes whose address is congruent to `gpa`
-/// modulo 2 MiB, advised for huge pages. It lives as long as the process
-/// (guest memory is shared with every device thread until the VMM exits).
-fn aligned_region(gpa: GuestAddress, len: usize) -> Result<MmapRegion, MemoryError> {
-    let prot = libc::PROT_READ | libc::PROT_WRITE;
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-    let start = huge_aligned_mapping(gpa.0, len, prot, flags)
+/// Guest RAM's protection, and the flags of its anonymous mappings.
+const RAM_PROT: libc::c_int = libc::PROT_READ | libc::PROT_WRITE;
+const RAM_ANON: libc::c_int = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+
+/// An anonymous mapping (RAM_PROT, RAM_ANON) of `len` bytes whose address
+/// is congruent to `gpa` modulo 2 MiB, advised for huge pages.
+fn huge_anonymous(gpa: GuestAddress, len: usize) -> Result<*mut u8, MemoryError> {
+    let start = huge_aligned_mapping(gpa.0, len, RAM_PROT, RAM_ANON)
         .ok_or(MemoryError::TooLarge(gpa.0))?
         .map_err(|source| MemoryError::Mmap {
             mib: len >> 20,
@@ -122,9 +123,16 @@ fn aligned_region(gpa: GuestAddress, len: usize) -> Result<MmapRegion, MemoryErr
     // SAFETY: [start, start + len) is the live mapping made above; advice
     // only (where THP is off the memory is simply not huge).
     unsafe { libc::madvise(start.cast(), len, libc::MADV_HUGEPAGE) };
+    Ok(start)
+}
+
+/// [`huge_anonymous`] as a region. It lives as long as the process (guest
+/// memory is shared with every device thread until the VMM exits).
+fn aligned_region(gpa: GuestAddress, len: usize) -> Result<MmapRegion, MemoryError> {
+    let start = huge_anonymous(gpa, len)?;
     // SAFETY: [start, start + len) is a live anonymous mapping with exactly
     // these protection and flags, never unmapped while the process runs.
-    unsafe { MmapRegion::build_raw(start, len, prot, flags) }
+    unsafe { MmapRegion::build_raw(start, len, RAM_PROT, RAM_ANON) }
         .map_err(|source| MemoryError::Region { gpa: gpa.0, source })
 }
 
@@ -185,35 +193,27 @@ pub fn file_backed(
     huge_pages: bool,
 ) -> Result<GuestMemoryMmap, MemoryError> {
     use std::os::fd::AsRawFd;
-    let prot = libc::PROT_READ | libc::PROT_WRITE;
-    let flags = libc::MAP_PRIVATE | libc::MAP_NORESERVE;
+    let (prot, flags) = (RAM_PROT, libc::MAP_PRIVATE | libc::MAP_NORESERVE);
     let mut regions = Vec::new();
     for &(gpa, len, offset) in ranges {
         let mmap_err = || MemoryError::Mmap {
             mib: len >> 20,
             source: std::io::Error::last_os_error(),
         };
-        let anon = flags | libc::MAP_ANONYMOUS;
-        let (base, advice) = if huge_pages {
-            let start = huge_aligned_mapping(gpa.0, len, prot, anon)
-                .ok_or(MemoryError::TooLarge(gpa.0))?
-                .map_err(|source| MemoryError::Mmap {
-                    mib: len >> 20,
-                    source,
-                })?;
-            (start.cast::<libc::c_void>(), libc::MADV_HUGEPAGE)
+        let base = if huge_pages {
+            huge_anonymous(gpa, len)?.cast::<libc::c_void>()
         } else {
             // SAFETY: a fresh private anonymous mapping at an address of
             // the kernel's choice.
-            let base = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, anon, -1, 0) };
+            let base = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, RAM_ANON, -1, 0) };
             if base == libc::MAP_FAILED {
                 return Err(mmap_err());
             }
-            (base, libc::MADV_NOHUGEPAGE)
+            // SAFETY: advice on the mapping just made; failure only leaves
+            // the host's default.
+            unsafe { libc::madvise(base, len, libc::MADV_NOHUGEPAGE) };
+            base
         };
-        // SAFETY: advice on the mapping just made; failure only leaves the
-        // host's default.
-        unsafe { libc::madvise(base, len, advice) };
         let end = offset
             .checked_add(len as u64)
             .ok_or(MemoryError::TooLarge(gpa.0))?;
