@@ -40,7 +40,8 @@ and, with options:
                    folios, which KVM can map into the DAX window whole):
                    vm-volume-dax-huge and, with --qemu, hull-vmm-bare-dax-huge
                    and hull-vmm-bare-huge (no DAX, same share)
-  --cold-boot      also vm-volume-cold and vm-overlay-cold: cold-booted
+  --cold-boot      also vm-volume-cold and vm-overlay-cold (and, with
+                   --huge-share, vm-volume-dax-huge-cold): cold-booted
                    microVMs (HULL_COLD_BOOT=1; guest RAM in huge pages)
                    instead of ones restored from a template (guest RAM
                    mapped private from the template's file, 4 KiB pages)
@@ -353,6 +354,10 @@ def main():
             cold = {"HULL_COLD_BOOT": "1"}
             targets += [("vm-volume-cold", container("vm", ["-v", vol + ":/data"], "/data", cold)),
                         ("vm-overlay-cold", container("vm", [], "/work", cold))]
+            if args.dax and args.huge_share:
+                targets.append(("vm-volume-dax-huge-cold",
+                                container("vm", ["-v", huge + ":/data"], "/data",
+                                          dict(dax_env, **cold))))
         if args.qemu:
             if os.environ.get("HULL_IN_KVM_HOST") == "1":
                 # QEMU's RAM is a shared memfd (shmem): huge pages for it,
