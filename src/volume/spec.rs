@@ -44,8 +44,8 @@ pub struct MountSpec {
     #[serde(default)]
     pub nocopy: bool,
     /// In a microVM: whether the guest caches the share's file data
-    /// (docker's consistency modes: `consistent` is
-    /// [`FsCache::Never`], `cached`, `delegated` and the default are
+    /// (docker's consistency modes: `consistent` is [`FsCache::Never`],
+    /// `cached` and `delegated` are [`FsCache::Always`], the default is
     /// [`FsCache::Auto`]). A namespace container's bind mount is the
     /// host's own file system either way.
     #[serde(default, skip_serializing_if = "is_auto")]
@@ -61,7 +61,8 @@ fn is_auto(c: &FsCache) -> bool {
 fn consistency(mode: &str) -> Option<FsCache> {
     match mode {
         "consistent" => Some(FsCache::Never),
-        "cached" | "delegated" | "default" => Some(FsCache::Auto),
+        "cached" | "delegated" => Some(FsCache::Always),
+        "default" => Some(FsCache::Auto),
         _ => None,
     }
 }
@@ -458,8 +459,8 @@ mod tests {
         let cache = |s: &str| MountSpec::parse_volume(s).unwrap().cache;
         assert_eq!(cache("/srv:/data"), FsCache::Auto);
         assert_eq!(cache("/srv:/data:ro,consistent"), FsCache::Never);
-        assert_eq!(cache("v:/data:cached"), FsCache::Auto);
-        assert_eq!(cache("v:/data:delegated"), FsCache::Auto);
+        assert_eq!(cache("v:/data:cached"), FsCache::Always);
+        assert_eq!(cache("v:/data:delegated"), FsCache::Always);
         let mount = |s: &str| MountSpec::parse_mount(s).unwrap().cache;
         assert_eq!(
             mount("type=bind,src=/s,dst=/d,consistency=consistent"),

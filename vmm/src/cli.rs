@@ -116,13 +116,14 @@ Flags:
                          inherited fd of a tap opened with
                          IFF_TAP|IFF_NO_PI|IFF_VNET_HDR; the guest sees MAC if
                          given; repeatable: eth0, eth1, ...
-  --fs tag=TAG,path=DIR[,ro][,cache=auto|never]
+  --fs tag=TAG,path=DIR[,ro][,cache=auto|never|always]
                          a host directory shared over virtio-fs (the guest
                          mounts it with `mount -t virtiofs TAG DIR`); `ro` is
                          enforced by hull-vmm; cache=never keeps file data
                          out of the guest's page cache (every read and write
                          goes to the host file; no MAP_SHARED); the default,
                          auto, caches it except through write-only opens;
+                         always caches it through every open;
                          repeatable (up to 8)
   --fs-dax MIB           give each virtio-fs device a DAX cache window of MIB
                          (a multiple of 2): the guest mounts with -o dax and

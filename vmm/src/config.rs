@@ -86,7 +86,7 @@ pub enum ConfigError {
     #[error("fd {0} is given to more than one network device")]
     NetFdTwice(i32),
     #[error(
-        "--fs {0:?}: expected tag=TAG,path=DIR[,ro][,cache=auto|never] (a tag of 1 to 36 bytes)"
+        "--fs {0:?}: expected tag=TAG,path=DIR[,ro][,cache=auto|never|always] (a tag of 1 to 36 bytes)"
     )]
     Fs(String),
     #[error("--fs-dax {0}: a DAX window is a multiple of 2 MiB, at most {MAX_FS_DAX_MIB}")]
@@ -299,7 +299,7 @@ fn is_zero_u64(n: &u64) -> bool {
 
 /// One virtio-fs device sharing a host directory (JSON: `{"tag": ...,
 /// "path": ..., "read_only": ..., "cache": ...}`; flag:
-/// `--fs tag=TAG,path=DIR[,ro][,cache=auto|never]`).
+/// `--fs tag=TAG,path=DIR[,ro][,cache=auto|never|always]`).
 /// The guest mounts it with `mount -t virtiofs TAG DIR`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -334,6 +334,12 @@ pub enum FsCache {
     /// refuses MAP_SHARED of such a file (ENODEV); private mappings, and
     /// so executables, work.
     Never,
+    /// Every file's data goes through the guest's page cache, write-only
+    /// opens too (what `auto` was before it sent those direct): for a file
+    /// that one process maps shared and writable while another writes it
+    /// through a write-only open, whose direct write the mapping's later
+    /// writeback could overwrite.
+    Always,
 }
 
 impl std::str::FromStr for FsCache {
@@ -342,6 +348,7 @@ impl std::str::FromStr for FsCache {
         match s {
             "auto" => Ok(FsCache::Auto),
             "never" => Ok(FsCache::Never),
+            "always" => Ok(FsCache::Always),
             _ => Err(()),
         }
     }
@@ -349,7 +356,7 @@ impl std::str::FromStr for FsCache {
 
 impl std::str::FromStr for FsConfig {
     type Err = ConfigError;
-    /// `tag=TAG,path=DIR[,ro][,cache=auto|never]`.
+    /// `tag=TAG,path=DIR[,ro][,cache=auto|never|always]`.
     fn from_str(s: &str) -> Result<Self, ConfigError> {
         let bad = || ConfigError::Fs(s.into());
         let (mut tag, mut path, mut read_only, mut cache) = (None, None, false, None);
@@ -716,10 +723,12 @@ mod tests {
         let json: FsConfig =
             serde_json::from_str(r#"{"tag":"a","path":"/d","cache":"never"}"#).unwrap();
         assert_eq!(json.cache, FsCache::Never);
+        let f3: FsConfig = "tag=vol0,path=/srv/d,cache=always".parse().unwrap();
+        assert_eq!(f3.cache, FsCache::Always);
         for bad in [
             "tag=vol0",
             "path=/d",
-            "tag=a,path=/d,cache=always",
+            "tag=a,path=/d,cache=sometimes",
             "tag=a,path=/d,cache=",
             "tag=a,path=/d,cache=never,cache=auto",
             "tag=,path=/d",

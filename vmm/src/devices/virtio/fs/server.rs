@@ -193,7 +193,7 @@ impl Server {
         match self.cache {
             FsCache::Never => p::FOPEN_DIRECT_IO,
             FsCache::Auto if write_only => p::FOPEN_DIRECT_IO,
-            FsCache::Auto => p::FOPEN_KEEP_CACHE,
+            FsCache::Auto | FsCache::Always => p::FOPEN_KEEP_CACHE,
         }
     }
 

@@ -441,7 +441,8 @@ fn files_keep_their_cache_across_opens() {
 
 /// What OPEN and CREATE answer for each open mode, per cache setting: by
 /// default only write-only opens bypass the guest's page cache; with
-/// cache=never every file does, and directories are never direct.
+/// cache=never every file does, with cache=always none; directories are
+/// never direct.
 #[test]
 fn the_cache_setting_decides_which_opens_go_direct() {
     let share = Share::new("direct");
@@ -462,6 +463,7 @@ fn the_cache_setting_decides_which_opens_go_direct() {
     for (cache, rd, wr, rdwr) in [
         (FsCache::Auto, cached, direct, cached),
         (FsCache::Never, direct, direct, direct),
+        (FsCache::Always, cached, cached, cached),
     ] {
         let mut s = share.server(false);
         s.set_cache(cache);
