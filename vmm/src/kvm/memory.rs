@@ -107,14 +107,17 @@ fn is_emulator_signature(sig: &[u8; 12]) -> bool {
     !HARDWARE_HYPERVISORS.contains(&sig)
 }
 
-/// Guest RAM's protection, and the flags of its anonymous mappings.
+/// Guest RAM's protection.
 const RAM_PROT: libc::c_int = libc::PROT_READ | libc::PROT_WRITE;
-const RAM_ANON: libc::c_int = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+/// The flags of the VMM's anonymous guest-physical mappings (guest RAM, DAX
+/// windows): private, and reserving no memory until a page is touched.
+pub(crate) const ANON_NORESERVE: libc::c_int =
+    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
 
-/// An anonymous mapping (RAM_PROT, RAM_ANON) of `len` bytes whose address
+/// An anonymous mapping (RAM_PROT, ANON_NORESERVE) of `len` bytes whose address
 /// is congruent to `gpa` modulo 2 MiB, advised for huge pages.
 fn huge_anonymous(gpa: GuestAddress, len: usize) -> Result<*mut u8, MemoryError> {
-    let start = huge_aligned_mapping(gpa.0, len, RAM_PROT, RAM_ANON)
+    let start = huge_aligned_mapping(gpa.0, len, RAM_PROT, ANON_NORESERVE)
         .ok_or(MemoryError::TooLarge(gpa.0))?
         .map_err(|source| MemoryError::Mmap {
             mib: len >> 20,
@@ -132,7 +135,7 @@ fn aligned_region(gpa: GuestAddress, len: usize) -> Result<MmapRegion, MemoryErr
     let start = huge_anonymous(gpa, len)?;
     // SAFETY: [start, start + len) is a live anonymous mapping with exactly
     // these protection and flags, never unmapped while the process runs.
-    unsafe { MmapRegion::build_raw(start, len, RAM_PROT, RAM_ANON) }
+    unsafe { MmapRegion::build_raw(start, len, RAM_PROT, ANON_NORESERVE) }
         .map_err(|source| MemoryError::Region { gpa: gpa.0, source })
 }
 
@@ -205,7 +208,8 @@ pub fn file_backed(
         } else {
             // SAFETY: a fresh private anonymous mapping at an address of
             // the kernel's choice.
-            let base = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, RAM_ANON, -1, 0) };
+            let base =
+                unsafe { libc::mmap(std::ptr::null_mut(), len, prot, ANON_NORESERVE, -1, 0) };
             if base == libc::MAP_FAILED {
                 return Err(mmap_err());
             }

@@ -21,6 +21,8 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use crate::kvm::memory::{ANON_NORESERVE, huge_aligned_mapping};
+
 /// log2 of the alignment of offsets and lengths in SETUPMAPPING and
 /// REMOVEMAPPING (INIT's map_alignment): the host page.
 pub const MAP_ALIGNMENT_SHIFT: u16 = 12;
@@ -63,9 +65,7 @@ impl DaxWindow {
         // instead of in 4 KiB nested faults.
         let p = usize::try_from(len)
             .ok()
-            .and_then(|size| {
-                crate::kvm::memory::huge_aligned_mapping(gpa, size, libc::PROT_NONE, RESERVE_FLAGS)
-            })
+            .and_then(|size| huge_aligned_mapping(gpa, size, libc::PROT_NONE, ANON_NORESERVE))
             .ok_or(DaxError::Size(len))?
             .map_err(|source| DaxError::Reserve { len, source })?;
         Ok(DaxWindow {
@@ -150,10 +150,6 @@ impl DaxWindow {
     }
 }
 
-/// The flags of the window's PROT_NONE address space: anonymous, costing no
-/// memory.
-const RESERVE_FLAGS: libc::c_int = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-
 /// Anonymous PROT_NONE address space of `size` bytes that costs no memory
 /// (MAP_NORESERVE): at `at` with `MAP_FIXED` in `flags`, else where the
 /// kernel chooses.
@@ -167,7 +163,7 @@ unsafe fn reserve(
     flags: libc::c_int,
 ) -> std::io::Result<*mut libc::c_void> {
     // SAFETY: the caller's contract above; an anonymous mapping reads no file.
-    let p = unsafe { libc::mmap(at, size, libc::PROT_NONE, RESERVE_FLAGS | flags, -1, 0) };
+    let p = unsafe { libc::mmap(at, size, libc::PROT_NONE, ANON_NORESERVE | flags, -1, 0) };
     if p == libc::MAP_FAILED {
         Err(std::io::Error::last_os_error())
     } else {
